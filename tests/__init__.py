@@ -1,0 +1,1 @@
+"""Tests for edd-gateway, run with trial."""
