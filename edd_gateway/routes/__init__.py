@@ -1,0 +1,4 @@
+"""
+Routes: the file format, its validation, and the table requests are matched
+against.
+"""
