@@ -1,0 +1,343 @@
+"""
+One request and its response, from the moment the request head is read to
+the moment the response is finished.
+
+The exchange pairs a client connection with a backend connection: it sends
+the head, streams the request body one way and the response body the other,
+with each transport registered as the producer of the other so that a slow
+reader pauses the fast writer.  Errors before the response head become the
+gateway's own answer; errors after it can only close the client connection.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from twisted.internet import error
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway._transport import write_now
+from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway.http.headers import (
+    BODY_CHUNKED,
+    BODY_LENGTH,
+    BODY_NONE,
+    BODY_UNTIL_CLOSE,
+    RequestInfo,
+    client_response_head,
+    response_body_kind,
+    upstream_request_head,
+)
+from edd_gateway.http.upstream import UpstreamProtocol, connect_error
+from edd_gateway.routes.model import Route
+
+if TYPE_CHECKING:
+    from edd_gateway.http.server import HTTPServerProtocol
+
+log = Logger()
+
+_CHUNK_END = b"0\r\n\r\n"
+
+
+class Exchange:
+    """
+    A proxied request.  The server protocol feeds it the request; the
+    backend connection feeds it the response.
+    """
+
+    def __init__(
+        self,
+        server: "HTTPServerProtocol",
+        info: RequestInfo,
+        route: Route,
+        path_and_query: bytes,
+    ) -> None:
+        self.server = server
+        self.info = info
+        self.route = route
+        self.target = route.target
+        self.head = upstream_request_head(
+            info, path_and_query, server.client_ip, server.scheme, server.trusted_peer
+        )
+        self.upstream: UpstreamProtocol | None = None
+        self.pending_body: list[bytes] = []
+        self.request_done = info.body == BODY_NONE
+        self.response_started = False
+        self.finished = False
+        self.retried = False
+        self.status = 0
+        self._response_body = BODY_NONE
+        self._chunk_to_client = False
+        self.keep_alive = info.keep_alive
+        self.bytes_out = 0
+
+    # Start: find a backend connection
+
+    def start(self) -> None:
+        pool = self.server.pool
+        connection = pool.checkout(self.target)
+        if connection is not None:
+            self._attach(connection)
+            return
+        timeout = self.route.connect_timeout or self.server.settings.connect_timeout
+        pool.connect(self.target, timeout).addCallbacks(
+            self._connected, self._connect_failed
+        )
+
+    def _connected(self, connection: UpstreamProtocol) -> None:
+        if self.finished:
+            self.server.pool.release(connection)
+            return
+        self._attach(connection)
+
+    def _connect_failed(self, failure: Failure) -> None:
+        if self.finished:
+            return
+        problem = failure.value if failure.check(GatewayError) else connect_error(
+            failure, self.target, self.server.settings.connect_timeout
+        )
+        self.fail(problem.status, problem.detail)  # type: ignore[union-attr]
+
+    def _attach(self, connection: UpstreamProtocol) -> None:
+        self.upstream = connection
+        connection.begin(self, self.info.method == b"HEAD")
+        server = self.server
+        transport = connection.transport
+        # Each side is the producer of the other: a full write buffer on one
+        # pauses reading on the other.
+        server.transport.registerProducer(transport, True)
+        transport.registerProducer(server.transport, True)
+        if self.pending_body:
+            transport.writeSequence([self.head, *self.pending_body])
+            self.pending_body = []
+            server.resume_reading()
+        else:
+            write_now(transport, self.head)
+        if self.request_done:
+            server.awaiting_response(self._response_timeout())
+
+    def _response_timeout(self) -> float:
+        return self.route.response_timeout or self.server.settings.response_timeout
+
+    # Request side, fed by the server protocol
+
+    def request_body(self, data: bytes) -> None:
+        if self.info.body == BODY_CHUNKED:
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self.upstream is None:
+            self.pending_body.append(data)
+            self.server.pause_reading()
+        else:
+            self.upstream.write(data)
+
+    def request_complete(self) -> None:
+        self.request_done = True
+        if self.info.body == BODY_CHUNKED:
+            if self.upstream is None:
+                self.pending_body.append(_CHUNK_END)
+            else:
+                self.upstream.write(_CHUNK_END)
+        if self.upstream is not None and not self.response_started:
+            self.server.awaiting_response(self._response_timeout())
+
+    # Response side, fed by the backend connection
+
+    def response_head(
+        self, status: int, reason: bytes, version: str, headers: list[tuple[bytes, bytes]]
+    ) -> None:
+        server = self.server
+        status_line = b"HTTP/1.1 %d %b" % (status, reason)
+        if status < 200:
+            if status == 101:
+                self.status = status
+                self._pending_upgrade_head = client_response_head(
+                    status_line, headers, BODY_NONE, 0, False, True, True,
+                    self.info.request_id, upgrade=True,
+                )
+            elif self.info.http11:
+                # 1xx answers (100 Continue, 103 Early Hints) are relayed;
+                # HTTP/1.0 clients do not know them.
+                server.write(client_response_head(
+                    status_line, headers, BODY_NONE, 0, False, True, True, self.info.request_id
+                ))
+            return
+        if self.info.upgrade:
+            # The backend declined the upgrade: the request's leftover bytes
+            # were never HTTP, so this connection ends with the answer.
+            self.keep_alive = False
+        self.status = status
+        body, length = response_body_kind(status, headers, self.info.method == b"HEAD")
+        self._response_body = body
+        self._chunk_to_client = body == BODY_CHUNKED or (
+            body == BODY_UNTIL_CLOSE and self.info.http11
+        )
+        if body == BODY_UNTIL_CLOSE and not self._chunk_to_client:
+            self.keep_alive = False
+        if not self.request_done:
+            # The backend answered before the body was all read (an early
+            # 413, a redirect): the rest of the body cannot be skipped safely.
+            self.keep_alive = False
+        if server.closing:
+            self.keep_alive = False
+        self.response_started = True
+        server.response_started()
+        server.write(client_response_head(
+            status_line, headers, body, length, self._chunk_to_client,
+            self.keep_alive, self.info.http11, self.info.request_id,
+        ))
+
+    def response_body(self, data: bytes) -> None:
+        self.bytes_out += len(data)
+        if self._chunk_to_client:
+            self.server.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            self.server.write(data)
+
+    def response_complete(self, reusable: bool) -> None:
+        if self._chunk_to_client:
+            self.server.write(_CHUNK_END)
+        upstream = self.upstream
+        self._detach()
+        if upstream is not None:
+            if reusable and self.request_done:
+                self.server.pool.release(upstream)
+            else:
+                self.server.pool.discard(upstream)
+        self._finish()
+
+    def response_upgraded(self, rest: bytes) -> None:
+        upstream = self.upstream
+        if upstream is None or self.status != 101 or not self.info.upgrade:
+            self.upstream_failed("The backend switched protocols unasked.")
+            return
+        self._detach()
+        self.finished = True
+        self.server.start_tunnel(self, upstream, self._pending_upgrade_head, rest)
+
+    def upstream_failed(self, detail: str) -> None:
+        upstream = self.upstream
+        self._detach()
+        if upstream is not None:
+            self.server.pool.discard(upstream)
+        self.fail(502, detail)
+
+    def upstream_lost(self, reason: Failure) -> None:
+        upstream = self.upstream
+        self._detach()
+        if self.finished:
+            return
+        if self.response_started:
+            if self._response_body == BODY_UNTIL_CLOSE and reason.check(error.ConnectionDone):
+                # A body delimited by the close has ended.
+                if self._chunk_to_client:
+                    self.server.write(_CHUNK_END)
+                self._finish()
+                return
+            log.info(
+                "http: backend {target} closed mid-response to {client} ({reason})",
+                target=str(self.target), client=self.server.client_ip,
+                reason=reason.getErrorMessage(),
+            )
+            self.finished = True
+            self.server.abort()
+            return
+        if (
+            upstream is not None
+            and upstream.requests > 1
+            and upstream.received == 0
+            and self.info.body == BODY_NONE
+            and not self.retried
+        ):
+            # A pooled connection the backend closed while it sat idle: the
+            # request never reached it, so one fresh attempt is safe.
+            self.retried = True
+            self.start()
+            return
+        self.fail(502, f"The backend {self.target} closed the connection before answering.")
+
+    # Ending
+
+    def fail(self, status: int, detail: str) -> None:
+        """Answer with the gateway's own page, or cut the client off."""
+        if self.finished:
+            return
+        upstream = self.upstream
+        self._detach()
+        if upstream is not None:
+            self.server.pool.discard(upstream)
+        if self.response_started:
+            self.finished = True
+            self.server.abort()
+            return
+        self.status = status
+        log.info(
+            "http: {status} to {client} for {method} {host}: {detail}",
+            status=status, client=self.server.client_ip,
+            method=self.info.method.decode("latin-1"),
+            host=(self.info.host or b"-").decode("latin-1"), detail=detail,
+        )
+        # A body still on its way cannot be skipped safely: close after.
+        self.keep_alive = self.keep_alive and self.request_done and not self.server.closing
+        self.server.write(render_error(status, detail, self.info.request_id, close=not self.keep_alive))
+        self.response_started = True
+        self._finish()
+
+    def client_lost(self) -> None:
+        """The client went away: drop the backend connection too."""
+        if self.finished:
+            return
+        self.finished = True
+        upstream = self.upstream
+        self._detach()
+        if upstream is not None:
+            self.server.pool.discard(upstream)
+
+    def _detach(self) -> None:
+        upstream = self.upstream
+        if upstream is None:
+            return
+        self.upstream = None
+        upstream.listener = None
+        server_transport = self.server.transport
+        if server_transport is not None and server_transport.producer is upstream.transport:
+            server_transport.unregisterProducer()
+        if upstream.transport is not None and upstream.transport.producer is server_transport:
+            upstream.transport.unregisterProducer()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.server.exchange_finished(self)
+
+
+class LocalAnswer:
+    """
+    A request the gateway answers itself (its own error pages, redirects and
+    internal targets): the response is written when its turn comes, and the
+    request body, if any, is dropped.
+    """
+
+    def __init__(self, server: "HTTPServerProtocol", info: RequestInfo | None, response: bytes, keep_alive: bool, status: int) -> None:
+        self.server = server
+        self.info = info
+        self.response = response
+        self.keep_alive = keep_alive
+        self.status = status
+        self.finished = False
+        self.request_done = info is None or info.body == BODY_NONE
+
+    def start(self) -> None:
+        self.server.write(self.response)
+        self.finished = True
+        self.server.exchange_finished(self)
+
+    def request_body(self, data: bytes) -> None:
+        pass
+
+    def request_complete(self) -> None:
+        self.request_done = True
+
+    def client_lost(self) -> None:
+        self.finished = True

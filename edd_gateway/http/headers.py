@@ -1,0 +1,293 @@
+"""
+Pure header work of the proxy: what a request head means (framing,
+keep-alive, upgrade), which headers cross the proxy, and the forwarding
+headers that carry the client's address.
+
+llhttp already refuses most malformed heads; the checks here are those it
+leaves to the application (one Host, exactly ``chunked`` as the only
+transfer coding, control bytes in values), kept together so that request
+smuggling has one place to be reviewed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from edd_gateway.http.errors import GatewayError
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 7.6.1: hop-by-hop fields, plus those a Connection header names.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+# Set by the gateway; taken from the client only when it is a trusted proxy.
+FORWARDING = frozenset(
+    {
+        b"x-forwarded-for",
+        b"x-real-ip",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+    }
+)
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._-]{1,128}\Z")
+_BAD_VALUE_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+BODY_NONE = 0
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+BODY_UNTIL_CLOSE = 3
+
+
+@dataclass(slots=True)
+class RequestInfo:
+    """What the gateway needs to know about one request head."""
+
+    method: bytes
+    target: bytes
+    http11: bool
+    headers: Headers
+    host: bytes | None
+    body: int
+    content_length: int
+    keep_alive: bool
+    upgrade: bool
+    expect_continue: bool
+    request_id: str
+    connection_tokens: frozenset[bytes]
+
+
+def new_request_id() -> str:
+    return os.urandom(12).hex()
+
+
+def _tokens(value: bytes) -> set[bytes]:
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def analyse_request(
+    method: bytes, target: bytes, version: str, headers: Headers
+) -> RequestInfo:
+    """
+    Validate a parsed request head and say what it means.
+
+    @raise GatewayError: 400 for anything that could be read two ways.
+    """
+    host: bytes | None = None
+    content_length: bytes | None = None
+    transfer_encoding: list[bytes] = []
+    connection: set[bytes] = set()
+    upgrade_header = False
+    expect_continue = False
+    request_id = ""
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if _BAD_VALUE_BYTES.search(value):
+            raise GatewayError(400, "A header value holds a control character.")
+        if name == b"host":
+            if host is not None:
+                raise GatewayError(400, "The request has more than one Host header.")
+            host = value
+        elif name == b"content-length":
+            if content_length is not None and content_length != value:
+                raise GatewayError(400, "The request has conflicting Content-Length headers.")
+            if not value.isdigit():
+                raise GatewayError(400, "The Content-Length header is not a number.")
+            content_length = value
+        elif name == b"transfer-encoding":
+            transfer_encoding.extend(t.strip().lower() for t in value.split(b","))
+        elif name == b"connection":
+            connection |= _tokens(value)
+        elif name == b"upgrade":
+            upgrade_header = True
+        elif name == b"expect":
+            if value.strip().lower() == b"100-continue":
+                expect_continue = True
+        elif name == b"x-request-id":
+            if _REQUEST_ID.match(value):
+                request_id = value.decode("ascii")
+    http11 = version == "1.1"
+    if version not in ("1.1", "1.0"):
+        raise GatewayError(505 if version[:1] != "0" else 400, f"HTTP/{version} is not served.")
+    if http11 and host is None:
+        raise GatewayError(400, "An HTTP/1.1 request needs a Host header.")
+    if transfer_encoding and content_length is not None:
+        raise GatewayError(400, "The request has both Content-Length and Transfer-Encoding.")
+    if transfer_encoding:
+        if transfer_encoding != [b"chunked"]:
+            raise GatewayError(400, "The only transfer coding accepted is a single chunked.")
+        body, length = BODY_CHUNKED, 0
+    elif content_length is not None:
+        length = int(content_length)
+        body = BODY_LENGTH if length else BODY_NONE
+    else:
+        body, length = BODY_NONE, 0
+    if http11:
+        keep_alive = b"close" not in connection
+    else:
+        keep_alive = b"keep-alive" in connection
+    return RequestInfo(
+        method=method,
+        target=target,
+        http11=http11,
+        headers=headers,
+        host=host,
+        body=body,
+        content_length=length,
+        keep_alive=keep_alive,
+        upgrade=upgrade_header and b"upgrade" in connection,
+        expect_continue=expect_continue,
+        request_id=request_id or new_request_id(),
+        connection_tokens=frozenset(connection),
+    )
+
+
+def upstream_request_head(
+    info: RequestInfo,
+    path_and_query: bytes,
+    client_ip: str,
+    scheme: str,
+    trusted: bool,
+) -> bytes:
+    """
+    The request head sent to the backend.
+
+    Hop-by-hop headers and those the client's Connection header names are
+    dropped (an upgrade keeps Upgrade and asks for it again); the forwarding
+    headers are appended to when the peer is a trusted proxy and replaced
+    otherwise.
+    """
+    dropped = HOP_BY_HOP | info.connection_tokens
+    if not trusted:
+        dropped = dropped | FORWARDING
+    lines = [info.method + b" " + path_and_query + b" HTTP/1.1"]
+    forwarded_for = b""
+    real_ip = b""
+    proto = b""
+    forwarded_host = b""
+    upgrade = b""
+    for raw_name, value in info.headers:
+        name = raw_name.lower()
+        if name in dropped:
+            if name == b"upgrade":
+                upgrade = value
+            continue
+        if name == b"x-request-id":
+            continue
+        if name == b"x-forwarded-for":
+            forwarded_for = forwarded_for + b", " + value if forwarded_for else value
+            continue
+        if name == b"x-real-ip":
+            real_ip = value
+            continue
+        if name == b"x-forwarded-proto":
+            proto = value
+            continue
+        if name == b"x-forwarded-host":
+            forwarded_host = value
+            continue
+        lines.append(raw_name + b": " + value)
+    client = client_ip.encode("ascii")
+    lines.append(
+        b"X-Forwarded-For: " + (forwarded_for + b", " + client if forwarded_for else client)
+    )
+    lines.append(b"X-Real-IP: " + (real_ip or client))
+    lines.append(b"X-Forwarded-Proto: " + (proto or scheme.encode("ascii")))
+    if forwarded_host or info.host is not None:
+        lines.append(b"X-Forwarded-Host: " + (forwarded_host or info.host or b""))
+    lines.append(b"X-Request-ID: " + info.request_id.encode("ascii"))
+    if info.upgrade:
+        lines.append(b"Connection: upgrade")
+        lines.append(b"Upgrade: " + upgrade)
+    if info.body == BODY_LENGTH:
+        lines.append(b"Content-Length: " + str(info.content_length).encode("ascii"))
+    elif info.body == BODY_CHUNKED:
+        lines.append(b"Transfer-Encoding: chunked")
+    elif info.method in (b"POST", b"PUT", b"PATCH"):
+        lines.append(b"Content-Length: 0")
+    return b"\r\n".join(lines) + b"\r\n\r\n"
+
+
+def response_body_kind(
+    status: int, headers: Headers, head_request: bool
+) -> tuple[int, int]:
+    """
+    How a backend's response body is framed: (kind, content length).
+    """
+    if head_request or status < 200 or status in (204, 304):
+        return BODY_NONE, 0
+    length: int | None = None
+    chunked = False
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name == b"content-length":
+            length = int(value)
+        elif name == b"transfer-encoding":
+            chunked = value.split(b",")[-1].strip().lower() == b"chunked"
+    if chunked:
+        return BODY_CHUNKED, 0
+    if length is not None:
+        return BODY_LENGTH, length
+    return BODY_UNTIL_CLOSE, 0
+
+
+def client_response_head(
+    status_line: bytes,
+    headers: Headers,
+    body: int,
+    content_length: int,
+    chunk_to_client: bool,
+    keep_alive: bool,
+    http11_client: bool,
+    request_id: str,
+    upgrade: bool = False,
+) -> bytes:
+    """
+    The response head sent to the client: the backend's status line and
+    end-to-end headers, the framing the gateway uses towards the client, and
+    the request id.
+    """
+    lowered = [(raw_name.lower(), raw_name, value) for raw_name, value in headers]
+    connection_tokens: set[bytes] = set()
+    for name, _, value in lowered:
+        if name == b"connection":
+            connection_tokens |= _tokens(value)
+    dropped = HOP_BY_HOP | connection_tokens
+    lines = [status_line]
+    upgrade_value = b""
+    for name, raw_name, value in lowered:
+        if name in dropped or name == b"x-request-id":
+            if name == b"upgrade":
+                upgrade_value = value
+            continue
+        if name == b"content-length" and body != BODY_NONE:
+            # The gateway states the framing it uses towards the client
+            # below; a HEAD or 304 answer keeps the backend's length.
+            continue
+        lines.append(raw_name + b": " + value)
+    if upgrade:
+        lines.append(b"Connection: upgrade")
+        lines.append(b"Upgrade: " + upgrade_value)
+    elif body == BODY_LENGTH:
+        lines.append(b"Content-Length: " + str(content_length).encode("ascii"))
+    elif body == BODY_CHUNKED or (body == BODY_UNTIL_CLOSE and chunk_to_client):
+        lines.append(b"Transfer-Encoding: chunked")
+    lines.append(b"X-Request-ID: " + request_id.encode("ascii"))
+    if not upgrade:
+        if not keep_alive:
+            lines.append(b"Connection: close")
+        elif not http11_client:
+            lines.append(b"Connection: keep-alive")
+    return b"\r\n".join(lines) + b"\r\n\r\n"

@@ -1,0 +1,383 @@
+"""
+The client side of the HTTP proxy: one protocol per client connection.
+
+llhttp (through httptools) parses the requests; each complete head becomes an
+L{Exchange} (or the gateway's own answer) in a queue, so pipelined requests
+are answered in order while only the first talks to a backend.  A request
+received while another is being answered pauses reading: the gateway holds
+at most one socket read of a pipelined request, never a whole body.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Callable, Union
+
+from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+from twisted.internet import error
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway._deadline import Deadline
+from edd_gateway._transport import set_no_delay, write_now
+from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway.http.exchange import Exchange, LocalAnswer
+from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
+from edd_gateway.http.internal import internal_answer
+from edd_gateway.http.settings import ProxySettings
+from edd_gateway.http.upstream import UpstreamPool, UpstreamProtocol
+from edd_gateway.relay import splice
+from edd_gateway.routes.normalize import (
+    BadRequestTarget,
+    normalize_host,
+    normalize_request_target,
+    split_absolute_form,
+)
+from edd_gateway.routes.table import LiveRouteTable
+
+log = Logger()
+
+Job = Union[Exchange, LocalAnswer]
+
+_IDLE, _HEAD, _WAITING, _BUSY = range(4)
+
+
+class HTTPServerProtocol(Protocol):
+    """One client connection speaking HTTP/1.1 to the gateway."""
+
+    def __init__(self, factory: "HTTPProxyFactory") -> None:
+        self.factory = factory
+        self.settings = factory.settings
+        self.pool = factory.pool
+        self.scheme = factory.scheme
+        self.jobs: deque[Job] = deque()
+        self.receiving: Job | None = None
+        self.closing = False
+        self.paused = False
+        self.tunnelled = False
+        self._phase = _IDLE
+        self._url: list[bytes] = []
+        self._url_size = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_size = 0
+        self._body_size = 0
+        self._in_head = False
+        self._upgrade_rest: list[bytes] = []
+        self.client_ip = ""
+        self.trusted_peer = False
+
+    # Connection
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        host = getattr(peer, "host", "")
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        self.client_ip = host
+        self.trusted_peer = self.settings.is_trusted(host)
+        self.parser = HttpRequestParser(self)
+        self.deadline = Deadline(self.factory.clock, self._deadline_passed)
+        self.deadline.set(self.settings.keepalive_timeout)
+        set_no_delay(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self.tunnelled:
+            self._upgrade_rest.append(data)
+            self.pause_reading()
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self._upgrade_rest.append(data[upgrade.args[0]:])
+            self.tunnelled = True
+            self.pause_reading()
+            return
+        except HttpParserCallbackError as problem:
+            cause = problem.__context__
+            if isinstance(cause, GatewayError):
+                self._refuse(cause.status, cause.detail)
+            else:
+                log.failure("http: unexpected error", Failure(cause) if cause else None)
+                self._refuse(500, "The gateway failed to handle this request.")
+            return
+        except HttpParserError as problem:
+            self._refuse(400, f"The request is malformed ({_llhttp_reason(problem)}).")
+            return
+        if self._in_head:
+            self._head_size += len(data)
+            if self._head_size > self.settings.max_header_bytes:
+                self._refuse(431, "The request head is larger than the gateway accepts.")
+                return
+        receiving = self.receiving
+        if receiving is not None and self.jobs and receiving is not self.jobs[0]:
+            self.pause_reading()
+        elif len(self.jobs) > self.settings.max_pipelined:
+            self.pause_reading()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+        self.closing = True
+        self.deadline.cancel()
+        for job in self.jobs:
+            job.client_lost()
+        self.jobs.clear()
+
+    # llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = []
+        self._url_size = 0
+        self._headers = []
+        self._head_size = 0
+        self._body_size = 0
+        self._in_head = True
+        if not self.jobs:
+            self._phase = _HEAD
+            self.deadline.set(self.settings.header_timeout)
+
+    def on_url(self, url: bytes) -> None:
+        self._url_size += len(url)
+        if self._url_size > self.settings.max_request_line:
+            raise GatewayError(414, "The request target is longer than the gateway accepts.")
+        self._url.append(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self._headers
+        headers.append((name, value))
+        if len(headers) > self.settings.max_headers:
+            raise GatewayError(431, "The request has more header fields than the gateway accepts.")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self.parser
+        info = analyse_request(
+            parser.get_method(), b"".join(self._url), parser.get_http_version(), self._headers
+        )
+        limit = self.settings.max_body_size
+        if limit and info.content_length > limit:
+            raise GatewayError(413, f"The request body is larger than {limit} bytes.")
+        job = self._job_for(info)
+        self.receiving = job
+        self.jobs.append(job)
+        if len(self.jobs) == 1:
+            self._start(job)
+
+    def on_body(self, data: bytes) -> None:
+        limit = self.settings.max_body_size
+        if limit:
+            self._body_size += len(data)
+            if self._body_size > limit:
+                raise GatewayError(413, f"The request body is larger than {limit} bytes.")
+        job = self.receiving
+        if job is not None:
+            job.request_body(data)
+
+    def on_message_complete(self) -> None:
+        job = self.receiving
+        self.receiving = None
+        if job is not None:
+            job.request_complete()
+
+    # Routing
+
+    def _job_for(self, info: RequestInfo) -> Job:
+        try:
+            return self._route(info)
+        except GatewayError as problem:
+            return self._local_error(info, problem.status, problem.detail)
+
+    def _route(self, info: RequestInfo) -> Job:
+        if info.method == b"CONNECT":
+            raise GatewayError(405, "CONNECT is not served: the gateway is not a forward proxy.")
+        target = info.target
+        host_value = info.host
+        if target[:1] != b"/":
+            absolute = split_absolute_form(target)
+            if absolute is None:
+                if target == b"*" and info.method == b"OPTIONS":
+                    raise GatewayError(404, "OPTIONS * has no route.")
+                raise GatewayError(400, "The request target is not a path.")
+            host_value, target = absolute
+        host = normalize_host(host_value) if host_value is not None else None
+        if host is None:
+            raise GatewayError(400, "The Host header is missing or invalid.")
+        try:
+            path, query = normalize_request_target(target)
+        except BadRequestTarget as problem:
+            raise GatewayError(400, f"The request target is invalid: {problem}.") from None
+        match = self.factory.routes.lookup(host, path)
+        if match is None:
+            raise GatewayError(404, f"No route for host {host} and path {path}.")
+        route = match.route
+        if route.redirect_https and self.scheme == "http":
+            location = f"https://{host}{path}" + (f"?{query}" if query else "")
+            return self._local(info, 301, render_error(
+                301, f"This site is served over HTTPS: {location}", info.request_id,
+                close=not info.keep_alive, extra_headers=(("Location", location),),
+            ))
+        if route.target.internal is not None:
+            status, response = internal_answer(route, info, host, path, self.client_ip)
+            return self._local(info, status, response)
+        upstream_path = match.upstream_path + ("?" + query if query else "")
+        return Exchange(self, info, route, upstream_path.encode("latin-1"))
+
+    def _local(self, info: RequestInfo | None, status: int, response: bytes) -> LocalAnswer:
+        keep_alive = info is not None and info.keep_alive and not info.upgrade
+        return LocalAnswer(self, info, response, keep_alive, status)
+
+    def _local_error(self, info: RequestInfo, status: int, detail: str) -> LocalAnswer:
+        log.info(
+            "http: {status} to {client}: {detail}",
+            status=status, client=self.client_ip, detail=detail,
+        )
+        keep_alive = info.keep_alive and not info.upgrade and info.body == BODY_NONE
+        response = render_error(status, detail, info.request_id, close=not keep_alive)
+        return LocalAnswer(self, info, response, keep_alive, status)
+
+    # Jobs
+
+    def _start(self, job: Job) -> None:
+        self._phase = _BUSY
+        self.deadline.clear()
+        job.start()
+
+    def exchange_finished(self, job: Job) -> None:
+        if self.jobs and self.jobs[0] is job:
+            self.jobs.popleft()
+        if self.closing:
+            return
+        if not job.keep_alive or not job.request_done and job is self.receiving:
+            self._close()
+            return
+        if self.jobs:
+            self._start(self.jobs[0])
+        else:
+            self._phase = _IDLE
+            self.deadline.set(self.settings.keepalive_timeout)
+        if self.paused and (self.receiving is None or self.receiving is (self.jobs[0] if self.jobs else None)):
+            self.resume_reading()
+
+    def awaiting_response(self, timeout: float) -> None:
+        self._phase = _WAITING
+        self.deadline.set(timeout)
+
+    def response_started(self) -> None:
+        self._phase = _BUSY
+        self.deadline.clear()
+
+    def _deadline_passed(self) -> None:
+        if self.closing:
+            return
+        if self._phase == _IDLE:
+            self._close()
+        elif self._phase == _HEAD:
+            self._refuse(408, "The request head did not arrive in time.")
+        elif self._phase == _WAITING and self.jobs:
+            job = self.jobs[0]
+            if isinstance(job, Exchange):
+                job.fail(504, f"The backend {job.target} did not answer in time.")
+
+    # Writing and flow control
+
+    def write(self, data: bytes) -> None:
+        write_now(self.transport, data)
+
+    def pause_reading(self) -> None:
+        if not self.paused:
+            self.paused = True
+            self.transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        if self.paused and not self.closing:
+            self.paused = False
+            self.transport.resumeProducing()
+
+    def _refuse(self, status: int, detail: str) -> None:
+        """A fatal error in the request stream: answer in turn, then close."""
+        log.info("http: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
+        response = render_error(status, detail, new_request_id(), close=True)
+        answer = LocalAnswer(self, None, response, False, status)
+        self.receiving = None
+        self.pause_reading()
+        active = self.jobs[0] if self.jobs else None
+        if active is not None and not active.finished and active.request_done:
+            # Answer the requests already read first; drop those still
+            # arriving.
+            while len(self.jobs) > 1 and not self.jobs[-1].request_done:
+                self.jobs.pop().client_lost()
+            self.jobs.append(answer)
+            self.parser = None  # type: ignore[assignment]
+            self.dataReceived = _ignore  # type: ignore[method-assign]
+            return
+        for job in self.jobs:
+            job.client_lost()
+        self.jobs.clear()
+        self.jobs.append(answer)
+        self._start(answer)
+
+    def _close(self) -> None:
+        if not self.closing:
+            self.closing = True
+            self.deadline.cancel()
+            self.transport.loseConnection()
+
+    def abort(self) -> None:
+        self.closing = True
+        self.deadline.cancel()
+        self.transport.abortConnection()
+
+    # Upgrades
+
+    def start_tunnel(self, exchange: Exchange, upstream: UpstreamProtocol, head: bytes, rest: bytes) -> None:
+        """Hand both connections to the byte relay after a 101."""
+        self.closing = True
+        self.deadline.cancel()
+        self.jobs.clear()
+        # The backend connection leaves the pool's books: the relay owns it.
+        self.pool.lost(upstream)
+        self.write(head)
+        client_bytes = b"".join(self._upgrade_rest)
+        self._upgrade_rest = []
+        self.paused = False
+        splice(
+            self.transport, upstream.transport,
+            a_to_b_initial=client_bytes, b_to_a_initial=rest,
+            idle_timeout=self.settings.tunnel_idle_timeout, clock=self.factory.clock,
+        )
+        self.transport.resumeProducing()
+        upstream.transport.resumeProducing()
+
+
+def _ignore(data: bytes) -> None:
+    pass
+
+
+def _llhttp_reason(problem: HttpParserError) -> str:
+    text = str(problem) or type(problem).__name__
+    return text.strip().rstrip(".")
+
+
+class HTTPProxyFactory(Factory):
+    """Builds L{HTTPServerProtocol}s that share the routes, pool and settings."""
+
+    def __init__(
+        self,
+        routes: LiveRouteTable,
+        pool: UpstreamPool,
+        settings: ProxySettings,
+        clock: IReactorTime,
+        scheme: str = "http",
+    ) -> None:
+        self.routes = routes
+        self.pool = pool
+        self.settings = settings
+        self.clock = clock
+        self.scheme = scheme
+
+    def buildProtocol(self, addr: object) -> HTTPServerProtocol:
+        protocol = HTTPServerProtocol(self)
+        protocol.factory = self
+        return protocol

@@ -1,0 +1,48 @@
+"""
+The proxy's limits and timeouts, in one immutable value built by the tap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+
+
+@dataclass(frozen=True, slots=True)
+class ProxySettings:
+    """
+    Limits and timeouts of the HTTP side; every field has an operator option.
+
+    Sizes are bytes, times are seconds.  C{max_body_size} 0 means unlimited:
+    the cloud's storage service takes uploads of any size.
+    """
+
+    max_request_line: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    max_body_size: int = 0
+    max_pipelined: int = 16
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 60.0
+    connect_timeout: float = 5.0
+    response_timeout: float = 60.0
+    tunnel_idle_timeout: float = 3600.0
+    pool_max_idle: int = 64
+    pool_max_per_backend: int = 512
+    pool_idle_timeout: float = 60.0
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = field(default=())
+
+    def is_trusted(self, address: str) -> bool:
+        """Whether a peer at C{address} may set X-Forwarded-* for its clients."""
+        if not self.trusted_proxies:
+            return False
+        try:
+            parsed = ip_address(address)
+        except ValueError:
+            return False
+        return any(parsed in network for network in self.trusted_proxies)
+
+
+def parse_networks(values: list[str]) -> tuple[IPv4Network | IPv6Network, ...]:
+    """Parse C{--trusted-proxy} values (addresses or CIDR blocks)."""
+    return tuple(ip_network(value, strict=False) for value in values)

@@ -1,0 +1,314 @@
+"""
+Backend connections: the response side of the proxy and the pool that keeps
+them alive between requests.
+
+A connection serves one exchange at a time (no pipelining towards backends,
+like nginx and HAProxy), parses the response with llhttp and reports each
+event to its exchange.  The pool keeps a bounded LIFO stack of idle
+connections per backend, closes those idle too long, and bounds how many
+connections one backend gets; requests over the bound wait for a free one.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import TYPE_CHECKING, Protocol as TypingProtocol
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.internet import defer, error
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+)
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway._transport import set_no_delay
+from edd_gateway.http.errors import GatewayError
+from edd_gateway.routes.model import Target
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IStreamClientEndpoint
+
+BackendKey = tuple[str, int]
+log = Logger()
+
+
+class ResponseListener(TypingProtocol):
+    """What an upstream connection reports to the exchange it serves."""
+
+    def response_head(self, status: int, reason: bytes, version: str, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def response_body(self, data: bytes) -> None: ...
+    def response_complete(self, reusable: bool) -> None: ...
+    def response_upgraded(self, rest: bytes) -> None: ...
+    def upstream_failed(self, detail: str) -> None: ...
+    def upstream_lost(self, reason: Failure) -> None: ...
+
+
+class UpstreamProtocol(Protocol):
+    """One connection to a backend."""
+
+    def __init__(self, pool: "UpstreamPool", key: BackendKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.listener: ResponseListener | None = None
+        self.parser = HttpResponseParser(self)
+        self.requests = 0
+        self.idle_since = 0.0
+        self.received = 0
+        self.head_request = False
+        self._reason = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._head_seen = False
+
+    # Protocol
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        listener = self.listener
+        if listener is None:
+            # An idle backend must not speak; whatever it says cannot be
+            # matched to a request, so the connection cannot be reused.
+            self.transport.loseConnection()
+            return
+        self.received += len(data)
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as upgrade:
+            self.listener = None
+            listener.response_upgraded(data[upgrade.args[0]:])
+        except HttpParserError as problem:
+            if self._head_seen and self.head_request and self.listener is None:
+                return  # the HEAD answer was complete; see on_headers_complete
+            if self.listener is not None:
+                self.listener = None
+                listener.upstream_failed(f"The backend sent a malformed response ({problem}).")
+            self.transport.abortConnection()
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+        self.pool.lost(self)
+        listener = self.listener
+        if listener is not None:
+            self.listener = None
+            listener.upstream_lost(reason)
+
+    # Used by exchanges
+
+    def begin(self, listener: ResponseListener, head_request: bool) -> None:
+        self.listener = listener
+        self.head_request = head_request
+        self.requests += 1
+        self.received = 0
+        self._head_seen = False
+
+    def write(self, data: bytes) -> None:
+        self.transport.write(data)
+
+    # llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._reason = b""
+        self._headers = []
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        parser = self.parser
+        status = parser.get_status_code()
+        listener = self.listener
+        if listener is None:
+            return
+        listener.response_head(status, self._reason, parser.get_http_version(), self._headers)
+        if self.head_request and status >= 200 and self.listener is listener:
+            # llhttp cannot be told that a HEAD answer has no body; end the
+            # exchange here and stop the parser.  The connection is not
+            # reused: bytes after this head could not be framed.
+            self._head_seen = True
+            self.listener = None
+            listener.response_complete(False)
+            raise _HeadAnswered()
+
+    def on_body(self, data: bytes) -> None:
+        listener = self.listener
+        if listener is not None:
+            listener.response_body(data)
+
+    def on_message_complete(self) -> None:
+        listener = self.listener
+        if listener is None or self.parser.get_status_code() < 200:
+            return
+        self.listener = None
+        listener.response_complete(self.parser.should_keep_alive())
+
+
+class _HeadAnswered(Exception):
+    """Stops llhttp after the head of an answer to HEAD."""
+
+
+@dataclass
+class _Backend:
+    idle: list[UpstreamProtocol] = field(default_factory=list)
+    count: int = 0
+    waiters: deque[defer.Deferred[UpstreamProtocol]] = field(default_factory=deque)
+
+
+class UpstreamPool:
+    """
+    Keep-alive connections to backends, bounded per backend.
+
+    @ivar max_idle: idle connections kept per backend.
+    @ivar max_per_backend: connections (busy and idle) per backend.
+    """
+
+    def __init__(
+        self,
+        reactor: IReactorTCP,
+        clock: IReactorTime,
+        max_idle: int = 64,
+        max_per_backend: int = 512,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.reactor = reactor
+        self.clock = clock
+        self.max_idle = max_idle
+        self.max_per_backend = max_per_backend
+        self.idle_timeout = idle_timeout
+        self._backends: dict[BackendKey, _Backend] = {}
+        self._sweeper = LoopingCall(self._sweep)
+        self._sweeper.clock = clock
+
+    def start(self) -> None:
+        self._sweeper.start(max(self.idle_timeout / 4, 0.5), now=False)
+
+    def stop(self) -> None:
+        if self._sweeper.running:
+            self._sweeper.stop()
+        for backend in self._backends.values():
+            for connection in list(backend.idle):
+                connection.transport.loseConnection()
+
+    def checkout(self, target: Target) -> UpstreamProtocol | None:
+        """An idle connection to C{target}, or L{None}: the fast path."""
+        backend = self._backends.get((target.host, target.port))
+        if backend is not None and backend.idle:
+            return backend.idle.pop()
+        return None
+
+    def connect(self, target: Target, timeout: float) -> defer.Deferred[UpstreamProtocol]:
+        """A new connection to C{target} (or the next free one, when at the bound)."""
+        key = (target.host, target.port)
+        backend = self._backends.setdefault(key, _Backend())
+        if backend.count >= self.max_per_backend:
+            waiter: defer.Deferred[UpstreamProtocol] = defer.Deferred()
+            backend.waiters.append(waiter)
+            waiter.addTimeout(timeout, self.clock)
+            return waiter.addErrback(_busy, target)
+        backend.count += 1
+        endpoint = _endpoint(self.reactor, target, timeout)
+        attempt = connectProtocol(endpoint, UpstreamProtocol(self, key))
+        return attempt.addErrback(self._connect_failed, key, target, timeout)
+
+    def release(self, connection: UpstreamProtocol) -> None:
+        """Give back a connection whose exchange ended cleanly."""
+        backend = self._backends.get(connection.key)
+        if backend is None or not connection.connected:
+            return
+        while backend.waiters:
+            waiter = backend.waiters.popleft()
+            if not waiter.called:
+                waiter.callback(connection)
+                return
+        if len(backend.idle) >= self.max_idle:
+            connection.transport.loseConnection()
+            return
+        connection.idle_since = self.clock.seconds()
+        backend.idle.append(connection)
+
+    def discard(self, connection: UpstreamProtocol) -> None:
+        """Close a connection that cannot be reused."""
+        connection.listener = None
+        if connection.transport is not None:
+            connection.transport.abortConnection()
+
+    def lost(self, connection: UpstreamProtocol) -> None:
+        backend = self._backends.get(connection.key)
+        if backend is None:
+            return
+        if connection in backend.idle:
+            backend.idle.remove(connection)
+        backend.count -= 1
+        self._serve_waiter(connection.key, backend)
+
+    def idle_count(self, target: Target) -> int:
+        backend = self._backends.get((target.host, target.port))
+        return len(backend.idle) if backend else 0
+
+    def _serve_waiter(self, key: BackendKey, backend: _Backend) -> None:
+        while backend.waiters and backend.count < self.max_per_backend:
+            waiter = backend.waiters.popleft()
+            if waiter.called:
+                continue
+            backend.count += 1
+            target = Target(key[0], key[1])
+            endpoint = _endpoint(self.reactor, target, 30.0)
+            attempt = connectProtocol(endpoint, UpstreamProtocol(self, key))
+            attempt.addErrback(self._connect_failed, key, target, 30.0)
+            attempt.chainDeferred(waiter)
+
+    def _connect_failed(
+        self, failure: Failure, key: BackendKey, target: Target, timeout: float
+    ) -> Failure:
+        backend = self._backends.get(key)
+        if backend is not None:
+            backend.count -= 1
+        return Failure(connect_error(failure, target, timeout))
+
+    def _sweep(self) -> None:
+        deadline = self.clock.seconds() - self.idle_timeout
+        for backend in self._backends.values():
+            stale = [c for c in backend.idle if c.idle_since <= deadline]
+            for connection in stale:
+                backend.idle.remove(connection)
+                connection.transport.loseConnection()
+
+
+def _busy(failure: Failure, target: Target) -> Failure:
+    if failure.check(defer.TimeoutError, defer.CancelledError):
+        return Failure(GatewayError(503, f"The backend {target} has no free connection."))
+    return failure
+
+
+def connect_error(failure: Failure, target: Target, timeout: float) -> GatewayError:
+    """The gateway's answer to a failed backend connection attempt."""
+    if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
+        return GatewayError(504, f"The backend {target} did not accept a connection within {timeout:g}s.")
+    if failure.check(error.ConnectionRefusedError):
+        return GatewayError(502, f"The backend {target} refused the connection.")
+    if failure.check(error.DNSLookupError):
+        return GatewayError(502, f"The backend name {target.host} does not resolve.")
+    if failure.check(GatewayError):
+        return failure.value  # type: ignore[return-value]
+    return GatewayError(502, f"The backend {target} could not be reached ({failure.getErrorMessage()}).")
+
+
+def _endpoint(reactor: IReactorTCP, target: Target, timeout: float) -> "IStreamClientEndpoint":
+    try:
+        version = ip_address(target.host).version
+    except ValueError:
+        return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
+    if version == 4:
+        return TCP4ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
+    return TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
