@@ -184,7 +184,8 @@ def upstream_request_head(
             if name == b"upgrade":
                 upgrade = value
             continue
-        if name == b"x-request-id":
+        if name == b"x-request-id" or name == b"content-length":
+            # The gateway states the framing itself below.
             continue
         if name == b"x-forwarded-for":
             forwarded_for = forwarded_for + b", " + value if forwarded_for else value

@@ -1,0 +1,96 @@
+"""
+The operator's command line, C{python -m edd_gateway}: C{check} validates
+routes files (or ConfigMap manifests) and C{explain} shows which route a URL
+goes to and why.  Exit codes: 0 success, 1 invalid routes file, 2 bad usage
+or input, 3 no route matches (C{explain}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from typing import TextIO
+
+from edd_gateway import __version__
+from edd_gateway.routes.explain import ExplainInputError, explain_request, explain_url
+from edd_gateway.routes.loader import RoutesFileError, load_default_routes, load_routes_file
+from edd_gateway.routes.table import RouteTable
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_NO_ROUTE = 3
+
+
+def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    status = EXIT_OK
+    for filename in args.files:
+        try:
+            routes = load_routes_file(filename)
+        except RoutesFileError as error:
+            print(error, file=err)
+            status = EXIT_INVALID
+        else:
+            print(f"{filename}: OK ({len(routes)} routes)", file=out)
+    return status
+
+
+def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    try:
+        routes = load_routes_file(args.routes) if args.routes else load_default_routes()
+    except RoutesFileError as error:
+        print(error, file=err)
+        return EXIT_INVALID
+    table = RouteTable(routes)
+    print(f"routes: {args.routes or 'built-in defaults'} ({len(table)} routes)", file=out)
+    try:
+        if args.host is not None:
+            lines, matched = explain_request(table, args.host, args.url_or_path)
+        else:
+            lines, matched = explain_url(table, args.url_or_path)
+    except ExplainInputError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_USAGE
+    for line in lines:
+        print(line, file=out)
+    return EXIT_OK if matched else EXIT_NO_ROUTE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m edd_gateway", description="edd-gateway operator tools.")
+    parser.add_argument("--version", action="version", version=f"edd-gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser(
+        "check", help="validate routes files or ConfigMap manifests",
+        description="Validate routes files; print FILE: OK (N routes), or each file:line: reason "
+                    "on stderr and exit 1.")
+    check.add_argument("files", nargs="+", metavar="FILE")
+    check.set_defaults(run=_check)
+    explain = commands.add_parser(
+        "explain", help="show which route a request goes to, and why",
+        description="Explain the routing of URL (http://host/path?query), or of PATH with --host. "
+                    "Exit 0 when a route matches, 3 when none does.")
+    explain.add_argument("--routes", metavar="FILE", help="routes file (default: the built-in routes)")
+    explain.add_argument("--host", metavar="HOST", help="the Host header; the argument is then a PATH")
+    explain.add_argument("url_or_path", metavar="URL|PATH")
+    explain.set_defaults(run=_explain)
+    return parser
+
+
+def main(argv: list[str] | None = None, stdout: TextIO | None = None,
+         stderr: TextIO | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    out = stdout if stdout is not None else sys.stdout
+    err = stderr if stderr is not None else sys.stderr
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            args = _parser().parse_args(argv)
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else EXIT_USAGE
+    status: int = args.run(args, out, err)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

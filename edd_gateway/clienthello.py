@@ -1,0 +1,379 @@
+"""
+The TLS ClientHello parser: what a client asks for, read without decrypting.
+
+It owns the framing of the first flight of a TLS connection (records of
+content type 22 carrying one handshake message of type 1, possibly split over
+many TCP segments and many records), the strict length checks of the
+ClientHello body, and the extraction of what routing needs: the SNI host name
+and the ALPN protocols.  It is a pure function of the bytes fed to it, with a
+size bound, and keeps every byte so that a passthrough relay can replay them
+untouched.  Hand-written because neither the standard library nor pyOpenSSL
+exposes a ClientHello parser, and the wire format (RFC 8446 section 4.1.2,
+RFC 6066 section 3, RFC 7301) is small and fixed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "ClientHello",
+    "ClientHelloError",
+    "ClientHelloParser",
+    "parse_client_hello_body",
+]
+
+DEFAULT_MAX_BYTES = 16 * 1024
+
+_RECORD_HEADER = 5
+_HANDSHAKE_HEADER = 4
+_CONTENT_TYPE_HANDSHAKE = 22
+_HANDSHAKE_CLIENT_HELLO = 1
+# A plaintext record fragment is at most 2^14 bytes (RFC 8446 section 5.1).
+_MAX_RECORD_PAYLOAD = 2**14
+
+_EXTENSION_SERVER_NAME = 0
+_EXTENSION_ALPN = 16
+_EXTENSION_SUPPORTED_VERSIONS = 43
+_NAME_TYPE_HOST_NAME = 0
+
+_MAX_HOST_NAME = 253
+_MAX_LABEL = 63
+_HOST_NAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+class ClientHelloError(ValueError):
+    """
+    The bytes are not a ClientHello this gateway accepts.
+
+    @ivar reason: a short human-readable reason, for the log line that names
+        the client and closes the connection.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """
+    What a ClientHello asks for.
+
+    @ivar server_name: the SNI host_name, lower-case without a trailing dot;
+        L{None} when the client sent no SNI.
+    @ivar alpn: the ALPN protocol names in the client's order (decoded as
+        Latin-1 so that any opaque name round-trips); empty without ALPN.
+    @ivar legacy_version: the ClientHello's version field, e.g. C{0x0303}.
+    @ivar supported_versions: the versions of the supported_versions
+        extension in the client's order (GREASE values included); empty when
+        the extension is absent.
+    @ivar cipher_suites: the offered cipher suite code points.
+    @ivar extension_types: the extension type code points, in order.
+    """
+
+    server_name: str | None
+    alpn: tuple[str, ...]
+    legacy_version: int
+    supported_versions: tuple[int, ...]
+    cipher_suites: tuple[int, ...]
+    extension_types: tuple[int, ...]
+
+
+class ClientHelloParser:
+    """
+    Reassemble and parse the ClientHello at the start of a TLS stream.
+
+    Feed it bytes as they arrive; L{feed} returns L{None} until the whole
+    ClientHello handshake message is in, then the L{ClientHello} (again on
+    every later call).  Every fed byte stays in L{buffered}.  Malformed input,
+    or a hello that would need more than C{max_bytes} of stream, raises
+    L{ClientHelloError}, and so does every later call.
+
+    Records are consumed incrementally, so a client trickling one byte at a
+    time costs linear, not quadratic, work.
+    """
+
+    def __init__(self, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._max_bytes = max_bytes
+        self._buffer = bytearray()
+        # Offset in _buffer of the first record not yet moved into _handshake.
+        self._next_record = 0
+        self._handshake = bytearray()
+        self._result: ClientHello | None = None
+        self._error: ClientHelloError | None = None
+
+    @property
+    def buffered(self) -> bytes:
+        """Every byte fed so far, to replay to a passthrough backend."""
+        return bytes(self._buffer)
+
+    @property
+    def max_bytes(self) -> int:
+        return self._max_bytes
+
+    def feed(self, data: bytes) -> ClientHello | None:
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        if self._result is not None:
+            return self._result
+        try:
+            self._result = self._advance()
+        except ClientHelloError as error:
+            self._error = error
+            raise
+        return self._result
+
+    def _advance(self) -> ClientHello | None:
+        while True:
+            length = self._record_header()
+            if length is None:
+                break
+            payload_start = self._next_record + _RECORD_HEADER
+            payload_end = payload_start + length
+            if payload_end > self._max_bytes:
+                raise ClientHelloError(
+                    f"a TLS record ending at byte {payload_end} exceeds the "
+                    f"{self._max_bytes}-byte limit"
+                )
+            if len(self._buffer) < payload_end:
+                # Look into a partial record early, so that garbage fails now
+                # rather than after max_bytes of waiting.
+                partial = self._buffer[payload_start : payload_start + _HANDSHAKE_HEADER]
+                self._check_handshake_header(
+                    bytes(self._handshake[:_HANDSHAKE_HEADER] + partial),
+                    known=len(self._handshake) + len(self._buffer) - payload_start,
+                    stream_end=len(self._buffer),
+                )
+                break
+            self._handshake += self._buffer[payload_start:payload_end]
+            self._next_record = payload_end
+            message_length = self._check_handshake_header(
+                bytes(self._handshake[:_HANDSHAKE_HEADER]),
+                known=len(self._handshake),
+                stream_end=payload_end,
+            )
+            if message_length is None:
+                continue
+            message_end = _HANDSHAKE_HEADER + message_length
+            if len(self._handshake) >= message_end:
+                return parse_client_hello_body(
+                    bytes(self._handshake[_HANDSHAKE_HEADER:message_end])
+                )
+        if len(self._buffer) > self._max_bytes:
+            raise ClientHelloError(
+                f"no complete ClientHello within {self._max_bytes} bytes"
+            )
+        return None
+
+    def _record_header(self) -> int | None:
+        """
+        Validate the next record's header if present; return its payload
+        length, or L{None} when the header is not all in yet.
+        """
+        start = self._next_record
+        available = self._buffer[start : start + _RECORD_HEADER]
+        if available[:1] and available[0] != _CONTENT_TYPE_HANDSHAKE:
+            if start == 0 and available[0] & 0x80:
+                raise ClientHelloError("SSLv2-compatible ClientHello is not supported")
+            raise ClientHelloError(
+                f"TLS record of content type {available[0]} before the "
+                "ClientHello was complete"
+            )
+        if len(available) >= 2 and available[1] != 3:
+            raise ClientHelloError(f"TLS record version major {available[1]} is not 3")
+        if len(available) < _RECORD_HEADER:
+            return None
+        length = int.from_bytes(available[3:5], "big")
+        if length == 0:
+            raise ClientHelloError("empty handshake record")
+        if length > _MAX_RECORD_PAYLOAD:
+            raise ClientHelloError(f"TLS record of {length} bytes exceeds 2^14")
+        return length
+
+    def _check_handshake_header(
+        self, header: bytes, known: int, stream_end: int
+    ) -> int | None:
+        """
+        Validate the handshake message header as far as its bytes are in and
+        return the message length, or L{None} while the header is incomplete.
+
+        @param header: up to the first four bytes of the handshake stream.
+        @param known: how many handshake bytes have arrived.
+        @param stream_end: the stream offset just after the last of them, to
+            bound the bytes the complete message would need.
+        """
+        if header[:1] and header[0] != _HANDSHAKE_CLIENT_HELLO:
+            raise ClientHelloError(
+                f"handshake message type {header[0]} is not ClientHello"
+            )
+        if len(header) < _HANDSHAKE_HEADER:
+            return None
+        message_length = int.from_bytes(header[1:4], "big")
+        # Every missing byte of the message costs at least itself on the wire.
+        missing = _HANDSHAKE_HEADER + message_length - known
+        if missing > 0 and stream_end + missing > self._max_bytes:
+            raise ClientHelloError(
+                f"ClientHello of {message_length} bytes exceeds the "
+                f"{self._max_bytes}-byte limit"
+            )
+        return message_length
+
+
+class _Reader:
+    """A cursor over one length-delimited vector; every read is bounded."""
+
+    __slots__ = ("_data", "_position", "_end", "_what")
+
+    def __init__(self, data: bytes, what: str, start: int = 0, end: int | None = None):
+        self._data = data
+        self._position = start
+        self._end = len(data) if end is None else end
+        self._what = what
+
+    @property
+    def remaining(self) -> int:
+        return self._end - self._position
+
+    def integer(self, size: int, field: str) -> int:
+        return int.from_bytes(self.raw(size, field), "big")
+
+    def raw(self, size: int, field: str) -> bytes:
+        if size > self.remaining:
+            raise ClientHelloError(
+                f"{field} needs {size} bytes but {self._what} has {self.remaining}"
+            )
+        value = self._data[self._position : self._position + size]
+        self._position += size
+        return value
+
+    def vector(self, length_size: int, field: str) -> _Reader:
+        """Read a length prefix and return a reader bounded by it."""
+        length = self.integer(length_size, f"length of {field}")
+        if length > self.remaining:
+            raise ClientHelloError(
+                f"{field} claims {length} bytes but {self._what} has {self.remaining}"
+            )
+        start = self._position
+        self._position += length
+        return _Reader(self._data, field, start, start + length)
+
+    def expect_end(self) -> None:
+        if self.remaining:
+            raise ClientHelloError(f"{self.remaining} stray bytes after {self._what}")
+
+
+def parse_client_hello_body(body: bytes) -> ClientHello:
+    """
+    Parse the body of a ClientHello handshake message (without its 4-byte
+    handshake header), checking that every vector fits its parent exactly.
+    """
+    reader = _Reader(body, "ClientHello")
+    legacy_version = reader.integer(2, "legacy_version")
+    if legacy_version >> 8 != 3:
+        raise ClientHelloError(f"ClientHello version {legacy_version:#06x} is not TLS")
+    reader.raw(32, "random")
+    session_id = reader.vector(1, "legacy_session_id")
+    if session_id.remaining > 32:
+        raise ClientHelloError("legacy_session_id longer than 32 bytes")
+    suites = reader.vector(2, "cipher_suites")
+    if suites.remaining < 2 or suites.remaining % 2:
+        raise ClientHelloError("cipher_suites length is not a positive even number")
+    cipher_suites = tuple(
+        suites.integer(2, "cipher suite") for _ in range(suites.remaining // 2)
+    )
+    compression = reader.vector(1, "legacy_compression_methods")
+    if compression.remaining < 1:
+        raise ClientHelloError("no compression methods")
+    extensions = _parse_extensions(reader)
+    reader.expect_end()
+    return ClientHello(
+        server_name=_server_name(extensions.get(_EXTENSION_SERVER_NAME)),
+        alpn=_alpn(extensions.get(_EXTENSION_ALPN)),
+        legacy_version=legacy_version,
+        supported_versions=_supported_versions(
+            extensions.get(_EXTENSION_SUPPORTED_VERSIONS)
+        ),
+        cipher_suites=cipher_suites,
+        extension_types=tuple(extensions),
+    )
+
+
+def _parse_extensions(reader: _Reader) -> dict[int, _Reader]:
+    # Extensions are optional before TLS 1.3: no bytes left means none.
+    if reader.remaining == 0:
+        return {}
+    block = reader.vector(2, "extensions")
+    extensions: dict[int, _Reader] = {}
+    while block.remaining:
+        extension_type = block.integer(2, "extension type")
+        data = block.vector(2, f"extension {extension_type}")
+        if extension_type in extensions:
+            raise ClientHelloError(f"extension {extension_type} sent twice")
+        extensions[extension_type] = data
+    return extensions
+
+
+def _server_name(extension: _Reader | None) -> str | None:
+    if extension is None:
+        return None
+    names = extension.vector(2, "server_name_list")
+    extension.expect_end()
+    if names.remaining == 0:
+        raise ClientHelloError("empty server_name_list")
+    host_name: str | None = None
+    while names.remaining:
+        name_type = names.integer(1, "server name type")
+        name = names.vector(2, "server name")
+        if name_type != _NAME_TYPE_HOST_NAME:
+            continue
+        if host_name is not None:
+            raise ClientHelloError("more than one SNI host_name")
+        host_name = _validated_host_name(name.raw(name.remaining, "server name"))
+    return host_name
+
+
+def _validated_host_name(raw: bytes) -> str:
+    try:
+        text = raw.decode("ascii").lower()
+    except UnicodeDecodeError:
+        raise ClientHelloError("SNI host_name is not ASCII") from None
+    name = text[:-1] if text.endswith(".") else text
+    if not name or len(name) > _MAX_HOST_NAME:
+        raise ClientHelloError(f"SNI host_name of {len(name)} characters")
+    for label in name.split("."):
+        if not label or len(label) > _MAX_LABEL:
+            raise ClientHelloError(f"SNI host_name {name!r} has a bad label length")
+        if not _HOST_NAME_CHARACTERS.issuperset(label):
+            raise ClientHelloError(f"SNI host_name {name!r} is not a DNS name")
+    return name
+
+
+def _alpn(extension: _Reader | None) -> tuple[str, ...]:
+    if extension is None:
+        return ()
+    protocols = extension.vector(2, "protocol_name_list")
+    extension.expect_end()
+    if protocols.remaining == 0:
+        raise ClientHelloError("empty ALPN protocol_name_list")
+    names = []
+    while protocols.remaining:
+        name = protocols.vector(1, "ALPN protocol name")
+        if name.remaining == 0:
+            raise ClientHelloError("empty ALPN protocol name")
+        names.append(name.raw(name.remaining, "ALPN protocol name").decode("latin-1"))
+    return tuple(names)
+
+
+def _supported_versions(extension: _Reader | None) -> tuple[int, ...]:
+    if extension is None:
+        return ()
+    versions = extension.vector(1, "supported_versions")
+    extension.expect_end()
+    if versions.remaining < 2 or versions.remaining % 2:
+        raise ClientHelloError("supported_versions length is not a positive even number")
+    return tuple(
+        versions.integer(2, "supported version") for _ in range(versions.remaining // 2)
+    )

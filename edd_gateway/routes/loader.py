@@ -1,0 +1,374 @@
+"""
+The routes file: reading it, validating it and turning it into L{Route}s.
+
+It accepts the original Go gateway's format (C{routes: [{host, path, target,
+strip_prefix}]}) unchanged, the Kubernetes ConfigMap manifest that carries
+such a file in C{data["routes.yaml"]}, and this gateway's extensions (see
+docs/routes.md).  YAML is composed into a node tree, not loaded into plain
+objects, so that every problem can be reported as C{file:line: reason}; all
+problems are collected and raised together in one L{RoutesFileError}.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from edd_gateway.routes.fields import (
+    INTERNAL_TARGETS,
+    parse_duration,
+    parse_route_host,
+    parse_route_path,
+    parse_target,
+)
+from edd_gateway.routes.model import MatchKind, Route, Target
+
+__all__ = [
+    "DEFAULT_ROUTES_FILE",
+    "INTERNAL_TARGETS",
+    "ROUTE_KEYS",
+    "RouteProblem",
+    "RoutesFileError",
+    "load_default_routes",
+    "load_routes_file",
+    "load_routes_text",
+    "parse_duration",
+]
+
+ROUTE_KEYS = (
+    "host", "path", "target", "strip_prefix", "match",
+    "connect_timeout", "response_timeout", "redirect_https", "tls",
+)
+_REQUIRED_KEYS = ("host", "path", "target")
+_TOP_LEVEL_KEYS = ("routes", "defaults")
+_DEFAULTS_KEYS = ("connect_timeout", "response_timeout")
+DEFAULT_ROUTES_FILE = "default-routes.yaml"
+
+_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteProblem:
+    """One thing wrong with a routes file; line 0 means the file as a whole."""
+
+    filename: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.line}: {self.reason}"
+
+
+class RoutesFileError(ValueError):
+    """A routes file was refused; C{errors} lists every problem found."""
+
+    def __init__(self, errors: list[RouteProblem]) -> None:
+        super().__init__(errors)
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.errors)
+
+
+def load_routes_file(path: str) -> list[Route]:
+    """Read and validate the routes file (or ConfigMap manifest) at C{path}."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as error:
+        raise RoutesFileError([RouteProblem(path, 0, f"cannot read: {error.strerror or error}")])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise RoutesFileError([RouteProblem(path, line, "not valid UTF-8")])
+    return load_routes_text(text, path)
+
+
+def load_routes_text(text: str, filename: str) -> list[Route]:
+    """
+    Validate the routes file C{text}; C{filename} is used in problems as
+    given and, as its base name, in each route's C{source}.
+
+    @raise RoutesFileError: listing every problem found.
+    """
+    reader = _Reader(filename)
+    routes = reader.read(text)
+    if reader.problems:
+        raise RoutesFileError(sorted(reader.problems, key=lambda problem: problem.line))
+    return routes
+
+
+def load_default_routes() -> list[Route]:
+    """The embedded routes used when the gateway is given no routes file."""
+    resource = resources.files("edd_gateway") / "data" / DEFAULT_ROUTES_FILE
+    return load_routes_text(resource.read_text(encoding="utf-8"), DEFAULT_ROUTES_FILE)
+
+
+class _Invalid:
+    """Marks a value already reported as a problem."""
+
+
+_INVALID: Any = _Invalid()
+
+
+class _Reader:
+    """Walks one file's node tree, collecting routes and problems."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.source_name = os.path.basename(filename) or filename
+        self.problems: list[RouteProblem] = []
+        self.line_offset = 0
+        self._constructor = SafeConstructor()
+
+    def problem(self, node: Node | int, reason: str) -> None:
+        line = node if isinstance(node, int) else self.line(node)
+        self.problems.append(RouteProblem(self.filename, line, reason))
+
+    def line(self, node: Node) -> int:
+        return node.start_mark.line + 1 + self.line_offset
+
+    def read(self, text: str) -> list[Route]:
+        root = self._single_document(text)
+        if root is not None and _is_configmap(root):
+            root = self._unwrap_configmap(root)
+        if root is None:
+            return []
+        return self._routes_file(root)
+
+    def _compose(self, text: str) -> list[Node] | None:
+        try:
+            return [doc for doc in yaml.compose_all(text, Loader=_SafeLoader) if doc is not None]
+        except yaml.MarkedYAMLError as error:
+            mark = error.problem_mark or error.context_mark
+            line = mark.line + 1 + self.line_offset if mark is not None else 0
+            reason = error.problem or "cannot be parsed"
+            if error.context:
+                reason = f"{reason} ({error.context})"
+            self.problem(line, f"YAML syntax error: {reason}")
+        except yaml.YAMLError as error:
+            self.problem(self.line_offset + 1, f"YAML error: {error}")
+        return None
+
+    def _single_document(self, text: str) -> Node | None:
+        documents = self._compose(text)
+        if documents is None:
+            return None
+        if not documents:
+            self.problem(self.line_offset + 1, "the file is empty: expected a mapping with a 'routes' list")
+            return None
+        if len(documents) == 1:
+            return documents[0]
+        configmaps = [doc for doc in documents if _is_configmap(doc)]
+        if len(configmaps) == 1:
+            return configmaps[0]
+        self.problem(documents[1], "expected one YAML document (a routes mapping or one ConfigMap)")
+        return None
+
+    def _unwrap_configmap(self, manifest: Node) -> Node | None:
+        data = _mapping_get(manifest, "data")
+        if not isinstance(data, MappingNode):
+            self.problem(manifest, "ConfigMap has no 'data' mapping holding 'routes.yaml'")
+            return None
+        block = _mapping_get(data, "routes.yaml")
+        if not isinstance(block, ScalarNode):
+            keys = ", ".join(str(key.value) for key, _ in data.value) or "none"
+            self.problem(data, f"ConfigMap data has no 'routes.yaml' text (keys: {keys})")
+            return None
+        # A literal block ("|") keeps its lines, which start on the line after
+        # the indicator; other styles fold lines, so their numbers are close.
+        self.line_offset = block.start_mark.line + (1 if block.style == "|" else 0)
+        return self._single_document(block.value)
+
+    def _routes_file(self, root: Node) -> list[Route]:
+        if not isinstance(root, MappingNode):
+            self.problem(root, f"expected a mapping with a 'routes' list, got {_kind(root)}")
+            return []
+        fields = self._fields(root, _TOP_LEVEL_KEYS, "top-level")
+        defaults = self._defaults(fields.get("defaults"))
+        if "routes" not in fields:
+            self.problem(root, "missing 'routes' (a list of routes)")
+            return []
+        routes_node = fields["routes"][1]
+        if _is_null(routes_node):
+            return []
+        if not isinstance(routes_node, SequenceNode):
+            self.problem(routes_node, f"'routes' must be a list, got {_kind(routes_node)}")
+            return []
+        routes: list[Route] = []
+        first_seen: dict[tuple[str, str, MatchKind], int] = {}
+        for item in routes_node.value:
+            route = self._route(item, defaults)
+            if route is None:
+                continue
+            key = (route.host, route.path, route.match)
+            if key in first_seen:
+                self.problem(item, f"duplicate of route at {self.filename}:{first_seen[key]}"
+                             f" (host {route.host}, {route.match.value} path {route.path})")
+                continue
+            first_seen[key] = self.line(item)
+            routes.append(route)
+        return routes
+
+    def _fields(self, mapping: MappingNode, allowed: tuple[str, ...],
+                what: str) -> dict[str, tuple[Node, Node]]:
+        fields: dict[str, tuple[Node, Node]] = {}
+        for key, value in mapping.value:
+            name = key.value if isinstance(key, ScalarNode) else None
+            if not isinstance(name, str) or name not in allowed:
+                shown = repr(name) if isinstance(name, str) else _kind(key)
+                self.problem(key, f"unknown {what} key {shown} (allowed: {', '.join(allowed)})")
+            elif name in fields:
+                self.problem(key, f"key {name!r} given twice (first on line {self.line(fields[name][0])})")
+            else:
+                fields[name] = (key, value)
+        return fields
+
+    def _defaults(self, field: tuple[Node, Node] | None) -> dict[str, float]:
+        if field is None or _is_null(field[1]):
+            return {}
+        node = field[1]
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"'defaults' must be a mapping, got {_kind(node)}")
+            return {}
+        fields = self._fields(node, _DEFAULTS_KEYS, "defaults")
+        values = {name: self._duration(value, name) for name, (_, value) in fields.items()}
+        return {name: value for name, value in values.items() if value is not _INVALID}
+
+    def _route(self, node: Node, defaults: dict[str, float]) -> Route | None:
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"each route must be a mapping with host, path and target, got {_kind(node)}")
+            return None
+        fields = self._fields(node, ROUTE_KEYS, "route")
+        missing = [name for name in _REQUIRED_KEYS if name not in fields]
+        if missing:
+            self.problem(node, f"route is missing {', '.join(missing)}")
+        values = {name: value for name, (_, value) in fields.items()}
+        match = self._choice(values.get("match"), "match", ("prefix", "exact"), "prefix")
+        tls = self._choice(values.get("tls"), "tls", ("terminate", "passthrough"), "terminate")
+        host = self._parsed(values["host"], "host", parse_route_host) if "host" in values else _INVALID
+        path = (self._parsed(values["path"], "path", parse_route_path, MatchKind(match))
+                if "path" in values and match is not _INVALID else _INVALID)
+        target = self._parsed(values["target"], "target", parse_target) if "target" in values else _INVALID
+        settings = {
+            "strip_prefix": self._bool(values.get("strip_prefix"), "strip_prefix"),
+            "redirect_https": self._bool(values.get("redirect_https"), "redirect_https"),
+            "connect_timeout": self._duration(values.get("connect_timeout"), "connect_timeout",
+                                              defaults.get("connect_timeout")),
+            "response_timeout": self._duration(values.get("response_timeout"), "response_timeout",
+                                               defaults.get("response_timeout")),
+        }
+        parts = [match, tls, host, path, target, *settings.values()]
+        if missing or any(part is _INVALID for part in parts):
+            return None
+        passthrough = tls == "passthrough"
+        if passthrough and not self._passthrough_ok(values["tls"], path, match, target):
+            return None
+        return Route(host=host, path=path, target=target, match=MatchKind(match),
+                     tls_passthrough=passthrough, source=f"{self.source_name}:{self.line(node)}",
+                     **settings)
+
+    def _passthrough_ok(self, node: Node, path: str, match: str, target: Target) -> bool:
+        # TLS passthrough is chosen by SNI alone, before any path is known.
+        if path != "/" or match != "prefix":
+            self.problem(node, "tls: passthrough applies to a whole host: its route must be the prefix path /")
+            return False
+        if target.internal is not None:
+            self.problem(node, "tls: passthrough needs a host:port target, not an internal one")
+            return False
+        return True
+
+    def _text(self, node: Node, name: str) -> str:
+        # The raw scalar text, not the YAML 1.1 value: "10:80" must not turn
+        # into the sexagesimal integer 680, nor "on" into True.
+        if not isinstance(node, ScalarNode):
+            self.problem(node, f"{name} must be a string, got {_kind(node)}")
+            return _INVALID
+        if _is_null(node):
+            self.problem(node, f"{name} must not be empty")
+            return _INVALID
+        return str(node.value)
+
+    def _parsed(self, node: Node, name: str, parse: Callable[..., Any], *args: object) -> Any:
+        text = self._text(node, name)
+        if text is _INVALID:
+            return text
+        try:
+            return parse(text, *args)
+        except ValueError as error:
+            self.problem(node, str(error))
+            return _INVALID
+
+    def _choice(self, node: Node | None, name: str, choices: tuple[str, ...], default: str) -> str:
+        if node is None:
+            return default
+        text = node.value if isinstance(node, ScalarNode) else None
+        if text not in choices:
+            self.problem(node, f"{name} must be one of {', '.join(choices)}")
+            return _INVALID
+        return str(text)
+
+    def _bool(self, node: Node | None, name: str) -> bool:
+        if node is None:
+            return False
+        value = self._construct(node)
+        if not isinstance(value, bool):
+            if value is not _INVALID:
+                self.problem(node, f"{name} must be true or false, got {node.value!r}")
+            return _INVALID
+        return value
+
+    def _duration(self, node: Node | None, name: str, default: float | None = None) -> float | None:
+        if node is None:
+            return default
+        value = self._construct(node)
+        if value is _INVALID:
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            self.problem(node, f"{name}: {error}")
+            return _INVALID
+
+    def _construct(self, node: Node) -> object:
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as error:
+            self.problem(node, f"cannot read value: {error}")
+            return _INVALID
+
+
+def _mapping_get(mapping: Node, name: str) -> Node | None:
+    if not isinstance(mapping, MappingNode):
+        return None
+    for key, value in mapping.value:
+        if isinstance(key, ScalarNode) and key.value == name:
+            return value
+    return None
+
+
+def _is_configmap(node: Node) -> bool:
+    kind = _mapping_get(node, "kind")
+    return isinstance(kind, ScalarNode) and kind.value == "ConfigMap"
+
+
+def _is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def _kind(node: Node) -> str:
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if _is_null(node):
+        return "nothing"
+    return f"{node.value!r}"

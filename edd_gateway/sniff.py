@@ -1,0 +1,328 @@
+"""
+Protocol sniffing: decide from a connection's first bytes whether it speaks
+TLS, HTTP or SSH, then hand the connection to that kind's protocol.
+
+L{classify} is a pure function of the bytes seen so far; it answers
+L{Verdict.NEED_MORE} until the bytes are decisive and never changes its mind
+once they are.  L{SniffingFactory} builds one L{SniffingProtocol} per
+connection: it buffers at most a few bytes for at most C{timeout} seconds,
+then swaps the chosen protocol in below the transport and replays every byte
+it read, so the chosen protocol sees the connection as if it had been there
+from the start.  The sniffer stays out of the data path afterwards.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway._transport import swap_protocol
+
+
+class Verdict(str, Enum):
+    """What the first bytes of a connection say it speaks."""
+
+    TLS = "TLS"
+    HTTP = "HTTP"
+    SSH = "SSH"
+    NEED_MORE = "NEED_MORE"
+    UNKNOWN = "UNKNOWN"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+#: The kinds a connection can be handed to.
+SERVED_KINDS = frozenset({Verdict.TLS, Verdict.HTTP, Verdict.SSH})
+
+#: Request methods recognised as the start of HTTP/1.x: RFC 9110's, PATCH,
+#: and WebDAV's (clients such as file managers open connections with them).
+HTTP_METHODS: tuple[bytes, ...] = (
+    b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTIONS",
+    b"TRACE", b"PATCH",
+    b"PROPFIND", b"PROPPATCH", b"MKCOL", b"COPY", b"MOVE", b"LOCK", b"UNLOCK",
+    b"REPORT", b"SEARCH",
+)  # fmt: skip
+
+# Every opening that decides a verdict.  No opening is a prefix of another
+# one with a different verdict, which is what makes the verdict final.
+_OPENINGS: tuple[tuple[bytes, Verdict], ...] = (
+    # A TLS record of type handshake (22) with major version 3 (SSL 3.0 up to
+    # TLS 1.3 all say 3 here).
+    (b"\x16\x03", Verdict.TLS),
+    # RFC 4253 4.2: the client's first line is its identification string.
+    (b"SSH-", Verdict.SSH),
+    *((method + b" ", Verdict.HTTP) for method in HTTP_METHODS),
+)
+
+#: The most bytes the sniffer ever needs to decide; the classifier is decisive
+#: after max(len(opening)) bytes (10, for "PROPPATCH "), this leaves room for
+#: longer methods without changing the documented bound.
+SNIFF_MAX_BYTES = 16
+assert max(len(opening) for opening, _ in _OPENINGS) <= SNIFF_MAX_BYTES
+
+#: Seconds a client may stay silent (or stall mid-opening) before the
+#: sniffer decides for it.
+DEFAULT_SNIFF_TIMEOUT = 5.0
+
+
+def classify(prefix: bytes) -> Verdict:
+    """
+    Classify the first bytes a client sent.
+
+    Works on any prefix, byte by byte: L{Verdict.NEED_MORE} while C{prefix}
+    could still become more than one thing (the empty prefix included), then
+    the verdict, which every extension of C{prefix} keeps.
+    """
+    could_grow = False
+    for opening, verdict in _OPENINGS:
+        if prefix.startswith(opening):
+            return verdict
+        if opening.startswith(prefix):
+            could_grow = True
+    return Verdict.NEED_MORE if could_grow else Verdict.UNKNOWN
+
+
+def describe_peer(address: IAddress) -> str:
+    """C{203.0.113.7:51234} or C{[2001:db8::1]:51234}; anything else as repr."""
+    if isinstance(address, IPv6Address):
+        return f"[{address.host}]:{address.port}"
+    if isinstance(address, IPv4Address):
+        return f"{address.host}:{address.port}"
+    return repr(address)
+
+
+@dataclass
+class SniffStats:
+    """
+    What became of the connections one listener sniffed.
+
+    @ivar handed_off: connections handed to a handler, by kind (those handed
+        to the default kind after a silent timeout included).
+    @ivar unsupported: connections recognised but closed because no handler
+        serves their kind on this listener.
+    @ivar unknown: connections closed because their first bytes were not TLS,
+        HTTP or SSH.
+    @ivar silent_timeouts: clients that sent nothing within the timeout.
+    @ivar partial_timeouts: clients that started an opening but did not
+        finish it within the timeout (closed).
+    @ivar closed_early: clients that went away before a verdict.
+    """
+
+    handed_off: collections.Counter[Verdict] = field(default_factory=collections.Counter)
+    unsupported: collections.Counter[Verdict] = field(default_factory=collections.Counter)
+    unknown: int = 0
+    silent_timeouts: int = 0
+    partial_timeouts: int = 0
+    closed_early: int = 0
+
+
+class SniffingProtocol(Protocol):
+    """
+    Buffers a connection's first bytes until L{classify} decides, then hands
+    the transport to the handler for that kind.
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory: SniffingFactory, peer: IAddress) -> None:
+        self._factory = factory
+        self._peer = peer
+        self._buffer = b""
+        self._timer: IDelayedCall | None = None
+        self._done = False
+
+    def connectionMade(self) -> None:
+        self._timer = self._factory.clock.callLater(self._factory.timeout, self._timedOut)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._done:
+            return
+        self._buffer += data
+        verdict = classify(self._buffer[:SNIFF_MAX_BYTES])
+        if verdict is Verdict.NEED_MORE:
+            if len(self._buffer) < SNIFF_MAX_BYTES:
+                return
+            # Unreachable with today's openings (all shorter than the bound),
+            # kept so the bound holds whatever openings are added.
+            verdict = Verdict.UNKNOWN
+        self._decide()
+        if verdict is Verdict.UNKNOWN:
+            self._factory.stats.unknown += 1
+            # Abort: nothing was promised to a client speaking no known
+            # protocol, and it may be hostile; no need to linger.
+            self._giveUp(
+                "on {listener} sent {first!r}, not TLS, HTTP or SSH",
+                abort=True,
+                first=self._buffer[:SNIFF_MAX_BYTES],
+            )
+            return
+        self._handOff(verdict)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if not self._done:
+            self._decide()
+            self._factory.stats.closed_early += 1
+            self._log.debug(
+                "sniff: {peer} left {listener} after {count} bytes, before a verdict",
+                peer=self._peerText(),
+                listener=self._factory.listener_name,
+                count=len(self._buffer),
+            )
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        self._decide()
+        stats, timeout = self._factory.stats, self._factory.timeout
+        if self._buffer:
+            stats.partial_timeouts += 1
+            self._giveUp(
+                "on {listener} sent only {first!r} in {timeout}s",
+                first=self._buffer,
+                timeout=timeout,
+            )
+            return
+        stats.silent_timeouts += 1
+        default = self._factory.default
+        if default is None:
+            self._giveUp("on {listener} sent nothing in {timeout}s", timeout=timeout)
+            return
+        self._handOff(default)
+
+    def _decide(self) -> None:
+        """Mark the sniff finished: no timer, no more bytes taken."""
+        self._done = True
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _handOff(self, kind: Verdict) -> None:
+        transport = self.transport
+        assert transport is not None
+        handler = self._factory.handlers.get(kind)
+        if handler is None:
+            self._factory.stats.unsupported[kind] += 1
+            self._giveUp("spoke {kind} on {listener}, not served yet", kind=kind.value)
+            return
+        protocol = handler.buildProtocol(self._peerAddress())
+        if protocol is None:
+            self._factory.stats.unsupported[kind] += 1
+            self._giveUp("spoke {kind} on {listener}, refused by its handler", kind=kind.value)
+            return
+        self._factory.stats.handed_off[kind] += 1
+        # Swap first so that anything the transport delivers from inside
+        # connectionMade already reaches the new protocol; makeConnection
+        # then gives it its one connectionMade, and the replay follows.
+        swap_protocol(transport, protocol)
+        protocol.makeConnection(transport)
+        replay, self._buffer = self._buffer, b""
+        self.transport = None
+        if replay and _still_open(transport):
+            protocol.dataReceived(replay)
+
+    def _giveUp(self, what: str, abort: bool = False, **fields: object) -> None:
+        """Log C{sniff: <peer> <what>; closing} and close."""
+        self._log.info(
+            "sniff: {peer} " + what + "; closing",
+            peer=self._peerText(),
+            listener=self._factory.listener_name,
+            **fields,
+        )
+        if abort:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+        else:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def _peerAddress(self) -> IAddress:
+        # Asked at decision time: behind a PROXY-protocol wrapper the address
+        # given to buildProtocol is the proxy's, the transport's is the client's.
+        if self.transport is not None:
+            return self.transport.getPeer()
+        return self._peer
+
+    def _peerText(self) -> str:
+        return describe_peer(self._peerAddress())
+
+
+def _still_open(transport: object) -> bool:
+    """
+    Whether bytes read from C{transport} should still be delivered: a real
+    transport stops reading once its protocol closes it, so a handler that
+    closes in connectionMade gets no replay either.
+    """
+    return bool(getattr(transport, "connected", True)) and not getattr(
+        transport, "disconnecting", False
+    )
+
+
+class SniffingFactory(Factory):
+    """
+    Builds a L{SniffingProtocol} per connection of one listener.
+
+    @param handlers: the factory serving each kind; a kind missing here is
+        recognised, logged and closed ("not served yet").
+    @param default: the kind a client gets when it stays silent for
+        C{timeout} seconds (some SSH clients wait for the server to speak
+        first); L{None} closes silent connections.
+    @param timeout: seconds to wait for decisive bytes.
+    @param clock: schedules the timeout.
+    @param listener_name: names the listener in log lines, e.g. C{tcp:8080}.
+    """
+
+    def __init__(
+        self,
+        handlers: Mapping[Verdict, IProtocolFactory],
+        *,
+        clock: IReactorTime,
+        listener_name: str,
+        default: Verdict | None = None,
+        timeout: float = DEFAULT_SNIFF_TIMEOUT,
+    ) -> None:
+        wrong = set(handlers) - SERVED_KINDS
+        if wrong:
+            raise ValueError(f"no connection is ever handed to {sorted(map(str, wrong))}")
+        if default is not None and default not in SERVED_KINDS:
+            raise ValueError(f"default must be one of TLS, HTTP, SSH or None, not {default}")
+        self.handlers = dict(handlers)
+        self.default = default
+        self.timeout = timeout
+        self.clock = clock
+        self.listener_name = listener_name
+        self.stats = SniffStats()
+
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+        return SniffingProtocol(self, addr)
+
+    def startFactory(self) -> None:
+        # The handlers never listen themselves, so nobody else starts them
+        # (TLSMemoryBIOFactory, for one, sets up its context in doStart).
+        for handler in self.handlers.values():
+            handler.doStart()
+
+    def stopFactory(self) -> None:
+        for handler in self.handlers.values():
+            handler.doStop()
+
+
+__all__ = [
+    "DEFAULT_SNIFF_TIMEOUT",
+    "HTTP_METHODS",
+    "SERVED_KINDS",
+    "SNIFF_MAX_BYTES",
+    "SniffStats",
+    "SniffingFactory",
+    "SniffingProtocol",
+    "Verdict",
+    "classify",
+    "describe_peer",
+]

@@ -1,0 +1,173 @@
+"""
+TLS termination contexts: the pyOpenSSL server connections that the
+gateway's C{TLSMemoryBIOFactory} wraps around the HTTP side.
+
+It owns the TLS policy (TLS 1.2 and 1.3 only, ECDHE with AES-GCM or
+ChaCha20-Poly1305 for TLS 1.2, ALPN C{http/1.1}, session resumption, no
+renegotiation) and the choice of certificate at handshake time: a servername
+callback asks the L{CertificateStore} and switches the connection to that
+certificate's context, the way txsni's C{SNIMap} does.  Twisted's
+C{CertificateOptions(contextForServerName=)} would leave the chain and the
+policy to us anyway, and one context per loaded certificate, built once and
+dropped when the store replaces the certificate, keeps reloads from touching
+open connections.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from edd_gateway.tls.store import CertificateStore, LoadedCertificate
+
+__all__ = [
+    "ALPN_PROTOCOL",
+    "TLS12_CIPHERS",
+    "SNIConnectionCreator",
+    "chosen_certificate",
+    "negotiated_server_name",
+    "server_connection_creator",
+]
+
+ALPN_PROTOCOL = b"http/1.1"
+
+# Mozilla's "intermediate" TLS 1.2 suites: forward secret AEAD only.  TLS 1.3
+# suites are all AEAD and keep OpenSSL's defaults.
+TLS12_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    b"ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    b"ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
+)
+
+# Sessions resumed (by session id or ticket) only within this application.
+_SESSION_ID_CONTEXT = b"edd-gateway"
+
+
+class _CertificateContext(SSL.Context):
+    """A server context that remembers which certificate it serves."""
+
+    certificate: LoadedCertificate | None = None
+
+
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
+    # h2 is not spoken here: pick http/1.1 when offered, otherwise go on
+    # without ALPN rather than fail clients offering only unknown names.
+    if ALPN_PROTOCOL in offered:
+        return ALPN_PROTOCOL
+    return SSL.NO_OVERLAPPING_PROTOCOLS
+
+
+def _policy_context(certificate: LoadedCertificate | None) -> _CertificateContext:
+    """
+    A context with the gateway's TLS policy.  OpenSSL takes protocol
+    versions, ciphers and options from the connection's first context but the
+    ALPN callback and session id context from the switched one, so every
+    context gets the whole policy.
+    """
+    context = _CertificateContext(SSL.TLS_SERVER_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)
+    context.set_max_proto_version(SSL.TLS1_3_VERSION)
+    context.set_cipher_list(TLS12_CIPHERS)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    context.set_session_id(_SESSION_ID_CONTEXT)
+    context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
+    context.set_alpn_select_callback(_select_alpn)
+    if certificate is not None:
+        context.use_certificate(certificate.certificate)
+        for intermediate in certificate.chain:
+            context.add_extra_chain_cert(intermediate)
+        context.use_privatekey(certificate.private_key)
+        context.check_privatekey()
+        context.certificate = certificate
+    return context
+
+
+def _peer_description(connection: SSL.Connection) -> str:
+    protocol = connection.get_app_data()
+    transport = getattr(protocol, "transport", None)
+    if transport is None:
+        return "an unknown peer"
+    peer = transport.getPeer()
+    return str(getattr(peer, "host", peer))
+
+
+@implementer(IOpenSSLServerConnectionCreator)
+class SNIConnectionCreator:
+    """
+    Server connections whose certificate the store chooses by SNI.
+
+    Usable as the C{contextFactory} of
+    C{TLSMemoryBIOFactory(creator, False, wrapped)}.  A connection picks its
+    certificate during its handshake from the store's current index, so a
+    reload serves new connections while open ones keep the context they
+    hold.
+    """
+
+    def __init__(self, store: CertificateStore, log: Logger | None = None) -> None:
+        self._store = store
+        self._log = Logger() if log is None else log
+        self._contexts: dict[LoadedCertificate, _CertificateContext] = {}
+        self._generation = store.generation
+        # The first context carries the policy, the session cache and the
+        # ticket keys for every connection; certificates come from the switch.
+        self._base = _policy_context(None)
+        self._base.set_tlsext_servername_callback(self._choose_certificate)
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
+        return SSL.Connection(self._base, None)
+
+    def context_for(self, certificate: LoadedCertificate) -> SSL.Context:
+        """The (cached) context presenting C{certificate}."""
+        if self._generation != self._store.generation:
+            # Drop contexts of replaced certificates; open connections keep
+            # theirs alive through their own reference.
+            current = set(self._store.certificates())
+            self._contexts = {c: x for c, x in self._contexts.items() if c in current}
+            self._generation = self._store.generation
+        context = self._contexts.get(certificate)
+        if context is None:
+            context = self._contexts[certificate] = _policy_context(certificate)
+        return context
+
+    def _choose_certificate(self, connection: SSL.Connection) -> None:
+        server_name = negotiated_server_name(connection)
+        certificate = self._store.choose(server_name)
+        if certificate is None:
+            # Without a certificate OpenSSL fails the handshake itself.
+            self._log.info(
+                "TLS from {peer}: no certificate for server name {server_name}",
+                peer=_peer_description(connection),
+                server_name=server_name,
+            )
+            return
+        connection.set_context(self.context_for(certificate))
+
+
+def server_connection_creator(
+    store: CertificateStore, log: Logger | None = None
+) -> SNIConnectionCreator:
+    """The connection creator terminating TLS with C{store}'s certificates."""
+    return SNIConnectionCreator(store, log=log)
+
+
+def negotiated_server_name(connection: SSL.Connection) -> str | None:
+    """
+    The SNI name the client sent, lower-case without trailing dot (L{None}
+    without SNI, or when it is not ASCII and so matched no certificate).
+    """
+    raw = connection.get_servername()
+    if not raw:
+        return None
+    try:
+        name = raw.decode("ascii").lower()
+    except UnicodeDecodeError:
+        return None
+    return name[:-1] if name.endswith(".") else name
+
+
+def chosen_certificate(connection: SSL.Connection) -> LoadedCertificate | None:
+    """The certificate the connection's handshake presented, if any."""
+    context = connection.get_context()
+    return context.certificate if isinstance(context, _CertificateContext) else None

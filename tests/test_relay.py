@@ -1,0 +1,453 @@
+"""
+Tests for L{edd_gateway.relay}: forwarding, producer wiring, half and full
+close and the idle timeout over in-memory transports; backpressure and
+half-close over real loopback TCP.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from twisted.internet import protocol
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseableProtocol, IPushProducer
+from twisted.internet.task import Clock, LoopingCall
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.logger import capturedLogs, formatEvent
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+
+from edd_gateway.relay import RelayProtocol, splice
+
+CLIENT = IPv4Address("TCP", "203.0.113.7", 51234)
+BACKEND = IPv4Address("TCP", "10.1.2.3", 8080)
+
+
+class HandoverTransport(StringTransportWithDisconnection):
+    """
+    An in-memory transport that can change protocols the way a wrapping
+    transport does (swap_protocol sets C{wrappedProtocol}).
+    """
+
+    @property
+    def wrappedProtocol(self) -> protocol.Protocol:
+        return getattr(self, "protocol", None)  # type: ignore[return-value]
+
+    @wrappedProtocol.setter
+    def wrappedProtocol(self, value: protocol.Protocol) -> None:
+        self.protocol = value
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloseTransport(HandoverTransport):
+    """Also half-closes, like TCP; records that it was asked to."""
+
+    write_shut = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_shut = True
+
+
+class RelayUnitTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.closed: list[tuple[int, int]] = []
+
+    def pair(
+        self, kind: type[HandoverTransport] = HandoverTransport, **kwargs: object
+    ) -> tuple[HandoverTransport, HandoverTransport, RelayProtocol, RelayProtocol]:
+        a, b = kind(peerAddress=CLIENT), kind(peerAddress=BACKEND)
+        kwargs.setdefault("on_close", lambda *counts: self.closed.append(counts))
+        end_a, end_b = splice(a, b, **kwargs)  # type: ignore[arg-type]
+        return a, b, end_a, end_b
+
+    def test_protocols_swapped_in(self) -> None:
+        a, b, end_a, end_b = self.pair()
+        self.assertIs(a.protocol, end_a)
+        self.assertIs(b.protocol, end_b)
+        self.assertIs(end_a.transport, a)
+        self.assertIs(end_b.peer, end_a)
+
+    def test_bytes_forwarded_and_counted(self) -> None:
+        a, b, end_a, end_b = self.pair()
+        a.protocol.dataReceived(b"hello")
+        a.protocol.dataReceived(b", world")
+        b.protocol.dataReceived(b"hi")
+        self.assertEqual(b.value(), b"hello, world")
+        self.assertEqual(a.value(), b"hi")
+        self.assertEqual((end_a.bytes_in, end_b.bytes_in), (12, 2))
+
+    def test_initial_bytes_written_first_and_counted(self) -> None:
+        a, b, end_a, end_b = self.pair(
+            a_to_b_initial=b"\x16\x03\x01hello", b_to_a_initial=b"after-101"
+        )
+        a.protocol.dataReceived(b"-more")
+        self.assertEqual(b.value(), b"\x16\x03\x01hello-more")
+        self.assertEqual(a.value(), b"after-101")
+        self.assertEqual((end_a.bytes_in, end_b.bytes_in), (13, 9))
+
+    def test_each_transport_produces_for_the_other(self) -> None:
+        a, b, _, _ = self.pair()
+        self.assertIs(a.producer, b)
+        self.assertIs(b.producer, a)
+        self.assertTrue(a.streaming)
+        self.assertTrue(b.streaming)
+
+    def test_full_buffer_pauses_the_other_side(self) -> None:
+        a, b, _, _ = self.pair()
+        b.producer.pauseProducing()  # b's buffer filled up
+        self.assertEqual(a.producerState, "paused")
+        self.assertEqual(b.producerState, "producing")
+        b.producer.resumeProducing()  # drained
+        self.assertEqual(a.producerState, "producing")
+
+    def test_splice_resumes_reading(self) -> None:
+        """A client paused while its backend was being connected reads again."""
+        a, b = HandoverTransport(), HandoverTransport()
+        a.pauseProducing()
+        splice(a, b)
+        self.assertEqual(a.producerState, "producing")
+
+    def test_close_on_a_closes_b(self) -> None:
+        a, b, _, _ = self.pair()
+        a.protocol.dataReceived(b"abc")
+        a.loseConnection()
+        self.assertFalse(b.connected)
+        self.assertFalse(b.disconnected, "b is closed after flushing, not aborted")
+        self.assertIsNone(a.producer)
+        self.assertIsNone(b.producer)
+        self.assertEqual(self.closed, [(3, 0)])
+
+    def test_close_on_b_closes_a(self) -> None:
+        a, b, _, _ = self.pair()
+        b.protocol.dataReceived(b"xy")
+        b.loseConnection()
+        self.assertFalse(a.connected)
+        self.assertIsNone(a.producer)
+        self.assertIsNone(b.producer)
+        self.assertEqual(self.closed, [(0, 2)])
+
+    def test_half_close_mirrored(self) -> None:
+        a, b, end_a, end_b = self.pair(HalfCloseTransport)
+        a.protocol.dataReceived(b"request")
+        end_a.readConnectionLost()  # client sent EOF
+        self.assertTrue(b.write_shut)
+        self.assertTrue(b.connected, "the answer can still come back")
+        self.assertIsNone(b.producer, "a reads nothing more, so produces nothing")
+        self.assertIs(a.producer, b)
+        b.protocol.dataReceived(b"answer")
+        self.assertEqual(a.value(), b"answer")
+        end_b.writeConnectionLost()  # b's FIN went out
+        self.assertTrue(b.connected)
+        end_b.readConnectionLost()  # backend sent EOF
+        self.assertTrue(a.write_shut)
+        self.assertFalse(b.connected, "both directions of b are done")
+        self.assertFalse(a.connected)
+        self.assertEqual(self.closed, [(7, 6)])
+
+    def test_half_close_becomes_full_close_without_support(self) -> None:
+        a, b = HalfCloseTransport(), HandoverTransport()
+        closed: list[tuple[int, int]] = []
+        end_a, _ = splice(a, b, on_close=lambda *c: closed.append(c))
+        end_a.readConnectionLost()
+        self.assertFalse(b.connected)
+        self.assertFalse(a.connected)
+        self.assertFalse(a.write_shut)
+        self.assertEqual(closed, [(0, 0)])
+
+    def test_wrapped_transport_is_closed_not_half_closed(self) -> None:
+        """
+        A wrapper (TLS, PROXY protocol) claims the interfaces of the TCP
+        transport below it, but shutting that transport's write side would
+        cut the wrapper's own stream: the relay closes it instead.
+        """
+        below = HalfCloseTransport()
+        wrapper = ProtocolWrapper(WrappingFactory(protocol.Factory()), protocol.Protocol())
+        below.protocol = wrapper
+        wrapper.makeConnection(below)
+        a = HalfCloseTransport()
+        end_a, end_b = splice(a, wrapper)
+        self.assertIs(wrapper.wrappedProtocol, end_b)
+        self.assertIs(below.producer, a)
+        end_a.readConnectionLost()
+        self.assertFalse(below.write_shut)
+        self.assertFalse(below.connected)
+        self.assertFalse(a.connected)
+
+    def test_read_eof_twice_counts_once(self) -> None:
+        a, b, end_a, _ = self.pair(HalfCloseTransport)
+        end_a.readConnectionLost()
+        end_a.readConnectionLost()
+        self.assertTrue(b.connected)
+        self.assertTrue(b.write_shut)
+
+    def test_idle_timeout_aborts_both(self) -> None:
+        clock = Clock()
+        with capturedLogs() as events:
+            a, b, _, _ = self.pair(idle_timeout=10, clock=clock)
+            clock.advance(6)
+            a.protocol.dataReceived(b"x")
+            clock.advance(6)
+            self.assertTrue(a.connected and b.connected, "moved 6 s ago")
+            b.protocol.dataReceived(b"y")
+            clock.advance(9.5)
+            self.assertTrue(a.connected and b.connected, "moved 9.5 s ago")
+            clock.advance(0.5)
+        self.assertTrue(a.disconnected)
+        self.assertTrue(b.disconnected)
+        self.assertEqual(self.closed, [(1, 1)])
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertIn(
+            "relay: 203.0.113.7:51234 <-> 10.1.2.3:8080 idle for 10s; closing",
+            [formatEvent(e) for e in events],
+        )
+
+    def test_close_cancels_idle_timer(self) -> None:
+        clock = Clock()
+        a, _, _, _ = self.pair(idle_timeout=10, clock=clock)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        a.loseConnection()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_idle_timeout_needs_clock(self) -> None:
+        self.assertRaises(
+            ValueError, splice, HandoverTransport(), HandoverTransport(), idle_timeout=1
+        )
+
+    def test_failing_on_close_is_logged(self) -> None:
+        a, b = HandoverTransport(), HandoverTransport()
+        splice(a, b, on_close=lambda *c: 1 / 0)
+        a.loseConnection()
+        self.assertFalse(b.connected)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_is_half_closeable_protocol(self) -> None:
+        _, _, end_a, _ = self.pair()
+        self.assertTrue(IHalfCloseableProtocol.providedBy(end_a))
+
+
+# Real loopback TCP from here: client -> front listener -(relay)-> backend.
+
+
+class FrontProtocol(protocol.Protocol):
+    """Pauses its client, connects the backend, then splices the two."""
+
+    def __init__(self, relay: LoopbackRelay) -> None:
+        self.relay = relay
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+        endpoint = TCP4ClientEndpoint(self.relay.reactor, "127.0.0.1", self.relay.backend_port)
+        connectProtocol(endpoint, BackendSide(self.relay, self.transport))
+
+
+class BackendSide(protocol.Protocol):
+    def __init__(self, relay: LoopbackRelay, front: object) -> None:
+        self.relay = relay
+        self.front = front
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        splice(
+            self.front,  # type: ignore[arg-type]
+            transport,  # type: ignore[arg-type]
+            on_close=lambda *counts: self.relay.closed.callback(counts),
+        )
+        self.relay.backend_seen = track_pending(transport)
+
+
+class LoopbackRelay:
+    """A front port relaying every connection to a backend factory's port."""
+
+    def __init__(self, test: TestCase, backend: protocol.Factory) -> None:
+        from twisted.internet import reactor
+
+        self.reactor = reactor
+        self.closed: Deferred[tuple[int, int]] = Deferred()
+        self.backend_seen: dict[str, int] = {}
+        backend_port = reactor.listenTCP(0, backend, interface="127.0.0.1")
+        test.addCleanup(backend_port.stopListening)
+        self.backend_port = backend_port.getHost().port
+        front = protocol.Factory.forProtocol(lambda: FrontProtocol(self))
+        front_port = reactor.listenTCP(0, front, interface="127.0.0.1")
+        test.addCleanup(front_port.stopListening)
+        self.front_port = front_port.getHost().port
+
+    def connect(self, client: protocol.Protocol) -> Deferred[protocol.Protocol]:
+        endpoint = TCP4ClientEndpoint(self.reactor, "127.0.0.1", self.front_port)
+        return connectProtocol(endpoint, client)
+
+
+@implementer(IHalfCloseableProtocol)
+class EchoOnEOF(protocol.Protocol):
+    """Backend answering C{got:<everything>} once the client half-closes."""
+
+    def __init__(self) -> None:
+        self.received = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        self.transport.write(b"got:" + self.received)  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+
+@implementer(IHalfCloseableProtocol)
+class HalfClosingClient(protocol.Protocol):
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.received = b""
+        self.done: Deferred[bytes] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.payload)  # type: ignore[union-attr]
+        self.transport.loseWriteConnection()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def readConnectionLost(self) -> None:
+        # Both directions are done; TCP leaves the final close to us.
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def writeConnectionLost(self) -> None:
+        pass
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.done.callback(self.received)
+
+
+TOTAL = 64 * 1024 * 1024
+CHUNK = bytes(range(256)) * 256  # 64 KiB
+
+
+@implementer(IPushProducer)
+class FloodingClient(protocol.Protocol):
+    """Writes TOTAL bytes as fast as its transport lets it, and no faster."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.paused = False
+        self.digest = hashlib.sha256()
+        self.done: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.resumeProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        while not self.paused and self.sent < TOTAL:
+            self.sent += len(CHUNK)
+            self.digest.update(CHUNK)
+            self.transport.write(CHUNK)  # type: ignore[union-attr]
+        if self.sent >= TOTAL and not self.paused:
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def stopProducing(self) -> None:
+        self.paused = True
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.done.callback(None)
+
+
+class PausedReceiver(protocol.Protocol):
+    """Backend that starts paused and closes once it has TOTAL bytes."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.digest = hashlib.sha256()
+
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        self.digest.update(data)
+        if self.received >= TOTAL:
+            self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+def track_pending(transport: object) -> dict[str, int]:
+    """Record the most bytes ever queued in a TCP transport's write buffer."""
+    seen = {"max_pending": 0, "paused_producer": 0}
+    original = transport.write  # type: ignore[attr-defined]
+
+    def write(data: bytes) -> None:
+        original(data)
+        pending = len(transport.dataBuffer) - transport.offset + transport._tempDataLen  # type: ignore[attr-defined]
+        seen["max_pending"] = max(seen["max_pending"], pending)
+        seen["paused_producer"] |= bool(transport.producerPaused)  # type: ignore[attr-defined]
+
+    transport.write = write  # type: ignore[attr-defined]
+    return seen
+
+
+class LoopbackRelayTests(TestCase):
+    @inlineCallbacks
+    def test_half_close_over_tcp(self):  # type: ignore[no-untyped-def]
+        relay = LoopbackRelay(self, protocol.Factory.forProtocol(EchoOnEOF))
+        client = HalfClosingClient(b"hello")
+        yield relay.connect(client)
+        answer = yield client.done
+        self.assertEqual(answer, b"got:hello")
+        counts = yield relay.closed
+        self.assertEqual(counts, (5, 9))
+
+    @inlineCallbacks
+    def test_slow_reader_keeps_memory_flat(self):  # type: ignore[no-untyped-def]
+        receivers: list[PausedReceiver] = []
+
+        def build() -> PausedReceiver:
+            receivers.append(PausedReceiver())
+            return receivers[-1]
+
+        relay = LoopbackRelay(self, protocol.Factory.forProtocol(build))
+        client = FloodingClient()
+        yield relay.connect(client)
+        stalled = yield self.until_stalled(client)
+        self.assertTrue(stalled, "the client never had to stop writing")
+        self.assertLess(client.sent, TOTAL, "the relay swallowed everything")
+        [receiver] = receivers
+        self.assertEqual(receiver.received, 0)
+        receiver.transport.resumeProducing()  # type: ignore[union-attr]
+        yield client.done
+        yield relay.closed
+        self.assertEqual(receiver.received, TOTAL)
+        self.assertEqual(receiver.digest.digest(), client.digest.digest())
+        # Twisted's 64 KiB buffer limit plus one read of 64 KiB, with slack;
+        # without backpressure it would have queued most of the 64 MiB.
+        seen = relay.backend_seen
+        self.assertLess(seen["max_pending"], 512 * 1024)
+        self.assertTrue(seen["paused_producer"], "the relay never paused the client")
+
+    def until_stalled(self, client: FloodingClient) -> Deferred[bool]:
+        """Fire once the client has been paused with nothing sent for 300 ms."""
+        from twisted.internet import reactor
+
+        done: Deferred[bool] = Deferred()
+        history: list[int] = []
+
+        def poll() -> None:
+            history.append(client.sent if client.paused else -1)
+            if len(history) > 6 and len(set(history[-6:])) == 1 and history[-1] > 0:
+                loop.stop()
+                done.callback(True)
+            elif client.sent >= TOTAL:
+                loop.stop()
+                done.callback(False)
+
+        loop = LoopingCall(poll)
+        loop.clock = reactor
+        loop.start(0.05)
+        return done
