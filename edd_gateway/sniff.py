@@ -279,6 +279,8 @@ class SniffingFactory(Factory):
     @param listener_name: names the listener in log lines, e.g. C{tcp:8080}.
     """
 
+    noisy = False
+
     def __init__(
         self,
         handlers: Mapping[Verdict, IProtocolFactory],

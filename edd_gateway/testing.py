@@ -372,15 +372,23 @@ class GatewayProcess:
         except FileNotFoundError:
             return ""
 
-    async def start(self, args: Sequence[str] = (), timeout: float = 15.0) -> None:
+    async def start(self, args: Sequence[str] = (), timeout: float = 15.0, attempts: int = 3) -> None:
         """Start with C{args} plus a C{--listen} on a free port; wait until it accepts."""
-        self.port = free_port()
-        argv = self.command([*args, "--listen", f"tcp:{self.port}:interface=127.0.0.1"])
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(argv, cwd=self.workdir, env=self.environment(),
-                                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-        await poll_until(self._accepting, f"the gateway to listen on port {self.port}", timeout,
-                         reactor=self.clock)
+        for attempt in range(attempts):
+            self.port = free_port()
+            argv = self.command([*args, "--listen", f"tcp:{self.port}:interface=127.0.0.1"])
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(argv, cwd=self.workdir, env=self.environment(),
+                                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                await poll_until(self._accepting, f"the gateway to listen on port {self.port}", timeout,
+                                 reactor=self.clock)
+                return
+            except AssertionError:
+                # Another process may take the free port before the gateway
+                # binds it; only that is worth another try.
+                if attempt + 1 == attempts or "Address already in use" not in self.log_text():
+                    raise
 
     def _accepting(self) -> bool:
         assert self.process is not None
@@ -409,6 +417,7 @@ class GatewayProcess:
             except AssertionError:
                 process.kill()
                 process.wait(5)
+                raise AssertionError(f"the gateway did not exit within {timeout} s of SIGTERM: killed") from None
         return process.returncode
 
 
@@ -757,7 +766,8 @@ class EndToEndMixin:
         """
         argv = [require_tool("curl"), "-sS", "-D", "-", "--max-time", str(timeout), *args, url]
         run = await run_process(argv, timeout=timeout + 5).result()
-        return CurlResponse.parse(bytes(run.out), run.exit_code or 0, run.err.decode("utf-8", "replace"))
+        exit_code = -1 if run.exit_code is None else run.exit_code
+        return CurlResponse.parse(bytes(run.out), exit_code, run.err.decode("utf-8", "replace"))
 
     async def raw(self, port: int) -> RawConnection:
         connection = await RawConnection.open(port)

@@ -363,6 +363,8 @@ def _llhttp_reason(problem: HttpParserError) -> str:
 class HTTPProxyFactory(Factory):
     """Builds L{HTTPServerProtocol}s that share the routes, pool and settings."""
 
+    noisy = False
+
     def __init__(
         self,
         routes: LiveRouteTable,

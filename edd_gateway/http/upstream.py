@@ -18,14 +18,9 @@ from typing import TYPE_CHECKING, Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet import defer, error
-from twisted.internet.endpoints import (
-    HostnameEndpoint,
-    TCP4ClientEndpoint,
-    TCP6ClientEndpoint,
-    connectProtocol,
-)
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -217,9 +212,12 @@ class UpstreamPool:
             waiter.addTimeout(timeout, self.clock)
             return waiter.addErrback(_busy, target)
         backend.count += 1
-        endpoint = _endpoint(self.reactor, target, timeout)
-        attempt = connectProtocol(endpoint, UpstreamProtocol(self, key))
+        attempt = self._open(key, target, timeout)
         return attempt.addErrback(self._connect_failed, key, target, timeout)
+
+    def _open(self, key: BackendKey, target: Target, timeout: float) -> defer.Deferred[UpstreamProtocol]:
+        endpoint = _endpoint(self.reactor, target, timeout)
+        return endpoint.connect(_OneConnection(UpstreamProtocol(self, key)))
 
     def release(self, connection: UpstreamProtocol) -> None:
         """Give back a connection whose exchange ended cleanly."""
@@ -263,8 +261,7 @@ class UpstreamPool:
                 continue
             backend.count += 1
             target = Target(key[0], key[1])
-            endpoint = _endpoint(self.reactor, target, 30.0)
-            attempt = connectProtocol(endpoint, UpstreamProtocol(self, key))
+            attempt = self._open(key, target, 30.0)
             attempt.addErrback(self._connect_failed, key, target, 30.0)
             attempt.chainDeferred(waiter)
 
@@ -283,6 +280,18 @@ class UpstreamPool:
             for connection in stale:
                 backend.idle.remove(connection)
                 connection.transport.loseConnection()
+
+
+class _OneConnection(Factory):
+    """Hands out one prepared protocol; quiet, unlike connectProtocol's factory."""
+
+    noisy = False
+
+    def __init__(self, protocol: UpstreamProtocol) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> UpstreamProtocol:
+        return self._protocol
 
 
 def _busy(failure: Failure, target: Target) -> Failure:
