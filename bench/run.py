@@ -136,8 +136,9 @@ def keep_logs(workdir: Path, destination: Path) -> None:
 
 def main(argv: Sequence[str]) -> int:
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGHUP, _raise_interrupt)
+    # SIGINT too: a shell starting us in the background would have it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _raise_interrupt)
     stamp = time.strftime("%Y%m%dT%H%M%S")
     results: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -15,6 +15,7 @@ import signal
 import sys
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 from twisted.application import service, strports
 from twisted.logger import Logger
@@ -45,6 +46,8 @@ from edd_gateway.http.upstream import UpstreamPool  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
+from edd_gateway.tls.authority import misdirected_check  # noqa: E402
+from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tls  # noqa: E402
 from edd_gateway.watch import FileWatcher  # noqa: E402
 
 log = Logger()
@@ -61,7 +64,8 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run the edd cloud gateway.  Without options it serves the embedded "
-        "default: the welcome page on http://127.0.0.1:8080/."
+        "default: the welcome page on http://127.0.0.1:8080/, and on "
+        "https:// with a self-signed development certificate."
     )
     optParameters: list[list[Any]] = [
         ["routes", "r", None, "The routes file (YAML, or the gateway-routes ConfigMap manifest).", str],
@@ -80,12 +84,20 @@ class Options(usage.Options):
         ["pool-max-idle", None, 64, "Idle keep-alive connections kept per backend.", int],
         ["pool-max-per-backend", None, 512, "Connections (busy and idle) per backend.", int],
         ["pool-idle-timeout", None, 60.0, "Seconds an idle backend connection is kept.", float],
+        ["default-cert", None, None, "The name whose certificate TLS clients without SNI or with an unknown one get."],
+        ["dev-cert-dir", None, DEFAULT_DEV_CERT_DIR,
+         "Without --tls-dir: where the self-signed development certificate is kept (made on first start)."],
+        ["cert-check-interval", None, DEFAULT_CHECK_INTERVAL,
+         "Seconds between checks of the --tls-dir directories for renewed certificates.", float],
+        ["tls-hello-timeout", None, 10.0, "Seconds for a TLS client to send its whole ClientHello.", float],
+        ["main-site", None, None, "A URL where requests whose Host is an IP address no route names are redirected."],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["trusted-proxy"] = []
+        self["tls-dir"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """A server endpoint string to listen on, e.g. tcp:80 (repeatable; every listener sniffs)."""
@@ -94,6 +106,10 @@ class Options(usage.Options):
     def opt_trusted_proxy(self, network: str) -> None:
         """An address or CIDR whose X-Forwarded-* headers are kept (repeatable)."""
         self["trusted-proxy"].append(network)
+
+    def opt_tls_dir(self, directory: str) -> None:
+        """A TLS secret directory (tls.crt, tls.key) or a parent of several (repeatable)."""
+        self["tls-dir"].append(directory)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -106,6 +122,11 @@ class Options(usage.Options):
             self["trusted-proxy"] = parse_networks(self["trusted-proxy"])
         except ValueError as problem:
             raise usage.UsageError(f"--trusted-proxy: {problem}") from None
+        main_site = self["main-site"]
+        if main_site is not None:
+            parts = urlsplit(main_site)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise usage.UsageError(f"--main-site must be an http:// or https:// URL, not {main_site!r}")
 
     def settings(self) -> ProxySettings:
         return ProxySettings(
@@ -219,12 +240,21 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
     )
     PoolService(pool).setServiceParent(top)
     RoutesService(config["routes"], live, reactor, config["reload-interval"]).setServiceParent(top)
-    http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http")
+    http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http", main_site=config["main-site"])
     http.doStart()
+    https = HTTPProxyFactory(live, pool, settings, reactor, scheme="https", main_site=config["main-site"],
+                             misdirected=misdirected_check(live))
+    tls = build_tls(
+        live, https, reactor,
+        tls_dirs=config["tls-dir"], default_cert=config["default-cert"], dev_cert_dir=config["dev-cert-dir"],
+        check_interval=config["cert-check-interval"], hello_timeout=config["tls-hello-timeout"],
+        connect_timeout=settings.connect_timeout, idle_timeout=settings.tunnel_idle_timeout,
+    )
+    tls.service.setServiceParent(top)
     default = None if config["sniff-default"] == "close" else Verdict(config["sniff-default"].upper())
     for endpoint in config["listen"]:
         factory = SniffingFactory(
-            handlers={Verdict.HTTP: http},
+            handlers={Verdict.HTTP: http, Verdict.TLS: tls.factory},
             default=default,
             timeout=config["sniff-timeout"],
             clock=reactor,

@@ -11,7 +11,7 @@ at most one socket read of a pipelined request, never a whole body.
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Union
+from typing import Any, Callable, Union
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import error
@@ -62,6 +62,7 @@ class HTTPServerProtocol(Protocol):
         self._url_size = 0
         self._headers: list[tuple[bytes, bytes]] = []
         self._head_size = 0
+        self._header_bytes = 0
         self._body_size = 0
         self._in_head = False
         self._upgrade_rest: list[bytes] = []
@@ -132,6 +133,7 @@ class HTTPServerProtocol(Protocol):
         self._url_size = 0
         self._headers = []
         self._head_size = 0
+        self._header_bytes = 0
         self._body_size = 0
         self._in_head = True
         if not self.jobs:
@@ -143,12 +145,18 @@ class HTTPServerProtocol(Protocol):
         if self._url_size > self.settings.max_request_line:
             raise GatewayError(414, "The request target is longer than the gateway accepts.")
         self._url.append(url)
+        self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
         headers = self._headers
         headers.append((name, value))
         if len(headers) > self.settings.max_headers:
             raise GatewayError(431, "The request has more header fields than the gateway accepts.")
+        # Counted here as well as per read: a head that completes within
+        # one read is never seen "in progress" by dataReceived.
+        self._header_bytes += len(name) + len(value) + 4
+        if self._header_bytes > self.settings.max_header_bytes:
+            raise GatewayError(431, "The request head is larger than the gateway accepts.")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -209,6 +217,16 @@ class HTTPServerProtocol(Protocol):
         except BadRequestTarget as problem:
             raise GatewayError(400, f"The request target is invalid: {problem}.") from None
         match = self.factory.routes.lookup(host, path)
+        main_site = self.factory.main_site
+        if match is None and main_site is not None and _is_ip_address(host):
+            # A visitor who typed the cloud's address goes to its main site.
+            return self._local(info, 301, render_error(
+                301, f"This address serves no site: {main_site}", info.request_id,
+                close=not info.keep_alive, extra_headers=(("Location", main_site),),
+            ))
+        misdirected = self.factory.misdirected
+        if misdirected is not None and self.scheme == "https" and misdirected(self.transport, host):
+            raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
         if match is None:
             raise GatewayError(404, f"No route for host {host} and path {path}.")
         route = match.route
@@ -355,6 +373,11 @@ def _ignore(data: bytes) -> None:
     pass
 
 
+def _is_ip_address(host: str) -> bool:
+    # normalize_host only lets an all-digit last label through for IPv4.
+    return ":" in host or host.rpartition(".")[2].isdigit()
+
+
 def _llhttp_reason(problem: HttpParserError) -> str:
     text = str(problem) or type(problem).__name__
     return text.strip().rstrip(".")
@@ -372,12 +395,24 @@ class HTTPProxyFactory(Factory):
         settings: ProxySettings,
         clock: IReactorTime,
         scheme: str = "http",
+        *,
+        main_site: str | None = None,
+        misdirected: Callable[[Any, str], bool] | None = None,
     ) -> None:
+        """
+        @param main_site: where a request whose Host is an IP address that no
+            route names is redirected (301); L{None} answers 404 as usual.
+        @param misdirected: for C{scheme="https"}, C{(tls_transport, host)}
+            is true when the connection's certificate was not chosen for
+            C{host}: the request gets 421 (see L{edd_gateway.tls.authority}).
+        """
         self.routes = routes
         self.pool = pool
         self.settings = settings
         self.clock = clock
         self.scheme = scheme
+        self.main_site = main_site
+        self.misdirected = misdirected
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         protocol = HTTPServerProtocol(self)

@@ -1,0 +1,332 @@
+"""
+The TLS side of a sniffing listener: what happens to a connection whose
+first byte said TLS.
+
+L{ClientHelloProtocol} reads the ClientHello with the pure
+L{ClientHelloParser} (bounded in size and time), keeping every byte, then
+decides by SNI alone: a host whose route passes TLS through gets the raw
+stream relayed to its backend, ClientHello first, without ever being
+decrypted; any other name is handed to a C{TLSMemoryBIOProtocol} that
+terminates TLS with the certificate store's choice and speaks HTTP inside,
+the buffered bytes replayed into it.  A malformed, oversized or late
+ClientHello, or a name no certificate covers when there is no default, is
+closed with a log line naming the client and the reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import ip_address
+from typing import Any
+
+from twisted.internet import defer, error
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
+
+from edd_gateway._transport import set_no_delay, swap_protocol
+from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.relay import splice
+from edd_gateway.routes.model import Route, Target
+from edd_gateway.routes.table import LiveRouteTable
+from edd_gateway.sniff import describe_peer
+from edd_gateway.tls.context import server_connection_creator
+from edd_gateway.tls.store import CertificateStore
+
+__all__ = [
+    "DEFAULT_CONNECT_TIMEOUT",
+    "DEFAULT_HELLO_TIMEOUT",
+    "ClientHelloProtocol",
+    "TLSListenerFactory",
+    "TLSStats",
+    "backend_endpoint",
+]
+
+#: Seconds a client has, from the first TLS byte, to finish its ClientHello.
+DEFAULT_HELLO_TIMEOUT = 10.0
+#: Seconds to connect a passthrough backend when its route names none.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+
+# A fatal TLS alert record (RFC 8446 section 6): the client gets a reason it
+# can show instead of a bare reset.  Version 3.3 is what every TLS version
+# puts in records after the first flight.
+_ALERT_UNRECOGNIZED_NAME = b"\x15\x03\x03\x00\x02\x02\x70"
+_ALERT_DECODE_ERROR = b"\x15\x03\x03\x00\x02\x02\x32"
+_ALERT_INTERNAL_ERROR = b"\x15\x03\x03\x00\x02\x02\x50"
+
+
+@dataclass
+class TLSStats:
+    """What became of the TLS connections of the listeners sharing a factory."""
+
+    terminated: int = 0
+    passed_through: int = 0
+    malformed: int = 0
+    hello_timeouts: int = 0
+    no_certificate: int = 0
+    backend_failures: int = 0
+    closed_early: int = 0
+
+
+def backend_endpoint(reactor: Any, target: Target, timeout: float) -> IStreamClientEndpoint:
+    """An endpoint for C{target}: TCP straight to an IP, else by name."""
+    try:
+        version = ip_address(target.host).version
+    except ValueError:
+        return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
+    if version == 4:
+        return TCP4ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
+    return TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
+
+
+class _Backend(Protocol):
+    """Holds a fresh backend connection until the relay takes it over."""
+
+
+class _OneBackend(Factory):
+    noisy = False
+
+    def __init__(self, protocol: _Backend) -> None:
+        self._protocol = protocol
+
+    def buildProtocol(self, addr: object) -> _Backend:
+        return self._protocol
+
+
+class ClientHelloProtocol(Protocol):
+    """
+    One TLS connection until its ClientHello is read and it is either handed
+    to the terminating TLS protocol or spliced to a passthrough backend.
+    """
+
+    _log = Logger()
+
+    def __init__(self, factory: TLSListenerFactory) -> None:
+        self._factory = factory
+        self._parser = ClientHelloParser(factory.max_hello_bytes)
+        self._timer: IDelayedCall | None = None
+        self._decided = False
+        self._lost = False
+        self._late_bytes: list[bytes] = []
+        self._connecting: defer.Deferred[Any] | None = None
+        self.client = ""
+
+    def connectionMade(self) -> None:
+        self.client = describe_peer(self.transport.getPeer())  # type: ignore[union-attr]
+        self._timer = self._factory.clock.callLater(self._factory.hello_timeout, self._timed_out)
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._decided:
+            # Only while a passthrough backend is being connected (reading is
+            # paused, but a transport may already hold a read in flight).
+            self._late_bytes.append(data)
+            return
+        try:
+            hello = self._parser.feed(data)
+        except ClientHelloError as problem:
+            self._factory.stats.malformed += 1
+            self._refuse("sent a malformed ClientHello: {reason}", _ALERT_DECODE_ERROR, reason=problem.reason)
+            return
+        if hello is not None:
+            self._decide(hello)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._lost = True
+        self._stop_timer()
+        if not self._decided:
+            self._decided = True
+            self._factory.stats.closed_early += 1
+        if self._connecting is not None:
+            self._connecting.cancel()
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._decided:
+            return
+        self._factory.stats.hello_timeouts += 1
+        self._refuse(
+            "sent no complete ClientHello within {timeout}s ({count} bytes)",
+            None,
+            timeout=self._factory.hello_timeout,
+            count=len(self._parser.buffered),
+        )
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _decide(self, hello: ClientHello) -> None:
+        self._decided = True
+        self._stop_timer()
+        name = hello.server_name
+        route = self._factory.routes.current.tls_passthrough(name) if name is not None else None
+        if route is not None:
+            self._pass_through(hello, route)
+        elif self._factory.store.choose(name) is None:
+            self._factory.stats.no_certificate += 1
+            what = "sent no SNI" if name is None else "asked for {sni}, which no certificate covers,"
+            self._refuse(what + " and there is no default certificate", _ALERT_UNRECOGNIZED_NAME, sni=name)
+        else:
+            self._terminate()
+
+    def _terminate(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self._factory.stats.terminated += 1
+        tls = self._factory.terminator.buildProtocol(transport.getPeer())
+        swap_protocol(transport, tls)
+        tls.makeConnection(transport)
+        self.transport = None
+        if not _closing(transport):
+            tls.dataReceived(self._parser.buffered)
+
+    def _pass_through(self, hello: ClientHello, route: Route) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.pauseProducing()  # type: ignore[attr-defined]
+        timeout = route.connect_timeout or self._factory.connect_timeout
+        backend = _Backend()
+        endpoint = backend_endpoint(self._factory.reactor, route.target, timeout)
+        self._connecting = endpoint.connect(_OneBackend(backend))
+        self._connecting.addCallbacks(
+            self._backend_connected,
+            self._backend_failed,
+            callbackArgs=(hello, route),
+            errbackArgs=(hello, route, timeout),
+        )
+
+    def _backend_connected(self, backend: _Backend, hello: ClientHello, route: Route) -> None:
+        self._connecting = None
+        if self._lost:
+            backend.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        client = self.transport
+        assert client is not None and backend.transport is not None
+        self._factory.stats.passed_through += 1
+        self._log.info(
+            "tls: {client} SNI {sni} passed through to {backend} ({source})",
+            client=self.client,
+            sni=hello.server_name,
+            backend=str(route.target),
+            source=route.source or "?",
+        )
+        set_no_delay(client)
+        set_no_delay(backend.transport)
+        initial = self._parser.buffered + b"".join(self._late_bytes)
+        self._late_bytes = []
+        self.transport = None
+        splice(
+            client,
+            backend.transport,
+            a_to_b_initial=initial,
+            idle_timeout=self._factory.idle_timeout,
+            clock=self._factory.clock if self._factory.idle_timeout is not None else None,
+        )
+
+    def _backend_failed(self, failure: Failure, hello: ClientHello, route: Route, timeout: float) -> None:
+        self._connecting = None
+        if failure.check(defer.CancelledError) and self._lost:
+            return
+        self._factory.stats.backend_failures += 1
+        self._refuse(
+            "SNI {sni}: the passthrough backend {backend} ({source}) {problem}",
+            _ALERT_INTERNAL_ERROR,
+            sni=hello.server_name,
+            backend=str(route.target),
+            source=route.source or "?",
+            problem=_connect_problem(failure, timeout),
+        )
+
+    def _refuse(self, what: str, alert: bytes | None, **fields: object) -> None:
+        """Log C{tls: <client> <what>; closing}, send C{alert} and close."""
+        self._decided = True
+        self._stop_timer()
+        self._log.info("tls: {client} " + what + "; closing", client=self.client, **fields)
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        if alert is not None:
+            transport.write(alert)
+        transport.loseConnection()
+
+
+def _closing(transport: object) -> bool:
+    return not getattr(transport, "connected", True) or bool(getattr(transport, "disconnecting", False))
+
+
+def _connect_problem(failure: Failure, timeout: float) -> str:
+    if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
+        return f"did not accept a connection within {timeout:g}s"
+    if failure.check(error.ConnectionRefusedError):
+        return "refused the connection"
+    if failure.check(error.DNSLookupError):
+        return "does not resolve"
+    return f"could not be reached ({failure.getErrorMessage()})"
+
+
+class TLSListenerFactory(Factory):
+    """
+    The handler a L{SniffingFactory} gives TLS connections to.
+
+    @param routes: decides passthrough by SNI (C{tls_passthrough(host)}).
+    @param store: the certificates terminated connections choose from.
+    @param https: the factory of the protocol speaking inside terminated
+        TLS (the HTTP proxy with C{scheme="https"}).
+    @param reactor: connects passthrough backends and schedules timeouts.
+    @param creator: the server connection creator; by default one choosing
+        from C{store} by SNI.
+    @param idle_timeout: seconds a passthrough relay may move nothing
+        before both sides are closed; L{None} for never.
+    """
+
+    noisy = False
+
+    def __init__(
+        self,
+        routes: LiveRouteTable,
+        store: CertificateStore,
+        https: IProtocolFactory,
+        reactor: Any,
+        *,
+        hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+        max_hello_bytes: int = DEFAULT_MAX_BYTES,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        idle_timeout: float | None = None,
+        creator: IOpenSSLServerConnectionCreator | None = None,
+    ) -> None:
+        self.routes = routes
+        self.store = store
+        self.reactor = reactor
+        self.clock = reactor
+        self.hello_timeout = hello_timeout
+        self.max_hello_bytes = max_hello_bytes
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.stats = TLSStats()
+        self.terminator = TLSMemoryBIOFactory(
+            creator if creator is not None else server_connection_creator(store),
+            False,
+            https,
+            clock=reactor,
+        )
+        self.terminator.noisy = False
+
+    def buildProtocol(self, addr: object) -> ClientHelloProtocol:
+        return ClientHelloProtocol(self)
+
+    def startFactory(self) -> None:
+        # The terminating factory never listens itself: it is started here,
+        # and it starts the HTTP factory inside it.
+        self.terminator.doStart()
+
+    def stopFactory(self) -> None:
+        self.terminator.doStop()
