@@ -160,7 +160,8 @@ def transfer_table(part: dict[str, Any]) -> str:
 
 def render_text(results: dict[str, Any]) -> str:
     parts = [f"machine: {results['machine']['cores']} cores ({results['machine']['cpu_model']}), "
-             f"pinning: {results['settings']['pin_description']}"]  # fmt: skip
+             f"pinning: {results['settings']['pin_description']}, "
+             f"load average before {results['load_average_before'][0]}"]  # fmt: skip
     for name, problem in results.get("peer_errors", {}).items():
         parts.append(f"peer {name} left out: {problem}")
     for note in results.get("notes", []):

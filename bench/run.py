@@ -151,6 +151,8 @@ def main(argv: Sequence[str]) -> int:
         },  # fmt: skip
         "notes": [],
     }
+    # Other work on the machine skews every figure; the load average shows whether there was any.
+    results["load_average_before"] = [round(load, 2) for load in os.getloadavg()]
     workdir = Path(tempfile.mkdtemp(prefix="edd-bench-"))
     try:
         with ProcessSet(workdir) as procs:
@@ -161,6 +163,7 @@ def main(argv: Sequence[str]) -> int:
     finally:
         keep_logs(workdir, args.results_dir / f"{stamp}-logs")
         shutil.rmtree(workdir, ignore_errors=True)
+    results["load_average_after"] = [round(load, 2) for load in os.getloadavg()]
     results["acceptance"] = acceptance(results)
     path = write_json(results, args.results_dir, stamp)
     print()

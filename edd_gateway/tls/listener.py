@@ -29,7 +29,7 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from edd_gateway._transport import set_no_delay, swap_protocol
@@ -47,6 +47,7 @@ __all__ = [
     "ClientHelloProtocol",
     "TLSListenerFactory",
     "TLSStats",
+    "TerminatedTLS",
     "backend_endpoint",
 ]
 
@@ -85,6 +86,27 @@ def backend_endpoint(reactor: Any, target: Target, timeout: float) -> IStreamCli
     if version == 4:
         return TCP4ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
     return TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
+
+
+class TerminatedTLS(BufferingTLSTransport):
+    """
+    Twisted's TLS transport, telling like TCP which producer is registered
+    with it (C{producer}).  The stock wrapper has no attribute of its own and
+    hands the lookup to the TCP transport below, which names Twisted's
+    internal membrane instead: code that unregisters only the producer it
+    registered would never unregister, and the next registration on a
+    keep-alive connection would fail.
+    """
+
+    producer: object = None
+
+    def registerProducer(self, producer: object, streaming: bool) -> None:
+        super().registerProducer(producer, streaming)
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+        super().unregisterProducer()
 
 
 class _Backend(Protocol):
@@ -234,7 +256,8 @@ class ClientHelloProtocol(Protocol):
 
     def _backend_failed(self, failure: Failure, hello: ClientHello, route: Route, timeout: float) -> None:
         self._connecting = None
-        if failure.check(defer.CancelledError) and self._lost:
+        if self._lost:
+            # The client left first and cancelled the attempt: nobody to tell.
             return
         self._factory.stats.backend_failures += 1
         self._refuse(
@@ -318,7 +341,7 @@ class TLSListenerFactory(Factory):
             https,
             clock=reactor,
         )
-        self.terminator.noisy = False
+        self.terminator.protocol = TerminatedTLS
 
     def buildProtocol(self, addr: object) -> ClientHelloProtocol:
         return ClientHelloProtocol(self)
