@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from twisted.internet import error
+from twisted.internet.interfaces import IPushProducer, ITransport
+from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -71,6 +73,8 @@ class Exchange:
         self._chunk_to_client = False
         self.keep_alive = info.keep_alive
         self.bytes_out = 0
+        self._throttle_backend: Throttle | None = None
+        self._throttle_client: Throttle | None = None
 
     # Start: find a backend connection
 
@@ -105,9 +109,13 @@ class Exchange:
         server = self.server
         transport = connection.transport
         # Each side is the producer of the other: a full write buffer on one
-        # pauses reading on the other.
-        server.transport.registerProducer(transport, True)
-        transport.registerProducer(server.transport, True)
+        # pauses reading on the other.  Through a Throttle, because Twisted
+        # stops a registered producer when the consumer's connection is lost
+        # — which would close the client whenever a backend connection ends.
+        self._throttle_backend = Throttle(transport)
+        self._throttle_client = Throttle(server.transport)
+        server.transport.registerProducer(self._throttle_backend, True)
+        transport.registerProducer(self._throttle_client, True)
         if self.pending_body:
             transport.writeSequence([self.head, *self.pending_body])
             self.pending_body = []
@@ -123,6 +131,8 @@ class Exchange:
     # Request side, fed by the server protocol
 
     def request_body(self, data: bytes) -> None:
+        if self.response_started:
+            self.server.body_progress()
         if self.info.body == BODY_CHUNKED:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self.upstream is None:
@@ -169,10 +179,10 @@ class Exchange:
         self.status = status
         body, length = response_body_kind(status, headers, self.info.method == b"HEAD")
         self._response_body = body
-        self._chunk_to_client = body == BODY_CHUNKED or (
-            body == BODY_UNTIL_CLOSE and self.info.http11
-        )
-        if body == BODY_UNTIL_CLOSE and not self._chunk_to_client:
+        # HTTP/1.0 clients know no chunked coding: they get the body
+        # delimited by the close instead.
+        self._chunk_to_client = self.info.http11 and body in (BODY_CHUNKED, BODY_UNTIL_CLOSE)
+        if body in (BODY_CHUNKED, BODY_UNTIL_CLOSE) and not self._chunk_to_client:
             self.keep_alive = False
         if not self.request_done:
             # The backend answered before the body was all read (an early
@@ -189,6 +199,7 @@ class Exchange:
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
+        self.server.body_progress()
         if self._chunk_to_client:
             self.server.write(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -299,17 +310,55 @@ class Exchange:
             return
         self.upstream = None
         upstream.listener = None
-        server_transport = self.server.transport
-        if server_transport is not None and server_transport.producer is upstream.transport:
+        server = self.server
+        server_transport = server.transport
+        backend_throttle = self._throttle_backend
+        client_throttle = self._throttle_client
+        if server_transport is not None and server_transport.producer is backend_throttle:
             server_transport.unregisterProducer()
-        if upstream.transport is not None and upstream.transport.producer is server_transport:
+        if upstream.transport is not None and upstream.transport.producer is client_throttle:
             upstream.transport.unregisterProducer()
+        # Whatever this exchange paused must not stay paused: a parked
+        # backend connection has to notice its close, and the client has to
+        # send its next request.
+        if backend_throttle is not None and backend_throttle.paused:
+            backend_throttle.resumeProducing()
+        if client_throttle is not None and client_throttle.paused:
+            client_throttle.paused = False
+            if not server.paused and not server.closing:
+                server.transport.resumeProducing()
 
     def _finish(self) -> None:
         if self.finished:
             return
         self.finished = True
         self.server.exchange_finished(self)
+
+
+@implementer(IPushProducer)
+class Throttle:
+    """
+    Registered as the producer of the other side of an exchange: passes
+    pause and resume to a transport, remembers whether it paused it, and
+    ignores stopProducing (the exchange handles a lost connection itself).
+    """
+
+    __slots__ = ("transport", "paused")
+
+    def __init__(self, transport: ITransport) -> None:
+        self.transport = transport
+        self.paused = False
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        pass
 
 
 class LocalAnswer:

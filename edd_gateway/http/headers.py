@@ -137,7 +137,12 @@ def analyse_request(
     if http11:
         keep_alive = b"close" not in connection
     else:
-        keep_alive = b"keep-alive" in connection
+        # RFC 9112 6.1: chunked framing from a 1.0 client is suspect; the
+        # connection ends with this request.
+        keep_alive = b"keep-alive" in connection and not transfer_encoding
+    # The Host header is never a connection option (a client naming it in
+    # Connection must not strip it from the forwarded request).
+    connection.discard(b"host")
     return RequestInfo(
         method=method,
         target=target,
@@ -268,7 +273,13 @@ def client_response_head(
     dropped = HOP_BY_HOP | connection_tokens
     lines = [status_line]
     upgrade_value = b""
+    transfer_codings = b""
     for name, raw_name, value in lowered:
+        if name == b"transfer-encoding":
+            # Codings other than chunked (gzip) stay the client's to undo;
+            # the gateway re-chunks what llhttp de-chunked.
+            chunked = value.lower().rstrip().endswith(b"chunked")
+            transfer_codings = value if chunked else value + b", chunked"
         if name in dropped or name == b"x-request-id":
             if name == b"upgrade":
                 upgrade_value = value
@@ -283,8 +294,8 @@ def client_response_head(
         lines.append(b"Upgrade: " + upgrade_value)
     elif body == BODY_LENGTH:
         lines.append(b"Content-Length: " + str(content_length).encode("ascii"))
-    elif body == BODY_CHUNKED or (body == BODY_UNTIL_CLOSE and chunk_to_client):
-        lines.append(b"Transfer-Encoding: chunked")
+    elif chunk_to_client:
+        lines.append(b"Transfer-Encoding: " + (transfer_codings or b"chunked"))
     lines.append(b"X-Request-ID: " + request_id.encode("ascii"))
     if not upgrade:
         if not keep_alive:

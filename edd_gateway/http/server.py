@@ -41,7 +41,7 @@ log = Logger()
 
 Job = Union[Exchange, LocalAnswer]
 
-_IDLE, _HEAD, _WAITING, _BUSY = range(4)
+_IDLE, _HEAD, _WAITING, _BUSY, _STREAMING = range(5)
 
 
 class HTTPServerProtocol(Protocol):
@@ -61,10 +61,9 @@ class HTTPServerProtocol(Protocol):
         self._url: list[bytes] = []
         self._url_size = 0
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_size = 0
+        self._unaccounted = 0
         self._header_bytes = 0
         self._body_size = 0
-        self._in_head = False
         self._upgrade_rest: list[bytes] = []
         self.client_ip = ""
         self.trusted_peer = False
@@ -90,6 +89,10 @@ class HTTPServerProtocol(Protocol):
             self._upgrade_rest.append(data)
             self.pause_reading()
             return
+        # Bytes that move the parser past no event (a header line, a body
+        # chunk, a message end) are held inside httptools: an endless
+        # header or trailer line must meet a bound.
+        self._unaccounted += len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -108,11 +111,9 @@ class HTTPServerProtocol(Protocol):
         except HttpParserError as problem:
             self._refuse(400, f"The request is malformed ({_llhttp_reason(problem)}).")
             return
-        if self._in_head:
-            self._head_size += len(data)
-            if self._head_size > self.settings.max_header_bytes:
-                self._refuse(431, "The request head is larger than the gateway accepts.")
-                return
+        if self._unaccounted > self.settings.max_header_bytes:
+            self._refuse(431, "The request head or trailer is larger than the gateway accepts.")
+            return
         receiving = self.receiving
         if receiving is not None and self.jobs and receiving is not self.jobs[0]:
             self.pause_reading()
@@ -129,13 +130,12 @@ class HTTPServerProtocol(Protocol):
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
+        self._unaccounted = 0
         self._url = []
         self._url_size = 0
         self._headers = []
-        self._head_size = 0
         self._header_bytes = 0
         self._body_size = 0
-        self._in_head = True
         if not self.jobs:
             self._phase = _HEAD
             self.deadline.set(self.settings.header_timeout)
@@ -148,6 +148,7 @@ class HTTPServerProtocol(Protocol):
         self._header_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        self._unaccounted = 0
         headers = self._headers
         headers.append((name, value))
         if len(headers) > self.settings.max_headers:
@@ -159,7 +160,7 @@ class HTTPServerProtocol(Protocol):
             raise GatewayError(431, "The request head is larger than the gateway accepts.")
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        self._unaccounted = 0
         parser = self.parser
         info = analyse_request(
             parser.get_method(), b"".join(self._url), parser.get_http_version(), self._headers
@@ -174,6 +175,7 @@ class HTTPServerProtocol(Protocol):
             self._start(job)
 
     def on_body(self, data: bytes) -> None:
+        self._unaccounted = 0
         limit = self.settings.max_body_size
         if limit:
             self._body_size += len(data)
@@ -184,6 +186,7 @@ class HTTPServerProtocol(Protocol):
             job.request_body(data)
 
     def on_message_complete(self) -> None:
+        self._unaccounted = 0
         job = self.receiving
         self.receiving = None
         if job is not None:
@@ -203,12 +206,19 @@ class HTTPServerProtocol(Protocol):
         target = info.target
         host_value = info.host
         if target[:1] != b"/":
-            absolute = split_absolute_form(target)
+            try:
+                absolute = split_absolute_form(target)
+            except BadRequestTarget as problem:
+                raise GatewayError(400, f"The request target is invalid: {problem}.") from None
             if absolute is None:
                 if target == b"*" and info.method == b"OPTIONS":
                     raise GatewayError(404, "OPTIONS * has no route.")
                 raise GatewayError(400, "The request target is not a path.")
             host_value, target = absolute
+            # RFC 9112 3.2.2: the target's authority replaces the Host header.
+            info.host = host_value
+            info.headers = [h for h in info.headers if h[0].lower() != b"host"]
+            info.headers.append((b"Host", host_value))
         host = normalize_host(host_value) if host_value is not None else None
         if host is None:
             raise GatewayError(400, "The Host header is missing or invalid.")
@@ -222,7 +232,7 @@ class HTTPServerProtocol(Protocol):
             # A visitor who typed the cloud's address goes to its main site.
             return self._local(info, 301, render_error(
                 301, f"This address serves no site: {main_site}", info.request_id,
-                close=not info.keep_alive, extra_headers=(("Location", main_site),),
+                close=not _may_keep_alive(info), extra_headers=(("Location", main_site),),
             ))
         misdirected = self.factory.misdirected
         if misdirected is not None and self.scheme == "https" and misdirected(self.transport, host):
@@ -231,10 +241,11 @@ class HTTPServerProtocol(Protocol):
             raise GatewayError(404, f"No route for host {host} and path {path}.")
         route = match.route
         if route.redirect_https and self.scheme == "http":
-            location = f"https://{host}{path}" + (f"?{query}" if query else "")
+            authority = f"[{host}]" if ":" in host else host
+            location = f"https://{authority}{path}" + (f"?{query}" if query else "")
             return self._local(info, 301, render_error(
                 301, f"This site is served over HTTPS: {location}", info.request_id,
-                close=not info.keep_alive, extra_headers=(("Location", location),),
+                close=not _may_keep_alive(info), extra_headers=(("Location", location),),
             ))
         if route.target.internal is not None:
             status, response = internal_answer(route, info, host, path, self.client_ip)
@@ -242,16 +253,15 @@ class HTTPServerProtocol(Protocol):
         upstream_path = match.upstream_path + ("?" + query if query else "")
         return Exchange(self, info, route, upstream_path.encode("latin-1"))
 
-    def _local(self, info: RequestInfo | None, status: int, response: bytes) -> LocalAnswer:
-        keep_alive = info is not None and info.keep_alive and not info.upgrade
-        return LocalAnswer(self, info, response, keep_alive, status)
+    def _local(self, info: RequestInfo, status: int, response: bytes) -> LocalAnswer:
+        return LocalAnswer(self, info, response, _may_keep_alive(info), status)
 
     def _local_error(self, info: RequestInfo, status: int, detail: str) -> LocalAnswer:
         log.info(
             "http: {status} to {client}: {detail}",
             status=status, client=self.client_ip, detail=detail,
         )
-        keep_alive = info.keep_alive and not info.upgrade and info.body == BODY_NONE
+        keep_alive = _may_keep_alive(info)
         response = render_error(status, detail, info.request_id, close=not keep_alive)
         return LocalAnswer(self, info, response, keep_alive, status)
 
@@ -283,8 +293,13 @@ class HTTPServerProtocol(Protocol):
         self.deadline.set(timeout)
 
     def response_started(self) -> None:
-        self._phase = _BUSY
-        self.deadline.clear()
+        self._phase = _STREAMING
+        self.deadline.set(self.settings.tunnel_idle_timeout)
+
+    def body_progress(self) -> None:
+        """Bytes moved in a started exchange: push the idle deadline back."""
+        if self._phase == _STREAMING:
+            self.deadline.set(self.settings.tunnel_idle_timeout)
 
     def _deadline_passed(self) -> None:
         if self.closing:
@@ -297,6 +312,13 @@ class HTTPServerProtocol(Protocol):
             job = self.jobs[0]
             if isinstance(job, Exchange):
                 job.fail(504, f"The backend {job.target} did not answer in time.")
+        elif self._phase == _STREAMING:
+            log.info("http: no byte moved for {client} in {seconds}s; closing",
+                     client=self.client_ip, seconds=self.settings.tunnel_idle_timeout)
+            for job in self.jobs:
+                job.client_lost()
+            self.jobs.clear()
+            self.abort()
 
     # Writing and flow control
 
@@ -321,6 +343,13 @@ class HTTPServerProtocol(Protocol):
         self.receiving = None
         self.pause_reading()
         active = self.jobs[0] if self.jobs else None
+        if isinstance(active, Exchange) and active.response_started and not active.finished:
+            # A response is already on its way: no page can be slipped into it.
+            for job in self.jobs:
+                job.client_lost()
+            self.jobs.clear()
+            self.abort()
+            return
         if active is not None and not active.finished and active.request_done:
             # Answer the requests already read first; drop those still
             # arriving.
@@ -371,6 +400,15 @@ class HTTPServerProtocol(Protocol):
 
 def _ignore(data: bytes) -> None:
     pass
+
+
+def _may_keep_alive(info: RequestInfo) -> bool:
+    """
+    Whether the connection can serve another request after the gateway
+    answered this one itself: not when a body is still unread, nor after
+    an upgrade or CONNECT head (llhttp stops parsing after those).
+    """
+    return info.keep_alive and not info.upgrade and info.body == BODY_NONE and info.method != b"CONNECT"
 
 
 def _is_ip_address(host: str) -> bool:

@@ -61,7 +61,12 @@ class UpstreamProtocol(Protocol):
         self.head_request = False
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
-        self._head_seen = False
+        # Set when a response ended inside feed_data: the exchange is told
+        # only once feed_data has returned, so that bytes after the response
+        # can never be parsed into the next exchange on this connection.
+        self._answered: ResponseListener | None = None
+        self._reusable = False
+        self._gone = False
 
     # Protocol
 
@@ -79,17 +84,23 @@ class UpstreamProtocol(Protocol):
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
-            self.listener = None
-            listener.response_upgraded(data[upgrade.args[0]:])
+            if self.listener is listener:
+                self.listener = None
+                listener.response_upgraded(data[upgrade.args[0]:])
+                return
         except HttpParserError as problem:
-            if self._head_seen and self.head_request and self.listener is None:
-                return  # the HEAD answer was complete; see on_headers_complete
-            if self.listener is not None:
+            if self._answered is None and self.listener is listener:
                 self.listener = None
                 listener.upstream_failed(f"The backend sent a malformed response ({problem}).")
+            self._reusable = False
             self.transport.abortConnection()
+        answered = self._answered
+        if answered is not None:
+            self._answered = None
+            answered.response_complete(self._reusable)
 
     def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+        self.connected = 0
         self.pool.lost(self)
         listener = self.listener
         if listener is not None:
@@ -103,7 +114,6 @@ class UpstreamProtocol(Protocol):
         self.head_request = head_request
         self.requests += 1
         self.received = 0
-        self._head_seen = False
 
     def write(self, data: bytes) -> None:
         self.transport.write(data)
@@ -111,6 +121,10 @@ class UpstreamProtocol(Protocol):
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
+        if self._answered is not None:
+            # More bytes after a complete response: a confused or hostile
+            # backend; its connection must not serve another request.
+            self._reusable = False
         self._reason = b""
         self._headers = []
 
@@ -131,9 +145,7 @@ class UpstreamProtocol(Protocol):
             # llhttp cannot be told that a HEAD answer has no body; end the
             # exchange here and stop the parser.  The connection is not
             # reused: bytes after this head could not be framed.
-            self._head_seen = True
-            self.listener = None
-            listener.response_complete(False)
+            self._end(listener, False)
             raise _HeadAnswered()
 
     def on_body(self, data: bytes) -> None:
@@ -145,8 +157,12 @@ class UpstreamProtocol(Protocol):
         listener = self.listener
         if listener is None or self.parser.get_status_code() < 200:
             return
+        self._end(listener, self.parser.should_keep_alive())
+
+    def _end(self, listener: ResponseListener, reusable: bool) -> None:
         self.listener = None
-        listener.response_complete(self.parser.should_keep_alive())
+        self._answered = listener
+        self._reusable = reusable
 
 
 class _HeadAnswered(Exception):
@@ -175,8 +191,10 @@ class UpstreamPool:
         max_idle: int = 64,
         max_per_backend: int = 512,
         idle_timeout: float = 60.0,
+        connect_timeout: float = 5.0,
     ) -> None:
         self.reactor = reactor
+        self.connect_timeout = connect_timeout
         self.clock = clock
         self.max_idle = max_idle
         self.max_per_backend = max_per_backend
@@ -207,6 +225,8 @@ class UpstreamPool:
         key = (target.host, target.port)
         backend = self._backends.setdefault(key, _Backend())
         if backend.count >= self.max_per_backend:
+            if backend.idle:
+                return defer.succeed(backend.idle.pop())
             waiter: defer.Deferred[UpstreamProtocol] = defer.Deferred()
             backend.waiters.append(waiter)
             waiter.addTimeout(timeout, self.clock)
@@ -222,7 +242,7 @@ class UpstreamPool:
     def release(self, connection: UpstreamProtocol) -> None:
         """Give back a connection whose exchange ended cleanly."""
         backend = self._backends.get(connection.key)
-        if backend is None or not connection.connected:
+        if backend is None or not connection.connected or connection._gone:
             return
         while backend.waiters:
             waiter = backend.waiters.popleft()
@@ -242,6 +262,10 @@ class UpstreamPool:
             connection.transport.abortConnection()
 
     def lost(self, connection: UpstreamProtocol) -> None:
+        """A connection closed, or left for the relay: off the books, once."""
+        if connection._gone:
+            return
+        connection._gone = True
         backend = self._backends.get(connection.key)
         if backend is None:
             return
@@ -261,9 +285,26 @@ class UpstreamPool:
                 continue
             backend.count += 1
             target = Target(key[0], key[1])
-            attempt = self._open(key, target, 30.0)
-            attempt.addErrback(self._connect_failed, key, target, 30.0)
-            attempt.chainDeferred(waiter)
+            attempt = self._open(key, target, self.connect_timeout)
+            attempt.addCallbacks(
+                self._deliver, self._connect_failed,
+                callbackArgs=(waiter,), errbackArgs=(key, target, self.connect_timeout),
+            )
+            attempt.addErrback(self._fail_waiter, waiter)
+
+    def _deliver(self, connection: UpstreamProtocol, waiter: defer.Deferred[UpstreamProtocol]) -> None:
+        if waiter.called:
+            # The waiter gave up while the connection opened: keep it for
+            # the next request rather than leak its slot.
+            connection.listener = None
+            self.release(connection)
+        else:
+            waiter.callback(connection)
+
+    @staticmethod
+    def _fail_waiter(failure: Failure, waiter: defer.Deferred[UpstreamProtocol]) -> None:
+        if not waiter.called:
+            waiter.errback(failure)
 
     def _connect_failed(
         self, failure: Failure, key: BackendKey, target: Target, timeout: float
