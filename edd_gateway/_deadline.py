@@ -21,13 +21,14 @@ class Deadline:
     or cleared first.
     """
 
-    __slots__ = ("_clock", "_on_expiry", "_due", "_call")
+    __slots__ = ("_clock", "_on_expiry", "_due", "_call", "_armed_for")
 
     def __init__(self, clock: IReactorTime, on_expiry: Callable[[], object]) -> None:
         self._clock = clock
         self._on_expiry = on_expiry
         self._due: float | None = None
         self._call: IDelayedCall | None = None
+        self._armed_for = 0.0
 
     def set(self, seconds: float) -> None:
         """Expire C{seconds} from now (replacing any earlier deadline)."""
@@ -36,8 +37,10 @@ class Deadline:
         call = self._call
         if call is None:
             self._call = self._clock.callLater(seconds, self._fire)
-        elif call.getTime() > due:
+            self._armed_for = due
+        elif self._armed_for > due:
             call.reset(seconds)
+            self._armed_for = due
 
     def clear(self) -> None:
         """No deadline; the armed call, if any, will find nothing to do."""
@@ -62,6 +65,7 @@ class Deadline:
         remaining = due - self._clock.seconds()
         if remaining > 0:
             self._call = self._clock.callLater(remaining, self._fire)
+            self._armed_for = due
             return
         self._due = None
         self._on_expiry()

@@ -10,7 +10,6 @@ reactor, so this is the one place the choice can be made for the user.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
 from importlib.resources import files
@@ -23,19 +22,10 @@ from twisted.python import usage
 
 
 def install_reactor() -> None:
-    """Install the asyncio reactor, on uvloop when available, if none is."""
-    if "twisted.internet.reactor" in sys.modules:
-        return
-    from twisted.internet import asyncioreactor
+    """Install the gateway's asyncio reactor (uvloop when available), if none is."""
+    from edd_gateway._reactor import install
 
-    try:
-        import uvloop
-    except ImportError:
-        loop = asyncio.new_event_loop()
-    else:
-        loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    asyncioreactor.install(loop)
+    install()
 
 
 install_reactor()

@@ -11,7 +11,7 @@ smuggling has one place to be reviewed.
 
 from __future__ import annotations
 
-import os
+from random import getrandbits
 import re
 from dataclasses import dataclass
 
@@ -70,7 +70,9 @@ class RequestInfo:
 
 
 def new_request_id() -> str:
-    return os.urandom(12).hex()
+    # Unique, not secret: Python's Mersenne Twister (seeded from the OS at
+    # start) costs no system call per request, unlike os.urandom.
+    return "%024x" % getrandbits(96)
 
 
 def _tokens(value: bytes) -> set[bytes]:
@@ -159,6 +161,9 @@ def analyse_request(
     )
 
 
+_REQUEST_SPECIAL = HOP_BY_HOP | FORWARDING | {b"x-request-id", b"content-length"}
+
+
 def upstream_request_head(
     info: RequestInfo,
     path_and_query: bytes,
@@ -172,58 +177,50 @@ def upstream_request_head(
     Hop-by-hop headers and those the client's Connection header names are
     dropped (an upgrade keeps Upgrade and asks for it again); the forwarding
     headers are appended to when the peer is a trusted proxy and replaced
-    otherwise.
+    otherwise.  One pass over the headers: this runs for every request.
     """
-    dropped = HOP_BY_HOP | info.connection_tokens
-    if not trusted:
-        dropped = dropped | FORWARDING
+    named = info.connection_tokens
     lines = [info.method + b" " + path_and_query + b" HTTP/1.1"]
-    forwarded_for = b""
-    real_ip = b""
-    proto = b""
-    forwarded_host = b""
-    upgrade = b""
+    append = lines.append
+    forwarded_for = real_ip = proto = forwarded_host = upgrade = b""
     for raw_name, value in info.headers:
         name = raw_name.lower()
-        if name in dropped:
-            if name == b"upgrade":
-                upgrade = value
+        if name not in _REQUEST_SPECIAL:
+            if not named or name not in named:
+                append(raw_name + b": " + value)
             continue
-        if name == b"x-request-id" or name == b"content-length":
-            # The gateway states the framing itself below.
+        if name == b"upgrade":
+            upgrade = value
+        elif not trusted or name in named:
             continue
-        if name == b"x-forwarded-for":
+        elif name == b"x-forwarded-for":
             forwarded_for = forwarded_for + b", " + value if forwarded_for else value
-            continue
-        if name == b"x-real-ip":
+        elif name == b"x-real-ip":
             real_ip = value
-            continue
-        if name == b"x-forwarded-proto":
+        elif name == b"x-forwarded-proto":
             proto = value
-            continue
-        if name == b"x-forwarded-host":
+        elif name == b"x-forwarded-host":
             forwarded_host = value
-            continue
-        lines.append(raw_name + b": " + value)
+        elif name == b"x-forwarded-port" or name == b"forwarded":
+            append(raw_name + b": " + value)
     client = client_ip.encode("ascii")
-    lines.append(
-        b"X-Forwarded-For: " + (forwarded_for + b", " + client if forwarded_for else client)
-    )
-    lines.append(b"X-Real-IP: " + (real_ip or client))
-    lines.append(b"X-Forwarded-Proto: " + (proto or scheme.encode("ascii")))
+    append(b"X-Forwarded-For: " + (forwarded_for + b", " + client if forwarded_for else client))
+    append(b"X-Real-IP: " + (real_ip or client))
+    append(b"X-Forwarded-Proto: " + (proto or scheme.encode("ascii")))
     if forwarded_host or info.host is not None:
-        lines.append(b"X-Forwarded-Host: " + (forwarded_host or info.host or b""))
-    lines.append(b"X-Request-ID: " + info.request_id.encode("ascii"))
+        append(b"X-Forwarded-Host: " + (forwarded_host or info.host or b""))
+    append(b"X-Request-ID: " + info.request_id.encode("ascii"))
     if info.upgrade:
-        lines.append(b"Connection: upgrade")
-        lines.append(b"Upgrade: " + upgrade)
+        append(b"Connection: upgrade")
+        append(b"Upgrade: " + upgrade)
     if info.body == BODY_LENGTH:
-        lines.append(b"Content-Length: " + str(info.content_length).encode("ascii"))
+        append(b"Content-Length: %d" % info.content_length)
     elif info.body == BODY_CHUNKED:
-        lines.append(b"Transfer-Encoding: chunked")
+        append(b"Transfer-Encoding: chunked")
     elif info.method in (b"POST", b"PUT", b"PATCH"):
-        lines.append(b"Content-Length: 0")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+        append(b"Content-Length: 0")
+    append(b"\r\n")
+    return b"\r\n".join(lines)
 
 
 def response_body_kind(
@@ -249,6 +246,9 @@ def response_body_kind(
     return BODY_UNTIL_CLOSE, 0
 
 
+_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+
+
 def client_response_head(
     status_line: bytes,
     headers: Headers,
@@ -263,43 +263,47 @@ def client_response_head(
     """
     The response head sent to the client: the backend's status line and
     end-to-end headers, the framing the gateway uses towards the client, and
-    the request id.
+    the request id.  One pass over the headers: this runs for every response.
     """
-    lowered = [(raw_name.lower(), raw_name, value) for raw_name, value in headers]
-    connection_tokens: set[bytes] = set()
-    for name, _, value in lowered:
-        if name == b"connection":
-            connection_tokens |= _tokens(value)
-    dropped = HOP_BY_HOP | connection_tokens
     lines = [status_line]
-    upgrade_value = b""
-    transfer_codings = b""
-    for name, raw_name, value in lowered:
-        if name == b"transfer-encoding":
+    append = lines.append
+    named: set[bytes] | None = None
+    upgrade_value = transfer_codings = b""
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name not in _RESPONSE_SPECIAL:
+            append(raw_name + b": " + value)
+        elif name == b"connection":
+            named = (named or set()) | _tokens(value)
+        elif name == b"transfer-encoding":
             # Codings other than chunked (gzip) stay the client's to undo;
             # the gateway re-chunks what llhttp de-chunked.
             chunked = value.lower().rstrip().endswith(b"chunked")
             transfer_codings = value if chunked else value + b", chunked"
-        if name in dropped or name == b"x-request-id":
-            if name == b"upgrade":
-                upgrade_value = value
-            continue
-        if name == b"content-length" and body != BODY_NONE:
-            # The gateway states the framing it uses towards the client
-            # below; a HEAD or 304 answer keeps the backend's length.
-            continue
-        lines.append(raw_name + b": " + value)
+        elif name == b"upgrade":
+            upgrade_value = value
+        elif name == b"content-length" and body == BODY_NONE:
+            # A HEAD or 304 answer keeps the backend's length; otherwise the
+            # gateway states its own framing below.
+            append(raw_name + b": " + value)
+    if named:
+        # Rare: fields the backend's Connection header names are hop-by-hop.
+        lines = [lines[0]] + [
+            line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named
+        ]
+        append = lines.append
     if upgrade:
-        lines.append(b"Connection: upgrade")
-        lines.append(b"Upgrade: " + upgrade_value)
+        append(b"Connection: upgrade")
+        append(b"Upgrade: " + upgrade_value)
     elif body == BODY_LENGTH:
-        lines.append(b"Content-Length: " + str(content_length).encode("ascii"))
+        append(b"Content-Length: %d" % content_length)
     elif chunk_to_client:
-        lines.append(b"Transfer-Encoding: " + (transfer_codings or b"chunked"))
-    lines.append(b"X-Request-ID: " + request_id.encode("ascii"))
+        append(b"Transfer-Encoding: " + (transfer_codings or b"chunked"))
+    append(b"X-Request-ID: " + request_id.encode("ascii"))
     if not upgrade:
         if not keep_alive:
-            lines.append(b"Connection: close")
+            append(b"Connection: close")
         elif not http11_client:
-            lines.append(b"Connection: keep-alive")
-    return b"\r\n".join(lines) + b"\r\n\r\n"
+            append(b"Connection: keep-alive")
+    append(b"\r\n")
+    return b"\r\n".join(lines)
