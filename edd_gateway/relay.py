@@ -27,7 +27,7 @@ from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edd_gateway._transport import swap_protocol
+from edd_gateway._transport import swap_protocol, write_now
 from edd_gateway.sniff import describe_peer
 
 #: Called once both sides are closed with (bytes a->b, bytes b->a).
@@ -56,7 +56,7 @@ class RelayProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         self.bytes_in += len(data)
         self._session.moved()
-        self.peer.transport.write(data)  # type: ignore[union-attr]
+        write_now(self.peer.transport, data)
 
     def readConnectionLost(self) -> None:
         """Our client sent EOF: pass the EOF on, keep the other direction."""

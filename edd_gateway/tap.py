@@ -11,7 +11,6 @@ reactor, so this is the one place the choice can be made for the user.
 from __future__ import annotations
 
 import signal
-import sys
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit

@@ -561,3 +561,35 @@ class BuildTLSTests(SynchronousTestCase):
         with self.assertRaises(SystemExit) as raised:
             build_tls(LiveRouteTable(), CountingFactory(), MemoryReactorClock(), tls_dirs=[missing])
         self.assertIn(missing, str(raised.exception))
+
+
+class OptionsTests(SynchronousTestCase):
+    """The TLS options of ``twistd edd-gateway``."""
+
+    def parse(self, *argv: str) -> Any:
+        from edd_gateway.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self) -> None:
+        options = self.parse()
+        self.assertEqual(options["tls-dir"], [])
+        self.assertEqual(options["dev-cert-dir"], os.path.join("edd-gateway-state", "dev-tls"))
+        self.assertIsNone(options["default-cert"])
+        self.assertIsNone(options["main-site"])
+
+    def test_repeatable_tls_dir_and_the_rest(self) -> None:
+        options = self.parse("--tls-dir", "a", "--tls-dir", "b", "--default-cert", "cloud.test",
+                             "--main-site", "https://cloud.test/", "--cert-check-interval", "2.5")
+        self.assertEqual(options["tls-dir"], ["a", "b"])
+        self.assertEqual((options["default-cert"], options["main-site"]), ("cloud.test", "https://cloud.test/"))
+        self.assertEqual(options["cert-check-interval"], 2.5)
+
+    def test_main_site_must_be_an_http_url(self) -> None:
+        from twisted.python.usage import UsageError
+
+        for bad in ("cloud.test", "ftp://cloud.test/", "https://"):
+            with self.assertRaises(UsageError, msg=bad):
+                self.parse("--main-site", bad)

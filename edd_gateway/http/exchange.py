@@ -329,10 +329,12 @@ class Exchange:
         server_transport = server.transport
         backend_throttle = self._throttle_backend
         client_throttle = self._throttle_client
-        if server_transport is not None and server_transport.producer is backend_throttle:
-            server_transport.unregisterProducer()
-        if upstream.transport is not None and upstream.transport.producer is client_throttle:
-            upstream.transport.unregisterProducer()
+        # Unregister what this exchange registered, whatever the transports
+        # report as their producer (TLS transports report their own).
+        if backend_throttle is not None:
+            _unregister(server_transport)
+        if client_throttle is not None:
+            _unregister(upstream.transport)
         # Whatever this exchange paused must not stay paused: a parked
         # backend connection has to notice its close, and the client has to
         # send its next request.
@@ -348,6 +350,11 @@ class Exchange:
             return
         self.finished = True
         self.server.exchange_finished(self)
+
+
+def _unregister(transport: ITransport | None) -> None:
+    if transport is not None and getattr(transport, "producer", None) is not None:
+        transport.unregisterProducer()
 
 
 @implementer(IPushProducer)
