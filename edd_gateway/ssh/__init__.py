@@ -1,0 +1,31 @@
+"""
+The SSH door: users log in as C{<container-id>} or C{<user>.<container-id>}
+with a key they uploaded, and the gateway relays their channels (shell,
+exec, sftp, C{ssh -L}) to the container's own sshd, which it logs in to with
+its client key after checking the container's pinned host key.
+
+L{build_ssh_factory} makes the protocol factory for C{--ssh-listen} and for
+the sniffer; L{HostKeyPins} is the pin store interface the container sources
+implement.  The pieces: C{username} (the name grammar), C{hostkey} (key
+files), C{pins} (host key pins), C{auth} (who may log in), C{upstream} (the
+container side), C{connection} and C{relay} (channels), C{keepalive},
+C{factory} (wiring).
+"""
+
+from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, LoginRefused
+from edd_gateway.ssh.factory import (
+    DEFAULT_CLIENT_KEY,
+    DEFAULT_HOST_KEY,
+    GatewaySSHFactory,
+    SSHSettings,
+    build_ssh_factory,
+)
+from edd_gateway.ssh.hostkey import KeyFileError, load_host_keys, load_or_create_key, public_text
+from edd_gateway.ssh.pins import HostKeyPins, MemoryHostKeyPins
+from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username
+
+__all__ = [
+    "DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "ContainerKeyChecker", "GatewayLogin", "GatewaySSHFactory", "HostKeyPins", "InvalidUsername", "KeyFileError",
+    "LoginRefused", "MemoryHostKeyPins", "SSHSettings", "SSHTarget", "build_ssh_factory", "load_host_keys",
+    "load_or_create_key", "parse_ssh_username", "public_text",
+]

@@ -1,0 +1,286 @@
+"""
+Who may log in to which container: public keys only, and a key only when it
+is one of the keys the container's owner uploaded (compared as key blobs,
+never by fingerprint), and only while the container runs with SSH enabled.
+
+L{ContainerKeyChecker} is the cred checker: it reads the container directory
+(no I/O) and answers with a L{GatewayLogin} avatar id.
+L{GatewayUserAuthServer} is Conch's ssh-userauth service with three
+additions: a bad user name or an unknown container is refused at the first
+request, whatever the method; a L{LoginRefused} anywhere in the login (a
+stopped container, an unreachable one) disconnects with its message, which
+OpenSSH prints (C{Received disconnect ...: container abc123 is stopped})
+instead of a bare "Permission denied"; and every login attempt is logged with
+the client's address, the user name, the container, the key's fingerprint
+and the outcome.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.conch.error import IgnoreAuthentication, ValidPublicKey
+from twisted.conch.ssh import transport as ssh_transport
+from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
+from twisted.conch.ssh.userauth import SSHUserAuthServer
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edd_gateway.sniff import describe_peer
+from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username, shown
+from edd_gateway.state.model import Container, ContainerDirectory
+
+_log = Logger()
+# What Conch's key parser raises on malformed input, besides BadKeyError.
+_KEY_PARSE_ERRORS = (BadKeyError, ValueError, UnicodeError, IndexError, TypeError, struct.error)
+UNREADABLE_KEY = "(unreadable key)"
+_STATUS_WORD = re.compile(r"[a-z][a-z -]{0,30}")
+
+
+class LoginRefused(Exception):
+    """
+    A login that ends the connection with a message for the user (the SSH
+    disconnect reason), rather than a silent "try another key".
+    """
+
+    def __init__(self, message: str, code: int = ssh_transport.DISCONNECT_SERVICE_NOT_AVAILABLE) -> None:
+        super().__init__(message, code)
+        self.message = message
+        self.code = code
+
+    def __str__(self) -> str:
+        return self.message
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayLogin:
+    """The avatar id of an accepted key: where it goes and which key it was."""
+
+    target: SSHTarget
+    container: Container
+    fingerprint: str
+
+
+@functools.lru_cache(maxsize=4096)
+def key_blob(text: str) -> bytes | None:
+    """The wire form (blob) of an OpenSSH public key line, or None when it is not one."""
+    try:
+        return Key.fromString(text.strip().encode("utf-8")).public().blob()
+    except _KEY_PARSE_ERRORS:
+        return None
+
+
+def fingerprint(blob: bytes) -> str:
+    """C{SHA256:...}, as C{ssh-keygen -l} and sshd's logs write it."""
+    try:
+        text = Key.fromString(blob).fingerprint(FingerprintFormats.SHA256_BASE64)
+    except _KEY_PARSE_ERRORS:
+        return UNREADABLE_KEY
+    return "SHA256:" + text.rstrip("=")
+
+
+def is_owner_key(container: Container, blob: bytes) -> bool:
+    """Whether C{blob} is one of the keys the container's owner uploaded."""
+    return any(key_blob(text) == blob for text in container.ssh_keys)
+
+
+def unavailable_reason(container: Container) -> str | None:
+    """Why a login to C{container} cannot proceed now (for the user), or None."""
+    if not container.running:
+        status = container.status.strip().lower()
+        state = status if _STATUS_WORD.fullmatch(status) else "not running"
+        return f"container {container.id} is {state}"
+    if not container.ssh_enabled:
+        return f"SSH access is disabled for container {container.id}"
+    if not container.external_ip:
+        return f"container {container.id} has no address yet; try again in a moment"
+    return None
+
+
+def lookup_refusal(directory: ContainerDirectory, target: SSHTarget) -> LoginRefused | None:
+    """The refusal for a login to a container the directory cannot serve, or None."""
+    if not directory.current.ready:
+        return LoginRefused("the gateway is still loading the containers; try again in a moment")
+    if directory.get(target.container_id) is None:
+        return LoginRefused(f"container {target.container_id} not found", ssh_transport.DISCONNECT_ILLEGAL_USER_NAME)
+    return None
+
+
+@implementer(ICredentialsChecker)
+class ContainerKeyChecker:
+    """
+    Accepts a signed public key for C{<user>.<container-id>} when it is one of
+    the container owner's keys and the container can be reached.
+
+    A key offered without a signature gets L{ValidPublicKey} (the client is
+    told to sign) only when it is an owner's key; a stopped container is
+    reported only to a client that proved it holds one.
+    """
+
+    credentialInterfaces = (ISSHPrivateKey,)
+
+    def __init__(self, directory: ContainerDirectory) -> None:
+        self.directory = directory
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:
+        return maybeDeferred(self._check, credentials)
+
+    def _check(self, credentials: Any) -> GatewayLogin:
+        try:
+            target = parse_ssh_username(credentials.username)
+        except InvalidUsername as problem:
+            raise LoginRefused(str(problem), ssh_transport.DISCONNECT_ILLEGAL_USER_NAME) from None
+        refusal = lookup_refusal(self.directory, target)
+        if refusal is not None:
+            raise refusal
+        container = self.directory.get(target.container_id)
+        assert container is not None
+        if not is_owner_key(container, credentials.blob):
+            raise UnauthorizedLogin("the key is not one of the container owner's keys")
+        if credentials.signature is None:
+            raise ValidPublicKey()
+        if not Key.fromString(credentials.blob).verify(credentials.signature, credentials.sigData):
+            raise UnauthorizedLogin("the signature does not verify")
+        reason = unavailable_reason(container)
+        if reason is not None:
+            raise LoginRefused(reason)
+        return GatewayLogin(target, container, fingerprint(credentials.blob))
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    client: str
+    username: str
+    fingerprint: str
+    signed: bool
+
+
+class GatewayUserAuthServer(SSHUserAuthServer):
+    """
+    ssh-userauth for the gateway: publickey only, refusals with a message,
+    one log line per login attempt.  Its transport's factory provides
+    C{clock}, C{directory} and C{settings.login_grace_time}.
+    """
+
+    _log = conch_logger()
+    # Failed key offers and signatures before "too many": OpenSSH's
+    # MaxAuthTries is 6, but agents holding many keys offer them all.
+    attemptsBeforeDisconnect = 10
+    _pending: Deferred[Any] | None = None
+
+    def serviceStarted(self) -> None:
+        factory = self.transport.factory  # type: ignore[union-attr]
+        self.clock = factory.clock
+        self.loginTimeout = factory.settings.login_grace_time
+        super().serviceStarted()
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            # The client left while its upstream was being set up.
+            pending.cancel()
+
+    def ssh_USERAUTH_REQUEST(self, packet: bytes) -> Deferred[Any] | None:
+        try:
+            username = getNS(packet, 3)[0]
+        except (IndexError, ValueError, struct.error):
+            self.transport.sendDisconnect(  # type: ignore[union-attr]
+                ssh_transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
+            return None
+        try:
+            target = parse_ssh_username(username)
+        except InvalidUsername as problem:
+            self._refuse(LoginRefused(str(problem), ssh_transport.DISCONNECT_ILLEGAL_USER_NAME),
+                         self._attempt(username, None, False))
+            return None
+        refusal = lookup_refusal(self.transport.factory.directory, target)  # type: ignore[union-attr]
+        if refusal is not None:
+            self._refuse(refusal, self._attempt(username, None, False))
+            return None
+        return super().ssh_USERAUTH_REQUEST(packet)
+
+    def auth_publickey(self, packet: bytes) -> Deferred[Any]:
+        signed = packet[:1] != b"\x00"
+        try:
+            blob = getNS(packet[1:], 2)[1]
+        except (IndexError, ValueError, TypeError, struct.error):
+            blob = b""
+        attempt = self._attempt(self.user, blob, signed)
+        if attempt.fingerprint == UNREADABLE_KEY:
+            # Conch's own parsing lets malformed blobs raise out of the
+            # packet handler; refuse them here instead.
+            outcome: Deferred[Any] = fail(UnauthorizedLogin("the key could not be read"))
+        else:
+            outcome = super().auth_publickey(packet)
+        if signed:
+            self._pending = outcome
+        return outcome.addCallbacks(self._accepted, self._notAccepted, callbackArgs=(attempt,),
+                                    errbackArgs=(attempt,))
+
+    def _accepted(self, result: Any, attempt: _Attempt) -> Any:
+        self._pending = None
+        self._logAttempt(attempt, "accepted")
+        return result
+
+    def _notAccepted(self, reason: Failure, attempt: _Attempt) -> Failure:
+        self._pending = None
+        if reason.check(IgnoreAuthentication):
+            # The key is an owner's and the client was asked to sign with it.
+            return reason
+        if reason.check(LoginRefused):
+            self._refuse(reason.value, attempt)
+        elif reason.check(UnauthorizedLogin):
+            self._logAttempt(attempt, "refused", reason.getErrorMessage())
+            return reason
+        elif reason.check(CancelledError):
+            self._logAttempt(attempt, "abandoned", "the client left during the login")
+        else:
+            _log.failure("ssh: login of {username} from {client} failed unexpectedly", reason,
+                         username=shown(attempt.username), client=attempt.client)
+            self.transport.sendDisconnect(  # type: ignore[union-attr]
+                ssh_transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"internal error in the gateway; try again")
+        return Failure(IgnoreAuthentication())
+
+    def _refuse(self, refusal: LoginRefused, attempt: _Attempt) -> None:
+        self._logAttempt(attempt, "refused", refusal.message)
+        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore
+
+    def _attempt(self, username: bytes, blob: bytes | None, signed: bool) -> _Attempt:
+        peer = self.transport.transport.getPeer()  # type: ignore[union-attr]
+        return _Attempt(
+            client=describe_peer(peer),
+            username=username.decode("ascii", "backslashreplace"),
+            fingerprint="-" if blob is None else fingerprint(blob),
+            signed=signed,
+        )
+
+    def _logAttempt(self, attempt: _Attempt, outcome: str, why: str = "") -> None:
+        try:
+            container = parse_ssh_username(attempt.username).container_id
+        except InvalidUsername:
+            container = "-"
+        _log.info(
+            "ssh: login {outcome} from {client} user {username} container {container} key {fingerprint}"
+            "{offered}{why}",
+            outcome=outcome, client=attempt.client, username=shown(attempt.username), container=container,
+            fingerprint=attempt.fingerprint, offered="" if attempt.signed else " (offered)",
+            why=f": {why}" if why else "",
+        )
+
+
+__all__ = [
+    "ContainerKeyChecker", "GatewayLogin", "GatewayUserAuthServer", "LoginRefused", "fingerprint",
+    "is_owner_key", "key_blob", "lookup_refusal", "unavailable_reason",
+]

@@ -1,0 +1,248 @@
+"""
+The SSH side of the gateway, wired: L{GatewaySSHFactory} is the protocol
+factory a listener (or the sniffer, for connections that start with
+C{SSH-}) hands connections to.  It builds a L{GatewayServerTransport} per
+connection (persistent host keys, a login grace time that covers the key
+exchange too, keepalives once logged in) whose ssh-userauth service checks
+keys against the container directory (L{ContainerKeyChecker}) and whose
+realm (L{UpstreamRealm}) logs in to the container before the user's login
+succeeds, so every failure reaches the user as a message.
+
+L{build_ssh_factory} is the one call the service tree makes: it loads (or
+creates) the key files and returns the factory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from itertools import chain
+from typing import Any, Sequence
+
+from twisted.conch.avatar import ConchUser
+from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh import factory as ssh_factory
+from twisted.conch.ssh import transport as ssh_transport
+from twisted.conch.ssh.keys import Key
+from twisted.cred.portal import IRealm, Portal
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edd_gateway._transport import set_no_delay
+from edd_gateway.sniff import describe_peer
+from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserAuthServer
+from edd_gateway.ssh.connection import DownstreamConnection
+from edd_gateway.ssh.hostkey import load_host_keys, load_or_create_key
+from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
+from edd_gateway.ssh.pins import HostKeyPins
+from edd_gateway.ssh.upstream import UpstreamConnection, UpstreamConnector, UpstreamSettings
+from edd_gateway.state.model import ContainerDirectory
+
+_log = Logger()
+
+#: Where the embedded default keeps its keys (relative to the working
+#: directory, beside the development TLS certificate).
+DEFAULT_HOST_KEY = os.path.join("edd-gateway-state", "ssh", "host_ed25519_key")
+DEFAULT_CLIENT_KEY = os.path.join("edd-gateway-state", "ssh", "client_ed25519_key")
+
+
+@dataclass(frozen=True, slots=True)
+class SSHSettings:
+    """
+    @ivar ssh_port: the containers' sshd port (22; tests use another).
+    @ivar login_grace_time: seconds from connect to login, key exchange included.
+    @ivar connect_timeout: seconds to connect to, and log in to, a container.
+    @ivar keepalive_interval: seconds of silence before a peer is probed (0: never).
+    @ivar keepalive_max_missed: unanswered probes in a row before a peer is given up.
+    @ivar window_size: bytes each relayed channel half accepts ahead (per direction).
+    @ivar max_packet: the largest data packet accepted.
+    @ivar max_channels: channels open at once on one user connection.
+    """
+
+    ssh_port: int = 22
+    login_grace_time: float = 30.0
+    connect_timeout: float = 10.0
+    keepalive_interval: float = 30.0
+    keepalive_max_missed: int = 3
+    window_size: int = 2 * 1024 * 1024
+    max_packet: int = 32768
+    max_channels: int = 64
+
+    def upstream(self) -> UpstreamSettings:
+        return UpstreamSettings(port=self.ssh_port, timeout=self.connect_timeout,
+                                keepalive_interval=self.keepalive_interval,
+                                keepalive_max_missed=self.keepalive_max_missed)
+
+
+class GatewayAvatar(ConchUser):
+    """A logged-in user: the login and the connection to the container."""
+
+    def __init__(self, login: GatewayLogin, upstream: UpstreamConnection) -> None:
+        super().__init__()
+        self.login = login
+        self.upstream = upstream
+        self.conn: DownstreamConnection | None = None  # set by the connection service
+        upstream.on_lost = self._upstreamLost
+
+    def gotGlobalRequest(self, requestType: bytes, data: bytes) -> int:
+        # tcpip-forward (ssh -R) among others: the gateway forwards nothing back.
+        return 0
+
+    def logout(self) -> None:
+        self.upstream.on_lost = None
+        self.upstream.close()
+
+    def _upstreamLost(self) -> None:
+        ssh = self.conn.transport if self.conn is not None else None
+        if ssh is not None and ssh.transport.connected:
+            ssh.sendDisconnect(ssh_transport.DISCONNECT_CONNECTION_LOST,
+                               f"the connection to container {self.login.container.id} closed".encode())
+
+
+@implementer(IRealm)
+class UpstreamRealm:
+    """Turns an accepted key into an avatar connected to its container."""
+
+    def __init__(self, connector: UpstreamConnector) -> None:
+        self.connector = connector
+
+    def requestAvatar(self, avatarId: GatewayLogin, mind: object, *interfaces: Any) -> Deferred[Any]:
+        if IConchUser not in interfaces:
+            raise NotImplementedError("only SSH logins are served")
+        connecting = self.connector.connect(avatarId.container, avatarId.target.user)
+
+        def ready(upstream: UpstreamConnection) -> tuple[Any, GatewayAvatar, Any]:
+            avatar = GatewayAvatar(avatarId, upstream)
+            return IConchUser, avatar, avatar.logout
+
+        return connecting.addCallback(ready)
+
+
+class GatewayServerTransport(ssh_transport.SSHServerTransport):
+    """
+    The user's SSH transport: login grace time from the first byte, dead-peer
+    keepalives after login.  It copes with being handed a connection by the
+    sniffer (C{makeConnection}, then the bytes already read): it speaks first
+    in C{connectionMade} and parses the client's version line whenever it comes.
+    """
+
+    _log = conch_logger()
+    factory: GatewaySSHFactory
+    # CTR with HMAC only.  Conch has no strict key exchange, so offering
+    # chacha20-poly1305 or an EtM MAC would expose users to Terrapin
+    # (CVE-2023-48795); CBC and MD5 are left out as obsolete.  Every OpenSSH
+    # client since 5.x offers these.
+    supportedCiphers = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
+    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512", b"hmac-sha1"]
+    supportedCompressions = [b"none"]
+
+    def __init__(self) -> None:
+        self._grace: IDelayedCall | None = None
+        self.keepalive: Keepalive | None = None
+
+    def connectionMade(self) -> None:
+        set_no_delay(self.transport)
+        if hasattr(self.transport, "setTcpKeepAlive"):
+            self.transport.setTcpKeepAlive(True)
+        self._grace = self.factory.clock.callLater(self.factory.settings.login_grace_time, self._graceExpired)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.keepalive is not None:
+            self.keepalive.heard()
+        super().dataReceived(data)
+
+    def setService(self, service: Any) -> None:
+        super().setService(service)
+        if isinstance(service, DownstreamConnection):
+            self._stopGrace()
+            settings = self.factory.settings
+            self.keepalive = Keepalive(
+                self.factory.clock, settings.keepalive_interval, settings.keepalive_max_missed,
+                probe=lambda: probe_connection(service), dead=lambda: abandon(self, b"keepalive timeout"),
+            )
+            self.keepalive.start()
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        pass  # the client's goodbye ("disconnected by user") is no error
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self._stopGrace()
+        if self.keepalive is not None:
+            self.keepalive.stop()
+        super().connectionLost(reason)
+
+    def _graceExpired(self) -> None:
+        self._grace = None
+        _log.info("ssh: {client} did not log in within {grace:g} s; closing",
+                  client=describe_peer(self.transport.getPeer()), grace=self.factory.settings.login_grace_time)
+        abandon(self, b"login grace time exceeded")
+
+    def _stopGrace(self) -> None:
+        if self._grace is not None and self._grace.active():
+            self._grace.cancel()
+        self._grace = None
+
+
+class GatewaySSHFactory(ssh_factory.SSHFactory):
+    """
+    Serves SSH logins to containers.
+
+    @param directory: the containers and their owners' keys.
+    @param pins: the containers' pinned host keys.
+    @param host_keys: the gateway's host keys (private).
+    @param client_key: the key the gateway logs in to containers with.
+    @param reactor: connects upstream and keeps time.
+    """
+
+    protocol = GatewayServerTransport
+    services = {b"ssh-userauth": GatewayUserAuthServer, b"ssh-connection": DownstreamConnection}
+    noisy = False
+    _log = conch_logger()
+
+    def __init__(self, directory: ContainerDirectory, pins: HostKeyPins, host_keys: Sequence[Key],
+                 client_key: Key, reactor: Any, settings: SSHSettings = SSHSettings()) -> None:
+        if not host_keys:
+            raise ValueError("the SSH side needs at least one host key")
+        self.directory = directory
+        self.settings = settings
+        self.clock = reactor
+        self.privateKeys = {key.sshType(): key for key in host_keys}
+        self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}
+        # No moduli file: the fixed groups and elliptic curves serve every
+        # OpenSSH release of the last decade.
+        self.primes = None
+        self.connector = UpstreamConnector(reactor, client_key, pins, settings.upstream())
+        self.portal = Portal(UpstreamRealm(self.connector), [ContainerKeyChecker(directory)])
+
+    def buildProtocol(self, addr: IAddress) -> GatewayServerTransport:
+        # SSHFactory's own logs a line per connection about the moduli file.
+        ssh = self.protocol()
+        ssh.factory = self
+        ssh.supportedPublicKeys = list(chain.from_iterable(
+            key.supportedSignatureAlgorithms() for key in self.privateKeys.values()))
+        ssh.supportedKeyExchanges = [kex for kex in ssh.supportedKeyExchanges
+                                     if not kex.startswith(b"diffie-hellman-group-exchange-")]
+        return ssh
+
+
+def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_key_path: str,
+                      client_key_path: str, reactor: Any, rsa_host_key_path: str | None = None,
+                      settings: SSHSettings = SSHSettings()) -> GatewaySSHFactory:
+    """
+    The SSH protocol factory for C{--ssh-listen} endpoints and for the
+    sniffer's C{Verdict.SSH} handler (one factory can serve both).  Key files
+    missing are generated (Ed25519; the client key's public half is written
+    beside it as C{.pub}); unusable ones raise L{KeyFileError}.
+    """
+    host_keys = load_host_keys(host_key_path, rsa_host_key_path)
+    client_key = load_or_create_key(client_key_path, "ed25519", comment="edd-gateway", write_public=True)
+    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings)
+
+
+__all__ = ["DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "GatewayAvatar", "GatewayServerTransport", "GatewaySSHFactory",
+           "SSHSettings", "UpstreamRealm", "build_ssh_factory"]

@@ -1,0 +1,319 @@
+"""
+The gateway's side of the connection to a container's sshd: connect to
+C{external_ip:port}, check the container's host key against its pin (trust on
+first use: the first key seen is pinned through L{HostKeyPins}, a different
+one later is refused), authenticate as the requested user with the gateway's
+client key, and hand back the ready L{UpstreamConnection}.
+
+Every way this can fail ends in a L{LoginRefused} whose message the user is
+shown: the container refuses connections or does not answer in time, its
+host key changed, it does not accept the gateway's key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import struct
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from twisted.conch.ssh import connection as ssh_connection
+from twisted.conch.ssh import transport as ssh_transport
+from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.userauth import SSHUserAuthClient
+from twisted.internet import error as internet_error
+from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway._transport import set_no_delay
+from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
+from edd_gateway.ssh.connection import RelayConnection
+from edd_gateway.ssh.hostkey import public_text
+from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
+from edd_gateway.ssh.pins import HostKeyPins
+from edd_gateway.state.model import Container, HostKeyPin
+
+_log = Logger()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamSettings:
+    """How the gateway reaches containers' sshd."""
+
+    port: int = 22
+    timeout: float = 10.0
+    keepalive_interval: float = 30.0
+    keepalive_max_missed: int = 3
+
+
+class UpstreamConnector:
+    """Opens authenticated SSH connections to containers."""
+
+    def __init__(self, reactor: Any, client_key: Key, pins: HostKeyPins,
+                 settings: UpstreamSettings = UpstreamSettings()) -> None:
+        self.reactor = reactor
+        self.client_key = client_key
+        self.pins = pins
+        self.settings = settings
+
+    def connect(self, container: Container, user: str) -> Deferred[UpstreamConnection]:
+        """
+        A ready connection to C{container}'s sshd as C{user}; fails with
+        L{LoginRefused}.  Cancelling it abandons the attempt.
+        """
+        return _Attempt(self, container, user).start()
+
+    def endpoint(self, host: str) -> IStreamClientEndpoint:
+        port, timeout = self.settings.port, self.settings.timeout
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            return HostnameEndpoint(self.reactor, host, port, timeout=timeout)
+        if address.version == 6:
+            return TCP6ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        return TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
+
+
+class _Attempt:
+    """One connection attempt: its deadline, its outcome, and the user-facing reason it failed."""
+
+    def __init__(self, connector: UpstreamConnector, container: Container, user: str) -> None:
+        self.connector = connector
+        self.container = container
+        self.user = user
+        self.result: Deferred[UpstreamConnection] = Deferred(self._cancel)
+        self.transport: UpstreamTransport | None = None
+        self.refusal: LoginRefused | None = None
+        self._connecting: Deferred[Any] | None = None
+        self._deadline: IDelayedCall | None = None
+
+    def start(self) -> Deferred[UpstreamConnection]:
+        settings, container = self.connector.settings, self.container
+        assert container.external_ip is not None
+        factory = Factory.forProtocol(lambda: UpstreamTransport(self))
+        factory.noisy = False
+        self._deadline = self.connector.reactor.callLater(settings.timeout, self._timedOut)
+        self._connecting = self.connector.endpoint(container.external_ip).connect(factory)
+        self._connecting.addErrback(self._connectFailed)
+        return self.result
+
+    def refuse(self, message: str) -> None:
+        """Remember why the attempt fails, for when the connection closes."""
+        if self.refusal is None:
+            self.refusal = LoginRefused(message)
+
+    # Host key: trust on first use.
+
+    def check_host_key(self, blob: bytes) -> Deferred[None]:
+        pins = self.connector.pins
+        checked = pins.get_pin(self.container.id).addCallback(self._compare, blob)
+        return checked.addErrback(self._pinStoreFailed)
+
+    def _compare(self, pin: HostKeyPin | None, blob: bytes) -> Deferred[None] | None:
+        cid = self.container.id
+        if pin is None:
+            _log.info("ssh: pinned host key {fingerprint} for container {container}",
+                      fingerprint=fingerprint(blob), container=cid)
+            return self.connector.pins.set_pin(cid, public_text(Key.fromString(blob)))
+        if key_blob(pin.host_key) == blob:
+            return None
+        pinned = key_blob(pin.host_key)
+        _log.warn("ssh: container {container} presented host key {seen}, not the pinned {pinned}; refusing",
+                  container=cid, seen=fingerprint(blob), pinned=fingerprint(pinned) if pinned else "(unreadable)")
+        self.refuse(f"container {cid} presented a different SSH host key than the one pinned at its first "
+                    "login; refusing (if it was recreated, its pin must be cleared)")
+        raise self.refusal  # type: ignore[misc]
+
+    def _pinStoreFailed(self, reason: Failure) -> Failure:
+        if not reason.check(LoginRefused):
+            _log.failure("ssh: cannot read or write the host key pin of {container}", reason,
+                         container=self.container.id)
+            self.refuse(f"cannot check the host key of container {self.container.id} right now; try again")
+        return reason
+
+    # Outcomes.
+
+    def connected(self, connection: UpstreamConnection) -> None:
+        self._stopDeadline()
+        if not self.result.called:
+            self.result.callback(connection)
+        else:
+            connection.close()
+
+    def lost(self, reason: Failure) -> None:
+        if self.result.called:
+            return
+        self._stopDeadline()
+        if self.refusal is None:
+            said = self.transport.goodbye if self.transport is not None else None
+            self.refuse(f"container {self.container.id} closed the SSH connection during login"
+                        + (f" ({said})" if said else ""))
+        self.result.errback(self.refusal)
+
+    def _connectFailed(self, reason: Failure) -> None:
+        if self.result.called or reason.check(CancelledError):
+            return
+        self._stopDeadline()
+        cid = self.container.id
+        if reason.check(internet_error.ConnectionRefusedError):
+            self.refuse(f"container {cid} is not accepting SSH connections (connection refused)")
+        else:
+            self.refuse(f"cannot reach container {cid}: {reason.getErrorMessage()}")
+        self.result.errback(self.refusal)
+
+    def _timedOut(self) -> None:
+        self._deadline = None
+        self.refuse(f"container {self.container.id} did not answer SSH within "
+                    f"{self.connector.settings.timeout:g} s")
+        self._abort()
+        if not self.result.called:
+            self.result.errback(self.refusal)
+
+    def _cancel(self, _: Deferred[Any]) -> None:
+        self._stopDeadline()
+        self._abort()
+
+    def _abort(self) -> None:
+        if self._connecting is not None and not self._connecting.called:
+            self._connecting.cancel()
+        if self.transport is not None and self.transport.transport is not None:
+            self.transport.transport.abortConnection()
+
+    def _stopDeadline(self) -> None:
+        if self._deadline is not None and self._deadline.active():
+            self._deadline.cancel()
+        self._deadline = None
+
+
+class UpstreamTransport(ssh_transport.SSHClientTransport):
+    """The SSH client transport to one container."""
+
+    _log = conch_logger()
+    # Fastest first among what OpenSSH's sshd accepts by default (AES-CTR is
+    # AES-NI fast; the MAC is most of the cost per byte), and only modes that
+    # Terrapin cannot reach without strict key exchange, which Conch lacks.
+    supportedCiphers = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
+    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512", b"hmac-sha1"]
+    supportedCompressions = [b"none"]
+    # Pin the Ed25519 key when the container has one: it is what OpenSSH
+    # generates first and it never changes with the signature algorithm.
+    supportedPublicKeys = [b"ssh-ed25519", *(k for k in ssh_transport.SSHClientTransport.supportedPublicKeys
+                                             if k != b"ssh-ed25519")]
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self.attempt = attempt
+        self.goodbye: str | None = None
+        self.keepalive: Keepalive | None = None
+
+    def connectionMade(self) -> None:
+        self.attempt.transport = self
+        set_no_delay(self.transport)
+        if hasattr(self.transport, "setTcpKeepAlive"):
+            self.transport.setTcpKeepAlive(True)
+        super().connectionMade()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.keepalive is not None:
+            self.keepalive.heard()
+        super().dataReceived(data)
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[None]:
+        return self.attempt.check_host_key(hostKey)
+
+    def connectionSecure(self) -> None:
+        attempt = self.attempt
+        self.requestService(UpstreamAuth(attempt, UpstreamConnection(attempt)))
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self.goodbye = description.decode("utf-8", "replace")[:200]
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if self.keepalive is not None:
+            self.keepalive.stop()
+        super().connectionLost(reason)
+        self.attempt.lost(reason or Failure(internet_error.ConnectionDone()))
+
+
+class UpstreamAuth(SSHUserAuthClient):
+    """Public key authentication with the gateway's client key, and nothing else."""
+
+    _log = conch_logger()
+    preferredOrder = [b"publickey"]
+
+    def __init__(self, attempt: _Attempt, instance: UpstreamConnection) -> None:
+        super().__init__(attempt.user.encode("ascii"), instance)
+        self.attempt = attempt
+        self._offered = False
+
+    def getPublicKey(self) -> Key | None:
+        if self._offered:
+            self.attempt.refuse(f"container {self.attempt.container.id} did not accept the gateway's key "
+                                f"for user {self.attempt.user}")
+            return None
+        self._offered = True
+        return self.attempt.connector.client_key.public()
+
+    def getPrivateKey(self) -> Deferred[Key]:
+        return succeed(self.attempt.connector.client_key)
+
+    # Without these, Conch's client would ask for a password it cannot get,
+    # fall back to "none" and ask again, forever.
+    def auth_password(self) -> bool:
+        return False
+
+    def auth_keyboard_interactive(self) -> bool:
+        return False
+
+    def ssh_USERAUTH_BANNER(self, packet: bytes) -> None:
+        pass  # the container's pre-login banner is not the user's business here
+
+
+class UpstreamConnection(RelayConnection):
+    """
+    The gateway's ssh-connection to a container; it opens no channel of its
+    own and accepts none from the container.  C{on_lost} is called when the
+    connection ends after login.
+    """
+
+    def __init__(self, attempt: _Attempt) -> None:
+        super().__init__()
+        self.attempt = attempt
+        self.container = attempt.container
+        self.on_lost: Callable[[], None] | None = None
+
+    def serviceStarted(self) -> None:
+        super().serviceStarted()
+        transport: UpstreamTransport = self.transport  # type: ignore[assignment]
+        settings, reactor = self.attempt.connector.settings, self.attempt.connector.reactor
+        transport.keepalive = Keepalive(
+            reactor, settings.keepalive_interval, settings.keepalive_max_missed,
+            probe=lambda: probe_connection(self), dead=lambda: abandon(transport, b"keepalive timeout"),
+        )
+        transport.keepalive.start()
+        self.attempt.connected(self)
+
+    def serviceStopped(self) -> None:
+        super().serviceStopped()
+        on_lost, self.on_lost = self.on_lost, None
+        if on_lost is not None:
+            on_lost()
+
+    def ssh_CHANNEL_OPEN(self, packet: bytes) -> None:
+        sender = struct.unpack(">L", getNS(packet)[1][:4])[0]
+        self.refuse_open(sender, ssh_connection.OPEN_ADMINISTRATIVELY_PROHIBITED,
+                         b"the gateway accepts no channels from containers")
+
+    def close(self) -> None:
+        """End the connection (the user logged out)."""
+        transport = self.transport
+        if transport is not None and transport.transport is not None:
+            transport.loseConnection()
+
+
+__all__ = ["UpstreamConnection", "UpstreamConnector", "UpstreamSettings", "UpstreamTransport"]

@@ -1,0 +1,157 @@
+"""
+The wiring: the factory serves connections the sniffer hands over mid-way,
+offers only its own host keys and fixed-group key exchanges, enforces the
+login grace time from the first byte, keeps the same host key across
+restarts; keepalives give up silent peers.
+"""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+from typing import Any
+
+from twisted.conch.interfaces import IConchUser
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.trial.unittest import SynchronousTestCase
+
+from edd_gateway.sniff import SniffingFactory, Verdict
+from edd_gateway.ssh.auth import GatewayLogin
+from edd_gateway.ssh.factory import GatewayAvatar, GatewaySSHFactory, SSHSettings, UpstreamRealm, build_ssh_factory
+from edd_gateway.ssh.keepalive import Keepalive
+from edd_gateway.ssh.pins import MemoryHostKeyPins
+from edd_gateway.ssh.username import SSHTarget
+
+from ._ssh_fakes import container, directory, key
+
+PEER = IPv4Address("TCP", "198.51.100.9", 40000)
+
+
+class KeepaliveTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.probes: list[float] = []
+        self.dead: list[float] = []
+        self.keepalive = Keepalive(self.clock, 10, 3, probe=lambda: self.probes.append(self.clock.seconds()),
+                                   dead=lambda: self.dead.append(self.clock.seconds()))
+        self.keepalive.start()
+
+    def advance(self, steps: int) -> None:
+        for _ in range(steps):
+            self.clock.advance(10)
+
+    def test_silent_peer_probed_then_given_up(self) -> None:
+        self.advance(4)
+        self.assertEqual(self.probes, [10, 20, 30])
+        self.assertEqual(self.dead, [40])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_answers_keep_it_alive(self) -> None:
+        for _ in range(10):
+            self.keepalive.heard()
+            self.clock.advance(10)
+        self.assertEqual(self.dead, [])
+        self.assertEqual(self.probes, [])
+
+    def test_a_late_answer_resets_the_count(self) -> None:
+        self.advance(3)
+        self.keepalive.heard()
+        self.advance(3)
+        self.assertEqual(self.dead, [])
+        self.assertEqual(self.keepalive.missed, 2)
+
+    def test_stop(self) -> None:
+        self.keepalive.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_interval_zero_is_off(self) -> None:
+        off = Keepalive(self.clock, 0, 3, probe=lambda: None, dead=lambda: None)
+        self.keepalive.stop()
+        off.start()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FactoryTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.settings = SSHSettings(login_grace_time=20)
+        self.factory = GatewaySSHFactory(directory(container()), MemoryHostKeyPins(), [key("host")],
+                                         key("client"), self.reactor, self.settings)
+        self.factory.doStart()
+        self.addCleanup(self.factory.doStop)
+
+    def test_needs_a_host_key(self) -> None:
+        self.assertRaises(ValueError, GatewaySSHFactory, directory(), MemoryHostKeyPins(), [], key("client"),
+                          self.reactor)
+
+    def test_offers_its_keys_and_fixed_groups(self) -> None:
+        ssh = self.factory.buildProtocol(PEER)
+        self.assertEqual(ssh.supportedPublicKeys, [b"ssh-ed25519"])
+        self.assertIn(b"curve25519-sha256", ssh.supportedKeyExchanges)
+        self.assertFalse([k for k in ssh.supportedKeyExchanges if b"group-exchange" in k])
+        # No Terrapin-prone modes without strict kex, nothing obsolete.
+        self.assertEqual(ssh.supportedCiphers, [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"])
+        self.assertFalse([m for m in ssh.supportedMACs if b"etm" in m or b"md5" in m])
+        self.assertEqual(ssh.supportedCompressions, [b"none"])
+
+    def sniffed(self, first: bytes) -> tuple[Any, StringTransport]:
+        sniffer = SniffingFactory({Verdict.SSH: self.factory}, clock=self.reactor, listener_name="test",
+                                  default=Verdict.SSH)
+        protocol = sniffer.buildProtocol(PEER)
+        wire = StringTransport(peerAddress=PEER)
+        wire.protocol = protocol  # type: ignore[attr-defined]
+        protocol.makeConnection(wire)
+        if first:
+            protocol.dataReceived(first)
+        else:
+            self.reactor.advance(sniffer.timeout)
+        return wire.protocol, wire  # type: ignore[attr-defined]
+
+    def test_handed_over_by_the_sniffer(self) -> None:
+        ssh, wire = self.sniffed(b"SSH-2.0-OpenSSH_9.2\r\n")
+        self.assertTrue(wire.value().startswith(b"SSH-2.0-Twisted"))
+        self.assertEqual(ssh.otherVersionString, b"SSH-2.0-OpenSSH_9.2")
+
+    def test_silent_client_gets_the_server_version(self) -> None:
+        ssh, wire = self.sniffed(b"")
+        self.assertTrue(wire.value().startswith(b"SSH-2.0-"))
+        self.assertFalse(ssh.gotVersion)
+
+    def test_login_grace_time_covers_the_key_exchange(self) -> None:
+        ssh, wire = self.sniffed(b"SSH-2.0-OpenSSH_9.2\r\n")
+        self.reactor.advance(19)
+        self.assertFalse(wire.disconnecting)
+        self.reactor.advance(1)
+        self.assertTrue(wire.disconnecting)
+        self.assertIn(b"login grace time exceeded", wire.value())
+        ssh.connectionLost(None)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_same_host_key_after_a_restart(self) -> None:
+        workdir = self.mktemp()
+        paths = dict(host_key_path=os.path.join(workdir, "host"), client_key_path=os.path.join(workdir, "client"))
+        first = build_ssh_factory(directory(), MemoryHostKeyPins(), reactor=self.reactor, **paths)
+        again = build_ssh_factory(directory(), MemoryHostKeyPins(), reactor=self.reactor, **paths)
+        self.assertEqual(first.publicKeys, again.publicKeys)
+        self.assertEqual(first.connector.client_key, again.connector.client_key)
+        self.assertTrue(os.path.exists(paths["client_key_path"] + ".pub"))
+
+
+class RealmTests(SynchronousTestCase):
+    def test_avatar_holds_the_container_connection(self) -> None:
+        upstream = SimpleNamespace(on_lost=None, closed=False)
+        upstream.close = lambda: setattr(upstream, "closed", True)
+        asked: list[tuple[str, str]] = []
+        connector = SimpleNamespace(connect=lambda c, user: asked.append((c.id, user)) or succeed(upstream))
+        login = GatewayLogin(SSHTarget("abc123", "www"), container(), "SHA256:x")
+        interface, avatar, logout = self.successResultOf(
+            UpstreamRealm(connector).requestAvatar(login, None, IConchUser))  # type: ignore[arg-type]
+        self.assertEqual((interface, asked), (IConchUser, [("abc123", "www")]))
+        self.assertIsInstance(avatar, GatewayAvatar)
+        self.assertEqual(avatar.gotGlobalRequest(b"tcpip-forward", b""), 0)
+        logout()
+        self.assertTrue(upstream.closed)
+        self.assertIsNone(upstream.on_lost)

@@ -1,0 +1,185 @@
+"""
+The gateway's connection to a container's sshd, on a memory reactor: where
+it connects, how every failure becomes a message for the user, trust on
+first use of the container's host key, and the client key as its only
+credential.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+from twisted.conch.ssh import connection as c
+from twisted.conch.ssh.common import NS
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from edd_gateway.ssh.auth import LoginRefused, fingerprint
+from edd_gateway.ssh.hostkey import public_text
+from edd_gateway.ssh.pins import HostKeyPins, MemoryHostKeyPins
+from edd_gateway.ssh.upstream import UpstreamAuth, UpstreamConnection, UpstreamConnector, UpstreamSettings
+from edd_gateway.state.localfile import LocalPinStore
+
+from ._ssh_fakes import RecordingSSH, attach, container, key
+
+
+class BrokenPins(MemoryHostKeyPins):
+    def get_pin(self, container_id: str) -> Deferred[Any]:
+        return fail(OSError("database gone"))
+
+
+class ConnectorTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.pins = MemoryHostKeyPins()
+        self.connector = UpstreamConnector(self.reactor, key("gateway-client"), self.pins,
+                                           UpstreamSettings(port=2200, timeout=10.0))
+
+    def connect(self, cid: str = "abc123", ip: str = "10.42.0.7") -> Deferred[Any]:
+        return self.connector.connect(container(cid, external_ip=ip), "root")
+
+    def transport(self) -> Any:
+        """The UpstreamTransport of the last connection, connected to a StringTransport."""
+        wrapping = self.reactor.tcpClients[-1][2].buildProtocol(IPv4Address("TCP", "10.42.0.7", 2200))
+        wrapping.makeConnection(StringTransport())
+        return wrapping._wrappedProtocol
+
+    def test_pin_stores_fit_the_interface(self) -> None:
+        self.assertIsInstance(MemoryHostKeyPins(), HostKeyPins)
+        self.assertIsInstance(LocalPinStore(), HostKeyPins)
+
+    def test_endpoint_by_address_kind(self) -> None:
+        self.assertIsInstance(self.connector.endpoint("10.0.0.1"), TCP4ClientEndpoint)
+        self.assertIsInstance(self.connector.endpoint("fd00::7"), TCP6ClientEndpoint)
+        self.assertIsInstance(self.connector.endpoint("box.internal"), HostnameEndpoint)
+
+    def test_connects_to_the_external_ip_and_port(self) -> None:
+        self.connect()
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("10.42.0.7", 2200))
+
+    def test_refused(self) -> None:
+        result = self.connect()
+        self.reactor.tcpClients[0][2].clientConnectionFailed(None, Failure(ConnectionRefusedError()))
+        failure = self.failureResultOf(result, LoginRefused)
+        self.assertEqual(str(failure.value), "container abc123 is not accepting SSH connections (connection refused)")
+
+    def test_no_answer_in_time(self) -> None:
+        result = self.connect()
+        self.reactor.advance(10)
+        failure = self.failureResultOf(result, LoginRefused)
+        self.assertEqual(str(failure.value), "container abc123 did not answer SSH within 10 s")
+
+    def test_handshake_stalls_past_the_deadline(self) -> None:
+        result = self.connect()
+        ssh = self.transport()
+        self.reactor.advance(10)
+        self.assertTrue(ssh.transport.disconnecting)
+        self.failureResultOf(result, LoginRefused)
+        ssh.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_cancel_abandons(self) -> None:
+        result = self.connect()
+        ssh = self.transport()
+        result.cancel()
+        self.failureResultOf(result, CancelledError)
+        self.assertTrue(ssh.transport.disconnecting)
+        self.assertEqual(self.reactor.getDelayedCalls(), [])
+
+    def test_first_host_key_is_pinned(self) -> None:
+        self.connect()
+        blob = key("container-host").public().blob()
+        self.successResultOf(self.transport().verifyHostKey(blob, b"md5"))
+        pin = self.pins.pins["abc123"]
+        self.assertEqual(pin.host_key, public_text(key("container-host")))
+
+    def test_pinned_key_is_accepted(self) -> None:
+        self.pins.set_pin("abc123", public_text(key("container-host"), "any comment"))
+        self.connect()
+        self.successResultOf(self.transport().verifyHostKey(key("container-host").public().blob(), b"md5"))
+
+    def test_changed_host_key_is_refused(self) -> None:
+        self.pins.set_pin("abc123", public_text(key("container-host")))
+        result = self.connect()
+        ssh = self.transport()
+        self.failureResultOf(ssh.verifyHostKey(key("impostor").public().blob(), b"md5"), LoginRefused)
+        ssh.connectionLost(Failure(ConnectionDone()))
+        failure = self.failureResultOf(result, LoginRefused)
+        self.assertIn("different SSH host key than the one pinned", str(failure.value))
+        self.assertEqual(self.pins.pins["abc123"].host_key, public_text(key("container-host")))
+
+    def test_pin_store_failure(self) -> None:
+        self.connector.pins = BrokenPins()
+        result = self.connect()
+        ssh = self.transport()
+        self.failureResultOf(ssh.verifyHostKey(key("container-host").public().blob(), b"md5"))
+        ssh.connectionLost(Failure(ConnectionDone()))
+        self.assertIn("cannot check the host key", str(self.failureResultOf(result, LoginRefused).value))
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+
+    def test_closed_during_login_says_what_the_container_said(self) -> None:
+        result = self.connect()
+        ssh = self.transport()
+        ssh.receiveError(2, b"Too many authentication failures")
+        ssh.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(str(self.failureResultOf(result, LoginRefused).value),
+                         "container abc123 closed the SSH connection during login (Too many authentication failures)")
+
+    def test_only_the_client_key_is_offered(self) -> None:
+        result = self.connect()
+        ssh = self.transport()
+        auth = UpstreamAuth(ssh.attempt, UpstreamConnection(ssh.attempt))
+        self.assertEqual(auth.user, b"root")
+        self.assertEqual(auth.getPublicKey(), key("gateway-client").public())
+        self.assertEqual(self.successResultOf(auth.getPrivateKey()), key("gateway-client"))
+        self.assertFalse(auth.auth_password())
+        self.assertFalse(auth.auth_keyboard_interactive())
+        self.assertIsNone(auth.getPublicKey())
+        ssh.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(str(self.failureResultOf(result, LoginRefused).value),
+                         "container abc123 did not accept the gateway's key for user root")
+
+    def test_ready_connection_and_its_loss(self) -> None:
+        result = self.connect()
+        ssh = self.transport()
+        upstream = UpstreamConnection(ssh.attempt)
+        ssh.setService(upstream)
+        self.assertIs(self.successResultOf(result), upstream)
+        lost: list[bool] = []
+        upstream.on_lost = lambda: lost.append(True)
+        ssh.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(lost, [True])
+
+    def test_keepalive_gives_up_a_silent_container(self) -> None:
+        self.connect()
+        ssh = self.transport()
+        ssh.setService(UpstreamConnection(ssh.attempt))
+        for _ in range(3):
+            self.reactor.advance(30)
+        self.assertFalse(ssh.transport.disconnecting)
+        self.reactor.advance(30)
+        self.assertTrue(ssh.transport.disconnecting)
+
+    def test_channels_from_the_container_are_refused(self) -> None:
+        recorded = RecordingSSH()
+        self.connect()
+        upstream = attach(UpstreamConnection(self.transport().attempt), recorded)
+        upstream.ssh_CHANNEL_OPEN(NS(b"forwarded-tcpip") + struct.pack(">3L", 4, 1000, 1000))
+        [(kind, payload)] = recorded.take()
+        self.assertEqual(kind, c.MSG_CHANNEL_OPEN_FAILURE)
+        self.assertEqual(struct.unpack(">2L", payload[:8]), (4, c.OPEN_ADMINISTRATIVELY_PROHIBITED))
+
+    def test_fingerprint_logged_when_pinning(self) -> None:
+        from twisted.logger import capturedLogs
+
+        self.connect()
+        with capturedLogs() as events:
+            self.transport().verifyHostKey(key("container-host").public().blob(), b"md5")
+        self.assertIn(fingerprint(key("container-host").public().blob()),
+                      [e.get("fingerprint") for e in events])
