@@ -144,3 +144,18 @@ def ratios(results: dict[str, dict[str, Any]], subject: str = "gateway") -> dict
         for name, result in results.items()
         if name != subject and result.get("requests_per_s")
     }
+
+
+def cpu_ratios(results: dict[str, dict[str, Any]], subject: str = "gateway") -> dict[str, float]:
+    """Each other proxy's CPU per request over the subject's: the requests/s ratio to expect
+    if every proxy were held back by its own CPU alone, and steadier than requests/s when
+    other work on the machine disturbs a run."""
+    key = "proxy_cpu_us_per_request"
+    mine = results.get(subject, {}).get(key)
+    if not mine:
+        return {}
+    return {
+        name: round(result[key] / mine, 3)
+        for name, result in results.items()
+        if name != subject and result.get(key)
+    }

@@ -75,7 +75,7 @@ def start_gateway(setup: PeerSetup) -> Peer:
         f'routes:\n  - {{host: {BENCH_HOST}, path: /, target: "127.0.0.1:{setup.backend.port}"}}\n'
     )
     command = setup.gateway_cmd.format(
-        twistd=twistd_path(setup.python), python=setup.python, routes=routes, port=port
+        twistd=twistd_path(setup.python), python=setup.python, routes=routes, port=port, bench=PEERS.parent
     )
     started = setup.procs.start(
         "gateway", shlex.split(command), cpus=setup.cpus, env=_env_with_repo(), cwd=setup.workdir
@@ -168,6 +168,8 @@ def start_peers(setup: PeerSetup, wanted: Sequence[str]) -> tuple[dict[str, Peer
         if problem is None:
             peers[name] = peer
         else:
-            errors[name] = f"GET /small did not answer 200 with the backend's body: {problem}\n{log_tail(peer.started.log_path)}"
+            errors[name] = (
+                f"GET /small did not answer 200 with the backend's body: {problem}\n{log_tail(peer.started.log_path)}"
+            )
             setup.procs.stop(peer.started)
     return peers, errors

@@ -78,15 +78,20 @@ def _dig(results: dict[str, Any], *keys: str) -> Any:
     return results
 
 
+def _at(*keys: str) -> Callable[[dict[str, Any]], Any]:
+    return lambda results: _dig(results, *keys)
+
+
 TARGETS = (
-    Target("keep-alive rps vs nginx", ">= 0.30", lambda r: _dig(r, "keepalive", "gateway_ratio", "nginx"), lambda v: v >= 0.30),
-    Target("keep-alive rps vs twisted.web.proxy", ">= 6", lambda r: _dig(r, "keepalive", "gateway_ratio", "twisted"), lambda v: v >= 6),
-    Target("keep-alive p99 latency (ms)", "< 10", lambda r: _dig(r, "keepalive", "peers", "gateway", "p99_ms"), lambda v: v < 10),
+    Target("keep-alive rps vs nginx", ">= 0.30", _at("keepalive", "gateway_ratio", "nginx"), lambda v: v >= 0.30),
+    Target("keep-alive rps vs twisted.web.proxy", ">= 6",
+           _at("keepalive", "gateway_ratio", "twisted"), lambda v: v >= 6),
+    Target("keep-alive p99 latency (ms)", "< 10", _at("keepalive", "peers", "gateway", "p99_ms"), lambda v: v < 10),
     Target("keep-alive errors (non-2xx + socket)", "== 0", lambda r: _gateway_errors(r), lambda v: v == 0),
-    Target("download MB/s vs nginx", ">= 0.8", lambda r: _dig(r, "transfer", "gateway_ratio", "download"), lambda v: v >= 0.8),
-    Target("upload MB/s vs nginx", ">= 0.8", lambda r: _dig(r, "transfer", "gateway_ratio", "upload"), lambda v: v >= 0.8),
+    Target("download MB/s vs nginx", ">= 0.8", _at("transfer", "gateway_ratio", "download"), lambda v: v >= 0.8),
+    Target("upload MB/s vs nginx", ">= 0.8", _at("transfer", "gateway_ratio", "upload"), lambda v: v >= 0.8),
     Target("slow reader RSS growth (MiB)", "< 32", lambda r: _slow_growth(r), lambda v: v < 32),
-)  # fmt: skip
+)
 
 
 def _gateway_errors(results: dict[str, Any]) -> float | None:
@@ -114,7 +119,10 @@ def acceptance(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines = ["  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths))) for row in [header, *rows]]
+    lines = [
+        "  ".join(cell.rjust(width) if i else cell.ljust(width) for i, (cell, width) in enumerate(zip(row, widths)))
+        for row in [header, *rows]
+    ]
     lines.insert(1, "  ".join("-" * width for width in widths))
     return "\n".join(lines)
 
@@ -149,7 +157,8 @@ def transfer_table(part: dict[str, Any]) -> str:
         for direction in ("download", "upload"):
             row.append(_num(part["gateway_ratio_by_peer"].get(name, {}).get(direction), 2))
         for key in ("proxy_cpu_s_per_gib", "peak_rss_mib"):
-            row.extend(_num(peer[direction].get(key), 2 if key == "proxy_cpu_s_per_gib" else 1) for direction in ("download", "upload"))
+            digits = 2 if key == "proxy_cpu_s_per_gib" else 1
+            row.extend(_num(peer[direction].get(key), digits) for direction in ("download", "upload"))
         rows.append(row)
     header = [
         "peer", "down MB/s", "up MB/s", "gateway / peer down", "up",
@@ -168,8 +177,16 @@ def render_text(results: dict[str, Any]) -> str:
         parts.append(f"note: {note}")
     if "keepalive" in results:
         settings = results["settings"]
-        parts.append(f"\nkeep-alive /small, wrk -t{settings['threads']} -c{settings['connections']} -d{settings['duration']:g}s")
+        parts.append(
+            f"\nkeep-alive /small, wrk -t{settings['threads']} -c{settings['connections']} "
+            f"-d{settings['duration']:g}s, "
+            f"median of {settings['rounds']} rounds"
+        )
         parts.append(keepalive_table(results["keepalive"]))
+        cpu_ratio = results["keepalive"].get("gateway_cpu_ratio", {})
+        if cpu_ratio:
+            listed = ", ".join(f"{name} {ratio:.2f}" for name, ratio in cpu_ratio.items())
+            parts.append(f"  CPU per request, peer / gateway (the rps ratio if each were CPU-bound): {listed}")
         for name, peer in results["keepalive"]["peers"].items():
             if "error" in peer:
                 parts.append(f"  {name}: {peer['error']}")
@@ -187,7 +204,8 @@ def render_text(results: dict[str, Any]) -> str:
         parts.append(
             f"\nslow reader through {slow['peer']}: {slow['bytes']:,} bytes, status {slow['status']}, "
             f"limit {slow['limit_mb_per_s']} MB/s (direct {slow['direct_mb_per_s']} MB/s), {slow['seconds']} s; "
-            f"RSS baseline {slow['baseline_rss_mib']} MiB, peak {slow['peak_rss_mib']} MiB, growth {slow['growth_mib']} MiB"
+            f"RSS baseline {slow['baseline_rss_mib']} MiB, peak {slow['peak_rss_mib']} MiB, "
+            f"growth {slow['growth_mib']} MiB"
         )
     elif slow:
         parts.append(f"\nslow reader: {slow['error']}")

@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
-from _procs import ProcessSet, rss_kib, usable_cpus
+from _procs import ProcessSet, StartError, rss_kib, usable_cpus
 from backend import start_backend
-from keepalive import KeepaliveSettings, ratios as keepalive_ratios, run_keepalive
+from keepalive import KeepaliveSettings, cpu_ratios, ratios as keepalive_ratios, run_keepalive
 from proxies import DEFAULT_GATEWAY_CMD, PEER_ORDER, PeerSetup, start_peers
 from report import acceptance, machine, render_text, versions, write_json
 from slowreader import run_slow_reader
@@ -37,25 +37,29 @@ PARTS = ("http", "transfer", "slow")
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=PARTS, help="run only this part (repeatable); default: all")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds of each wrk measurement (default 10)")
-    parser.add_argument("--connections", type=int, default=50, help="wrk keep-alive connections (default 50)")
-    parser.add_argument("--threads", type=int, default=2, help="wrk threads (default 2)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="keep-alive rounds, peers interleaved; medians are reported (default 3)")
-    parser.add_argument("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each measurement (default 2)")
-    parser.add_argument("--size-mib", type=int, default=256, help="size of the download/upload (default 256)")
-    parser.add_argument("--repeats", type=int, default=3, help="transfers per peer and direction; the median is reported (default 3)")
-    parser.add_argument("--slow-seconds", type=float, default=20.0, help="about how long the slow read lasts (default 20)")
-    parser.add_argument("--peers", default=",".join(PEER_ORDER), help=f"comma-separated peers (default {','.join(PEER_ORDER)})")
-    parser.add_argument("--gateway-cmd", default=DEFAULT_GATEWAY_CMD,
-                        help="gateway command; {twistd} {python} {routes} {port} are filled in (default: %(default)s)")
-    parser.add_argument("--python", default=sys.executable, help="interpreter with Twisted for the gateway and twisted.web.proxy (default: this one)")
-    parser.add_argument("--backend", choices=("auto", "nginx", "python"), default="auto", help="backend server (default auto: nginx when installed)")
-    parser.add_argument("--pin", choices=("split", "none"), default="split",
-                        help="split: proxies on the first CPU, backend + wrk + curl on the others (default); none: no pinning")
-    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help="where the JSON goes (default bench/results)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add = parser.add_argument
+    add("--only", action="append", choices=PARTS, help="run only this part (repeatable); default: all")
+    add("--duration", type=float, default=10.0, help="seconds of each wrk measurement (default 10)")
+    add("--connections", type=int, default=50, help="wrk keep-alive connections (default 50)")
+    add("--threads", type=int, default=2, help="wrk threads (default 2)")
+    add("--rounds", type=int, default=3, help="keep-alive rounds, peers interleaved; medians reported (default 3)")
+    add("--warmup", type=float, default=2.0, help="seconds of wrk warm-up before each measurement (default 2)")
+    add("--size-mib", type=int, default=256, help="size of the download/upload (default 256)")
+    add("--repeats", type=int, default=5, help="transfers per peer and direction, interleaved; median (default 5)")
+    add("--slow-seconds", type=float, default=20.0, help="about how long the slow read lasts (default 20)")
+    add("--peers", default=",".join(PEER_ORDER), help=f"comma-separated peers (default {','.join(PEER_ORDER)})")
+    add("--gateway-cmd", default=DEFAULT_GATEWAY_CMD,
+        help="gateway command; {twistd} {python} {routes} {port} {bench} are filled in (default: %(default)s)")
+    add("--python", default=sys.executable,
+        help="interpreter with Twisted, for the gateway and twisted.web.proxy (default: this one)")
+    add("--backend", choices=("auto", "nginx", "python"), default="auto",
+        help="backend server (default auto: nginx when installed)")
+    add("--pin", choices=("split", "none"), default="split",
+        help="split: proxies on the first CPU, backend + wrk + curl on the others (default); none: no pinning")
+    add("--results-dir", type=Path, default=BENCH_DIR / "results", help="where the JSON goes (default bench/results)")
     return parser.parse_args(argv)
 
 
@@ -101,7 +105,11 @@ def measure(args: argparse.Namespace, procs: ProcessSet, workdir: Path, results:
     if "http" in parts:
         settings = KeepaliveSettings(args.duration, args.connections, args.threads, args.warmup, load_cpus)
         measured = run_keepalive(peers, settings, args.rounds)
-        results["keepalive"] = {"peers": measured, "gateway_ratio": keepalive_ratios(measured)}
+        results["keepalive"] = {
+            "peers": measured,
+            "gateway_ratio": keepalive_ratios(measured),
+            "gateway_cpu_ratio": cpu_ratios(measured),
+        }
 
     transfer_settings = TransferSettings(size, backend.upload_path, args.repeats, load_cpus)
     if "transfer" in parts:
@@ -109,7 +117,9 @@ def measure(args: argparse.Namespace, procs: ProcessSet, workdir: Path, results:
         results["transfer"] = {
             "peers": measured,
             "gateway_ratio": transfer_ratios(measured),
-            "gateway_ratio_by_peer": {name: transfer_ratios(measured, reference=name) for name in measured if name != "gateway"},
+            "gateway_ratio_by_peer": {
+                name: transfer_ratios(measured, reference=name) for name in measured if name != "gateway"
+            },
         }
 
     if "slow" in parts:
@@ -146,8 +156,9 @@ def main(argv: Sequence[str]) -> int:
         "versions": versions(args.python, dict(os.environ)),
         "settings": {
             "parts": args.only or list(PARTS), "duration": args.duration, "connections": args.connections,
-            "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "size_mib": args.size_mib, "repeats": args.repeats,
-            "slow_seconds": args.slow_seconds, "gateway_cmd": args.gateway_cmd, "pin": args.pin,
+            "threads": args.threads, "rounds": args.rounds, "warmup": args.warmup, "size_mib": args.size_mib,
+            "repeats": args.repeats, "slow_seconds": args.slow_seconds, "gateway_cmd": args.gateway_cmd,
+            "pin": args.pin,
         },  # fmt: skip
         "notes": [],
     }
@@ -160,6 +171,9 @@ def main(argv: Sequence[str]) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: everything started was stopped", file=sys.stderr)
         return 130
+    except StartError as error:
+        print(f"\nthe backend did not start: {error}", file=sys.stderr)
+        return 1
     finally:
         keep_logs(workdir, args.results_dir / f"{stamp}-logs")
         shutil.rmtree(workdir, ignore_errors=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import unittest
 
-from keepalive import _combine, parse_wrk, ratios as keepalive_ratios
+from keepalive import _combine, cpu_ratios, parse_wrk, ratios as keepalive_ratios
 from report import acceptance, keepalive_table
 from slowreader import slow_rate
 from transfer import parse_curl, ratios as transfer_ratios
@@ -123,6 +123,14 @@ class RatioAndAcceptanceTests(unittest.TestCase):
         results = self.results(3_500.0, 5.0, 1.0)
         self.assertEqual(results["keepalive"]["gateway_ratio"], {"nginx": 0.35, "twisted": 7.0})
         self.assertEqual(results["transfer"]["gateway_ratio"], {"download": 0.8})
+
+    def test_cpu_ratios(self) -> None:
+        peers = {
+            "gateway": {"proxy_cpu_us_per_request": 100.0},
+            "nginx": {"proxy_cpu_us_per_request": 30.0},
+            "direct": {},
+        }
+        self.assertEqual(cpu_ratios(peers), {"nginx": 0.3})
 
     def test_passing(self) -> None:
         verdicts = self.verdicts(self.results(3_500.0, 5.0, 1.0))

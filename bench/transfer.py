@@ -1,8 +1,9 @@
 """
 Large transfers: the big file downloaded and then uploaded (``curl -T``, a
-streamed PUT with a Content-Length) through each peer with curl, repeated a
-few times after one warm-up download, giving the median MB/s (10^6 bytes per
-second) and every sample, plus the proxy's peak RSS and CPU seconds per GiB while it streamed.
+streamed PUT with a Content-Length) through each peer with curl, after one
+warm-up each way, repeated with the peers interleaved, giving the median
+MB/s (10^6 bytes per second) and every sample, plus the proxy's peak RSS and
+CPU seconds per GiB while it streamed.
 
 A transfer counts only if curl saw a 200 and moved every byte.
 """
@@ -10,7 +11,7 @@ A transfer counts only if curl saw a 200 and moved every byte.
 from __future__ import annotations
 
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -75,44 +76,71 @@ def upload(peer: Peer, settings: TransferSettings) -> float:
     return result.upload_speed / 1e6
 
 
-def _summary(samples: list[float]) -> dict[str, Any]:
-    return {"mb_per_s": round(statistics.median(samples), 1), "samples_mb_per_s": [round(s, 1) for s in samples]}
+@dataclass
+class _Tally:
+    """One peer's figures for one direction, gathered over interleaved repeats."""
+
+    samples: list[float] = field(default_factory=list)
+    cpu_s: float = 0.0
+    peak_rss_kib: int = 0
+    error: str | None = None
+
+    def summary(self, peer: Peer, size: int) -> dict[str, Any]:
+        if self.error is not None:
+            return {"error": self.error}
+        found: dict[str, Any] = {
+            "mb_per_s": round(statistics.median(self.samples), 1),
+            "samples_mb_per_s": [round(sample, 1) for sample in self.samples],
+        }
+        if peer.pid is not None:
+            found["peak_rss_mib"] = round(self.peak_rss_kib / 1024, 1)
+            found["proxy_cpu_s_per_gib"] = round(self.cpu_s / (len(self.samples) * size / (1 << 30)), 3)
+        return found
 
 
-def _measure_direction(peer: Peer, transfer: Callable[[Peer, TransferSettings], float], settings: TransferSettings) -> dict[str, Any]:
+def _once(
+    peer: Peer, transfer: Callable[[Peer, TransferSettings], float], settings: TransferSettings, tally: _Tally
+) -> None:
     if peer.pid is None:
-        return _summary([transfer(peer, settings) for _ in range(settings.repeats)])
+        tally.samples.append(transfer(peer, settings))
+        return
     cpu_before = cpu_seconds(peer.pid)
     with RssSampler(peer.pid) as rss:
-        samples = [transfer(peer, settings) for _ in range(settings.repeats)]
-    gib_moved = settings.repeats * settings.size / (1 << 30)
-    return {
-        **_summary(samples),
-        "peak_rss_mib": round(rss.peak_kib / 1024, 1),
-        "proxy_cpu_s_per_gib": round((cpu_seconds(peer.pid) - cpu_before) / gib_moved, 3),
-    }
-
-
-def measure_peer(peer: Peer, settings: TransferSettings) -> dict[str, Any]:
-    """Download then upload; a failing direction is recorded as that direction's error."""
-    result: dict[str, Any] = {}
-    for direction, transfer in (("download", download), ("upload", upload)):
-        try:
-            if direction == "download":
-                transfer(peer, settings)  # warm-up: page cache, pools, allocator
-            result[direction] = _measure_direction(peer, transfer, settings)
-        except (RuntimeError, ValueError, OSError) as error:
-            result[direction] = {"error": str(error)}
-    return result
+        tally.samples.append(transfer(peer, settings))
+    tally.cpu_s += cpu_seconds(peer.pid) - cpu_before
+    tally.peak_rss_kib = max(tally.peak_rss_kib, rss.peak_kib)
 
 
 def run_transfer(peers: dict[str, Peer], settings: TransferSettings) -> dict[str, dict[str, Any]]:
-    results: dict[str, dict[str, Any]] = {}
-    for name in TRANSFER_PEERS:
-        if name in peers:
-            print(f"  transfer: {name} ({settings.size >> 20} MiB down and up, x{settings.repeats}) ...", flush=True)
-            results[name] = measure_peer(peers[name], settings)
-    return results
+    """Each repeat goes through every peer in turn, so a busy moment on the machine hits them alike."""
+    chosen = {name: peers[name] for name in TRANSFER_PEERS if name in peers}
+    tallies = {name: {"download": _Tally(), "upload": _Tally()} for name in chosen}
+    for name, peer in chosen.items():
+        # Warm-up, both ways: page cache, connection pools, the allocators of
+        # the proxy and of the backend (whose first 256 MiB body is slow).
+        for direction, transfer in (("download", download), ("upload", upload)):
+            try:
+                transfer(peer, settings)
+            except (RuntimeError, ValueError, OSError) as error:
+                tallies[name][direction].error = f"warm-up: {error}"
+    for direction, transfer in (("download", download), ("upload", upload)):
+        for repeat in range(1, settings.repeats + 1):
+            print(
+                f"  transfer: {direction} {repeat}/{settings.repeats}, "
+                f"{settings.size >> 20} MiB through {', '.join(chosen)} ...",
+                flush=True,
+            )
+            for name, peer in chosen.items():
+                tally = tallies[name][direction]
+                if tally.error is None:
+                    try:
+                        _once(peer, transfer, settings, tally)
+                    except (RuntimeError, ValueError, OSError) as error:
+                        tally.error = str(error)
+    return {
+        name: {direction: tally.summary(chosen[name], settings.size) for direction, tally in directions.items()}
+        for name, directions in tallies.items()
+    }
 
 
 def ratios(results: dict[str, dict[str, Any]], subject: str = "gateway", reference: str = "nginx") -> dict[str, float]:
