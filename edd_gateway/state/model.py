@@ -93,3 +93,20 @@ class ContainerDirectory:
         else:
             containers[container_id] = container
         self.swap(ContainerSnapshot(containers, self._snapshot.ready))
+
+
+@dataclass(frozen=True, slots=True)
+class HostKeyPin:
+    """
+    The SSH host key the gateway trusts for one container (trust on first
+    use), stored by the container sources (C{get_pin}/C{set_pin}/C{clear_pin}).
+
+    @ivar host_key: the key in OpenSSH text form.
+    @ivar container_created: what the caller recorded about the container's
+        incarnation when pinning (e.g. its creation time), so that a container
+        recreated under the same id can be told apart; opaque here.
+    """
+
+    container_id: str
+    host_key: str
+    container_created: str | None = None

@@ -1,0 +1,186 @@
+"""
+The local containers source, for the embedded default and for development
+without PostgreSQL: containers (with their ingress rules and their owners'
+SSH keys) listed in a YAML file given by C{--containers FILE}.
+
+L{LocalContainersSource} loads the file at start and reloads it when it
+changes (the same polling L{FileWatcher} as the routes file); a refused
+version is logged as C{file:line: reason} and the last good snapshot stays.
+SSH host-key pins are kept in a small JSON state file (L{LocalPinStore}).
+The file's format is in docs/state.md; its parser in L{_containers_file}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from edd_gateway.state._containers_file import (
+    CONTAINER_KEYS,
+    ContainersFileError,
+    ContainersProblem,
+    load_containers_file,
+    load_containers_text,
+)
+from edd_gateway.state.model import ContainerDirectory, HostKeyPin
+from edd_gateway.watch import FileWatcher
+
+__all__ = [
+    "CONTAINER_KEYS", "ContainersFileError", "ContainersProblem", "LocalContainersSource", "LocalPinStore",
+    "PinStoreError", "load_containers_file", "load_containers_text",
+]
+
+_log = Logger()
+
+
+class PinStoreError(Exception):
+    """The pin state file cannot be read or written: pins fail closed."""
+
+
+class LocalPinStore:
+    """
+    SSH host-key pins kept in a JSON file (C{{"<container id>": {"host_key":
+    ..., "container_created": ...}}}), or in memory when C{path} is None.
+
+    The file is read once, on first use, and rewritten whole (to a temporary
+    file renamed over it) on every change: a handful of pins, changed at a
+    container's first SSH login, so blocking file I/O in the reactor thread
+    costs less than a thread hop.  A corrupt file fails every call rather than
+    being treated as empty, which would silently re-trust every host key.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path
+        self._pins: dict[str, HostKeyPin] | None = None if path is not None else {}
+
+    def get_pin(self, container_id: str) -> Deferred[HostKeyPin | None]:
+        try:
+            return succeed(self._loaded().get(container_id))
+        except PinStoreError:
+            return fail()
+
+    def set_pin(self, container_id: str, host_key: str, container_created: str | None = None) -> Deferred[None]:
+        return self._change(container_id, HostKeyPin(container_id, host_key, container_created))
+
+    def clear_pin(self, container_id: str) -> Deferred[None]:
+        return self._change(container_id, None)
+
+    def prune(self, keep: Collection[str]) -> Deferred[int]:
+        """Forget the pins of every container not in C{keep}; how many went."""
+        try:
+            pins = self._loaded()
+            kept = {container_id: pin for container_id, pin in pins.items() if container_id in keep}
+            if len(kept) != len(pins):
+                self._save(kept)
+        except PinStoreError:
+            return fail()
+        gone, self._pins = len(pins) - len(kept), kept
+        return succeed(gone)
+
+    def _change(self, container_id: str, pin: HostKeyPin | None) -> Deferred[None]:
+        try:
+            pins = dict(self._loaded())
+            if pin is None:
+                pins.pop(container_id, None)
+            else:
+                pins[container_id] = pin
+            self._save(pins)
+        except PinStoreError:
+            return fail()
+        self._pins = pins
+        return succeed(None)
+
+    def _loaded(self) -> dict[str, HostKeyPin]:
+        if self._pins is None:
+            self._pins = self._read()
+        return self._pins
+
+    def _read(self) -> dict[str, HostKeyPin]:
+        assert self.path is not None
+        try:
+            with open(self.path, encoding="utf-8") as file:
+                data = json.load(file)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as error:
+            raise PinStoreError(f"cannot read the SSH pin file {self.path}: {error}") from error
+        if not isinstance(data, dict):
+            raise PinStoreError(f"the SSH pin file {self.path} is not a JSON object")
+        pins = {}
+        for container_id, entry in data.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("host_key"), str):
+                raise PinStoreError(f"the SSH pin file {self.path}: entry {container_id!r} has no host_key")
+            created = entry.get("container_created")
+            pins[container_id] = HostKeyPin(container_id, entry["host_key"],
+                                            created if isinstance(created, str) else None)
+        return pins
+
+    def _save(self, pins: dict[str, HostKeyPin]) -> None:
+        if self.path is None:
+            return
+        data = {pin.container_id: {"host_key": pin.host_key, "container_created": pin.container_created}
+                for pin in pins.values()}
+        temporary = f"{self.path}.tmp"
+        try:
+            with open(temporary, "w", encoding="utf-8") as file:
+                json.dump(data, file, indent=2, sort_keys=True)
+                file.write("\n")
+            os.replace(temporary, self.path)
+        except OSError as error:
+            raise PinStoreError(f"cannot write the SSH pin file {self.path}: {error}") from error
+
+
+class LocalContainersSource(Service):
+    """
+    Keeps the directory in step with the containers file: loaded at start,
+    re-read whenever it changes; a refused version is logged line by line and
+    the last good snapshot stays.  Until a version loads, the directory's
+    snapshot is not ready.
+    """
+
+    def __init__(self, path: str, directory: ContainerDirectory, clock: IReactorTime,
+                 interval: float = 1.0, pins: LocalPinStore | None = None) -> None:
+        self.path = path
+        self.directory = directory
+        self.pins = pins if pins is not None else LocalPinStore()
+        self.watcher = FileWatcher(path, self.reload, clock, interval)
+
+    def reload(self) -> bool:
+        """Read the file now; True when a new snapshot was swapped in."""
+        try:
+            snapshot = load_containers_file(self.path)
+        except ContainersFileError as problem:
+            for line in str(problem).splitlines():
+                _log.error("containers: {problem}; keeping the last good containers", problem=line)
+            return False
+        self.directory.swap(snapshot)
+        _log.info("containers: loaded {count} containers from {path}", count=len(snapshot.containers),
+                  path=self.path)
+        # A container that left the file takes its SSH host-key pin with it.
+        self.pins.prune(snapshot.containers.keys()).addErrback(
+            lambda failure: _log.error("containers: {error}", error=failure.getErrorMessage()))
+        return True
+
+    def startService(self) -> None:
+        super().startService()
+        self.reload()
+        self.watcher.startService()
+
+    def stopService(self) -> Deferred[None] | None:
+        self.watcher.stopService()
+        return super().stopService()
+
+    def get_pin(self, container_id: str) -> Deferred[HostKeyPin | None]:
+        return self.pins.get_pin(container_id)
+
+    def set_pin(self, container_id: str, host_key: str, container_created: str | None = None) -> Deferred[None]:
+        return self.pins.set_pin(container_id, host_key, container_created)
+
+    def clear_pin(self, container_id: str) -> Deferred[None]:
+        return self.pins.clear_pin(container_id)

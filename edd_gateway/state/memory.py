@@ -1,0 +1,183 @@
+"""
+Memory stand-ins for the state sources, for unit tests here and in other
+modules: L{MemoryDatabase} (what L{StateService} needs of PostgreSQL, with
+switches for an outage, a reconnect and slow answers) and L{MemoryEventFeed}
+(what it needs of NATS, delivering messages through the real parser).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+
+from edd_gateway.routes.model import Route
+from edd_gateway.state.model import Container, HostKeyPin
+from edd_gateway.state.nats import ContainerEvent, EventRejected, parse_event
+from edd_gateway.state.postgres import DatabaseUnavailable
+from edd_gateway.state.routes_sync import StaticRouteRow, file_route_rows, routes_from_rows
+
+__all__ = ["MemoryDatabase", "MemoryEventFeed"]
+
+
+class MemoryDatabase:
+    """
+    Containers and C{static_routes} rows in dictionaries.
+
+    @ivar down: every call fails with L{DatabaseUnavailable} while set.
+    @ivar paused: while set, each read takes its answer at once (the moment
+        a real database would read) but delivers it only at L{release}.
+    @ivar calls: the name of every call made, in order.
+    """
+
+    def __init__(self, containers: Collection[Container] = ()) -> None:
+        self.containers: dict[str, Container] = {container.id: container for container in containers}
+        self.rows: dict[tuple[str, str], StaticRouteRow] = {}
+        self.pins: dict[str, HostKeyPin] = {}
+        self.down = False
+        self.paused = False
+        self.calls: list[str] = []
+        self.closed = 0
+        self._held: list[tuple[Deferred[Any], Callable[[], Any]]] = []
+        self._observers: list[Callable[[], object]] = []
+
+    def put(self, container: Container) -> None:
+        self.containers[container.id] = container
+
+    def remove(self, container_id: str) -> None:
+        self.containers.pop(container_id, None)
+
+    def add_row(self, row: StaticRouteRow) -> None:
+        """A row someone else inserted."""
+        self.rows[(row.host, row.path_prefix)] = row
+
+    def reconnect(self) -> None:
+        """What the real pool's detectors report after a lost connection came back."""
+        for observer in list(self._observers):
+            observer()
+
+    def release(self) -> None:
+        """Deliver every held answer, oldest first."""
+        held, self._held = self._held, []
+        for deferred, answer in held:
+            deferred.callback(answer)
+
+    @property
+    def held(self) -> int:
+        return len(self._held)
+
+    def add_reconnect_observer(self, observer: Callable[[], object]) -> None:
+        self._observers.append(observer)
+
+    def connect(self) -> Deferred[None]:
+        return self._answer("connect", lambda: None)
+
+    def close(self) -> None:
+        self.closed += 1
+
+    def load_all(self) -> Deferred[dict[str, Container]]:
+        return self._answer("load_all", lambda: dict(self.containers))
+
+    def load_containers(self, ids: Collection[str]) -> Deferred[dict[str, Container]]:
+        return self._answer(f"load_containers {','.join(sorted(ids))}",
+                            lambda: {i: self.containers[i] for i in ids if i in self.containers})
+
+    def sync_file_routes(self, routes: Sequence[Route]) -> Deferred[None]:
+        def sync() -> None:
+            wanted = {(row.host, row.path_prefix): row for row in file_route_rows(routes)}
+            for key, row in list(self.rows.items()):
+                if row.from_file and key not in wanted:
+                    del self.rows[key]
+            self.rows.update(wanted)
+
+        return self._answer("sync_file_routes", sync)
+
+    def load_other_routes(self) -> Deferred[list[Route]]:
+        return self._answer("load_other_routes", lambda: routes_from_rows(list(self.rows.values()))[0])
+
+    def get_pin(self, container_id: str) -> Deferred[HostKeyPin | None]:
+        return self._answer("get_pin", lambda: self.pins.get(container_id))
+
+    def set_pin(self, container_id: str, host_key: str, container_created: str | None = None) -> Deferred[None]:
+        def pin() -> None:
+            self.pins[container_id] = HostKeyPin(container_id, host_key, container_created)
+
+        return self._answer("set_pin", pin)
+
+    def clear_pin(self, container_id: str) -> Deferred[None]:
+        return self._answer("clear_pin", lambda: self.pins.pop(container_id, None) and None)
+
+    def prune_pins(self, keep: Collection[str]) -> Deferred[int]:
+        def prune() -> int:
+            gone = [container_id for container_id in self.pins if container_id not in keep]
+            for container_id in gone:
+                del self.pins[container_id]
+            return len(gone)
+
+        return self._answer("prune_pins", prune)
+
+    def _answer(self, call: str, compute: Callable[[], Any]) -> Deferred[Any]:
+        self.calls.append(call)
+        if self.down:
+            return fail(DatabaseUnavailable("the memory database is down"))
+        answer = compute()
+        if not self.paused:
+            return succeed(answer)
+        deferred: Deferred[Any] = Deferred()
+        self._held.append((deferred, answer))
+        return deferred
+
+
+class MemoryEventFeed:
+    """An event feed whose connection and messages the test drives."""
+
+    def __init__(self, connect_on_start: bool = True) -> None:
+        self.connected = False
+        self.connect_on_start = connect_on_start
+        self.published: list[tuple[str, bytes]] = []
+        self.rejected: list[str] = []
+        self.started = False
+        self.stopped = False
+        self._on_event: Callable[[ContainerEvent], object] = lambda event: None
+        self._on_connected: Callable[[], object] = lambda: None
+        self._on_disconnected: Callable[[], object] = lambda: None
+
+    def bind(self, on_event: Callable[[ContainerEvent], object], on_connected: Callable[[], object],
+             on_disconnected: Callable[[], object]) -> None:
+        self._on_event, self._on_connected, self._on_disconnected = on_event, on_connected, on_disconnected
+
+    def start(self) -> Deferred[None]:
+        self.started = True
+        if self.connect_on_start:
+            self.connect()
+        return succeed(None)
+
+    def stop(self) -> Deferred[None]:
+        self.stopped = True
+        self.connected = False
+        return succeed(None)
+
+    def connect(self) -> None:
+        """The connection came up (first time or again)."""
+        self.connected = True
+        self._on_connected()
+
+    def disconnect(self) -> None:
+        self.connected = False
+        self._on_disconnected()
+
+    def deliver(self, subject: str, data: bytes = b"") -> None:
+        """A message arrives: parsed as the NATS feed parses it."""
+        try:
+            event = parse_event(subject, data)
+        except EventRejected as reason:
+            self.rejected.append(str(reason))
+            return
+        self._on_event(event)
+
+    def publish(self, subject: str, payload: bytes) -> Deferred[None]:
+        if not self.connected:
+            return fail(ConnectionError("not connected"))
+        self.published.append((subject, payload))
+        return succeed(None)

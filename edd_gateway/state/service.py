@@ -1,0 +1,396 @@
+"""
+Keeping the container directory and the route list in step with PostgreSQL:
+L{StateService} connects (retrying with backoff while the database is down),
+resyncs in full after every (re)connection of PostgreSQL or NATS, re-reads
+single containers when an event names them, polls when there is no event
+feed (or it is down), and reports readiness.
+
+All reads go through one queue, one at a time, so a slow full resync can
+never overwrite what a later event refreshed: whatever is read last was read
+after every earlier change.  Requests arriving meanwhile are merged (a set
+of container ids, a full-resync flag), so a burst of events costs one
+batched read.  A failed read keeps the last snapshot and retries with
+backoff; nothing here raises into the reactor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.application.internet import backoffPolicy
+from twisted.application.service import Service
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway.routes.model import Route
+from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
+from edd_gateway.state.nats import REFRESHED_SUBJECT, ContainerEvent, refreshed_message
+from edd_gateway.state.routes_sync import merge_routes
+
+__all__ = ["ContainerDatabase", "EventFeed", "StateService", "StateStatus"]
+
+_log = Logger()
+
+
+class ContainerDatabase(Protocol):
+    """What the service needs of a database (L{PostgresDatabase}, or a memory fake)."""
+
+    def connect(self) -> Deferred[None]: ...
+    def close(self) -> None: ...
+    def add_reconnect_observer(self, observer: Callable[[], object]) -> None: ...
+    def load_all(self) -> Deferred[dict[str, Container]]: ...
+    def load_containers(self, ids: Collection[str]) -> Deferred[dict[str, Container]]: ...
+    def sync_file_routes(self, routes: Sequence[Route]) -> Deferred[None]: ...
+    def load_other_routes(self) -> Deferred[list[Route]]: ...
+    def clear_pin(self, container_id: str) -> Deferred[None]: ...
+    def prune_pins(self, keep: Collection[str]) -> Deferred[int]: ...
+
+
+class EventFeed(Protocol):
+    """What the service needs of an event feed (L{NatsEventFeed}, or a memory fake)."""
+
+    @property
+    def connected(self) -> bool: ...
+    def bind(self, on_event: Callable[[ContainerEvent], object], on_connected: Callable[[], object],
+             on_disconnected: Callable[[], object]) -> None: ...
+    def start(self) -> Deferred[None]: ...
+    def stop(self) -> Deferred[None]: ...
+    def publish(self, subject: str, payload: bytes) -> Deferred[None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StateStatus:
+    """
+    What /readyz and /metrics report.  C{containers_ready} is false until the
+    first full read succeeded (PostgreSQL down at start); after that the last
+    snapshot is served whatever happens, and C{database_connected} tells
+    whether it is current.
+    """
+
+    database_connected: bool
+    containers_ready: bool
+    events_connected: bool | None
+    last_full_resync: float | None
+    last_error: str | None
+    full_resyncs: int
+    refreshes: int
+    events: int
+
+
+class StateService(Service):
+    """
+    @param on_routes: called with the whole route list (the routes file's,
+        then the database's other rows) whenever it changes; the owner builds
+        the L{RouteTable} from it.
+    @param file_routes: the routes file's routes, if known at start; later
+        versions come through L{set_file_routes}.
+    @param poll_interval: seconds between full reads while there is no
+        event feed, or it is disconnected.
+    @param resync_interval: seconds between full reads while the event feed
+        is up, as a net for lost events and for rows others inserted into
+        C{static_routes} (0 turns it off).
+    @param retry_policy: seconds to wait after the Nth consecutive failure
+        (N from 0); jittered exponential backoff by default.
+    """
+
+    def __init__(self, database: ContainerDatabase, directory: ContainerDirectory, clock: IReactorTime, *,
+                 events: EventFeed | None = None, on_routes: Callable[[list[Route]], object] | None = None,
+                 file_routes: Sequence[Route] | None = None, poll_interval: float = 5.0,
+                 resync_interval: float = 300.0, retry_policy: Callable[[int], float] | None = None) -> None:
+        self.database = database
+        self.directory = directory
+        self.events = events
+        self._clock = clock
+        self._on_routes = on_routes
+        self._file_routes = list(file_routes) if file_routes is not None else None
+        self._other_routes: list[Route] = []
+        self._poll_interval = poll_interval
+        self._resync_interval = resync_interval
+        self._retry_policy = retry_policy or backoffPolicy(initialDelay=1.0, maxDelay=30.0, factor=2.0)
+        self._connected = False
+        self._failures = 0
+        self._retry: IDelayedCall | None = None
+        self._in_flight: Deferred[Any] | None = None
+        self._want_full: str | None = None
+        self._want_routes = False
+        self._pending: set[str] = set()
+        self._poller: LoopingCall | None = None
+        self._last_full: float | None = None
+        self._last_error: str | None = None
+        self._counts = {"full_resyncs": 0, "refreshes": 0, "events": 0}
+        database.add_reconnect_observer(self._database_reconnected)
+        if events is not None:
+            events.bind(self._event_received, self._events_connected, self._events_disconnected)
+
+    def status(self) -> StateStatus:
+        alive = getattr(self.database, "alive", True)
+        return StateStatus(
+            database_connected=self._connected and bool(alive) and self._last_error is None,
+            containers_ready=self.directory.current.ready,
+            events_connected=None if self.events is None else self.events.connected,
+            last_full_resync=self._last_full,
+            last_error=self._last_error,
+            **self._counts,
+        )
+
+    def startService(self) -> None:
+        super().startService()
+        self._publish_routes()
+        self._start_connecting()
+        poller = self._poller = LoopingCall(self._poll)
+        poller.clock = self._clock
+        poller.start(self._poll_interval, now=False)
+        if self.events is not None:
+            self.events.start().addErrback(self._events_failed)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._poller is not None and self._poller.running:
+            self._poller.stop()
+        self._cancel_retry()
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        # A query in flight is waited for (each has a timeout), not cancelled:
+        # cancelling a txpostgres query mid-transaction leaves its connection
+        # half rolled back.
+        if self._in_flight is not None:
+            await _settled(self._in_flight)
+        self.database.close()
+        self._connected = False
+        if self.events is not None:
+            try:
+                await self.events.stop()
+            except Exception:
+                _log.failure("nats: closing failed")
+
+    def set_file_routes(self, routes: Sequence[Route]) -> None:
+        """A new version of the routes file: routed at once, then synced into the database."""
+        self._file_routes = list(routes)
+        self._publish_routes()
+        self._want_routes = True
+        self._kick()
+
+    def request_full_resync(self, reason: str) -> None:
+        """Re-read everything (containers and routes) as soon as the queue allows."""
+        self._want_full = self._want_full or reason
+        self._kick()
+
+    def request_refresh(self, container_ids: Collection[str]) -> None:
+        """Re-read these containers (an event named them)."""
+        self._pending.update(container_ids)
+        self._kick()
+
+    def _start_connecting(self) -> None:
+        self._retry = None
+        self._in_flight = self.database.connect()
+        self._in_flight.addCallbacks(self._database_connected, self._connect_failed)
+
+    def _database_connected(self, _: object) -> None:
+        self._in_flight = None
+        self._connected = True
+        self._failures = 0
+        self._last_error = None
+        _log.info("state: connected to PostgreSQL")
+        self._want_routes = True
+        self.request_full_resync("PostgreSQL connected")
+
+    def _connect_failed(self, reason: Failure) -> None:
+        self._in_flight = None
+        if not self.running or reason.check(CancelledError):
+            return
+        delay = self._backoff(reason)
+        _log.warn("state: cannot connect to PostgreSQL ({error}); serving the routes file, containers not ready; "
+                  "retrying in {delay:.1f} s", error=self._last_error, delay=delay)
+        self._retry = self._clock.callLater(delay, self._start_connecting)
+
+    def _database_reconnected(self) -> None:
+        if not self._connected or not self.running:
+            return
+        # The detector knows the database is back: no reason to sit out a backoff.
+        self._cancel_retry()
+        self.request_full_resync("PostgreSQL reconnected")
+
+    def _event_received(self, event: ContainerEvent) -> None:
+        self._counts["events"] += 1
+        if self._connected:
+            self.request_refresh(event.container_ids)
+
+    def _events_connected(self) -> None:
+        if self._connected:
+            self.request_full_resync("NATS connected")
+
+    def _events_disconnected(self) -> None:
+        _log.warn("state: NATS is down; polling PostgreSQL every {interval} s until it is back",
+                  interval=self._poll_interval)
+
+    def _events_failed(self, reason: Failure) -> None:
+        if not reason.check(CancelledError):
+            _log.failure("nats: the event feed stopped", reason)
+
+    def _poll(self) -> None:
+        if not self._connected:
+            return
+        if self.events is None or not self.events.connected:
+            self.request_full_resync("poll")
+        elif self._resync_interval and (self._last_full is None
+                                        or self._clock.seconds() - self._last_full >= self._resync_interval):
+            self.request_full_resync("periodic resync")
+
+    def _kick(self) -> None:
+        if self.running and self._connected and self._in_flight is None and self._retry is None:
+            if self._want_full or self._pending or self._want_routes:
+                draining = ensureDeferred(self._drain())
+                # With a database that answers synchronously the drain is
+                # already over; only a pending one is in flight.
+                if not draining.called:
+                    self._in_flight = draining
+
+    async def _drain(self) -> None:
+        try:
+            while self.running and (self._want_full or self._pending or self._want_routes):
+                await self._step()
+            self._failures = 0
+        except Exception:
+            self._failed(Failure())
+        finally:
+            self._in_flight = None
+
+    async def _step(self) -> None:
+        if self._want_full:
+            reason, self._want_full = self._want_full, None
+            # A full read started now covers every id asked for until now.
+            self._pending.clear()
+            try:
+                await self._resync_containers(reason)
+                await self._resync_routes()
+            except BaseException:
+                self._want_full = self._want_full or reason
+                raise
+            self._publish_refreshed(reason)
+        elif self._pending:
+            ids, self._pending = self._pending, set()
+            try:
+                await self._refresh(ids)
+            except BaseException:
+                # Which of them changed is unknown now: read everything.
+                self._want_full = self._want_full or "a failed refresh"
+                raise
+        elif self._want_routes:
+            self._want_routes = False
+            try:
+                await self._resync_routes()
+            except BaseException:
+                self._want_routes = True
+                raise
+        self._last_error = None
+
+    async def _resync_containers(self, reason: str) -> None:
+        containers = await self.database.load_all()
+        self.directory.swap(ContainerSnapshot(containers, ready=True))
+        self._forget_pins(self.database.prune_pins(containers.keys()))
+        self._last_full = self._clock.seconds()
+        self._counts["full_resyncs"] += 1
+        running = sum(1 for container in containers.values() if container.running)
+        _log.info("state: {count} containers ({running} running) read after {reason}",
+                  count=len(containers), running=running, reason=reason)
+
+    async def _refresh(self, ids: set[str]) -> None:
+        found = await self.database.load_containers(ids)
+        self._counts["refreshes"] += 1
+        for container_id in ids - found.keys():
+            self._forget_pins(self.database.clear_pin(container_id))
+        if len(ids) == 1:
+            (container_id,) = ids
+            self.directory.replace(container_id, found.get(container_id))
+            return
+        # One swap for the whole batch, not one snapshot copy per container.
+        current = self.directory.current
+        containers = dict(current.containers)
+        for container_id in ids:
+            if container_id in found:
+                containers[container_id] = found[container_id]
+            else:
+                containers.pop(container_id, None)
+        self.directory.swap(ContainerSnapshot(containers, current.ready))
+
+    async def _resync_routes(self) -> None:
+        if self._file_routes is not None:
+            await self.database.sync_file_routes(self._file_routes)
+        self._other_routes = await self.database.load_other_routes()
+        self._want_routes = False
+        self._publish_routes()
+
+    def _forget_pins(self, forgetting: Deferred[Any]) -> None:
+        # A deleted container's SSH host-key pin goes with it, so a container
+        # later created under the same id is pinned afresh instead of refused.
+        # Not awaited: routing must not wait for this bookkeeping.
+        def forgotten(count: object) -> None:
+            if isinstance(count, int) and count:
+                _log.info("state: dropped the SSH host-key pins of {count} deleted containers", count=count)
+
+        forgetting.addCallbacks(forgotten, lambda failure: _log.warn(
+            "state: cannot drop SSH pins of deleted containers: {error}", error=failure.getErrorMessage()))
+
+    def _publish_routes(self) -> None:
+        if self._on_routes is None:
+            return
+        try:
+            self._on_routes(self.routes())
+        except Exception:
+            _log.failure("state: installing the route list failed")
+
+    def routes(self) -> list[Route]:
+        """The current route list: the routes file's, then the database's other rows."""
+        return merge_routes(self._file_routes or [], self._other_routes)
+
+    def _publish_refreshed(self, reason: str) -> None:
+        if self.events is None or not self.events.connected:
+            return
+        containers = self.directory.current.containers
+        running = sum(1 for container in containers.values() if container.running)
+        body = refreshed_message(len(containers), running, len(self.routes()), reason, self._clock.seconds())
+        self.events.publish(REFRESHED_SUBJECT, body).addErrback(
+            lambda failure: _log.warn("nats: cannot publish {subject}: {error}", subject=REFRESHED_SUBJECT,
+                                      error=failure.getErrorMessage()))
+
+    def _failed(self, reason: Failure) -> None:
+        if not self.running or reason.check(CancelledError):
+            return
+        delay = self._backoff(reason)
+        _log.warn("state: reading PostgreSQL failed ({error}); keeping the last snapshot, retrying in {delay:.1f} s",
+                  error=self._last_error, delay=delay)
+        self._retry = self._clock.callLater(delay, self._retry_fired)
+
+    def _retry_fired(self) -> None:
+        self._retry = None
+        self._kick()
+
+    def _backoff(self, reason: Failure) -> float:
+        lines = reason.getErrorMessage().strip().splitlines()
+        self._last_error = f"{reason.type.__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        delay = self._retry_policy(self._failures)
+        self._failures += 1
+        return delay
+
+    def _cancel_retry(self) -> None:
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+
+
+def _settled(deferred: Deferred[Any]) -> Deferred[None]:
+    """Fires once C{deferred} has, leaving its result to its own callbacks."""
+    waiter: Deferred[None] = Deferred()
+
+    def passthrough(result: object) -> object:
+        waiter.callback(None)
+        return result
+
+    deferred.addBoth(passthrough)
+    return waiter
