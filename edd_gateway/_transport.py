@@ -41,6 +41,16 @@ def swap_protocol(transport: ITransport, new_protocol: IProtocol) -> None:
     new_protocol.connected = 1  # type: ignore[attr-defined]
 
 
+def is_plain_tcp(transport: Any) -> bool:
+    """Whether C{transport} is one of Twisted's own TCP connections."""
+    return type(transport) in _TCP_TYPES
+
+
+def queued(transport: Any) -> bool:
+    """Whether a plain TCP transport holds bytes the kernel has not taken."""
+    return bool(transport._tempDataLen or transport.dataBuffer)
+
+
 def set_no_delay(transport: Any) -> None:
     """Disable Nagle's algorithm where the transport is a TCP socket."""
     if isinstance(transport, _TCP_TYPES):

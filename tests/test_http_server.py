@@ -665,7 +665,9 @@ class BackendConnectionTests(ProxyTestCase):
 
 class BackpressureTests(ProxyTestCase):
     def test_producers_registered_during_an_exchange(self) -> None:
-        self.client.send(GET)
+        # A request with a body: the client throttles the backend (upload)
+        # and the backend throttles the client (download).
+        self.client.send(b"POST / HTTP/1.1\r\nHost: app.test\r\nContent-Length: 2\r\n\r\nok")
         backend = self.harness.accept()
         # Registered through throttles that pass pause/resume to the other
         # side but ignore stopProducing (see exchange.Throttle).

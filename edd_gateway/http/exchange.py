@@ -19,7 +19,7 @@ from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import write_now
+from edd_gateway._transport import is_plain_tcp, queued, write_now
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.headers import (
     BODY_CHUNKED,
@@ -113,10 +113,17 @@ class Exchange:
         # pauses reading on the other.  Through a Throttle, because Twisted
         # stops a registered producer when the consumer's connection is lost
         # — which would close the client whenever a backend connection ends.
-        self._throttle_backend = Throttle(transport)
-        self._throttle_client = Throttle(server.transport)
-        server.transport.registerProducer(self._throttle_backend, True)
-        transport.registerProducer(self._throttle_client, True)
+        # Registered only where it can matter, since it costs on every
+        # request: the client throttles the backend when there is a request
+        # body to stream; the backend throttles the client as soon as a write
+        # to the client is left queued (see flush), or at once when the
+        # client transport cannot say (TLS).
+        if self.info.body != BODY_NONE or self.info.upgrade:
+            self._throttle_client = Throttle(server.transport)
+            transport.registerProducer(self._throttle_client, True)
+        if not is_plain_tcp(server.transport):
+            self._throttle_backend = Throttle(transport)
+            server.transport.registerProducer(self._throttle_backend, True)
         if self.pending_body:
             transport.writeSequence([self.head, *self.pending_body])
             self.pending_body = []
@@ -214,8 +221,12 @@ class Exchange:
         """
         out = self._out
         if out:
-            self.server.write(out[0] if len(out) == 1 else b"".join(out))
+            server = self.server
+            server.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
+            if self._throttle_backend is None and self.upstream is not None and queued(server.transport):
+                self._throttle_backend = Throttle(self.upstream.transport)
+                server.transport.registerProducer(self._throttle_backend, True)
 
     def response_complete(self, reusable: bool) -> None:
         if self._chunk_to_client:

@@ -75,8 +75,19 @@ def new_request_id() -> str:
     return "%024x" % getrandbits(96)
 
 
-def _tokens(value: bytes) -> set[bytes]:
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+_KNOWN_TOKENS: dict[bytes, frozenset[bytes]] = {}
+
+
+def _tokens(value: bytes) -> frozenset[bytes]:
+    """The options of a Connection header, lower-cased (memoised: the same
+    few values, "keep-alive" above all, arrive on every message)."""
+    known = _KNOWN_TOKENS.get(value)
+    if known is not None:
+        return known
+    tokens = frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+    if len(_KNOWN_TOKENS) < 256:
+        _KNOWN_TOKENS[value] = tokens
+    return tokens
 
 
 def analyse_request(
@@ -247,6 +258,7 @@ def response_body_kind(
 
 
 _RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+_CONNECTION_STATES = frozenset({b"close"})
 
 
 def client_response_head(
@@ -274,7 +286,9 @@ def client_response_head(
         if name not in _RESPONSE_SPECIAL:
             append(raw_name + b": " + value)
         elif name == b"connection":
-            named = (named or set()) | _tokens(value)
+            extra = _tokens(value) - HOP_BY_HOP - _CONNECTION_STATES
+            if extra:
+                named = (named or set()) | extra
         elif name == b"transfer-encoding":
             # Codings other than chunked (gzip) stay the client's to undo;
             # the gateway re-chunks what llhttp de-chunked.

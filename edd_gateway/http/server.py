@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._deadline import Deadline
+from edd_gateway.containers import ContainerRefused, ContainerRouter
 from edd_gateway._transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange, LocalAnswer
@@ -238,7 +239,7 @@ class HTTPServerProtocol(Protocol):
         if misdirected is not None and self.scheme == "https" and misdirected(self.transport, host):
             raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
         if match is None:
-            raise GatewayError(404, f"No route for host {host} and path {path}.")
+            return self._container_exchange(info, host, path, query)
         route = match.route
         if route.redirect_https and self.scheme == "http":
             authority = f"[{host}]" if ":" in host else host
@@ -252,6 +253,17 @@ class HTTPServerProtocol(Protocol):
             return self._local(info, status, response)
         upstream_path = match.upstream_path + ("?" + query if query else "")
         return Exchange(self, info, route, upstream_path.encode("latin-1"))
+
+    def _container_exchange(self, info: RequestInfo, host: str, path: str, query: str) -> Exchange:
+        """No static route matched: C{<container-id>.<container-domain>} goes to the container."""
+        router = self.factory.containers
+        decision = router.route(host, self.transport) if router is not None else None
+        if decision is None:
+            raise GatewayError(404, f"No route for host {host} and path {path}.")
+        if isinstance(decision, ContainerRefused):
+            raise GatewayError(decision.status, decision.reason[:1].upper() + decision.reason[1:] + ".")
+        upstream_path = path + ("?" + query if query else "")
+        return Exchange(self, info, decision.route(host), upstream_path.encode("latin-1"))
 
     def _local(self, info: RequestInfo, status: int, response: bytes) -> LocalAnswer:
         return LocalAnswer(self, info, response, _may_keep_alive(info), status)
@@ -436,6 +448,7 @@ class HTTPProxyFactory(Factory):
         *,
         main_site: str | None = None,
         misdirected: Callable[[Any, str], bool] | None = None,
+        containers: ContainerRouter | None = None,
     ) -> None:
         """
         @param main_site: where a request whose Host is an IP address that no
@@ -443,6 +456,9 @@ class HTTPProxyFactory(Factory):
         @param misdirected: for C{scheme="https"}, C{(tls_transport, host)}
             is true when the connection's certificate was not chosen for
             C{host}: the request gets 421 (see L{edd_gateway.tls.authority}).
+        @param containers: routes C{<container-id>.<container-domain>} hosts
+            that no static route matches to their containers; L{None} for
+            no container routing.
         """
         self.routes = routes
         self.pool = pool
@@ -451,6 +467,7 @@ class HTTPProxyFactory(Factory):
         self.scheme = scheme
         self.main_site = main_site
         self.misdirected = misdirected
+        self.containers = containers
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         protocol = HTTPServerProtocol(self)

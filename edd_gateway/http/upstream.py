@@ -20,7 +20,7 @@ from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet import defer, error
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -65,6 +65,7 @@ class UpstreamProtocol(Protocol):
         # Set when a response ended inside feed_data: the exchange is told
         # only once feed_data has returned, so that bytes after the response
         # can never be parsed into the next exchange on this connection.
+        self.on_connected: defer.Deferred[UpstreamProtocol] | None = None
         self._answered: ResponseListener | None = None
         self._reusable = False
         self._gone = False
@@ -73,6 +74,9 @@ class UpstreamProtocol(Protocol):
 
     def connectionMade(self) -> None:
         set_no_delay(self.transport)
+        connected, self.on_connected = self.on_connected, None
+        if connected is not None:
+            connected.callback(self)
 
     def dataReceived(self, data: bytes) -> None:
         listener = self.listener
@@ -239,8 +243,16 @@ class UpstreamPool:
         return attempt.addErrback(self._connect_failed, key, target, timeout)
 
     def _open(self, key: BackendKey, target: Target, timeout: float) -> defer.Deferred[UpstreamProtocol]:
+        protocol = UpstreamProtocol(self, key)
+        if _is_ipv4(target.host):
+            # connectTCP directly: an endpoint would wrap every backend
+            # connection in one more protocol layer for the whole life of a
+            # pooled connection, a call per read on the hot path.
+            factory = _Connecting(protocol)
+            self.reactor.connectTCP(target.host, target.port, factory, timeout=timeout)
+            return factory.deferred
         endpoint = _endpoint(self.reactor, target, timeout)
-        return endpoint.connect(_OneConnection(UpstreamProtocol(self, key)))
+        return endpoint.connect(_OneConnection(protocol))
 
     def release(self, connection: UpstreamProtocol) -> None:
         """Give back a connection whose exchange ended cleanly."""
@@ -336,6 +348,31 @@ class _OneConnection(Factory):
 
     def buildProtocol(self, addr: object) -> UpstreamProtocol:
         return self._protocol
+
+
+class _Connecting(ClientFactory):
+    """Connects one prepared protocol; fires when it is connected or failed."""
+
+    noisy = False
+
+    def __init__(self, protocol: UpstreamProtocol) -> None:
+        self.protocol_instance = protocol
+        self.deferred: defer.Deferred[UpstreamProtocol] = defer.Deferred()
+        protocol.on_connected = self.deferred
+
+    def buildProtocol(self, addr: object) -> UpstreamProtocol:
+        return self.protocol_instance
+
+    def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
+        self.protocol_instance.on_connected = None
+        self.deferred.errback(reason)
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        return ip_address(host).version == 4
+    except ValueError:
+        return False
 
 
 def _busy(failure: Failure, target: Target) -> Failure:

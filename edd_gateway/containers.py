@@ -1,0 +1,167 @@
+"""
+Container routing: where a connection for C{<container-id>.<container-domain>}
+goes.  The host (an HTTP Host header or a TLS SNI name) names the container;
+the external port the connection arrived on (the listener's port, mapped
+through C{--port-map} when the gateway sits behind a port translation)
+selects the container's ingress rule; the backend is the container's
+C{external_ip:target_port}.
+
+L{decide} is the pure decision over one directory snapshot; the parsers of
+the command line's C{--port-map} and C{--container-ports} values live here
+too.  L{ContainerRouter} is what the HTTP and TLS sides hold: it reads the
+live directory at each decision and keeps nothing that could outlive a swap.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Union
+
+from edd_gateway.routes.model import Route, Target
+from edd_gateway.routes.normalize import normalize_hostname
+from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule
+
+__all__ = [
+    "ContainerBackend", "ContainerDecision", "ContainerRefused", "ContainerRouter", "container_id_for",
+    "decide", "normalize_container_domain", "parse_port_map", "parse_port_range",
+]
+
+# A DNS label, as in the containers file and the SSH user names.
+_CONTAINER_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+_STATUS_WORD = re.compile(r"[a-z][a-z -]{0,30}")
+NOT_READY = "the gateway is still loading the containers; try again in a moment"
+NO_INGRESS = "no ingress rule for this port"
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerBackend:
+    """A connection for C{container} on C{external_port} goes to C{target}."""
+
+    container: Container
+    rule: IngressRule
+    external_port: int
+    target: Target
+
+    def route(self, host: str, *, tls_passthrough: bool = False) -> Route:
+        """A one-off route for this decision (built per connection or request, never cached)."""
+        return Route(host, "/", self.target, tls_passthrough=tls_passthrough,
+                     source=f"container {self.container.id} port {self.external_port}")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerRefused:
+    """
+    A container host that cannot be served: C{status} is the HTTP answer
+    (503 for a container that is stopped, unknown or not loaded yet; 502 for
+    a port without an ingress rule), C{reason} the sentence for the page,
+    the log line and, on TLS, the log line alone.
+    """
+
+    status: int
+    reason: str
+
+
+ContainerDecision = Union[ContainerBackend, ContainerRefused]
+
+
+def normalize_container_domain(domain: str) -> str:
+    """C{--container-domain}, lower-cased without a trailing dot; ValueError when it is no DNS name."""
+    name = normalize_hostname(domain.strip())
+    if name is None or "." not in name or ":" in name or name.rpartition(".")[2].isdigit():
+        raise ValueError(f"{domain!r} is not a DNS name with at least two labels")
+    return name
+
+
+def container_id_for(host: str, domain: str) -> str | None:
+    """
+    The container C{host} names (C{<id>.<domain>}, one label before the
+    domain), or None.  C{host} and C{domain} are already normalised.
+    """
+    if len(host) <= len(domain) + 1 or not host.endswith(domain) or host[-len(domain) - 1] != ".":
+        return None
+    label = host[:-len(domain) - 1]
+    return label if _CONTAINER_ID.fullmatch(label) else None
+
+
+def decide(snapshot: ContainerSnapshot, container_id: str, external_port: int | None) -> ContainerDecision:
+    """Where a connection for C{container_id} arriving on C{external_port} goes, or why it cannot."""
+    container = snapshot.get(container_id)
+    if container is None:
+        if not snapshot.ready:
+            return ContainerRefused(503, NOT_READY)
+        return ContainerRefused(503, f"no container {container_id}")
+    if not container.running:
+        status = container.status.strip().lower()
+        return ContainerRefused(503, f"container {container_id} is "
+                                     + (status if _STATUS_WORD.fullmatch(status) else "not running"))
+    if not container.external_ip:
+        return ContainerRefused(503, f"container {container_id} has no address yet")
+    rule = container.ingress.get(external_port) if external_port is not None else None
+    if rule is None:
+        return ContainerRefused(502, NO_INGRESS)
+    return ContainerBackend(container, rule, external_port, Target(container.external_ip, rule.target_port))
+
+
+def parse_port_map(items: Iterable[str]) -> dict[int, int]:
+    """C{["8080=80", "8443=443"]}: listener (bind) port -> the external port clients used."""
+    mapping: dict[int, int] = {}
+    for item in items:
+        bind, equals, external = item.partition("=")
+        if not equals:
+            raise ValueError(f"{item!r} is not BIND_PORT=EXTERNAL_PORT")
+        bind_port, external_port = _port(bind, item), _port(external, item)
+        if mapping.get(bind_port, external_port) != external_port:
+            raise ValueError(f"port {bind_port} is mapped twice")
+        mapping[bind_port] = external_port
+    return mapping
+
+
+def parse_port_range(text: str) -> range:
+    """C{8000-8999} (both ends included) or a single port."""
+    low, dash, high = text.strip().partition("-")
+    first = _port(low, text)
+    last = _port(high, text) if dash else first
+    if last < first:
+        raise ValueError(f"{text!r}: the range ends before it starts")
+    return range(first, last + 1)
+
+
+def _port(text: str, item: str) -> int:
+    text = text.strip()
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"{item!r}: {text!r} is not a port (1-65535)")
+    return int(text)
+
+
+class ContainerRouter:
+    """
+    Container routing for one gateway: the domain, the port map and the
+    live directory.  The HTTP and TLS factories hold one; static routes are
+    asked first by their callers, so a route file entry keeps priority.
+    """
+
+    def __init__(self, directory: ContainerDirectory, domain: str, port_map: Mapping[int, int] | None = None) -> None:
+        self.directory = directory
+        self.domain = normalize_container_domain(domain)
+        self.port_map = dict(port_map or {})
+
+    def container_id(self, host: str) -> str | None:
+        return container_id_for(host, self.domain)
+
+    def external_port(self, transport: Any) -> int | None:
+        """The port the client connected to: the listener's, mapped."""
+        # Asked per decision (a getsockname), not per connection: only
+        # container hosts need it.
+        port = getattr(transport.getHost(), "port", None)
+        if not isinstance(port, int):
+            return None
+        return self.port_map.get(port, port)
+
+    def route(self, host: str, transport: Any) -> ContainerDecision | None:
+        """The decision for C{host} on C{transport}'s connection; None when C{host} names no container."""
+        container_id = self.container_id(host)
+        if container_id is None:
+            return None
+        return decide(self.directory.current, container_id, self.external_port(transport))
