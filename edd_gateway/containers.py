@@ -19,7 +19,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
-from edd_gateway.routes.model import Route, Target
+from edd_gateway.http.errors import GatewayError
+from edd_gateway.routes.model import Route, RouteMatch, Target
 from edd_gateway.routes.normalize import normalize_hostname
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule
 
@@ -165,3 +166,19 @@ class ContainerRouter:
         if container_id is None:
             return None
         return decide(self.directory.current, container_id, self.external_port(transport))
+
+    def http_match(self, host: str, path: str, transport: Any) -> RouteMatch | None:
+        """
+        For the HTTP side, once no static route matched: the container's
+        route (the path goes upstream unchanged), or None when C{host} names
+        no container.
+
+        @raise GatewayError: 503 or 502 with the refusal's reason.
+        """
+        decision = self.route(host, transport)
+        if decision is None:
+            return None
+        if isinstance(decision, ContainerRefused):
+            # The reason as is (lower case): what users and operators grep for.
+            raise GatewayError(decision.status, decision.reason)
+        return RouteMatch(decision.route(host), path)

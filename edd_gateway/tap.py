@@ -10,7 +10,10 @@ reactor, so this is the one place the choice can be made for the user.
 
 from __future__ import annotations
 
+import os
 import signal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,12 +32,23 @@ def install_reactor() -> None:
 
 install_reactor()
 
+from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
+from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
 from edd_gateway.http.server import HTTPProxyFactory  # noqa: E402
 from edd_gateway.http.settings import ProxySettings, parse_networks  # noqa: E402
 from edd_gateway.http.upstream import UpstreamPool  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402
+from edd_gateway.routes.model import Route  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
+from edd_gateway.ssh import DEFAULT_CLIENT_KEY, DEFAULT_HOST_KEY, KeyFileError, SSHSettings  # noqa: E402
+from edd_gateway.ssh import GatewaySSHFactory, HostKeyPins, build_ssh_factory  # noqa: E402
+from edd_gateway.state.localfile import ContainersFileError, LocalContainersSource  # noqa: E402
+from edd_gateway.state.localfile import LocalPinStore, load_containers_file  # noqa: E402
+from edd_gateway.state.model import ContainerDirectory, ContainerSnapshot  # noqa: E402
+from edd_gateway.state.nats import NatsEventFeed  # noqa: E402
+from edd_gateway.state.postgres import PostgresDatabase  # noqa: E402
+from edd_gateway.state.service import StateService  # noqa: E402
 from edd_gateway.tls.authority import misdirected_check  # noqa: E402
 from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tls  # noqa: E402
 from edd_gateway.watch import FileWatcher  # noqa: E402
@@ -42,6 +56,8 @@ from edd_gateway.watch import FileWatcher  # noqa: E402
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+#: Without --database: where the containers' pinned SSH host keys are kept.
+DEFAULT_STATE_FILE = os.path.join("edd-gateway-state", "ssh", "pinned-host-keys.json")
 
 
 def default_routes_path() -> str:
@@ -80,6 +96,22 @@ class Options(usage.Options):
          "Seconds between checks of the --tls-dir directories for renewed certificates.", float],
         ["tls-hello-timeout", None, 10.0, "Seconds for a TLS client to send its whole ClientHello.", float],
         ["main-site", None, None, "A URL where requests whose Host is an IP address no route names are redirected."],
+        ["database", None, None, "PostgreSQL DSN or URL: containers, static_routes (default: $DATABASE_URL)."],
+        ["compute-database", None, None, "DSN of the compute service's tables when not in --database's database."],
+        ["nats", None, None, "NATS server URL(s), comma-separated: container events (needs --database)."],
+        ["poll-interval", None, 5.0, "Seconds between full reads of PostgreSQL while NATS is not connected.", float],
+        ["resync-interval", None, 300.0, "Seconds between full reads while NATS is up (0: never).", float],
+        ["containers", None, None, "Without --database: a YAML file of containers, re-read when it changes."],
+        ["state-file", None, DEFAULT_STATE_FILE, "Without --database: where pinned container SSH host keys are kept."],
+        ["container-domain", None, None, "Route <container-id>.DOMAIN (Host or SNI) to that container."],
+        ["container-ports", None, None, "Open sniffing listeners on this port range, e.g. 8000-8999."],
+        ["container-interface", None, "127.0.0.1", "The address --container-ports listeners bind (0.0.0.0, ::)."],
+        ["ssh-host-key", None, DEFAULT_HOST_KEY, "The gateway's Ed25519 SSH host key (generated when missing)."],
+        ["ssh-rsa-host-key", None, None, "An RSA SSH host key too, for old clients (generated when missing)."],
+        ["ssh-client-key", None, DEFAULT_CLIENT_KEY, "The key the gateway logs in to containers with."],
+        ["ssh-port", None, 22, "The port of the containers' sshd.", int],
+        ["ssh-connect-timeout", None, 10.0, "Seconds to connect and log in to a container's sshd.", float],
+        ["ssh-login-grace-time", None, 30.0, "Seconds a user has, from connecting, to log in.", float],
     ]
 
     def __init__(self) -> None:
@@ -87,6 +119,8 @@ class Options(usage.Options):
         self["listen"] = []
         self["trusted-proxy"] = []
         self["tls-dir"] = []
+        self["ssh-listen"] = []
+        self["port-map"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """A server endpoint string to listen on, e.g. tcp:80 (repeatable; every listener sniffs)."""
@@ -99,6 +133,14 @@ class Options(usage.Options):
     def opt_tls_dir(self, directory: str) -> None:
         """A TLS secret directory (tls.crt, tls.key) or a parent of several (repeatable)."""
         self["tls-dir"].append(directory)
+
+    def opt_ssh_listen(self, endpoint: str) -> None:
+        """A server endpoint string for SSH alone, e.g. tcp:2222 (repeatable)."""
+        self["ssh-listen"].append(endpoint)
+
+    def opt_port_map(self, mapping: str) -> None:
+        """BIND=EXTERNAL: a listener on port BIND is reached by clients on EXTERNAL (repeatable)."""
+        self["port-map"].append(mapping)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -116,6 +158,35 @@ class Options(usage.Options):
             parts = urlsplit(main_site)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise usage.UsageError(f"--main-site must be an http:// or https:// URL, not {main_site!r}")
+        self._check_state_options()
+        self._check_container_options()
+        if not 1 <= self["ssh-port"] <= 65535:
+            raise usage.UsageError("--ssh-port must be a port (1-65535)")
+
+    def _check_state_options(self) -> None:
+        if self["database"] is None:
+            self["database"] = os.environ.get("DATABASE_URL") or None
+        for name in ("database", "compute-database"):
+            if self[name] is not None:
+                _check_dsn(name, self[name])
+        if self["database"] is None:
+            for name in ("compute-database", "nats"):
+                if self[name] is not None:
+                    raise usage.UsageError(f"--{name} needs --database (or DATABASE_URL)")
+        elif self["containers"] is not None:
+            raise usage.UsageError("--containers is for running without a database: give one or the other")
+        if self["poll-interval"] <= 0 or self["resync-interval"] < 0:
+            raise usage.UsageError("--poll-interval must be positive and --resync-interval not negative")
+
+    def _check_container_options(self) -> None:
+        try:
+            if self["container-domain"] is not None:
+                self["container-domain"] = normalize_container_domain(self["container-domain"])
+            self["port-map"] = parse_port_map(self["port-map"])
+            ports = self["container-ports"]
+            self["container-ports"] = parse_port_range(ports) if ports is not None else range(0)
+        except ValueError as problem:
+            raise usage.UsageError(f"container routing: {problem}") from None
 
     def settings(self) -> ProxySettings:
         return ProxySettings(
@@ -134,23 +205,44 @@ class Options(usage.Options):
             trusted_proxies=self["trusted-proxy"],
         )
 
+    def ssh_settings(self) -> SSHSettings:
+        return SSHSettings(ssh_port=self["ssh-port"], login_grace_time=self["ssh-login-grace-time"],
+                           connect_timeout=self["ssh-connect-timeout"])
+
+    def sniffing_endpoints(self) -> list[str]:
+        """Every --listen, then a listener per --container-ports port."""
+        interface = self["container-interface"].replace(":", "\\:")
+        return [*self["listen"], *(f"tcp:{port}:interface={interface}" for port in self["container-ports"])]
+
+
+def _check_dsn(name: str, dsn: str) -> None:
+    from psycopg2.extensions import parse_dsn
+
+    try:
+        parse_dsn(dsn)
+    except Exception:
+        # libpq's reason quotes pieces of the DSN, which may hold a password.
+        raise usage.UsageError(f"--{name} is not a PostgreSQL DSN (key=value ...) or postgresql:// URL") from None
+
 
 class RoutesService(service.Service):
     """
-    Keeps the live route table in step with the routes file: re-read when
-    it changes (a ConfigMap update included) and on SIGHUP; a bad version
-    keeps the last good table.
+    Keeps the live routes in step with the routes file: re-read when it
+    changes (a ConfigMap update included) and on SIGHUP; a bad version
+    keeps the last good table.  Each good version goes to C{publish}:
+    swapped into the table, or, with a database, handed to the state
+    service that merges it with C{static_routes}.
     """
 
-    def __init__(self, path: str, live: LiveRouteTable, clock: Any, interval: float) -> None:
+    def __init__(self, path: str, publish: Callable[[list[Route]], object], clock: Any, interval: float) -> None:
         self.path = path
-        self.live = live
+        self.publish = publish
         self.watcher = FileWatcher(path, self.reload, clock, interval)
         self._reactor = clock
 
     def reload(self) -> bool:
         try:
-            table = RouteTable(load_routes_file(self.path))
+            routes = load_routes_file(self.path)
         except RoutesFileError as problem:
             for line in str(problem).splitlines():
                 log.error("routes: {problem}; keeping the last good table", problem=line)
@@ -159,8 +251,8 @@ class RoutesService(service.Service):
             log.error("routes: cannot read {path}: {problem}; keeping the last good table",
                       path=self.path, problem=problem)
             return False
-        self.live.swap(table)
-        log.info("routes: loaded {count} routes from {path}", count=len(table), path=self.path)
+        self.publish(routes)
+        log.info("routes: loaded {count} routes from {path}", count=len(routes), path=self.path)
         return True
 
     def startService(self) -> None:
@@ -205,52 +297,107 @@ def load_initial_routes(path: str) -> RouteTable:
         raise SystemExit(f"edd-gateway: cannot read the routes file {path}: {problem}") from None
 
 
-def makeService(config: Options, reactor: Any = None) -> service.MultiService:
-    if reactor is None:
-        from twisted.internet import reactor as installed
+@dataclass
+class LiveState:
+    """The containers the listeners read, their SSH pins, and where the routes file's versions go."""
 
-        reactor = installed
+    directory: ContainerDirectory
+    pins: HostKeyPins
+    publish_file_routes: Callable[[Sequence[Route]], object]
+    state: StateService | None = None
+
+
+def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: service.MultiService) -> LiveState:
+    """
+    PostgreSQL (+ NATS) when there is a database, else the --containers
+    file, else no containers at all.  Nothing here connects: a database down
+    at start is retried by the state service while the routes file is served.
+    """
+    directory = ContainerDirectory()
+
+    def swap(routes: Sequence[Route]) -> None:
+        live.swap(RouteTable(routes))
+
+    if config["database"] is not None:
+        database = PostgresDatabase(config["database"], reactor, compute_dsn=config["compute-database"])
+        servers = [url.strip() for url in (config["nats"] or "").split(",") if url.strip()]
+        events = NatsEventFeed(servers, name="edd-gateway") if servers else None
+        state = StateService(database, directory, reactor, events=events, on_routes=swap,
+                             file_routes=live.current.routes, poll_interval=config["poll-interval"],
+                             resync_interval=config["resync-interval"])
+        state.setServiceParent(parent)
+        return LiveState(directory, database, state.set_file_routes, state)
+    os.makedirs(os.path.dirname(os.path.abspath(config["state-file"])), mode=0o700, exist_ok=True)
+    pins = LocalPinStore(config["state-file"])
+    path = config["containers"]
+    if path is None:
+        directory.swap(ContainerSnapshot(ready=True))
+    else:
+        try:
+            load_containers_file(path)
+        except ContainersFileError as problem:
+            raise SystemExit(f"edd-gateway: invalid containers file\n{problem}") from None
+        LocalContainersSource(path, directory, reactor, config["reload-interval"], pins).setServiceParent(parent)
+    return LiveState(directory, pins, swap)
+
+
+def build_ssh(config: Options, state: LiveState, reactor: Any) -> GatewaySSHFactory:
+    """The SSH factory (sniffed SSH and --ssh-listen); unusable key files stop the start."""
+    try:
+        return build_ssh_factory(state.directory, state.pins, host_key_path=config["ssh-host-key"],
+                                 client_key_path=config["ssh-client-key"],
+                                 rsa_host_key_path=config["ssh-rsa-host-key"], reactor=reactor,
+                                 settings=config.ssh_settings())
+    except KeyFileError as problem:
+        raise SystemExit(f"edd-gateway: {problem}") from None
+
+
+def installed_asyncio_reactor() -> Any:
+    """The installed reactor, which must be asyncio's (nats-py's futures never resolve on another)."""
+    from twisted.internet import reactor
     from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 
     if not isinstance(reactor, AsyncioSelectorReactor):
-        raise SystemExit(
-            "edd-gateway: needs the asyncio reactor (nats-py runs on asyncio); "
-            "run it without --reactor, or with --reactor=asyncio"
-        )
+        raise SystemExit("edd-gateway: needs the asyncio reactor (nats-py runs on asyncio); "
+                         "run it without --reactor, or with --reactor=asyncio")
+    return reactor
+
+
+def makeService(config: Options, reactor: Any = None) -> service.MultiService:
+    """The service tree; C{reactor} is the installed (asyncio) one unless a test injects another."""
+    reactor = installed_asyncio_reactor() if reactor is None else reactor
     settings = config.settings()
     live = LiveRouteTable(load_initial_routes(config["routes"]))
     log.info("routes: loaded {count} routes from {path}", count=len(live.current), path=config["routes"])
     top = service.MultiService()
-    pool = UpstreamPool(
-        reactor, reactor,
-        max_idle=settings.pool_max_idle,
-        max_per_backend=settings.pool_max_per_backend,
-        idle_timeout=settings.pool_idle_timeout,
-    )
+    state = build_state(config, reactor, live, top)
+    RoutesService(config["routes"], state.publish_file_routes, reactor, config["reload-interval"]).setServiceParent(top)
+    containers = None
+    if config["container-domain"] is not None:
+        containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"])
+    pool = UpstreamPool(reactor, reactor, max_idle=settings.pool_max_idle,
+                        max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout)
     PoolService(pool).setServiceParent(top)
-    RoutesService(config["routes"], live, reactor, config["reload-interval"]).setServiceParent(top)
-    http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http", main_site=config["main-site"])
+    http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http", main_site=config["main-site"],
+                            containers=containers)
     http.doStart()
     https = HTTPProxyFactory(live, pool, settings, reactor, scheme="https", main_site=config["main-site"],
-                             misdirected=misdirected_check(live))
-    tls = build_tls(
-        live, https, reactor,
-        tls_dirs=config["tls-dir"], default_cert=config["default-cert"], dev_cert_dir=config["dev-cert-dir"],
-        check_interval=config["cert-check-interval"], hello_timeout=config["tls-hello-timeout"],
-        connect_timeout=settings.connect_timeout, idle_timeout=settings.tunnel_idle_timeout,
-    )
+                             misdirected=misdirected_check(live), containers=containers)
+    tls = build_tls(live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
+                    dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
+                    hello_timeout=config["tls-hello-timeout"], connect_timeout=settings.connect_timeout,
+                    idle_timeout=settings.tunnel_idle_timeout, containers=containers)
     tls.service.setServiceParent(top)
+    ssh = build_ssh(config, state, reactor)
+    handlers = {Verdict.HTTP: http, Verdict.TLS: tls.factory, Verdict.SSH: ssh}
     default = None if config["sniff-default"] == "close" else Verdict(config["sniff-default"].upper())
-    for endpoint in config["listen"]:
-        factory = SniffingFactory(
-            handlers={Verdict.HTTP: http, Verdict.TLS: tls.factory},
-            default=default,
-            timeout=config["sniff-timeout"],
-            clock=reactor,
-            listener_name=endpoint,
-        )
+    for endpoint in config.sniffing_endpoints():
+        factory = SniffingFactory(handlers, default=default, timeout=config["sniff-timeout"], clock=reactor,
+                                  listener_name=endpoint)
         strports.service(endpoint, factory, reactor=reactor).setServiceParent(top)
+    for endpoint in config["ssh-listen"]:
+        strports.service(endpoint, ssh, reactor=reactor).setServiceParent(top)
     return top
 
 
-__all__ = ["Options", "makeService", "install_reactor"]
+__all__ = ["LiveState", "Options", "build_ssh", "build_state", "makeService", "install_reactor"]

@@ -90,6 +90,11 @@ def _tokens(value: bytes) -> frozenset[bytes]:
     return tokens
 
 
+_MEANINGFUL = frozenset(
+    {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"x-request-id"}
+)
+
+
 def analyse_request(
     method: bytes, target: bytes, version: str, headers: Headers
 ) -> RequestInfo:
@@ -106,9 +111,13 @@ def analyse_request(
     expect_continue = False
     request_id = ""
     for raw_name, value in headers:
-        name = raw_name.lower()
+        # llhttp already refuses these; checked again because a request
+        # head that could be read two ways must never reach a backend.
         if _BAD_VALUE_BYTES.search(value):
             raise GatewayError(400, "A header value holds a control character.")
+        name = raw_name.lower()
+        if name not in _MEANINGFUL:
+            continue
         if name == b"host":
             if host is not None:
                 raise GatewayError(400, "The request has more than one Host header.")

@@ -21,8 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._deadline import Deadline
-from edd_gateway.containers import ContainerRefused, ContainerRouter
 from edd_gateway._transport import set_no_delay, write_now
+from edd_gateway.containers import ContainerRouter
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange, LocalAnswer
 from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
@@ -238,8 +238,10 @@ class HTTPServerProtocol(Protocol):
         misdirected = self.factory.misdirected
         if misdirected is not None and self.scheme == "https" and misdirected(self.transport, host):
             raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
+        if match is None and self.factory.containers is not None:
+            match = self.factory.containers.http_match(host, path, self.transport)
         if match is None:
-            return self._container_exchange(info, host, path, query)
+            raise GatewayError(404, f"No route for host {host} and path {path}.")
         route = match.route
         if route.redirect_https and self.scheme == "http":
             authority = f"[{host}]" if ":" in host else host
@@ -253,17 +255,6 @@ class HTTPServerProtocol(Protocol):
             return self._local(info, status, response)
         upstream_path = match.upstream_path + ("?" + query if query else "")
         return Exchange(self, info, route, upstream_path.encode("latin-1"))
-
-    def _container_exchange(self, info: RequestInfo, host: str, path: str, query: str) -> Exchange:
-        """No static route matched: C{<container-id>.<container-domain>} goes to the container."""
-        router = self.factory.containers
-        decision = router.route(host, self.transport) if router is not None else None
-        if decision is None:
-            raise GatewayError(404, f"No route for host {host} and path {path}.")
-        if isinstance(decision, ContainerRefused):
-            raise GatewayError(decision.status, decision.reason[:1].upper() + decision.reason[1:] + ".")
-        upstream_path = path + ("?" + query if query else "")
-        return Exchange(self, info, decision.route(host), upstream_path.encode("latin-1"))
 
     def _local(self, info: RequestInfo, status: int, response: bytes) -> LocalAnswer:
         return LocalAnswer(self, info, response, _may_keep_alive(info), status)

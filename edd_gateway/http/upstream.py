@@ -25,7 +25,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import set_no_delay
+from edd_gateway._transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.routes.model import Target
 
@@ -123,7 +123,7 @@ class UpstreamProtocol(Protocol):
         self.received = 0
 
     def write(self, data: bytes) -> None:
-        self.transport.write(data)
+        write_now(self.transport, data)
 
     # llhttp callbacks
 

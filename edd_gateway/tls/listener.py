@@ -4,11 +4,12 @@ first byte said TLS.
 
 L{ClientHelloProtocol} reads the ClientHello with the pure
 L{ClientHelloParser} (bounded in size and time), keeping every byte, then
-decides by SNI alone: a host whose route passes TLS through gets the raw
-stream relayed to its backend, ClientHello first, without ever being
-decrypted; any other name is handed to a C{TLSMemoryBIOProtocol} that
-terminates TLS with the certificate store's choice and speaks HTTP inside,
-the buffered bytes replayed into it.  A malformed, oversized or late
+decides by SNI alone: a host whose route passes TLS through, or a
+container name (C{<container-id>.<container-domain>}) that no loaded
+certificate covers, gets the raw stream relayed to its backend, ClientHello
+first, without ever being decrypted; any other name is handed to a
+C{TLSMemoryBIOProtocol} that terminates TLS with the certificate store's
+choice and speaks HTTP inside, the buffered bytes replayed into it.  A malformed, oversized or late
 ClientHello, or a name no certificate covers when there is no default, is
 closed with a log line naming the client and the reason.
 """
@@ -35,6 +36,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway._transport import set_no_delay, swap_protocol, write_now
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.relay import splice
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import LiveRouteTable
@@ -76,6 +78,7 @@ class TLSStats:
     no_certificate: int = 0
     backend_failures: int = 0
     closed_early: int = 0
+    container_refusals: int = 0
 
 
 def backend_endpoint(reactor: Any, target: Target, timeout: float) -> IStreamClientEndpoint:
@@ -208,6 +211,15 @@ class ClientHelloProtocol(Protocol):
         self._stop_timer()
         name = hello.server_name
         route = self._factory.routes.current.tls_passthrough(name) if name is not None else None
+        if route is None and name is not None:
+            decision = self._container_decision(name)
+            if isinstance(decision, ContainerRefused):
+                self._factory.stats.container_refusals += 1
+                alert = _ALERT_UNRECOGNIZED_NAME if decision.status == 503 else _ALERT_INTERNAL_ERROR
+                self._refuse("SNI {sni}: {reason}", alert, sni=name, reason=decision.reason)
+                return
+            if decision is not None:
+                route = decision.route(name, tls_passthrough=True)
         if route is not None:
             self._pass_through(hello, route)
         elif self._factory.store.choose(name) is None:
@@ -216,6 +228,14 @@ class ClientHelloProtocol(Protocol):
             self._refuse(what + " and there is no default certificate", _ALERT_UNRECOGNIZED_NAME, sni=name)
         else:
             self._terminate()
+
+    def _container_decision(self, name: str) -> ContainerDecision | None:
+        # A container name a loaded certificate covers is terminated here,
+        # its requests routed inside; any other goes to the container as is.
+        containers = self._factory.containers
+        if containers is None or self._factory.store.covers(name):
+            return None
+        return containers.route(name, self.transport)
 
     def _terminate(self) -> None:
         transport = self.transport
@@ -330,6 +350,8 @@ class TLSListenerFactory(Factory):
         from C{store} by SNI.
     @param idle_timeout: seconds a passthrough relay may move nothing
         before both sides are closed; L{None} for never.
+    @param containers: passes TLS for C{<container-id>.<container-domain>}
+        through to the container when no certificate covers the name.
     """
 
     noisy = False
@@ -346,8 +368,10 @@ class TLSListenerFactory(Factory):
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         idle_timeout: float | None = None,
         creator: IOpenSSLServerConnectionCreator | None = None,
+        containers: ContainerRouter | None = None,
     ) -> None:
         self.routes = routes
+        self.containers = containers
         self.store = store
         self.reactor = reactor
         self.clock = reactor

@@ -26,6 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES
+from edd_gateway.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.tls.devcert import ensure_dev_certificate
 from edd_gateway.tls.listener import DEFAULT_HELLO_TIMEOUT, TLSListenerFactory
@@ -187,10 +188,13 @@ def build_tls(
     max_hello_bytes: int = DEFAULT_MAX_BYTES,
     connect_timeout: float = 5.0,
     idle_timeout: float | None = None,
+    containers: ContainerRouter | None = None,
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to
     every sniffing listener as its TLS handler, and parent C{setup.service}.
+    C{containers} passes container names no certificate covers through to
+    their containers.
     """
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
     factory = TLSListenerFactory(
@@ -202,6 +206,7 @@ def build_tls(
         max_hello_bytes=max_hello_bytes,
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
+        containers=containers,
     )
     service = CertificateRenewalService(store, reactor, check_interval)
     return TLSSetup(store, factory, service)
