@@ -74,6 +74,7 @@ class Exchange:
         self.keep_alive = info.keep_alive
         self.bytes_out = 0
         self._out: list[bytes] = []
+        self._awaiting = False
         self._throttle_backend: Throttle | None = None
         self._throttle_client: Throttle | None = None
 
@@ -131,6 +132,7 @@ class Exchange:
         else:
             write_now(transport, self.head)
         if self.request_done:
+            self._awaiting = True
             server.awaiting_response(self._response_timeout())
 
     def _response_timeout(self) -> float:
@@ -156,7 +158,8 @@ class Exchange:
                 self.pending_body.append(_CHUNK_END)
             else:
                 self.upstream.write(_CHUNK_END)
-        if self.upstream is not None and not self.response_started:
+        if self.upstream is not None and not self.response_started and not self._awaiting:
+            self._awaiting = True
             self.server.awaiting_response(self._response_timeout())
 
     # Response side, fed by the backend connection

@@ -68,6 +68,7 @@ class HTTPServerProtocol(Protocol):
         self._upgrade_rest: list[bytes] = []
         self.client_ip = ""
         self.trusted_peer = False
+        self._moved = False
 
     # Connection
 
@@ -297,12 +298,16 @@ class HTTPServerProtocol(Protocol):
 
     def response_started(self) -> None:
         self._phase = _STREAMING
+        self._moved = False
         self.deadline.set(self.settings.tunnel_idle_timeout)
 
     def body_progress(self) -> None:
-        """Bytes moved in a started exchange: push the idle deadline back."""
-        if self._phase == _STREAMING:
-            self.deadline.set(self.settings.tunnel_idle_timeout)
+        """
+        Bytes moved in a started exchange.  Only noted: the idle deadline is
+        pushed back when it expires (see _deadline_passed), which saves
+        moving it for every body chunk.
+        """
+        self._moved = True
 
     def _deadline_passed(self) -> None:
         if self.closing:
@@ -315,6 +320,9 @@ class HTTPServerProtocol(Protocol):
             job = self.jobs[0]
             if isinstance(job, Exchange):
                 job.fail(504, f"The backend {job.target} did not answer in time.")
+        elif self._phase == _STREAMING and self._moved:
+            self._moved = False
+            self.deadline.set(self.settings.tunnel_idle_timeout)
         elif self._phase == _STREAMING:
             log.info("http: no byte moved for {client} in {seconds}s; closing",
                      client=self.client_ip, seconds=self.settings.tunnel_idle_timeout)
