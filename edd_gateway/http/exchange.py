@@ -27,8 +27,9 @@ from edd_gateway.http.headers import (
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     RequestInfo,
-    client_response_head,
-    response_body_kind,
+    Special,
+    body_kind_of,
+    client_head,
     upstream_request_head,
 )
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error
@@ -165,22 +166,22 @@ class Exchange:
     # Response side, fed by the backend connection
 
     def response_head(
-        self, status: int, reason: bytes, version: str, headers: list[tuple[bytes, bytes]]
+        self, status: int, reason: bytes, plain: list[bytes], special: Special
     ) -> None:
         server = self.server
         status_line = b"HTTP/1.1 %d %b" % (status, reason)
         if status < 200:
             if status == 101:
                 self.status = status
-                self._pending_upgrade_head = client_response_head(
-                    status_line, headers, BODY_NONE, 0, False, True, True,
+                self._pending_upgrade_head = client_head(
+                    status_line, plain, special, BODY_NONE, 0, False, True, True,
                     self.info.request_id, upgrade=True,
                 )
             elif self.info.http11:
                 # 1xx answers (100 Continue, 103 Early Hints) are relayed;
                 # HTTP/1.0 clients do not know them.
-                self._out.append(client_response_head(
-                    status_line, headers, BODY_NONE, 0, False, True, True, self.info.request_id
+                self._out.append(client_head(
+                    status_line, plain, special, BODY_NONE, 0, False, True, True, self.info.request_id
                 ))
             return
         if self.info.upgrade:
@@ -188,7 +189,7 @@ class Exchange:
             # were never HTTP, so this connection ends with the answer.
             self.keep_alive = False
         self.status = status
-        body, length = response_body_kind(status, headers, self.info.method == b"HEAD")
+        body, length = body_kind_of(status, special, self.info.method == b"HEAD")
         self._response_body = body
         # HTTP/1.0 clients know no chunked coding: they get the body
         # delimited by the close instead.
@@ -203,8 +204,8 @@ class Exchange:
             self.keep_alive = False
         self.response_started = True
         server.response_started()
-        self._out.append(client_response_head(
-            status_line, headers, body, length, self._chunk_to_client,
+        self._out.append(client_head(
+            status_line, plain, special, body, length, self._chunk_to_client,
             self.keep_alive, self.info.http11, self.info.request_id,
         ))
 

@@ -249,12 +249,16 @@ def response_body_kind(
     """
     How a backend's response body is framed: (kind, content length).
     """
+    return body_kind_of(status, split_response_headers(headers)[1], head_request)
+
+
+def body_kind_of(status: int, special: Special, head_request: bool) -> tuple[int, int]:
+    """L{response_body_kind} over the special fields L{split_response_headers} set apart."""
     if head_request or status < 200 or status in (204, 304):
         return BODY_NONE, 0
     length: int | None = None
     chunked = False
-    for raw_name, value in headers:
-        name = raw_name.lower()
+    for name, _, value in special:
         if name == b"content-length":
             length = int(value)
         elif name == b"transfer-encoding":
@@ -266,8 +270,29 @@ def response_body_kind(
     return BODY_UNTIL_CLOSE, 0
 
 
-_RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
+RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _CONNECTION_STATES = frozenset({b"close"})
+
+
+Special = list[tuple[bytes, bytes, bytes]]
+
+
+def split_response_headers(headers: Headers) -> tuple[list[bytes], Special]:
+    """
+    Set apart the response fields the gateway interprets (framing,
+    hop-by-hop, request id) from those it passes on as they are, already
+    formatted as lines.  The backend connection does this field by field as
+    llhttp reports them, so that a response's headers are walked once.
+    """
+    plain: list[bytes] = []
+    special: Special = []
+    for raw_name, value in headers:
+        name = raw_name.lower()
+        if name in RESPONSE_SPECIAL:
+            special.append((name, raw_name, value))
+        else:
+            plain.append(raw_name + b": " + value)
+    return plain, special
 
 
 def client_response_head(
@@ -284,17 +309,35 @@ def client_response_head(
     """
     The response head sent to the client: the backend's status line and
     end-to-end headers, the framing the gateway uses towards the client, and
-    the request id.  One pass over the headers: this runs for every response.
+    the request id.
     """
+    plain, special = split_response_headers(headers)
+    return client_head(
+        status_line, plain, special, body, content_length, chunk_to_client,
+        keep_alive, http11_client, request_id, upgrade,
+    )
+
+
+def client_head(
+    status_line: bytes,
+    plain: list[bytes],
+    special: Special,
+    body: int,
+    content_length: int,
+    chunk_to_client: bool,
+    keep_alive: bool,
+    http11_client: bool,
+    request_id: str,
+    upgrade: bool = False,
+) -> bytes:
+    """L{client_response_head} over headers L{split_response_headers} split."""
     lines = [status_line]
+    lines += plain
     append = lines.append
     named: set[bytes] | None = None
     upgrade_value = transfer_codings = b""
-    for raw_name, value in headers:
-        name = raw_name.lower()
-        if name not in _RESPONSE_SPECIAL:
-            append(raw_name + b": " + value)
-        elif name == b"connection":
+    for name, raw_name, value in special:
+        if name == b"connection":
             extra = _tokens(value) - HOP_BY_HOP - _CONNECTION_STATES
             if extra:
                 named = (named or set()) | extra

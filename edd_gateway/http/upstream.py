@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway._transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError
+from edd_gateway.http.headers import RESPONSE_SPECIAL, Special
 from edd_gateway.routes.model import Target
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ log = Logger()
 class ResponseListener(TypingProtocol):
     """What an upstream connection reports to the exchange it serves."""
 
-    def response_head(self, status: int, reason: bytes, version: str, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def response_head(self, status: int, reason: bytes, plain: list[bytes], special: Special) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self, reusable: bool) -> None: ...
     def response_upgraded(self, rest: bytes) -> None: ...
@@ -61,7 +62,8 @@ class UpstreamProtocol(Protocol):
         self.received = 0
         self.head_request = False
         self._reason = b""
-        self._headers: list[tuple[bytes, bytes]] = []
+        self._plain: list[bytes] = []
+        self._special: Special = []
         # Set when a response ended inside feed_data: the exchange is told
         # only once feed_data has returned, so that bytes after the response
         # can never be parsed into the next exchange on this connection.
@@ -133,13 +135,19 @@ class UpstreamProtocol(Protocol):
             # backend; its connection must not serve another request.
             self._reusable = False
         self._reason = b""
-        self._headers = []
+        self._plain = []
+        self._special = []
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # Split as they come (see headers.split_response_headers).
+        lowered = name.lower()
+        if lowered in RESPONSE_SPECIAL:
+            self._special.append((lowered, name, value))
+        else:
+            self._plain.append(name + b": " + value)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
@@ -147,7 +155,7 @@ class UpstreamProtocol(Protocol):
         listener = self.listener
         if listener is None:
             return
-        listener.response_head(status, self._reason, parser.get_http_version(), self._headers)
+        listener.response_head(status, self._reason, self._plain, self._special)
         if self.head_request and status >= 200 and self.listener is listener:
             # llhttp cannot be told that a HEAD answer has no body; end the
             # exchange here and stop the parser.  The connection is not
