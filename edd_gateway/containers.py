@@ -25,8 +25,9 @@ from edd_gateway.routes.normalize import normalize_hostname
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule
 
 __all__ = [
-    "ContainerBackend", "ContainerDecision", "ContainerRefused", "ContainerRouter", "container_id_for",
-    "decide", "normalize_container_domain", "parse_port_map", "parse_port_range",
+    "HTTP_CACHE_SIZE", "NOT_READY", "NO_INGRESS", "ContainerBackend", "ContainerDecision", "ContainerRefused",
+    "ContainerRouter", "container_id_for", "decide", "normalize_container_domain", "parse_port_map",
+    "parse_port_range",
 ]
 
 # A DNS label, as in the containers file and the SSH user names.
@@ -34,6 +35,8 @@ _CONTAINER_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 _STATUS_WORD = re.compile(r"[a-z][a-z -]{0,30}")
 NOT_READY = "the gateway is still loading the containers; try again in a moment"
 NO_INGRESS = "no ingress rule for this port"
+#: Most (container, port) decisions the HTTP side keeps between swaps.
+HTTP_CACHE_SIZE = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +150,23 @@ class ContainerRouter:
         self.directory = directory
         self.domain = normalize_container_domain(domain)
         self.port_map = dict(port_map or {})
+        self._suffix = "." + self.domain
+        # The HTTP side's decisions for known containers, by external port
+        # then host (one host per container): building a Route costs more
+        # than the rest of the lookup.  Emptied at every directory swap, so
+        # nothing outlives the snapshot it was decided from; bounded, as
+        # hosts and ports are the client's.
+        self._http: dict[int | None, dict[str, Route | ContainerRefused]] = {}
+        self._http_size = 0
+        directory.observers.append(self._forget)
+
+    def _forget(self, snapshot: ContainerSnapshot | None = None) -> None:
+        self._http = {}
+        self._http_size = 0
+
+    def under_domain(self, host: str) -> bool:
+        """Whether C{host} is below the container domain (a cheap test, for every request)."""
+        return host.endswith(self._suffix)
 
     def container_id(self, host: str) -> str | None:
         return container_id_for(host, self.domain)
@@ -175,10 +195,24 @@ class ContainerRouter:
 
         @raise GatewayError: 503 or 502 with the refusal's reason.
         """
-        decision = self.route(host, transport)
-        if decision is None:
+        if not host.endswith(self._suffix):
             return None
-        if isinstance(decision, ContainerRefused):
+        port = self.external_port(transport)
+        by_host = self._http.get(port)
+        found = by_host.get(host) if by_host is not None else None
+        if found is None:
+            container_id = self.container_id(host)
+            if container_id is None:
+                return None
+            snapshot = self.directory.current
+            decision = decide(snapshot, container_id, port)
+            found = decision.route(host) if isinstance(decision, ContainerBackend) else decision
+            if container_id in snapshot.containers:
+                if self._http_size >= HTTP_CACHE_SIZE:
+                    self._forget()
+                self._http.setdefault(port, {})[host] = found
+                self._http_size += 1
+        if isinstance(found, ContainerRefused):
             # The reason as is (lower case): what users and operators grep for.
-            raise GatewayError(decision.status, decision.reason)
-        return RouteMatch(decision.route(host), path)
+            raise GatewayError(found.status, found.reason)
+        return RouteMatch(found, path)

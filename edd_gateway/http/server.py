@@ -228,7 +228,12 @@ class HTTPServerProtocol(Protocol):
             path, query = normalize_request_target(target)
         except BadRequestTarget as problem:
             raise GatewayError(400, f"The request target is invalid: {problem}.") from None
-        match = self.factory.routes.lookup(host, path)
+        containers = self.factory.containers
+        if containers is not None and containers.under_domain(host):
+            # Past the LRU: thousands of container hosts would evict the static routes' answers.
+            match = self.factory.routes.current.lookup(host, path)
+        else:
+            match = self.factory.routes.lookup(host, path)
         main_site = self.factory.main_site
         if match is None and main_site is not None and _is_ip_address(host):
             # A visitor who typed the cloud's address goes to its main site.
@@ -239,8 +244,8 @@ class HTTPServerProtocol(Protocol):
         misdirected = self.factory.misdirected
         if misdirected is not None and self.scheme == "https" and misdirected(self.transport, host):
             raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
-        if match is None and self.factory.containers is not None:
-            match = self.factory.containers.http_match(host, path, self.transport)
+        if match is None and containers is not None:
+            match = containers.http_match(host, path, self.transport)
         if match is None:
             raise GatewayError(404, f"No route for host {host} and path {path}.")
         route = match.route

@@ -1,0 +1,305 @@
+"""
+Tests for container routing: the pure decision (L{edd_gateway.containers}),
+the command line values it parses, and its use by the HTTP side (a request
+proxied to the container, or 503/502 pages) and by the TLS side (SNI passed
+through to the container unless a certificate covers the name), on memory
+transports and a memory reactor.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from twisted.internet.address import IPv4Address, UNIXAddress
+from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
+from twisted.trial.unittest import SynchronousTestCase
+
+from edd_gateway import containers as containers_module
+from edd_gateway.containers import (
+    NO_INGRESS,
+    NOT_READY,
+    ContainerBackend,
+    ContainerRefused,
+    ContainerRouter,
+    container_id_for,
+    decide,
+    normalize_container_domain,
+    parse_port_map,
+    parse_port_range,
+)
+from edd_gateway.http.testing import ProxyHarness, backend_route
+from edd_gateway.routes.model import Target
+from edd_gateway.routes.table import RouteTable
+from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule
+from edd_gateway.tls.store import CertificateStore
+from tests.test_tls_listener import MemoryClient, _ListenerCase, _quiet, write_pair
+
+DOMAIN = "compute.cloud.test"
+
+
+def web(cid: str = "web1", status: str = "running", ip: str | None = "127.0.1.7",
+        rules: dict[int, int] | None = None) -> Container:
+    ingress = {port: IngressRule(port, target) for port, target in (rules or {80: 8080, 8000: 9000}).items()}
+    return Container(cid, "u1", status, ip, ingress=ingress)
+
+
+def snapshot(*containers: Container, ready: bool = True) -> ContainerSnapshot:
+    return ContainerSnapshot({c.id: c for c in containers}, ready=ready)
+
+
+class HostTests(SynchronousTestCase):
+    def test_one_label_before_the_domain(self) -> None:
+        self.assertEqual(container_id_for(f"web1.{DOMAIN}", DOMAIN), "web1")
+        self.assertEqual(container_id_for(f"a-9.{DOMAIN}", DOMAIN), "a-9")
+
+    def test_other_hosts(self) -> None:
+        for host in (DOMAIN, f"a.b.{DOMAIN}", f"xweb1{DOMAIN}", "web1.cloud.test", f"-a.{DOMAIN}", f".{DOMAIN}",
+                     f"{'a' * 64}.{DOMAIN}", f"web1.{DOMAIN}.evil.test"):
+            self.assertIsNone(container_id_for(host, DOMAIN), host)
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", max_size=80))
+    def test_a_named_container_is_exactly_the_first_label(self, host: str) -> None:
+        found = container_id_for(host, DOMAIN)
+        if found is not None:
+            self.assertEqual(f"{found}.{DOMAIN}", host)
+            self.assertNotIn(".", found)
+
+    def test_domain_normalised(self) -> None:
+        self.assertEqual(normalize_container_domain(" Compute.Cloud.Test. "), DOMAIN)
+        for bad in ("localhost", "1.2.3.4", "::1", "a..b", "bad_name.test", ""):
+            with self.assertRaises(ValueError, msg=bad):
+                normalize_container_domain(bad)
+
+
+class DecisionTests(SynchronousTestCase):
+    def test_running_container_with_a_rule(self) -> None:
+        decision = decide(snapshot(web()), "web1", 8000)
+        self.assertEqual(decision, ContainerBackend(web(), IngressRule(8000, 9000), 8000, Target("127.0.1.7", 9000)))
+        route = decision.route(f"web1.{DOMAIN}")  # type: ignore[union-attr]
+        self.assertEqual((route.host, route.path, str(route.target), route.tls_passthrough),
+                         (f"web1.{DOMAIN}", "/", "127.0.1.7:9000", False))
+        self.assertEqual(route.source, "container web1 port 8000")
+
+    def test_port_without_a_rule_is_502(self) -> None:
+        self.assertEqual(decide(snapshot(web()), "web1", 443), ContainerRefused(502, NO_INGRESS))
+        self.assertEqual(decide(snapshot(web()), "web1", None), ContainerRefused(502, NO_INGRESS))
+
+    def test_unknown_stopped_and_unaddressed_are_503(self) -> None:
+        state = snapshot(web("stop1", "stopped"), web("odd1", "<b>weird</b>"), web("noip", ip=None))
+        self.assertEqual(decide(state, "nope", 80), ContainerRefused(503, "no container nope"))
+        self.assertEqual(decide(state, "stop1", 80), ContainerRefused(503, "container stop1 is stopped"))
+        self.assertEqual(decide(state, "odd1", 80), ContainerRefused(503, "container odd1 is not running"))
+        self.assertEqual(decide(state, "noip", 80), ContainerRefused(503, "container noip has no address yet"))
+
+    def test_not_loaded_yet(self) -> None:
+        self.assertEqual(decide(snapshot(ready=False), "web1", 80), ContainerRefused(503, NOT_READY))
+        # A container already known is served while a source is still loading.
+        self.assertIsInstance(decide(snapshot(web(), ready=False), "web1", 80), ContainerBackend)
+
+
+class CommandLineValueTests(SynchronousTestCase):
+    def test_port_map(self) -> None:
+        self.assertEqual(parse_port_map(["8080=80", " 8443 = 443 ", "8080=80"]), {8080: 80, 8443: 443})
+        for bad in (["8080"], ["8080=0"], ["x=80"], ["8080=80", "8080=81"], ["70000=80"]):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_port_map(bad)
+
+    def test_port_range(self) -> None:
+        self.assertEqual(parse_port_range("8000-8999"), range(8000, 9000))
+        self.assertEqual(parse_port_range("8080"), range(8080, 8081))
+        for bad in ("9-8", "0-10", "8000-", "a-b", "1-65536"):
+            with self.assertRaises(ValueError, msg=bad):
+                parse_port_range(bad)
+
+
+class RouterTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.directory = ContainerDirectory(snapshot(web()))
+        self.router = ContainerRouter(self.directory, "Compute.Cloud.Test.", {18080: 80})
+
+    def transport(self, port: int) -> StringTransport:
+        return StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", port))
+
+    def test_external_port_is_the_listener_port_mapped(self) -> None:
+        self.assertEqual(self.router.external_port(self.transport(18080)), 80)
+        self.assertEqual(self.router.external_port(self.transport(8000)), 8000)
+        self.assertIsNone(self.router.external_port(StringTransport(hostAddress=UNIXAddress("/x"))))
+
+    def test_reads_the_directory_at_each_decision(self) -> None:
+        host = f"web1.{DOMAIN}"
+        self.assertIsInstance(self.router.route(host, self.transport(18080)), ContainerBackend)
+        self.directory.swap(snapshot(web(status="stopped")))
+        self.assertEqual(self.router.route(host, self.transport(18080)),
+                         ContainerRefused(503, "container web1 is stopped"))
+        self.assertIsNone(self.router.route("www.cloud.test", self.transport(18080)))
+
+
+class HTTPMatchCacheTests(SynchronousTestCase):
+    """The HTTP side's decisions are kept per (container, port) until the next swap, and bounded."""
+
+    def setUp(self) -> None:
+        self.directory = ContainerDirectory(snapshot(web(), web("web2"), web("web3")))
+        self.router = ContainerRouter(self.directory, DOMAIN)
+        self.transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 80))
+
+    def test_same_route_until_a_swap(self) -> None:
+        first = self.router.http_match(f"web1.{DOMAIN}", "/a", self.transport)
+        second = self.router.http_match(f"web1.{DOMAIN}", "/b", self.transport)
+        assert first is not None and second is not None
+        self.assertIs(first.route, second.route)
+        self.assertEqual((first.upstream_path, second.upstream_path), ("/a", "/b"))
+        self.directory.replace("web2", None)
+        third = self.router.http_match(f"web1.{DOMAIN}", "/a", self.transport)
+        self.assertIsNot(third.route, first.route)  # type: ignore[union-attr]
+
+    def test_unknown_containers_are_not_kept(self) -> None:
+        from edd_gateway.http.errors import GatewayError
+
+        for index in range(5):
+            with self.assertRaises(GatewayError):
+                self.router.http_match(f"nope{index}.{DOMAIN}", "/", self.transport)
+        self.assertEqual((self.router._http, self.router._http_size), ({}, 0))
+
+    def test_bounded(self) -> None:
+        self.patch(containers_module, "HTTP_CACHE_SIZE", 2)
+        for cid in ("web1", "web2", "web3"):
+            self.router.http_match(f"{cid}.{DOMAIN}", "/", self.transport)
+            self.assertLessEqual(sum(map(len, self.router._http.values())), 2)
+
+
+class HTTPTests(SynchronousTestCase):
+    """Requests for container hosts through the proxy, on memory transports."""
+
+    def setUp(self) -> None:
+        self.directory = ContainerDirectory(snapshot(web(), web("stop1", "stopped")))
+        static = backend_route(f"web1.{DOMAIN}", "/static", "10.9.9.9:80")
+        self.harness = ProxyHarness([static])
+        self.harness.factory.containers = ContainerRouter(self.directory, DOMAIN, {18080: 80})
+
+    def request(self, host: str, path: str = "/x?y=1", port: int = 18080) -> Any:
+        client = self.harness.connect_client()
+        client.transport.hostAddr = IPv4Address("TCP", "127.0.0.1", port)
+        client.send(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        return client
+
+    def test_proxied_to_the_rule_for_the_mapped_port(self) -> None:
+        self.request(f"WEB1.{DOMAIN}:80")
+        backend = self.harness.accept()
+        self.assertEqual((backend.host, backend.port), ("127.0.1.7", 8080))
+        self.assertTrue(backend.received().startswith(b"GET /x?y=1 HTTP/1.1\r\n"), backend.received()[:60])
+
+    def test_unmapped_port_selects_its_own_rule(self) -> None:
+        self.request(f"web1.{DOMAIN}", port=8000)
+        backend = self.harness.accept()
+        self.assertEqual((backend.host, backend.port), ("127.0.1.7", 9000))
+
+    def test_static_routes_keep_priority(self) -> None:
+        self.request(f"web1.{DOMAIN}", "/static/a")
+        backend = self.harness.accept()
+        self.assertEqual((backend.host, backend.port), ("10.9.9.9", 80))
+
+    def test_stopped_unknown_and_no_rule(self) -> None:
+        cases = [(f"stop1.{DOMAIN}", 18080, 503, b"container stop1 is stopped"),
+                 (f"gone1.{DOMAIN}", 18080, 503, b"no container gone1"),
+                 (f"web1.{DOMAIN}", 8443, 502, b"no ingress rule for this port")]
+        for host, port, status, text in cases:
+            [response] = self.request(host, port=port).responses()
+            self.assertEqual(response.status, status, host)
+            self.assertIn(text, response.body)
+        self.assertEqual(self.harness.connect_attempts, 0)
+
+    def test_container_hosts_stay_out_of_the_lru(self) -> None:
+        self.request(f"web1.{DOMAIN}")
+        self.request(f"nope.{DOMAIN}")
+        self.assertEqual(self.harness.routes.cached_entries, 0)
+        self.request("elsewhere.test")
+        self.assertEqual(self.harness.routes.cached_entries, 1)
+
+    def test_other_hosts_still_404(self) -> None:
+        [response] = self.request("elsewhere.test").responses()
+        self.assertEqual(response.status, 404)
+
+    def test_nothing_outlives_a_directory_swap(self) -> None:
+        self.request(f"web1.{DOMAIN}")
+        self.harness.accept()
+        moved = web(ip="127.0.1.8", rules={80: 8081})
+        self.directory.swap(snapshot(moved))
+        self.request(f"web1.{DOMAIN}")
+        backend = self.harness.accept()
+        self.assertEqual((backend.host, backend.port), ("127.0.1.8", 8081))
+
+
+class TLSTests(_ListenerCase):
+    """SNI naming a container, on the TLS listener's memory transports."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.directory = ContainerDirectory(snapshot(web(rules={443: 8443}), web("stop1", "stopped")))
+        self.factory.containers = ContainerRouter(self.directory, DOMAIN, {18443: 443})
+
+    def hello(self, name: bytes, port: int = 18443) -> Any:
+        _, transport = self.connect()
+        transport.hostAddr = IPv4Address("TCP", "127.0.0.1", port)
+        transport.protocol.dataReceived(MemoryClient(name).feed(b""))
+        return transport
+
+    def test_passed_through_to_the_container_rule_for_the_port(self) -> None:
+        with capturedLogs() as events:
+            self.hello(b"web1." + DOMAIN.encode())
+            backend = self.complete_backend()
+        [(host, port, _, _, _)] = self.reactor.tcpClients
+        self.assertEqual((host, port), ("127.0.1.7", 8443))
+        self.assertTrue(backend.value().startswith(b"\x16\x03"), "the ClientHello is replayed")
+        self.assertTrue(any("container web1 port 443" in formatEvent(e) for e in events))
+
+    def test_refused_with_an_alert_and_a_log_line(self) -> None:
+        for name, text in ((b"stop1." + DOMAIN.encode(), "container stop1 is stopped"),
+                           (b"nope." + DOMAIN.encode(), "no container nope")):
+            with capturedLogs() as events:
+                transport = self.hello(name)
+            self.assertFalse(transport.connected)
+            self.assertEqual(transport.value(), b"\x15\x03\x03\x00\x02\x02\x70")
+            self.assertTrue(any(text in formatEvent(e) for e in events), text)
+        no_rule = self.hello(b"web1." + DOMAIN.encode(), port=8000)
+        self.assertEqual(no_rule.value(), b"\x15\x03\x03\x00\x02\x02\x50")
+        self.assertEqual(self.factory.stats.container_refusals, 3)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_a_certificate_covering_the_name_terminates(self) -> None:
+        root = self.mktemp()
+        write_pair(os.path.join(root, "compute"), f"*.{DOMAIN}")
+        store = CertificateStore(log=_quiet())
+        store.add_directory(root)
+        factory = self.make_factory(store, containers=self.factory.containers)
+        client = MemoryClient(b"web1." + DOMAIN.encode())
+        _, transport = self.connect(factory)
+        transport.hostAddr = IPv4Address("TCP", "127.0.0.1", 18443)
+        self.handshake(client, transport)
+        self.assertTrue(client.handshook)
+        self.assertEqual(self.reactor.tcpClients, [])
+
+    def test_static_passthrough_keeps_priority(self) -> None:
+        from tests.test_tls_listener import passthrough_route
+
+        self.routes.swap(RouteTable([passthrough_route("web1." + DOMAIN, port=9443)]))
+        self.hello(b"web1." + DOMAIN.encode())
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 9443))
+
+    def test_other_names_as_before(self) -> None:
+        self.hello(b"vm.cloud.test")
+        self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8443))
+
+    def complete_backend(self) -> Any:
+        from tests.test_tls_listener import HandoverTransport
+
+        _, _, factory, _, _ = self.reactor.tcpClients[-1]
+        backend = HandoverTransport(IPv4Address("TCP", "127.0.1.7", 8443))
+        wrapper = factory.buildProtocol(backend.getPeer())
+        backend.protocol = wrapper
+        wrapper.makeConnection(backend)
+        return backend
