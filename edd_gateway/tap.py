@@ -34,7 +34,7 @@ install_reactor()
 
 from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
 from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
-from edd_gateway.http.server import HTTPProxyFactory  # noqa: E402
+from edd_gateway.http.factory import HTTPProxyFactory  # noqa: E402
 from edd_gateway.http.settings import ProxySettings, parse_networks  # noqa: E402
 from edd_gateway.http.upstream import UpstreamPool  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402

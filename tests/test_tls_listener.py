@@ -26,7 +26,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.http.server import HTTPProxyFactory
+from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import LiveRouteTable, RouteTable

@@ -23,7 +23,6 @@ from edd_gateway._transport import is_plain_tcp, queued, write_now
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.headers import (
     BODY_CHUNKED,
-    BODY_LENGTH,
     BODY_NONE,
     BODY_UNTIL_CLOSE,
     RequestInfo,

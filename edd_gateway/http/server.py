@@ -11,24 +11,21 @@ at most one socket read of a pipelined request, never a whole body.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable, Union
+from typing import TYPE_CHECKING, Union
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import error
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._deadline import Deadline
 from edd_gateway._transport import set_no_delay, write_now
-from edd_gateway.containers import ContainerRouter
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange, LocalAnswer
 from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.internal import internal_answer
-from edd_gateway.http.settings import ProxySettings
-from edd_gateway.http.upstream import UpstreamPool, UpstreamProtocol
+from edd_gateway.http.upstream import UpstreamProtocol
 from edd_gateway.relay import splice
 from edd_gateway.routes.normalize import (
     BadRequestTarget,
@@ -36,7 +33,9 @@ from edd_gateway.routes.normalize import (
     normalize_request_target,
     split_absolute_form,
 )
-from edd_gateway.routes.table import LiveRouteTable
+
+if TYPE_CHECKING:
+    from edd_gateway.http.factory import HTTPProxyFactory
 
 log = Logger()
 
@@ -435,45 +434,3 @@ def _is_ip_address(host: str) -> bool:
 def _llhttp_reason(problem: HttpParserError) -> str:
     text = str(problem) or type(problem).__name__
     return text.strip().rstrip(".")
-
-
-class HTTPProxyFactory(Factory):
-    """Builds L{HTTPServerProtocol}s that share the routes, pool and settings."""
-
-    noisy = False
-
-    def __init__(
-        self,
-        routes: LiveRouteTable,
-        pool: UpstreamPool,
-        settings: ProxySettings,
-        clock: IReactorTime,
-        scheme: str = "http",
-        *,
-        main_site: str | None = None,
-        misdirected: Callable[[Any, str], bool] | None = None,
-        containers: ContainerRouter | None = None,
-    ) -> None:
-        """
-        @param main_site: where a request whose Host is an IP address that no
-            route names is redirected (301); L{None} answers 404 as usual.
-        @param misdirected: for C{scheme="https"}, C{(tls_transport, host)}
-            is true when the connection's certificate was not chosen for
-            C{host}: the request gets 421 (see L{edd_gateway.tls.authority}).
-        @param containers: routes C{<container-id>.<container-domain>} hosts
-            that no static route matches to their containers; L{None} for
-            no container routing.
-        """
-        self.routes = routes
-        self.pool = pool
-        self.settings = settings
-        self.clock = clock
-        self.scheme = scheme
-        self.main_site = main_site
-        self.misdirected = misdirected
-        self.containers = containers
-
-    def buildProtocol(self, addr: object) -> HTTPServerProtocol:
-        protocol = HTTPServerProtocol(self)
-        protocol.factory = self
-        return protocol

@@ -19,7 +19,8 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from edd_gateway.http.server import HTTPProxyFactory, HTTPServerProtocol
+from edd_gateway.http.factory import HTTPProxyFactory
+from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.upstream import UpstreamPool, UpstreamProtocol
 from edd_gateway.routes.model import Route, Target

@@ -14,24 +14,21 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import TYPE_CHECKING, Protocol as TypingProtocol
+from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
-from twisted.internet.protocol import ClientFactory, Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from edd_gateway._connect import OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.headers import RESPONSE_SPECIAL, Special
 from edd_gateway.routes.model import Target
-
-if TYPE_CHECKING:
-    from twisted.internet.interfaces import IStreamClientEndpoint
 
 BackendKey = tuple[str, int]
 log = Logger()
@@ -259,8 +256,8 @@ class UpstreamPool:
             factory = _Connecting(protocol)
             self.reactor.connectTCP(target.host, target.port, factory, timeout=timeout)
             return factory.deferred
-        endpoint = _endpoint(self.reactor, target, timeout)
-        return endpoint.connect(_OneConnection(protocol))
+        endpoint = backend_endpoint(self.reactor, target, timeout)
+        return endpoint.connect(OneProtocolFactory(protocol))
 
     def release(self, connection: UpstreamProtocol) -> None:
         """Give back a connection whose exchange ended cleanly."""
@@ -346,18 +343,6 @@ class UpstreamPool:
                 connection.transport.loseConnection()
 
 
-class _OneConnection(Factory):
-    """Hands out one prepared protocol; quiet, unlike connectProtocol's factory."""
-
-    noisy = False
-
-    def __init__(self, protocol: UpstreamProtocol) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: object) -> UpstreamProtocol:
-        return self._protocol
-
-
 class _Connecting(ClientFactory):
     """Connects one prepared protocol; fires when it is connected or failed."""
 
@@ -400,13 +385,3 @@ def connect_error(failure: Failure, target: Target, timeout: float) -> GatewayEr
     if failure.check(GatewayError):
         return failure.value  # type: ignore[return-value]
     return GatewayError(502, f"The backend {target} could not be reached ({failure.getErrorMessage()}).")
-
-
-def _endpoint(reactor: IReactorTCP, target: Target, timeout: float) -> "IStreamClientEndpoint":
-    try:
-        version = ip_address(target.host).version
-    except ValueError:
-        return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
-    if version == 4:
-        return TCP4ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)

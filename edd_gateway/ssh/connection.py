@@ -18,7 +18,6 @@ forwarding among them) are refused by the avatar.
 from __future__ import annotations
 
 import struct
-from typing import Any
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection as ssh_connection

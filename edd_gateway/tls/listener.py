@@ -17,28 +17,26 @@ closed with a log line naming the client and the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from ipaddress import ip_address
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import (
     IDelayedCall,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
-    IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
+from edd_gateway._connect import OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay, swap_protocol, write_now
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.relay import splice
-from edd_gateway.routes.model import Route, Target
+from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.sniff import describe_peer
 from edd_gateway.tls.context import server_connection_creator
@@ -81,17 +79,6 @@ class TLSStats:
     container_refusals: int = 0
 
 
-def backend_endpoint(reactor: Any, target: Target, timeout: float) -> IStreamClientEndpoint:
-    """An endpoint for C{target}: TCP straight to an IP, else by name."""
-    try:
-        version = ip_address(target.host).version
-    except ValueError:
-        return HostnameEndpoint(reactor, target.host, target.port, timeout=timeout)
-    if version == 4:
-        return TCP4ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
-    return TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
-
-
 class TerminatedTLS(BufferingTLSTransport):
     """
     Twisted's TLS transport (small writes of one loop turn sent as one
@@ -131,16 +118,6 @@ class TerminatedTLS(BufferingTLSTransport):
 
 class _Backend(Protocol):
     """Holds a fresh backend connection until the relay takes it over."""
-
-
-class _OneBackend(Factory):
-    noisy = False
-
-    def __init__(self, protocol: _Backend) -> None:
-        self._protocol = protocol
-
-    def buildProtocol(self, addr: object) -> _Backend:
-        return self._protocol
 
 
 class ClientHelloProtocol(Protocol):
@@ -259,7 +236,7 @@ class ClientHelloProtocol(Protocol):
         timeout = route.connect_timeout or self._factory.connect_timeout
         backend = _Backend()
         endpoint = backend_endpoint(self._factory.reactor, route.target, timeout)
-        self._connecting = endpoint.connect(_OneBackend(backend))
+        self._connecting = endpoint.connect(OneProtocolFactory(backend))
         self._connecting.addCallbacks(
             self._backend_connected,
             self._backend_failed,

@@ -1,0 +1,60 @@
+"""
+The factory of the HTTP proxy's client connections: what every connection
+of one listener shares (routes, backend pool, settings, clock, scheme and
+the optional TLS and container hooks).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+
+from edd_gateway.containers import ContainerRouter
+from edd_gateway.http.server import HTTPServerProtocol
+from edd_gateway.http.settings import ProxySettings
+from edd_gateway.http.upstream import UpstreamPool
+from edd_gateway.routes.table import LiveRouteTable
+
+
+class HTTPProxyFactory(Factory):
+    """Builds L{HTTPServerProtocol}s that share the routes, pool and settings."""
+
+    noisy = False
+
+    def __init__(
+        self,
+        routes: LiveRouteTable,
+        pool: UpstreamPool,
+        settings: ProxySettings,
+        clock: IReactorTime,
+        scheme: str = "http",
+        *,
+        main_site: str | None = None,
+        misdirected: Callable[[Any, str], bool] | None = None,
+        containers: ContainerRouter | None = None,
+    ) -> None:
+        """
+        @param main_site: where a request whose Host is an IP address that no
+            route names is redirected (301); L{None} answers 404 as usual.
+        @param misdirected: for C{scheme="https"}, C{(tls_transport, host)}
+            is true when the connection's certificate was not chosen for
+            C{host}: the request gets 421 (see L{edd_gateway.tls.authority}).
+        @param containers: routes C{<container-id>.<container-domain>} hosts
+            that no static route matches to their containers; L{None} for
+            no container routing.
+        """
+        self.routes = routes
+        self.pool = pool
+        self.settings = settings
+        self.clock = clock
+        self.scheme = scheme
+        self.main_site = main_site
+        self.misdirected = misdirected
+        self.containers = containers
+
+    def buildProtocol(self, addr: object) -> HTTPServerProtocol:
+        protocol = HTTPServerProtocol(self)
+        protocol.factory = self
+        return protocol
