@@ -18,7 +18,6 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from edd_gateway.routes.fields import (
@@ -27,6 +26,16 @@ from edd_gateway.routes.fields import (
     parse_route_host,
     parse_route_path,
     parse_target,
+)
+from edd_gateway._yamlfile import (
+    INVALID,
+    FileError,
+    FileProblem,
+    NodeReader,
+    SafeLoader,
+    is_null,
+    kind,
+    read_utf8,
 )
 from edd_gateway.routes.model import MatchKind, Route, Target
 
@@ -51,45 +60,18 @@ _TOP_LEVEL_KEYS = ("routes", "defaults")
 _DEFAULTS_KEYS = ("connect_timeout", "response_timeout")
 DEFAULT_ROUTES_FILE = "default-routes.yaml"
 
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
 @dataclass(frozen=True, slots=True)
-class RouteProblem:
+class RouteProblem(FileProblem):
     """One thing wrong with a routes file; line 0 means the file as a whole."""
 
-    filename: str
-    line: int
-    reason: str
 
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.line}: {self.reason}"
-
-
-class RoutesFileError(ValueError):
+class RoutesFileError(FileError):
     """A routes file was refused; C{errors} lists every problem found."""
-
-    def __init__(self, errors: list[RouteProblem]) -> None:
-        super().__init__(errors)
-        self.errors = list(errors)
-
-    def __str__(self) -> str:
-        return "\n".join(str(problem) for problem in self.errors)
 
 
 def load_routes_file(path: str) -> list[Route]:
     """Read and validate the routes file (or ConfigMap manifest) at C{path}."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as error:
-        raise RoutesFileError([RouteProblem(path, 0, f"cannot read: {error.strerror or error}")])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise RoutesFileError([RouteProblem(path, line, "not valid UTF-8")])
-    return load_routes_text(text, path)
+    return load_routes_text(read_utf8(path, RouteProblem, RoutesFileError), path)
 
 
 def load_routes_text(text: str, filename: str) -> list[Route]:
@@ -102,7 +84,7 @@ def load_routes_text(text: str, filename: str) -> list[Route]:
     reader = _Reader(filename)
     routes = reader.read(text)
     if reader.problems:
-        raise RoutesFileError(sorted(reader.problems, key=lambda problem: problem.line))
+        raise RoutesFileError(reader.sorted_problems())
     return routes
 
 
@@ -112,29 +94,14 @@ def load_default_routes() -> list[Route]:
     return load_routes_text(resource.read_text(encoding="utf-8"), DEFAULT_ROUTES_FILE)
 
 
-class _Invalid:
-    """Marks a value already reported as a problem."""
-
-
-_INVALID: Any = _Invalid()
-
-
-class _Reader:
+class _Reader(NodeReader):
     """Walks one file's node tree, collecting routes and problems."""
 
+    problem_type = RouteProblem
+
     def __init__(self, filename: str) -> None:
-        self.filename = filename
+        super().__init__(filename)
         self.source_name = os.path.basename(filename) or filename
-        self.problems: list[RouteProblem] = []
-        self.line_offset = 0
-        self._constructor = SafeConstructor()
-
-    def problem(self, node: Node | int, reason: str) -> None:
-        line = node if isinstance(node, int) else self.line(node)
-        self.problems.append(RouteProblem(self.filename, line, reason))
-
-    def line(self, node: Node) -> int:
-        return node.start_mark.line + 1 + self.line_offset
 
     def read(self, text: str) -> list[Route]:
         root = self._single_document(text)
@@ -146,7 +113,7 @@ class _Reader:
 
     def _compose(self, text: str) -> list[Node] | None:
         try:
-            return [doc for doc in yaml.compose_all(text, Loader=_SafeLoader) if doc is not None]
+            return [doc for doc in yaml.compose_all(text, Loader=SafeLoader) if doc is not None]
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             line = mark.line + 1 + self.line_offset if mark is not None else 0
@@ -190,7 +157,7 @@ class _Reader:
 
     def _routes_file(self, root: Node) -> list[Route]:
         if not isinstance(root, MappingNode):
-            self.problem(root, f"expected a mapping with a 'routes' list, got {_kind(root)}")
+            self.problem(root, f"expected a mapping with a 'routes' list, got {kind(root)}")
             return []
         fields = self._fields(root, _TOP_LEVEL_KEYS, "top-level")
         defaults = self._defaults(fields.get("defaults"))
@@ -198,10 +165,10 @@ class _Reader:
             self.problem(root, "missing 'routes' (a list of routes)")
             return []
         routes_node = fields["routes"][1]
-        if _is_null(routes_node):
+        if is_null(routes_node):
             return []
         if not isinstance(routes_node, SequenceNode):
-            self.problem(routes_node, f"'routes' must be a list, got {_kind(routes_node)}")
+            self.problem(routes_node, f"'routes' must be a list, got {kind(routes_node)}")
             return []
         routes: list[Route] = []
         first_seen: dict[tuple[str, str, MatchKind], int] = {}
@@ -224,7 +191,7 @@ class _Reader:
         for key, value in mapping.value:
             name = key.value if isinstance(key, ScalarNode) else None
             if not isinstance(name, str) or name not in allowed:
-                shown = repr(name) if isinstance(name, str) else _kind(key)
+                shown = repr(name) if isinstance(name, str) else kind(key)
                 self.problem(key, f"unknown {what} key {shown} (allowed: {', '.join(allowed)})")
             elif name in fields:
                 self.problem(key, f"key {name!r} given twice (first on line {self.line(fields[name][0])})")
@@ -233,19 +200,19 @@ class _Reader:
         return fields
 
     def _defaults(self, field: tuple[Node, Node] | None) -> dict[str, float]:
-        if field is None or _is_null(field[1]):
+        if field is None or is_null(field[1]):
             return {}
         node = field[1]
         if not isinstance(node, MappingNode):
-            self.problem(node, f"'defaults' must be a mapping, got {_kind(node)}")
+            self.problem(node, f"'defaults' must be a mapping, got {kind(node)}")
             return {}
         fields = self._fields(node, _DEFAULTS_KEYS, "defaults")
         values = {name: self._duration(value, name) for name, (_, value) in fields.items()}
-        return {name: value for name, value in values.items() if value is not _INVALID}
+        return {name: value for name, value in values.items() if value is not INVALID}
 
     def _route(self, node: Node, defaults: dict[str, float]) -> Route | None:
         if not isinstance(node, MappingNode):
-            self.problem(node, f"each route must be a mapping with host, path and target, got {_kind(node)}")
+            self.problem(node, f"each route must be a mapping with host, path and target, got {kind(node)}")
             return None
         fields = self._fields(node, ROUTE_KEYS, "route")
         missing = [name for name in _REQUIRED_KEYS if name not in fields]
@@ -254,20 +221,20 @@ class _Reader:
         values = {name: value for name, (_, value) in fields.items()}
         match = self._choice(values.get("match"), "match", ("prefix", "exact"), "prefix")
         tls = self._choice(values.get("tls"), "tls", ("terminate", "passthrough"), "terminate")
-        host = self._parsed(values["host"], "host", parse_route_host) if "host" in values else _INVALID
+        host = self._parsed(values["host"], "host", parse_route_host) if "host" in values else INVALID
         path = (self._parsed(values["path"], "path", parse_route_path, MatchKind(match))
-                if "path" in values and match is not _INVALID else _INVALID)
-        target = self._parsed(values["target"], "target", parse_target) if "target" in values else _INVALID
+                if "path" in values and match is not INVALID else INVALID)
+        target = self._parsed(values["target"], "target", parse_target) if "target" in values else INVALID
         settings = {
-            "strip_prefix": self._bool(values.get("strip_prefix"), "strip_prefix"),
-            "redirect_https": self._bool(values.get("redirect_https"), "redirect_https"),
+            "strip_prefix": self.boolean(values.get("strip_prefix"), "strip_prefix"),
+            "redirect_https": self.boolean(values.get("redirect_https"), "redirect_https"),
             "connect_timeout": self._duration(values.get("connect_timeout"), "connect_timeout",
                                               defaults.get("connect_timeout")),
             "response_timeout": self._duration(values.get("response_timeout"), "response_timeout",
                                                defaults.get("response_timeout")),
         }
         parts = [match, tls, host, path, target, *settings.values()]
-        if missing or any(part is _INVALID for part in parts):
+        if missing or any(part is INVALID for part in parts):
             return None
         passthrough = tls == "passthrough"
         if passthrough and not self._passthrough_ok(values["tls"], path, match, target):
@@ -290,22 +257,22 @@ class _Reader:
         # The raw scalar text, not the YAML 1.1 value: "10:80" must not turn
         # into the sexagesimal integer 680, nor "on" into True.
         if not isinstance(node, ScalarNode):
-            self.problem(node, f"{name} must be a string, got {_kind(node)}")
-            return _INVALID
-        if _is_null(node):
+            self.problem(node, f"{name} must be a string, got {kind(node)}")
+            return INVALID
+        if is_null(node):
             self.problem(node, f"{name} must not be empty")
-            return _INVALID
+            return INVALID
         return str(node.value)
 
     def _parsed(self, node: Node, name: str, parse: Callable[..., Any], *args: object) -> Any:
         text = self._text(node, name)
-        if text is _INVALID:
+        if text is INVALID:
             return text
         try:
             return parse(text, *args)
         except ValueError as error:
             self.problem(node, str(error))
-            return _INVALID
+            return INVALID
 
     def _choice(self, node: Node | None, name: str, choices: tuple[str, ...], default: str) -> str:
         if node is None:
@@ -313,38 +280,20 @@ class _Reader:
         text = node.value if isinstance(node, ScalarNode) else None
         if text not in choices:
             self.problem(node, f"{name} must be one of {', '.join(choices)}")
-            return _INVALID
+            return INVALID
         return str(text)
-
-    def _bool(self, node: Node | None, name: str) -> bool:
-        if node is None:
-            return False
-        value = self._construct(node)
-        if not isinstance(value, bool):
-            if value is not _INVALID:
-                self.problem(node, f"{name} must be true or false, got {node.value!r}")
-            return _INVALID
-        return value
 
     def _duration(self, node: Node | None, name: str, default: float | None = None) -> float | None:
         if node is None:
             return default
-        value = self._construct(node)
-        if value is _INVALID:
+        value = self.construct(node)
+        if value is INVALID:
             return value
         try:
             return parse_duration(value)
         except ValueError as error:
             self.problem(node, f"{name}: {error}")
-            return _INVALID
-
-    def _construct(self, node: Node) -> object:
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as error:
-            self.problem(node, f"cannot read value: {error}")
-            return _INVALID
-
+            return INVALID
 
 def _mapping_get(mapping: Node, name: str) -> Node | None:
     if not isinstance(mapping, MappingNode):
@@ -356,19 +305,5 @@ def _mapping_get(mapping: Node, name: str) -> Node | None:
 
 
 def _is_configmap(node: Node) -> bool:
-    kind = _mapping_get(node, "kind")
-    return isinstance(kind, ScalarNode) and kind.value == "ConfigMap"
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if _is_null(node):
-        return "nothing"
-    return f"{node.value!r}"
+    declared = _mapping_get(node, "kind")
+    return isinstance(declared, ScalarNode) and declared.value == "ConfigMap"

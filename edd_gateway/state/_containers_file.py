@@ -16,9 +16,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import yaml
-from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from edd_gateway._yamlfile import (
+    INVALID,
+    FileError,
+    FileProblem,
+    NodeReader,
+    SafeLoader,
+    is_null,
+    kind,
+    read_utf8,
+)
 from edd_gateway.routes.normalize import normalize_hostname
 from edd_gateway.state.model import RUNNING, Container, ContainerSnapshot, IngressRule
 
@@ -30,45 +39,20 @@ CONTAINER_KEYS = ("id", "user_id", "name", "status", "external_ip", "ssh_enabled
 _INGRESS_KEYS = ("port", "target_port")
 # The first label of <id>.<container-domain> and the SSH user name: a DNS label.
 _CONTAINER_ID = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
-_SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 @dataclass(frozen=True, slots=True)
-class ContainersProblem:
+class ContainersProblem(FileProblem):
     """One thing wrong with a containers file; line 0 means the whole file."""
 
-    filename: str
-    line: int
-    reason: str
 
-    def __str__(self) -> str:
-        return f"{self.filename}:{self.line}: {self.reason}"
-
-
-class ContainersFileError(ValueError):
+class ContainersFileError(FileError):
     """A containers file was refused; C{errors} lists every problem found."""
-
-    def __init__(self, errors: list[ContainersProblem]) -> None:
-        super().__init__(errors)
-        self.errors = list(errors)
-
-    def __str__(self) -> str:
-        return "\n".join(str(problem) for problem in self.errors)
 
 
 def load_containers_file(path: str) -> ContainerSnapshot:
     """Read and validate the containers file at C{path}."""
-    try:
-        with open(path, "rb") as file:
-            data = file.read()
-    except OSError as error:
-        raise ContainersFileError([ContainersProblem(path, 0, f"cannot read: {error.strerror or error}")])
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise ContainersFileError([ContainersProblem(path, line, "not valid UTF-8")])
-    return load_containers_text(text, path)
+    return load_containers_text(read_utf8(path, ContainersProblem, ContainersFileError), path)
 
 
 def load_containers_text(text: str, filename: str) -> ContainerSnapshot:
@@ -80,32 +64,18 @@ def load_containers_text(text: str, filename: str) -> ContainerSnapshot:
     reader = _Reader(filename)
     containers = reader.read(text)
     if reader.problems:
-        raise ContainersFileError(sorted(reader.problems, key=lambda problem: problem.line))
+        raise ContainersFileError(reader.sorted_problems())
     return ContainerSnapshot(containers, ready=True)
 
 
-class _Invalid:
-    """Marks a value already reported as a problem."""
-
-
-_INVALID: Any = _Invalid()
-
-
-class _Reader:
+class _Reader(NodeReader):
     """Walks one file's node tree (composed, not loaded: nodes carry lines)."""
 
-    def __init__(self, filename: str) -> None:
-        self.filename = filename
-        self.problems: list[ContainersProblem] = []
-        self._constructor = SafeConstructor()
-
-    def problem(self, where: Node | int, reason: str) -> None:
-        line = where if isinstance(where, int) else where.start_mark.line + 1
-        self.problems.append(ContainersProblem(self.filename, line, reason))
+    problem_type = ContainersProblem
 
     def read(self, text: str) -> dict[str, Container]:
         try:
-            root = yaml.compose(text, Loader=_SafeLoader)
+            root = yaml.compose(text, Loader=SafeLoader)
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
             self.problem(mark.line + 1 if mark is not None else 0, f"YAML syntax error: {error.problem}")
@@ -120,17 +90,17 @@ class _Reader:
 
     def _containers_file(self, root: Node) -> dict[str, Container]:
         if not isinstance(root, MappingNode):
-            self.problem(root, f"expected a mapping with a 'containers' list, got {_kind(root)}")
+            self.problem(root, f"expected a mapping with a 'containers' list, got {kind(root)}")
             return {}
         fields = self._fields(root, ("containers",), "top-level")
         if "containers" not in fields:
             self.problem(root, "missing 'containers' (a list of containers)")
             return {}
         node = fields["containers"]
-        if _is_null(node):
+        if is_null(node):
             return {}
         if not isinstance(node, SequenceNode):
-            self.problem(node, f"'containers' must be a list, got {_kind(node)}")
+            self.problem(node, f"'containers' must be a list, got {kind(node)}")
             return {}
         containers: dict[str, Container] = {}
         first_line: dict[str, int] = {}
@@ -151,7 +121,7 @@ class _Reader:
         for key, value in mapping.value:
             name = key.value if isinstance(key, ScalarNode) else None
             if not isinstance(name, str) or name not in allowed:
-                shown = repr(name) if isinstance(name, str) else _kind(key)
+                shown = repr(name) if isinstance(name, str) else kind(key)
                 self.problem(key, f"unknown {what} key {shown} (allowed: {', '.join(allowed)})")
             elif name in fields:
                 self.problem(key, f"key {name!r} given twice")
@@ -161,55 +131,55 @@ class _Reader:
 
     def _container(self, node: Node) -> Container | None:
         if not isinstance(node, MappingNode):
-            self.problem(node, f"each container must be a mapping with at least an id, got {_kind(node)}")
+            self.problem(node, f"each container must be a mapping with at least an id, got {kind(node)}")
             return None
         fields = self._fields(node, CONTAINER_KEYS, "container")
         if "id" not in fields:
             self.problem(node, "container is missing id")
-        container_id = self._container_id(fields["id"]) if "id" in fields else _INVALID
+        container_id = self._container_id(fields["id"]) if "id" in fields else INVALID
         values = {
             "user_id": self._text(fields.get("user_id"), "user_id", ""),
             "name": self._text(fields.get("name"), "name", ""),
             # The file lists what a developer wants served: running unless it says otherwise.
             "status": self._text(fields.get("status"), "status", RUNNING),
             "external_ip": self._address(fields.get("external_ip")),
-            "ssh_enabled": self._bool(fields.get("ssh_enabled"), "ssh_enabled"),
-            "https_enabled": self._bool(fields.get("https_enabled"), "https_enabled"),
+            "ssh_enabled": self.boolean(fields.get("ssh_enabled"), "ssh_enabled"),
+            "https_enabled": self.boolean(fields.get("https_enabled"), "https_enabled"),
             "ingress": self._ingress(fields.get("ingress")),
             "ssh_keys": self._ssh_keys(fields.get("ssh_keys")),
         }
-        if container_id is _INVALID or any(value is _INVALID for value in values.values()):
+        if container_id is INVALID or any(value is INVALID for value in values.values()):
             return None
         return Container(id=container_id, **values)
 
     def _container_id(self, node: Node) -> str:
         text = self._text(node, "id", None)
-        if text is _INVALID or text is None:
+        if text is INVALID or text is None:
             if text is None:
                 self.problem(node, "id must not be empty")
-            return _INVALID
+            return INVALID
         if _CONTAINER_ID.fullmatch(text) is None:
             self.problem(node, f"id {text!r} must be a DNS label: lower-case letters, digits and '-', "
                                "at most 63 characters (it names <id>.<container-domain>)")
-            return _INVALID
+            return INVALID
         return text
 
     def _address(self, node: Node | None) -> str | None:
         text = self._text(node, "external_ip", None)
-        if text is None or text is _INVALID:
+        if text is None or text is INVALID:
             return text
         address = normalize_hostname(text)
         if address is None:
             self.problem(node or 0, f"external_ip {text!r} is not an IP address or DNS name")
-            return _INVALID
+            return INVALID
         return address
 
     def _ingress(self, node: Node | None) -> dict[int, IngressRule]:
-        if node is None or _is_null(node):
+        if node is None or is_null(node):
             return {}
         if not isinstance(node, SequenceNode):
-            self.problem(node, f"'ingress' must be a list of {{port, target_port}}, got {_kind(node)}")
-            return _INVALID
+            self.problem(node, f"'ingress' must be a list of {{port, target_port}}, got {kind(node)}")
+            return INVALID
         rules: dict[int, IngressRule] = {}
         valid = True
         for item in node.value:
@@ -221,11 +191,11 @@ class _Reader:
                 valid = False
             else:
                 rules[rule.port] = rule
-        return rules if valid else _INVALID
+        return rules if valid else INVALID
 
     def _rule(self, node: Node) -> IngressRule | None:
         if not isinstance(node, MappingNode):
-            self.problem(node, f"each ingress rule must be a mapping with port and target_port, got {_kind(node)}")
+            self.problem(node, f"each ingress rule must be a mapping with port and target_port, got {kind(node)}")
             return None
         fields = self._fields(node, _INGRESS_KEYS, "ingress")
         if "port" not in fields:
@@ -233,25 +203,25 @@ class _Reader:
             return None
         port = self._port(fields["port"], "port")
         target_port = self._port(fields["target_port"], "target_port") if "target_port" in fields else 80
-        if port is _INVALID or target_port is _INVALID:
+        if port is INVALID or target_port is INVALID:
             return None
         return IngressRule(port, target_port)
 
     def _ssh_keys(self, node: Node | None) -> tuple[str, ...]:
-        if node is None or _is_null(node):
+        if node is None or is_null(node):
             return ()
         if not isinstance(node, SequenceNode):
-            self.problem(node, f"'ssh_keys' must be a list of OpenSSH public keys, got {_kind(node)}")
-            return _INVALID
+            self.problem(node, f"'ssh_keys' must be a list of OpenSSH public keys, got {kind(node)}")
+            return INVALID
         keys = tuple(self._ssh_key(item) for item in node.value)
-        return _INVALID if _INVALID in keys else keys
+        return INVALID if INVALID in keys else keys
 
     def _ssh_key(self, node: Node) -> str:
         text = self._text(node, "ssh key", None)
-        if text is None or text is _INVALID:
+        if text is None or text is INVALID:
             if text is None:
                 self.problem(node, "an ssh key must not be empty")
-            return _INVALID
+            return INVALID
         # Conch parses what its SSH server will later accept; a key it cannot
         # read is refused here, with its line, not at the first login.
         from twisted.conch.ssh.keys import BadKeyError, Key
@@ -261,58 +231,27 @@ class _Reader:
         except Exception as error:  # Conch raises struct.error, binascii.Error... on junk
             detail = f": {error}" if isinstance(error, BadKeyError) else ""
             self.problem(node, f"not an OpenSSH public key (expected 'TYPE BASE64 [COMMENT]'){detail}")
-            return _INVALID
+            return INVALID
         if not key.isPublic():
             self.problem(node, "this is a private key: list public keys only")
-            return _INVALID
+            return INVALID
         return text.strip()
 
     def _port(self, node: Node, name: str) -> int:
-        value = self._construct(node)
-        if value is _INVALID:
+        value = self.construct(node)
+        if value is INVALID:
             return value
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
             self.problem(node, f"{name} must be a number from 1 to 65535, got {getattr(node, 'value', node)!r}")
-            return _INVALID
+            return INVALID
         return value
 
     def _text(self, node: Node | None, name: str, default: str | None) -> Any:
         # The raw scalar text, not the YAML 1.1 value: an id like 0123 or
         # "on" must stay the string it looks like.
-        if node is None or _is_null(node):
+        if node is None or is_null(node):
             return default
         if not isinstance(node, ScalarNode):
-            self.problem(node, f"{name} must be a string, got {_kind(node)}")
-            return _INVALID
+            self.problem(node, f"{name} must be a string, got {kind(node)}")
+            return INVALID
         return str(node.value)
-
-    def _bool(self, node: Node | None, name: str) -> bool:
-        if node is None:
-            return False
-        value = self._construct(node)
-        if not isinstance(value, bool):
-            if value is not _INVALID:
-                self.problem(node, f"{name} must be true or false, got {getattr(node, 'value', node)!r}")
-            return _INVALID
-        return value
-
-    def _construct(self, node: Node) -> object:
-        try:
-            return self._constructor.construct_object(node, deep=True)
-        except yaml.YAMLError as error:
-            self.problem(node, f"cannot read value: {error}")
-            return _INVALID
-
-
-def _is_null(node: Node) -> bool:
-    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
-
-
-def _kind(node: Node) -> str:
-    if isinstance(node, MappingNode):
-        return "a mapping"
-    if isinstance(node, SequenceNode):
-        return "a list"
-    if _is_null(node):
-        return "nothing"
-    return f"{node.value!r}"

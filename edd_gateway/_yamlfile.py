@@ -1,0 +1,120 @@
+"""
+What the gateway's YAML files (the routes file, the containers file) share:
+problems reported as C{file:line: reason}, all collected and raised
+together, and a reader over the composed node tree (composed, not loaded,
+so that every node still knows its line).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True, slots=True)
+class FileProblem:
+    """One thing wrong with a file; line 0 means the file as a whole."""
+
+    filename: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.filename}:{self.line}: {self.reason}"
+
+
+class FileError(ValueError):
+    """A file was refused; C{errors} lists every problem found, by line."""
+
+    def __init__(self, errors: Sequence[FileProblem]) -> None:
+        super().__init__(errors)
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        return "\n".join(str(problem) for problem in self.errors)
+
+
+def read_utf8(
+    path: str, problem: Callable[[str, int, str], FileProblem], error: Callable[[list[Any]], FileError]
+) -> str:
+    """The text of the file at C{path}, or C{error} naming why it cannot be had."""
+    try:
+        with open(path, "rb") as file:
+            data = file.read()
+    except OSError as failure:
+        raise error([problem(path, 0, f"cannot read: {failure.strerror or failure}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as failure:
+        line = data.count(b"\n", 0, failure.start) + 1
+        raise error([problem(path, line, "not valid UTF-8")]) from None
+
+
+class _Invalid:
+    """Marks a value already reported as a problem."""
+
+
+INVALID: Any = _Invalid()
+
+
+class NodeReader:
+    """
+    Walks one file's node tree, collecting problems of type C{problem_type};
+    subclasses add the file's own structure.
+    """
+
+    problem_type: Callable[[str, int, str], FileProblem] = FileProblem
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.problems: list[FileProblem] = []
+        self.line_offset = 0
+        self._constructor = SafeConstructor()
+
+    def line(self, node: Node) -> int:
+        return node.start_mark.line + 1 + self.line_offset
+
+    def problem(self, where: Node | int, reason: str) -> None:
+        line = where if isinstance(where, int) else self.line(where)
+        self.problems.append(self.problem_type(self.filename, line, reason))
+
+    def sorted_problems(self) -> list[FileProblem]:
+        return sorted(self.problems, key=lambda problem: problem.line)
+
+    def construct(self, node: Node) -> object:
+        try:
+            return self._constructor.construct_object(node, deep=True)
+        except yaml.YAMLError as error:
+            self.problem(node, f"cannot read value: {error}")
+            return INVALID
+
+    def boolean(self, node: Node | None, name: str) -> bool:
+        if node is None:
+            return False
+        value = self.construct(node)
+        if not isinstance(value, bool):
+            if value is not INVALID:
+                self.problem(node, f"{name} must be true or false, got {getattr(node, 'value', node)!r}")
+            return INVALID
+        return value
+
+
+def is_null(node: Node) -> bool:
+    return isinstance(node, ScalarNode) and node.tag == "tag:yaml.org,2002:null"
+
+
+def kind(node: Node) -> str:
+    """How a problem names what it found instead of what it wanted."""
+    if isinstance(node, MappingNode):
+        return "a mapping"
+    if isinstance(node, SequenceNode):
+        return "a list"
+    if is_null(node):
+        return "nothing"
+    return f"{node.value!r}"
