@@ -18,9 +18,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 #: (resolved path, st_dev, st_ino, st_mtime_ns, st_size) of a readable file;
@@ -52,7 +51,7 @@ def file_fingerprint(path: str) -> Fingerprint:
     return (resolved, st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-class FileWatcher(Service):
+class FileWatcher(TimerService):
     """
     Calls C{on_change()} whenever the file at C{path} changes, checking
     every C{interval} seconds.
@@ -73,27 +72,17 @@ class FileWatcher(Service):
         clock: IReactorTime,
         interval: float = 1.0,
     ) -> None:
+        super().__init__(interval, self._poll)
+        self.clock = clock
         self.path = path
         self._on_change = on_change
-        self._clock = clock
-        self._interval = interval
         self._fingerprint: Fingerprint | None = None
-        self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
-        super().startService()
+        # Recorded before the first poll (which TimerService runs at once,
+        # and which therefore finds nothing changed); _poll never raises.
         self._fingerprint = file_fingerprint(self.path)
-        loop = LoopingCall(self._poll)
-        loop.clock = self._clock
-        self._loop = loop
-        # The Deferred only fires when the loop stops; _poll never raises.
-        loop.start(self._interval, now=False)
-
-    def stopService(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        super().stopService()
+        super().startService()
 
     def check_now(self) -> None:
         """Re-read unconditionally, e.g. on SIGHUP."""

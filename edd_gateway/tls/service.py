@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES
@@ -49,7 +48,7 @@ DEFAULT_DEV_CERT_DIR = os.path.join("edd-gateway-state", "dev-tls")
 EXPIRY_REPORT_INTERVAL = 12 * 3600.0
 
 
-class CertificateRenewalService(Service):
+class CertificateRenewalService(TimerService):
     """
     Re-reads the store's secret directories when they change, and warns
     about certificates that expire within C{warn_days}.
@@ -65,28 +64,20 @@ class CertificateRenewalService(Service):
         warn_days: float = DEFAULT_WARN_DAYS,
         expiry_interval: float = EXPIRY_REPORT_INTERVAL,
     ) -> None:
-        self.store = store
+        super().__init__(interval, self.check)
+        self.clock = clock
         self._clock = clock
-        self._interval = interval
+        self.store = store
         self._warn_days = warn_days
         self._expiry_interval = expiry_interval
         self._next_expiry_report = 0.0
-        self._loop: LoopingCall | None = None
 
     def startService(self) -> None:
-        super().startService()
-        # The store reported every pair as it loaded them.
+        # The store reported every pair as it loaded them: the first expiry
+        # report is one interval away (check runs at once, finding nothing
+        # changed; it never raises).
         self._next_expiry_report = self._clock.seconds() + self._expiry_interval
-        loop = LoopingCall(self.check)
-        loop.clock = self._clock
-        self._loop = loop
-        loop.start(self._interval, now=False)
-
-    def stopService(self) -> None:
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
-        super().stopService()
+        super().startService()
 
     def check(self) -> None:
         """Reload what changed, then report expiry when it is due; never raises."""
