@@ -12,12 +12,17 @@ from typing import Any
 
 from twisted.conch.ssh import connection as c
 from twisted.conch.ssh.common import NS
+from twisted.conch.ssh.factory import SSHFactory
+from twisted.conch.ssh.service import SSHService
+from twisted.conch.ssh.transport import MSG_EXT_INFO, MSG_NEWKEYS, SSHServerTransport, SSHTransportBase
+from twisted.conch.ssh.userauth import MSG_USERAUTH_REQUEST
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.ssh.auth import LoginRefused, fingerprint
@@ -183,3 +188,88 @@ class ConnectorTests(SynchronousTestCase):
             self.transport().verifyHostKey(key("container-host").public().blob(), b"md5")
         self.assertIn(fingerprint(key("container-host").public().blob()),
                       [e.get("fingerprint") for e in events])
+
+
+class OpenSSHLikeServer(SSHServerTransport):
+    """
+    Conch's server, sending its EXT_INFO as OpenSSH's sshd does: right after
+    its NEWKEYS and under the new keys, without waiting for the client's
+    NEWKEYS (Conch's own server queues it until then).  Records what it sends.
+    """
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        self.sent.append(messageType)
+        super().sendPacket(messageType, payload)
+
+    def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
+        SSHTransportBase._keySetup(self, sharedSecret, exchangeHash)  # sends NEWKEYS
+        old, self.currentEncryptions = self.currentEncryptions, self.nextEncryptions
+        state, self._keyExchangeState = self._keyExchangeState, self._KEY_EXCHANGE_NONE
+        self.sendExtInfo([(b"server-sig-algs", b",".join(self.supportedPublicKeys))])
+        self.currentEncryptions, self._keyExchangeState = old, state
+
+
+class RecordingUserAuth(SSHService):
+    """The container's ssh-userauth: records the client's requests."""
+
+    name = b"ssh-userauth"
+
+    def serviceStarted(self) -> None:
+        self.received: list[int] = []
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> None:
+        self.received.append(messageNum)
+
+
+class ContainerSSHFactory(SSHFactory):
+    protocol = OpenSSHLikeServer
+    publicKeys = {b"ssh-ed25519": key("container-host").public()}
+    privateKeys = {b"ssh-ed25519": key("container-host")}
+    primes = None  # fixed groups and curves only, as GatewaySSHFactory
+
+    def getService(self, transport: Any, service: bytes) -> Any:
+        return {b"ssh-userauth": RecordingUserAuth}.get(service)
+
+
+class SlowPins(MemoryHostKeyPins):
+    """Pins whose reads wait for the test to answer them, as PostgreSQL's wait for a query."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[Deferred[Any]] = []
+
+    def get_pin(self, container_id: str) -> Deferred[Any]:
+        self.reads.append(Deferred())
+        return self.reads[-1]
+
+
+class SlowHostKeyCheckTests(SynchronousTestCase):
+    """The key exchange with a real (Conch) sshd while the pin store is slow to answer."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        self.pins = SlowPins()
+        connector = UpstreamConnector(self.reactor, key("gateway-client"), self.pins,
+                                      UpstreamSettings(port=2200, timeout=10.0))
+        connector.connect(container("abc123", external_ip="10.42.0.7"), "root")
+
+    def test_packets_after_newkeys_wait_for_the_host_key_check(self) -> None:
+        wrapping = self.reactor.tcpClients[-1][2].buildProtocol(IPv4Address("TCP", "10.42.0.7", 2200))
+        ssh = wrapping._wrappedProtocol
+        server = ContainerSSHFactory().buildProtocol(IPv4Address("TCP", "10.42.0.99", 50000))
+        pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True),
+                             wrapping, iosim.FakeTransport(wrapping, isServer=False), greet=False)
+        pump.flush()
+        # The sshd's NEWKEYS and the EXT_INFO under the new keys reached us
+        # while our host key check still waits for the pin store.
+        self.assertEqual(server.sent[-2:], [MSG_NEWKEYS, MSG_EXT_INFO])
+        self.assertEqual(len(self.pins.reads), 1)
+        self.pins.reads[0].callback(None)
+        pump.flush()
+        self.assertFalse(ssh.transport.disconnecting)
+        self.assertIsInstance(ssh.service, UpstreamAuth)
+        self.assertEqual(server.service.received, [MSG_USERAUTH_REQUEST])
+        self.assertEqual(self.pins.pins["abc123"].host_key, public_text(key("container-host")))

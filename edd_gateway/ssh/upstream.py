@@ -25,12 +25,13 @@ from twisted.conch.ssh.userauth import SSHUserAuthClient
 from twisted.internet import error as internet_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._transport import set_no_delay
+from edd_gateway.proxyprotocol import header as proxy_header
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
 from edd_gateway.ssh.connection import RelayConnection
@@ -44,12 +45,21 @@ _log = Logger()
 
 @dataclass(frozen=True, slots=True)
 class UpstreamSettings:
-    """How the gateway reaches containers' sshd."""
+    """
+    How the gateway reaches containers' sshd.  C{proxy_protocol} (C{"v1"}
+    or C{"v2"}) starts each connection with a PROXY protocol header naming
+    the user's client, for an sshd behind something that reads it.
+    """
 
     port: int = 22
     timeout: float = 10.0
     keepalive_interval: float = 30.0
     keepalive_max_missed: int = 3
+    proxy_protocol: str | None = None
+
+#: The user's connection to the gateway, as (client address, address the
+#: client connected to): what a PROXY protocol header says.
+ClientAddresses = tuple[IAddress, IAddress]
 
 
 class UpstreamConnector:
@@ -62,12 +72,14 @@ class UpstreamConnector:
         self.pins = pins
         self.settings = settings
 
-    def connect(self, container: Container, user: str) -> Deferred[UpstreamConnection]:
+    def connect(self, container: Container, user: str,
+                client: ClientAddresses | None = None) -> Deferred[UpstreamConnection]:
         """
         A ready connection to C{container}'s sshd as C{user}; fails with
-        L{LoginRefused}.  Cancelling it abandons the attempt.
+        L{LoginRefused}.  Cancelling it abandons the attempt.  C{client} is
+        what the PROXY protocol header names, when one is sent.
         """
-        return _Attempt(self, container, user).start()
+        return _Attempt(self, container, user, client).start()
 
     def endpoint(self, host: str) -> IStreamClientEndpoint:
         port, timeout = self.settings.port, self.settings.timeout
@@ -83,10 +95,12 @@ class UpstreamConnector:
 class _Attempt:
     """One connection attempt: its deadline, its outcome, and the user-facing reason it failed."""
 
-    def __init__(self, connector: UpstreamConnector, container: Container, user: str) -> None:
+    def __init__(self, connector: UpstreamConnector, container: Container, user: str,
+                 client: ClientAddresses | None = None) -> None:
         self.connector = connector
         self.container = container
         self.user = user
+        self.client = client
         self.result: Deferred[UpstreamConnection] = Deferred(self._cancel)
         self.transport: UpstreamTransport | None = None
         self.refusal: LoginRefused | None = None
@@ -216,12 +230,44 @@ class UpstreamTransport(ssh_transport.SSHClientTransport):
         set_no_delay(self.transport)
         if hasattr(self.transport, "setTcpKeepAlive"):
             self.transport.setTcpKeepAlive(True)
+        version = self.attempt.connector.settings.proxy_protocol
+        if version is not None:
+            # Before our version line: the sshd's front reads it first.
+            # Without the user's addresses: UNKNOWN (v1) or LOCAL (v2).
+            source, destination = self.attempt.client or (None, None)
+            self.transport.write(proxy_header(version, source, destination))
         super().connectionMade()
+
+    #: Bytes that followed the server's NEWKEYS while our keys were not set
+    #: up yet (the host-key check still pending), or None when not holding.
+    _held: bytes | None = None
 
     def dataReceived(self, data: bytes) -> None:
         if self.keepalive is not None:
             self.keepalive.heard()
+        if self._held is not None:
+            self._held += data
+            return
         super().dataReceived(data)
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        # Conch's client sets its new keys only once verifyHostKey's Deferred
+        # fires.  When the check waits (on PostgreSQL, for the pins), the
+        # sshd's NEWKEYS may arrive first, followed at once by packets under
+        # the new keys (OpenSSH's EXT_INFO): Conch would parse those with the
+        # old ones and fail ("bad packet length").  Hold them until the keys
+        # are in place.
+        super().ssh_NEWKEYS(packet)
+        if self._gotNewKeys and not self.nextEncryptions.encBlockSize:
+            self._held, self.buf = self.buf, b""
+
+    def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
+        super()._keySetup(sharedSecret, exchangeHash)
+        held = self._held
+        if held is not None and self.nextEncryptions.encBlockSize:
+            self._held = None
+            if held:
+                self.dataReceived(held)
 
     def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Deferred[None]:
         return self.attempt.check_host_key(hostKey)
@@ -316,4 +362,4 @@ class UpstreamConnection(RelayConnection):
             transport.loseConnection()
 
 
-__all__ = ["UpstreamConnection", "UpstreamConnector", "UpstreamSettings", "UpstreamTransport"]
+__all__ = ["ClientAddresses", "UpstreamConnection", "UpstreamConnector", "UpstreamSettings", "UpstreamTransport"]
