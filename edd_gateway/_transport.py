@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IProtocol, ITransport
+from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
 
 _TCP_TYPES = (tcp.Server, tcp.Client)
 
@@ -41,18 +42,34 @@ def swap_protocol(transport: ITransport, new_protocol: IProtocol) -> None:
     new_protocol.connected = 1  # type: ignore[attr-defined]
 
 
+def _tcp_below(transport: Any) -> Any:
+    """
+    The TCP connection that carries C{transport}'s bytes unchanged: the
+    transport itself, or the one below the PROXY-protocol wrapper of a
+    C{haproxy:} listener, which only reads the header and answers
+    C{getPeer}/C{getHost} from it (its C{write} is the connection's); L{None}
+    for anything else (TLS, test transports).
+    """
+    if type(transport) is HAProxyProtocolWrapper:
+        transport = transport.transport
+    return transport if type(transport) in _TCP_TYPES else None
+
+
 def is_plain_tcp(transport: Any) -> bool:
-    """Whether C{transport} is one of Twisted's own TCP connections."""
-    return type(transport) in _TCP_TYPES
+    """Whether C{transport} writes straight to one of Twisted's own TCP connections."""
+    return _tcp_below(transport) is not None
 
 
 def queued(transport: Any) -> bool:
     """Whether a plain TCP transport holds bytes the kernel has not taken."""
-    return bool(transport._tempDataLen or transport.dataBuffer)
+    tcp_connection = _tcp_below(transport)
+    return bool(tcp_connection._tempDataLen or tcp_connection.dataBuffer)
 
 
 def set_no_delay(transport: Any) -> None:
     """Disable Nagle's algorithm where the transport is a TCP socket."""
+    if type(transport) is HAProxyProtocolWrapper:
+        transport = transport.transport
     if isinstance(transport, _TCP_TYPES):
         try:
             transport.setTcpNoDelay(True)
@@ -70,17 +87,19 @@ def write_now(transport: Any, data: bytes) -> None:
     most of the gap to nginx (see docs/performance.md).  When the transport
     is a plain TCP connection with an empty buffer we send directly; whatever
     the kernel does not take goes through the normal write path, which keeps
-    ordering, backpressure and error handling Twisted's own.
+    ordering, backpressure and error handling Twisted's own.  Behind a
+    C{haproxy:} listener the socket is the one below the PROXY wrapper.
     """
+    connection = transport if type(transport) in _TCP_TYPES else _tcp_below(transport)
     if (
-        type(transport) in _TCP_TYPES
-        and not transport._tempDataLen
-        and not transport.dataBuffer
-        and transport.connected
-        and not transport._writeDisconnected
+        connection is not None
+        and not connection._tempDataLen
+        and not connection.dataBuffer
+        and connection.connected
+        and not connection._writeDisconnected
     ):
         try:
-            sent = transport.socket.send(data)
+            sent = connection.socket.send(data)
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 
+from edd_gateway.proxyprotocol import parse_version
 from edd_gateway.routes.model import MatchKind, Target
 from edd_gateway.routes.normalize import (
     BadRequestTarget,
@@ -17,7 +18,14 @@ from edd_gateway.routes.normalize import (
     normalize_request_target,
 )
 
-__all__ = ["INTERNAL_TARGETS", "parse_duration", "parse_route_host", "parse_route_path", "parse_target"]
+__all__ = [
+    "INTERNAL_TARGETS",
+    "parse_duration",
+    "parse_proxy_protocol",
+    "parse_route_host",
+    "parse_route_path",
+    "parse_target",
+]
 
 INTERNAL_TARGETS = frozenset({"welcome"})
 
@@ -108,6 +116,14 @@ def parse_target(text: str) -> Target:
     if name is None:
         raise ValueError(f"target {text!r}: {host!r} is not a valid DNS name or IP address")
     return Target(host=name, port=int(port))
+
+
+def parse_proxy_protocol(text: str) -> str | None:
+    """C{v1} or C{v2}: the PROXY protocol header version; C{none} is L{None}."""
+    try:
+        return parse_version(text)
+    except ValueError as error:
+        raise ValueError(f"proxy_protocol {error}") from None
 
 
 def _split_target(text: str) -> tuple[str, str | None]:

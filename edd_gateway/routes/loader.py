@@ -23,6 +23,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from edd_gateway.routes.fields import (
     INTERNAL_TARGETS,
     parse_duration,
+    parse_proxy_protocol,
     parse_route_host,
     parse_route_path,
     parse_target,
@@ -53,7 +54,7 @@ __all__ = [
 
 ROUTE_KEYS = (
     "host", "path", "target", "strip_prefix", "match",
-    "connect_timeout", "response_timeout", "redirect_https", "tls",
+    "connect_timeout", "response_timeout", "redirect_https", "tls", "proxy_protocol",
 )
 _REQUIRED_KEYS = ("host", "path", "target")
 _TOP_LEVEL_KEYS = ("routes", "defaults")
@@ -225,6 +226,8 @@ class _Reader(NodeReader):
         path = (self._parsed(values["path"], "path", parse_route_path, MatchKind(match))
                 if "path" in values and match is not INVALID else INVALID)
         target = self._parsed(values["target"], "target", parse_target) if "target" in values else INVALID
+        proxy_protocol = (self._parsed(values["proxy_protocol"], "proxy_protocol", parse_proxy_protocol)
+                          if "proxy_protocol" in values else None)
         settings = {
             "strip_prefix": self.boolean(values.get("strip_prefix"), "strip_prefix"),
             "redirect_https": self.boolean(values.get("redirect_https"), "redirect_https"),
@@ -233,15 +236,21 @@ class _Reader(NodeReader):
             "response_timeout": self._duration(values.get("response_timeout"), "response_timeout",
                                                defaults.get("response_timeout")),
         }
-        parts = [match, tls, host, path, target, *settings.values()]
+        parts = [match, tls, host, path, target, proxy_protocol, *settings.values()]
         if missing or any(part is INVALID for part in parts):
             return None
         passthrough = tls == "passthrough"
         if passthrough and not self._passthrough_ok(values["tls"], path, match, target):
             return None
+        if proxy_protocol is not None and not passthrough:
+            # HTTP routes share pooled keep-alive backend connections between
+            # clients: a header sent once per connection cannot name them.
+            self.problem(values["proxy_protocol"], "proxy_protocol needs tls: passthrough (HTTP routes share "
+                         "backend connections between clients; the backend gets X-Forwarded-For instead)")
+            return None
         return Route(host=host, path=path, target=target, match=MatchKind(match),
                      tls_passthrough=passthrough, source=f"{self.source_name}:{self.line(node)}",
-                     **settings)
+                     proxy_protocol=proxy_protocol, **settings)
 
     def _passthrough_ok(self, node: Node, path: str, match: str, target: Target) -> bool:
         # TLS passthrough is chosen by SNI alone, before any path is known.

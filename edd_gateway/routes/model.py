@@ -55,6 +55,10 @@ class Route:
     @ivar redirect_https: answer plain-HTTP requests with a 301 to https.
     @ivar tls_passthrough: TLS for this host is relayed undecrypted to the
         target (used once TLS lands).
+    @ivar proxy_protocol: C{"v1"} or C{"v2"}: a passthrough connection to the
+        target starts with a PROXY protocol header of that version naming
+        the client; L{None} (the default) sends none.  Only passthrough
+        routes may set it (see docs/proxy-protocol.md).
     """
 
     host: str
@@ -67,6 +71,7 @@ class Route:
     redirect_https: bool = False
     tls_passthrough: bool = False
     source: str = ""
+    proxy_protocol: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
