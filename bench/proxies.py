@@ -24,7 +24,7 @@ from backend import PEERS, SMALL_BODY, Backend, nginx_path, nginx_user_line, ren
 
 BENCH_HOST = "bench.local"
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_GATEWAY_CMD = "{twistd} -n --pidfile= edd-gateway --routes {routes} --listen tcp:{port}:interface=127.0.0.1"
+DEFAULT_GATEWAY_CMD = "{twistd} -n --pidfile= edd-gateway --routes {routes} --listen tcp:{port}:interface=127.0.0.1 --admin none --no-access-log"
 PEER_ORDER = ("direct", "gateway", "twisted", "nginx", "haproxy")
 
 

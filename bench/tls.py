@@ -185,7 +185,8 @@ def start_gateway(procs: ProcessSet, workdir: Path, python: str, backend_port: i
         f'  - {{host: {PASS_HOST}, path: /, target: "127.0.0.1:{tls_backend_port}", tls: passthrough}}\n'
     )
     command = (f"{twistd(python)} -n --pidfile= --logfile={workdir / 'gateway.log'} edd-gateway "
-               f"--routes {routes} --tls-dir {secret} --listen tcp:{port}:interface=127.0.0.1")
+               f"--routes {routes} --tls-dir {secret} --listen tcp:{port}:interface=127.0.0.1 "
+               "--admin none --no-access-log")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     started = procs.start("gateway-tls", shlex.split(command), cpus=cpus, env=env, cwd=workdir)

@@ -19,12 +19,15 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._transport import swap_protocol
+from edd_gateway.drain import ConnectionTracker
+from edd_gateway.proxyprotocol import awaiting_header
 
 
 class Verdict(str, Enum):
@@ -115,6 +118,8 @@ class SniffStats:
     @ivar partial_timeouts: clients that started an opening but did not
         finish it within the timeout (closed).
     @ivar closed_early: clients that went away before a verdict.
+    @ivar no_proxy_header: connections to a C{haproxy:} listener closed
+        because they sent no valid PROXY protocol header (in time).
     """
 
     handed_off: collections.Counter[Verdict] = field(default_factory=collections.Counter)
@@ -123,6 +128,7 @@ class SniffStats:
     silent_timeouts: int = 0
     partial_timeouts: int = 0
     closed_early: int = 0
+    no_proxy_header: int = 0
 
 
 class SniffingProtocol(Protocol):
@@ -141,6 +147,7 @@ class SniffingProtocol(Protocol):
         self._done = False
 
     def connectionMade(self) -> None:
+        self._factory.tracker.add(self.transport)
         self._timer = self._factory.clock.callLater(self._factory.timeout, self._timedOut)
 
     def dataReceived(self, data: bytes) -> None:
@@ -170,6 +177,8 @@ class SniffingProtocol(Protocol):
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         if not self._done:
             self._decide()
+            if self._refused_proxy_header(reason):
+                return
             self._factory.stats.closed_early += 1
             self._log.debug(
                 "sniff: {peer} left {listener} after {count} bytes, before a verdict",
@@ -184,6 +193,12 @@ class SniffingProtocol(Protocol):
             return
         self._decide()
         stats, timeout = self._factory.stats, self._factory.timeout
+        if awaiting_header(self.transport):
+            # Behind a balancer the header comes first, at once: whoever is
+            # silent here is not the balancer, and gets no default kind.
+            stats.no_proxy_header += 1
+            self._giveUp("on {listener} sent no PROXY protocol header in {timeout}s", timeout=timeout)
+            return
         if self._buffer:
             stats.partial_timeouts += 1
             self._giveUp(
@@ -198,6 +213,26 @@ class SniffingProtocol(Protocol):
             self._giveUp("on {listener} sent nothing in {timeout}s", timeout=timeout)
             return
         self._handOff(default)
+
+    def _refused_proxy_header(self, reason: Failure) -> bool:
+        """
+        Log and count a connection that Twisted's PROXY-protocol wrapper
+        closed because its header was missing or malformed: the wrapper
+        closes it itself (or a parse error escapes it) and says nothing.
+        """
+        transport = self.transport
+        if not awaiting_header(transport):
+            return False
+        if not transport.disconnecting and reason.check(ConnectionDone, ConnectionLost):  # type: ignore[union-attr]
+            # Left before sending a header, like a balancer's TCP health check.
+            return False
+        self._factory.stats.no_proxy_header += 1
+        self._log.info(
+            "sniff: {peer} on {listener} sent no valid PROXY protocol header; closed",
+            peer=self._peerText(),
+            listener=self._factory.listener_name,
+        )
+        return True
 
     def _decide(self) -> None:
         """Mark the sniff finished: no timer, no more bytes taken."""
@@ -301,6 +336,7 @@ class SniffingFactory(Factory):
         self.clock = clock
         self.listener_name = listener_name
         self.stats = SniffStats()
+        self.tracker = ConnectionTracker(listener_name)
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
         return SniffingProtocol(self, addr)

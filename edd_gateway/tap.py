@@ -10,6 +10,7 @@ reactor, so this is the one place the choice can be made for the user.
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -32,15 +33,23 @@ def install_reactor() -> None:
 
 install_reactor()
 
+from edd_gateway.logs import AccessLog  # noqa: E402
+from edd_gateway.admin import Readiness, admin_site  # noqa: E402
+from edd_gateway._rlimit import raise_open_file_limit  # noqa: E402
 from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
 from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
+from edd_gateway.drain import ConnectionTracker, GatewayService, TrackedFactory  # noqa: E402
 from edd_gateway.http.factory import HTTPProxyFactory  # noqa: E402
 from edd_gateway.http.settings import ProxySettings, parse_networks  # noqa: E402
 from edd_gateway.http.upstream import UpstreamPool  # noqa: E402
+from edd_gateway.metrics import GatewayMetrics  # noqa: E402
+from edd_gateway.monitoring import Monitoring  # noqa: E402
+from edd_gateway.observe import GatewayObserver, Observers  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402
 from edd_gateway.routes.model import Route  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
+from edd_gateway.proxyprotocol import parse_version as proxy_protocol_version  # noqa: E402
 from edd_gateway.ssh import DEFAULT_CLIENT_KEY, DEFAULT_HOST_KEY, KeyFileError, SSHSettings  # noqa: E402
 from edd_gateway.ssh import GatewaySSHFactory, HostKeyPins, build_ssh_factory  # noqa: E402
 from edd_gateway.state.localfile import ContainersFileError, LocalContainersSource  # noqa: E402
@@ -56,6 +65,8 @@ from edd_gateway.watch import FileWatcher  # noqa: E402
 log = Logger()
 
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
+#: Loopback only by default: the admin endpoint is for the node's probes and scrapers.
+DEFAULT_ADMIN = "tcp:9180:interface=127.0.0.1"
 #: Without --database: where the containers' pinned SSH host keys are kept.
 DEFAULT_STATE_FILE = os.path.join("edd-gateway-state", "ssh", "pinned-host-keys.json")
 
@@ -112,6 +123,17 @@ class Options(usage.Options):
         ["ssh-port", None, 22, "The port of the containers' sshd.", int],
         ["ssh-connect-timeout", None, 10.0, "Seconds to connect and log in to a container's sshd.", float],
         ["ssh-login-grace-time", None, 30.0, "Seconds a user has, from connecting, to log in.", float],
+        ["admin", None, DEFAULT_ADMIN, "The admin endpoint: /healthz, /readyz, /metrics ('none': no endpoint)."],
+        ["drain-timeout", None, 30.0, "Seconds connections get to finish after SIGTERM before they are closed.",
+         float],
+        ["container-proxy-protocol", None, None, "PROXY protocol header (none, v1 or v2; default none) first on "
+         "TLS passed through to containers.", proxy_protocol_version],
+        ["ssh-proxy-protocol", None, None, "PROXY protocol header (none, v1 or v2; default none) first on the "
+         "connection to containers' sshd (stock OpenSSH reads none).", proxy_protocol_version],
+    ]
+
+    optFlags: list[list[Any]] = [
+        ["no-access-log", None, "Log no line per HTTP request, tunnel and SSH session."],
     ]
 
     def __init__(self) -> None:
@@ -162,6 +184,10 @@ class Options(usage.Options):
         self._check_container_options()
         if not 1 <= self["ssh-port"] <= 65535:
             raise usage.UsageError("--ssh-port must be a port (1-65535)")
+        if self["drain-timeout"] < 0:
+            raise usage.UsageError("--drain-timeout must not be negative")
+        if self["admin"].lower() == "none":
+            self["admin"] = None
 
     def _check_state_options(self) -> None:
         if self["database"] is None:
@@ -207,7 +233,8 @@ class Options(usage.Options):
 
     def ssh_settings(self) -> SSHSettings:
         return SSHSettings(ssh_port=self["ssh-port"], login_grace_time=self["ssh-login-grace-time"],
-                           connect_timeout=self["ssh-connect-timeout"])
+                           connect_timeout=self["ssh-connect-timeout"],
+                           proxy_protocol=self["ssh-proxy-protocol"])
 
     def sniffing_endpoints(self) -> list[str]:
         """Every --listen, then a listener per --container-ports port."""
@@ -239,6 +266,9 @@ class RoutesService(service.Service):
         self.publish = publish
         self.watcher = FileWatcher(path, self.reload, clock, interval)
         self._reactor = clock
+        #: Reloads since start by result (ok, failed), and why the last one failed.
+        self.results: collections.Counter[str] = collections.Counter()
+        self.last_error: str | None = None
 
     def reload(self) -> bool:
         try:
@@ -246,14 +276,21 @@ class RoutesService(service.Service):
         except RoutesFileError as problem:
             for line in str(problem).splitlines():
                 log.error("routes: {problem}; keeping the last good table", problem=line)
-            return False
+            return self._failed(str(problem).splitlines()[0])
         except OSError as problem:
             log.error("routes: cannot read {path}: {problem}; keeping the last good table",
                       path=self.path, problem=problem)
-            return False
+            return self._failed(f"cannot read {self.path}: {problem}")
+        self.results["ok"] += 1
+        self.last_error = None
         self.publish(routes)
         log.info("routes: loaded {count} routes from {path}", count=len(routes), path=self.path)
         return True
+
+    def _failed(self, reason: str) -> bool:
+        self.results["failed"] += 1
+        self.last_error = reason
+        return False
 
     def startService(self) -> None:
         super().startService()
@@ -363,15 +400,33 @@ def installed_asyncio_reactor() -> Any:
     return reactor
 
 
-def makeService(config: Options, reactor: Any = None) -> service.MultiService:
+def build_observer(config: Options, metrics: GatewayMetrics) -> GatewayObserver:
+    """Metrics, and the access log unless --no-access-log."""
+    if config["no-access-log"]:
+        return metrics
+    return Observers([metrics, AccessLog()])
+
+
+def makeService(config: Options, reactor: Any = None) -> GatewayService:
     """The service tree; C{reactor} is the installed (asyncio) one unless a test injects another."""
     reactor = installed_asyncio_reactor() if reactor is None else reactor
     settings = config.settings()
     live = LiveRouteTable(load_initial_routes(config["routes"]))
     log.info("routes: loaded {count} routes from {path}", count=len(live.current), path=config["routes"])
-    top = service.MultiService()
+    files = raise_open_file_limit()
+    listeners = len(config.sniffing_endpoints()) + len(config["ssh-listen"])
+    if files is not None and files < 4 * listeners + 1024:
+        log.warn("the open-file limit ({files}) leaves little room for connections beside {listeners} listeners",
+                 files=files, listeners=listeners)
+    top = GatewayService(reactor, config["drain-timeout"])
+    metrics, readiness = GatewayMetrics(), Readiness()
+    monitoring = Monitoring(metrics, readiness, top)
+    observer = build_observer(config, metrics)
     state = build_state(config, reactor, live, top)
-    RoutesService(config["routes"], state.publish_file_routes, reactor, config["reload-interval"]).setServiceParent(top)
+    monitoring.state(state.state, lambda: state.directory.current.ready)
+    routes = RoutesService(config["routes"], state.publish_file_routes, reactor, config["reload-interval"])
+    routes.setServiceParent(top)
+    monitoring.routes(live, routes)
     containers = None
     if config["container-domain"] is not None:
         containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"])
@@ -379,25 +434,38 @@ def makeService(config: Options, reactor: Any = None) -> service.MultiService:
                         max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout)
     PoolService(pool).setServiceParent(top)
     http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http", main_site=config["main-site"],
-                            containers=containers)
+                            containers=containers, observer=observer)
     http.doStart()
     https = HTTPProxyFactory(live, pool, settings, reactor, scheme="https", main_site=config["main-site"],
-                             misdirected=misdirected_check(live), containers=containers)
+                             misdirected=misdirected_check(live), containers=containers, observer=observer)
+    top.http_factories = [http, https]
     tls = build_tls(live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
                     dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=settings.connect_timeout,
-                    idle_timeout=settings.tunnel_idle_timeout, containers=containers)
+                    idle_timeout=settings.tunnel_idle_timeout, containers=containers,
+                    container_proxy_protocol=config["container-proxy-protocol"])
+    tls.factory.observer = observer
     tls.service.setServiceParent(top)
+    monitoring.tls(tls.store, tls.service, tls.factory.stats)
     ssh = build_ssh(config, state, reactor)
+    ssh.observer = observer
+    monitoring.ssh_keys()
     handlers = {Verdict.HTTP: http, Verdict.TLS: tls.factory, Verdict.SSH: ssh}
     default = None if config["sniff-default"] == "close" else Verdict(config["sniff-default"].upper())
     for endpoint in config.sniffing_endpoints():
         factory = SniffingFactory(handlers, default=default, timeout=config["sniff-timeout"], clock=reactor,
                                   listener_name=endpoint)
-        strports.service(endpoint, factory, reactor=reactor).setServiceParent(top)
+        top.add_listener(strports.service(endpoint, factory, reactor=reactor), factory.tracker)
+        monitoring.listener(factory)
     for endpoint in config["ssh-listen"]:
-        strports.service(endpoint, ssh, reactor=reactor).setServiceParent(top)
+        tracker = ConnectionTracker(endpoint)
+        top.add_listener(strports.service(endpoint, TrackedFactory(ssh, tracker), reactor=reactor), tracker)
+        monitoring.plain_listener(tracker, "ssh")
+    if config["admin"] is not None:
+        # A plain child, not a listener: probes and scrapes go on while draining.
+        strports.service(config["admin"], admin_site(metrics.registry, readiness), reactor=reactor
+                         ).setServiceParent(top)
     return top
 
 
-__all__ = ["LiveState", "Options", "build_ssh", "build_state", "makeService", "install_reactor"]
+__all__ = ["LiveState", "Options", "build_observer", "build_ssh", "build_state", "makeService", "install_reactor"]

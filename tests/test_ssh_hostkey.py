@@ -99,3 +99,11 @@ class KeyFileTests(SynchronousTestCase):
         with capturedLogs() as events:
             load_or_create_key(path)
         self.assertTrue(any("readable by others" in e.get("log_format", "") for e in events))
+
+    def test_readable_by_the_group_is_not_warned_about(self) -> None:
+        # As a Kubernetes secret volume mounts it for a non-root pod (fsGroup).
+        path = self.write(key("mounted").toString("openssh"))
+        os.chmod(path, 0o440)
+        with capturedLogs() as events:
+            load_or_create_key(path)
+        self.assertFalse(any("readable by others" in e.get("log_format", "") for e in events))

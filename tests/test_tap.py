@@ -15,6 +15,7 @@ from twisted.application.service import IServiceCollection
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.server import Site
 
 from edd_gateway.containers import ContainerRouter
 from edd_gateway.sniff import SniffingFactory, Verdict
@@ -112,10 +113,11 @@ class ServiceTreeTests(SynchronousTestCase):
         options = parse("--dev-cert-dir", path("tls"), "--ssh-host-key", path("host"), "--ssh-client-key",
                         path("client"), "--state-file", path("state/pins.json"), *argv)
         top = makeService(options, MemoryReactorClock())
-        return options, list(IServiceCollection(top))
+        return options, [*IServiceCollection(top), *top.listeners]
 
     def listeners(self, services: list[Any]) -> list[Any]:
-        return [s for s in services if isinstance(s, StreamServerEndpointService)]
+        """The client-facing listeners (not the admin endpoint)."""
+        return [s for s in services if isinstance(s, StreamServerEndpointService) and not isinstance(s.factory, Site)]
 
     def test_embedded_default(self) -> None:
         _, services = self.build()
@@ -146,7 +148,7 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertEqual([s.listener_name for s in sniffers],
                          ["tcp:8080:interface=127.0.0.1", "tcp:18000:interface=127.0.0.1",
                           "tcp:18001:interface=127.0.0.1"])
-        [ssh_only] = [s.factory for s in listeners if not isinstance(s.factory, SniffingFactory)]
+        [ssh_only] = [s.factory.wrapped for s in listeners if not isinstance(s.factory, SniffingFactory)]
         handlers = sniffers[0].handlers
         self.assertIs(ssh_only, handlers[Verdict.SSH])
         router = handlers[Verdict.HTTP].containers

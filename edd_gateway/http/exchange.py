@@ -32,6 +32,7 @@ from edd_gateway.http.headers import (
     upstream_request_head,
 )
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error
+from edd_gateway.observe import route_label
 from edd_gateway.routes.model import Route
 
 if TYPE_CHECKING:
@@ -72,7 +73,11 @@ class Exchange:
         self._response_body = BODY_NONE
         self._chunk_to_client = False
         self.keep_alive = info.keep_alive
+        self.bytes_in = 0
         self.bytes_out = 0
+        self.started = server.factory.clock.seconds()
+        self.responded: float | None = None
+        self.completed = True
         self._out: list[bytes] = []
         self._awaiting = False
         self._throttle_backend: Throttle | None = None
@@ -141,6 +146,7 @@ class Exchange:
     # Request side, fed by the server protocol
 
     def request_body(self, data: bytes) -> None:
+        self.bytes_in += len(data)
         if self.response_started:
             self.server.body_progress()
         if self.info.body == BODY_CHUNKED:
@@ -183,6 +189,7 @@ class Exchange:
                     status_line, plain, special, BODY_NONE, 0, False, True, True, self.info.request_id
                 ))
             return
+        self.responded = server.factory.clock.seconds()
         if self.info.upgrade:
             # The backend declined the upgrade: the request's leftover bytes
             # were never HTTP, so this connection ends with the answer.
@@ -199,7 +206,7 @@ class Exchange:
             # The backend answered before the body was all read (an early
             # 413, a redirect): the rest of the body cannot be skipped safely.
             self.keep_alive = False
-        if server.closing:
+        if server.closing or server.factory.draining:
             self.keep_alive = False
         self.response_started = True
         server.response_started()
@@ -252,6 +259,8 @@ class Exchange:
         self._detach()
         self.flush()
         self.finished = True
+        self.responded = self.server.factory.clock.seconds()
+        self._report()
         self.server.start_tunnel(self, upstream, self._pending_upgrade_head, rest)
 
     def upstream_failed(self, detail: str) -> None:
@@ -280,6 +289,8 @@ class Exchange:
                 reason=reason.getErrorMessage(),
             )
             self.finished = True
+            self.completed = False
+            self._report()
             self.server.abort()
             return
         if (
@@ -308,6 +319,8 @@ class Exchange:
             self.server.pool.discard(upstream)
         if self.response_started:
             self.finished = True
+            self.completed = False
+            self._report()
             self.server.abort()
             return
         self.status = status
@@ -328,10 +341,12 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self.completed = False
         upstream = self.upstream
         self._detach()
         if upstream is not None:
             self.server.pool.discard(upstream)
+        self._report()
 
     def _detach(self) -> None:
         upstream = self.upstream
@@ -363,7 +378,48 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self._report()
         self.server.exchange_finished(self)
+
+    def _report(self) -> None:
+        observer = self.server.factory.observer
+        if observer is not None:
+            observer.http_request(self, self.server.factory.clock.seconds())
+
+    # What observers read (edd_gateway.observe.HTTPRequestRecord), computed
+    # only when one asks.
+
+    @property
+    def client_ip(self) -> str:
+        return self.server.client_ip
+
+    @property
+    def scheme(self) -> str:
+        return self.server.scheme
+
+    @property
+    def method(self) -> bytes:
+        return self.info.method
+
+    @property
+    def host(self) -> bytes | None:
+        return self.info.host
+
+    @property
+    def request_target(self) -> bytes:
+        return self.info.target
+
+    @property
+    def request_id(self) -> str:
+        return self.info.request_id
+
+    @property
+    def route_label(self) -> str:
+        return route_label(self.route)
+
+    @property
+    def backend(self) -> str:
+        return str(self.target)
 
 
 def _unregister(transport: ITransport | None) -> None:
@@ -404,19 +460,69 @@ class LocalAnswer:
     request body, if any, is dropped.
     """
 
-    def __init__(self, server: "HTTPServerProtocol", info: RequestInfo | None, response: bytes, keep_alive: bool, status: int) -> None:
+    def __init__(self, server: "HTTPServerProtocol", info: RequestInfo | None, response: bytes, keep_alive: bool,
+                 status: int, request_id: str = "-", *, route: Route | None = None) -> None:
         self.server = server
+        self._request_id = request_id
+        self.route = route
         self.info = info
         self.response = response
         self.keep_alive = keep_alive
         self.status = status
         self.finished = False
         self.request_done = info is None or info.body == BODY_NONE
+        self.started = server.factory.clock.seconds()
+        self.bytes_in = 0
 
     def start(self) -> None:
-        self.server.write(self.response)
+        server = self.server
+        server.write(self.response)
         self.finished = True
-        self.server.exchange_finished(self)
+        observer = server.factory.observer
+        if observer is not None:
+            observer.http_request(self, server.factory.clock.seconds())
+        server.exchange_finished(self)
+
+    # What observers read (edd_gateway.observe.HTTPRequestRecord).
+    responded = None
+    completed = True
+
+    @property
+    def route_label(self) -> str:
+        return route_label(self.route)
+
+    @property
+    def backend(self) -> str:
+        return "-" if self.route is None else str(self.route.target)
+
+    @property
+    def client_ip(self) -> str:
+        return self.server.client_ip
+
+    @property
+    def scheme(self) -> str:
+        return self.server.scheme
+
+    @property
+    def method(self) -> bytes:
+        return self.info.method if self.info is not None else b"-"
+
+    @property
+    def host(self) -> bytes | None:
+        return self.info.host if self.info is not None else None
+
+    @property
+    def request_target(self) -> bytes:
+        return self.info.target if self.info is not None else b"-"
+
+    @property
+    def request_id(self) -> str:
+        return self.info.request_id if self.info is not None else self._request_id
+
+    @property
+    def bytes_out(self) -> int:
+        # The gateway's own page: the whole response, head included.
+        return len(self.response)
 
     def request_body(self, data: bytes) -> None:
         pass

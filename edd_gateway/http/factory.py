@@ -15,6 +15,7 @@ from edd_gateway.containers import ContainerRouter
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.upstream import UpstreamPool
+from edd_gateway.observe import GatewayObserver
 from edd_gateway.routes.table import LiveRouteTable
 
 
@@ -34,6 +35,7 @@ class HTTPProxyFactory(Factory):
         main_site: str | None = None,
         misdirected: Callable[[Any, str], bool] | None = None,
         containers: ContainerRouter | None = None,
+        observer: GatewayObserver | None = None,
     ) -> None:
         """
         @param main_site: where a request whose Host is an IP address that no
@@ -44,6 +46,8 @@ class HTTPProxyFactory(Factory):
         @param containers: routes C{<container-id>.<container-domain>} hosts
             that no static route matches to their containers; L{None} for
             no container routing.
+        @param observer: told of every request that ends (metrics, access
+            log) and of every WebSocket tunnel.
         """
         self.routes = routes
         self.pool = pool
@@ -53,6 +57,9 @@ class HTTPProxyFactory(Factory):
         self.main_site = main_site
         self.misdirected = misdirected
         self.containers = containers
+        self.observer = observer
+        #: Set when the gateway drains: no response keeps its connection.
+        self.draining = False
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         protocol = HTTPServerProtocol(self)

@@ -11,7 +11,7 @@ at most one socket read of a pipelined request, never a whole body.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Callable, Union
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import error
@@ -26,7 +26,9 @@ from edd_gateway.http.exchange import Exchange, LocalAnswer
 from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.internal import internal_answer
 from edd_gateway.http.upstream import UpstreamProtocol
+from edd_gateway.observe import TunnelRecord
 from edd_gateway.relay import splice
+from edd_gateway.routes.model import Route
 from edd_gateway.routes.normalize import (
     BadRequestTarget,
     normalize_host,
@@ -254,15 +256,15 @@ class HTTPServerProtocol(Protocol):
             return self._local(info, 301, render_error(
                 301, f"This site is served over HTTPS: {location}", info.request_id,
                 close=not _may_keep_alive(info), extra_headers=(("Location", location),),
-            ))
+            ), route)
         if route.target.internal is not None:
             status, response = internal_answer(route, info, host, path, self.client_ip)
-            return self._local(info, status, response)
+            return self._local(info, status, response, route)
         upstream_path = match.upstream_path + ("?" + query if query else "")
         return Exchange(self, info, route, upstream_path.encode("latin-1"))
 
-    def _local(self, info: RequestInfo, status: int, response: bytes) -> LocalAnswer:
-        return LocalAnswer(self, info, response, _may_keep_alive(info), status)
+    def _local(self, info: RequestInfo, status: int, response: bytes, route: Route | None = None) -> LocalAnswer:
+        return LocalAnswer(self, info, response, _may_keep_alive(info), status, route=route)
 
     def _local_error(self, info: RequestInfo, status: int, detail: str) -> LocalAnswer:
         log.info(
@@ -285,7 +287,7 @@ class HTTPServerProtocol(Protocol):
             self.jobs.popleft()
         if self.closing:
             return
-        if not job.keep_alive or not job.request_done and job is self.receiving:
+        if not job.keep_alive or not job.request_done and job is self.receiving or self.factory.draining:
             self._close()
             return
         if self.jobs:
@@ -295,6 +297,11 @@ class HTTPServerProtocol(Protocol):
             self.deadline.set(self.settings.keepalive_timeout)
         if self.paused and (self.receiving is None or self.receiving is (self.jobs[0] if self.jobs else None)):
             self.resume_reading()
+
+    def drain(self) -> None:
+        """The gateway is stopping: close now if idle, else after the response in flight."""
+        if not self.closing and not self.jobs and self._phase == _IDLE:
+            self._close()
 
     def awaiting_response(self, timeout: float) -> None:
         self._phase = _WAITING
@@ -353,8 +360,9 @@ class HTTPServerProtocol(Protocol):
     def _refuse(self, status: int, detail: str) -> None:
         """A fatal error in the request stream: answer in turn, then close."""
         log.info("http: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
-        response = render_error(status, detail, new_request_id(), close=True)
-        answer = LocalAnswer(self, None, response, False, status)
+        request_id = new_request_id()
+        response = render_error(status, detail, request_id, close=True)
+        answer = LocalAnswer(self, None, response, False, status, request_id)
         self.receiving = None
         self.pause_reading()
         active = self.jobs[0] if self.jobs else None
@@ -408,9 +416,27 @@ class HTTPServerProtocol(Protocol):
             self.transport, upstream.transport,
             a_to_b_initial=client_bytes, b_to_a_initial=rest,
             idle_timeout=self.settings.tunnel_idle_timeout, clock=self.factory.clock,
+            on_close=self._tunnel_report(exchange),
         )
         self.transport.resumeProducing()
         upstream.transport.resumeProducing()
+
+
+    def _tunnel_report(self, exchange: Exchange) -> Callable[[int, int], None] | None:
+        """The relay's C{on_close}: one tunnel record for metrics and the access log."""
+        observer = self.factory.observer
+        if observer is None:
+            return None
+        clock = self.factory.clock
+        started = clock.seconds()
+        client_ip, label, backend, request_id = (self.client_ip, exchange.route_label, exchange.backend,
+                                                 exchange.request_id)
+
+        def report(up: int, down: int) -> None:
+            observer.tunnel(TunnelRecord("websocket", client_ip, label, backend, up, down, started,
+                                         clock.seconds(), request_id))
+
+        return report
 
 
 def _ignore(data: bytes) -> None:

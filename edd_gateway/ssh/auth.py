@@ -267,6 +267,12 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         )
 
     def _logAttempt(self, attempt: _Attempt, outcome: str, why: str = "") -> None:
+        transport = self.transport
+        if outcome == "refused" and transport is not None:
+            transport.outcome = "refused"  # type: ignore[attr-defined]
+        observer = getattr(getattr(transport, "factory", None), "observer", None)
+        if observer is not None:
+            observer.ssh_login(outcome)
         try:
             container = parse_ssh_username(attempt.username).container_id
         except InvalidUsername:

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway._transport import set_no_delay
+from edd_gateway.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserAuthServer
@@ -39,7 +40,7 @@ from edd_gateway.ssh.connection import DownstreamConnection
 from edd_gateway.ssh.hostkey import load_host_keys, load_or_create_key
 from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
 from edd_gateway.ssh.pins import HostKeyPins
-from edd_gateway.ssh.upstream import UpstreamConnection, UpstreamConnector, UpstreamSettings
+from edd_gateway.ssh.upstream import ClientAddresses, UpstreamConnection, UpstreamConnector, UpstreamSettings
 from edd_gateway.state.model import ContainerDirectory
 
 _log = Logger()
@@ -61,6 +62,9 @@ class SSHSettings:
     @ivar window_size: bytes each relayed channel half accepts ahead (per direction).
     @ivar max_packet: the largest data packet accepted.
     @ivar max_channels: channels open at once on one user connection.
+    @ivar proxy_protocol: C{"v1"} or C{"v2"}: connections to containers'
+        sshd start with a PROXY protocol header naming the user's client
+        (stock OpenSSH reads none: for an sshd behind something that does).
     """
 
     ssh_port: int = 22
@@ -71,11 +75,13 @@ class SSHSettings:
     window_size: int = 2 * 1024 * 1024
     max_packet: int = 32768
     max_channels: int = 64
+    proxy_protocol: str | None = None
 
     def upstream(self) -> UpstreamSettings:
         return UpstreamSettings(port=self.ssh_port, timeout=self.connect_timeout,
                                 keepalive_interval=self.keepalive_interval,
-                                keepalive_max_missed=self.keepalive_max_missed)
+                                keepalive_max_missed=self.keepalive_max_missed,
+                                proxy_protocol=self.proxy_protocol)
 
 
 class GatewayAvatar(ConchUser):
@@ -105,15 +111,22 @@ class GatewayAvatar(ConchUser):
 
 @implementer(IRealm)
 class UpstreamRealm:
-    """Turns an accepted key into an avatar connected to its container."""
+    """
+    Turns an accepted key into an avatar connected to its container;
+    C{client} is the user's connection, for the PROXY protocol header.
+    """
 
-    def __init__(self, connector: UpstreamConnector) -> None:
+    def __init__(self, connector: UpstreamConnector, client: ClientAddresses | None = None) -> None:
         self.connector = connector
+        self.client = client
 
     def requestAvatar(self, avatarId: GatewayLogin, mind: object, *interfaces: Any) -> Deferred[Any]:
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH logins are served")
-        connecting = self.connector.connect(avatarId.container, avatarId.target.user)
+        if self.client is None:
+            connecting = self.connector.connect(avatarId.container, avatarId.target.user)
+        else:
+            connecting = self.connector.connect(avatarId.container, avatarId.target.user, self.client)
 
         def ready(upstream: UpstreamConnection) -> tuple[Any, GatewayAvatar, Any]:
             avatar = GatewayAvatar(avatarId, upstream)
@@ -143,8 +156,15 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
     def __init__(self) -> None:
         self._grace: IDelayedCall | None = None
         self.keepalive: Keepalive | None = None
+        #: What became of the connection, for metrics and the access log:
+        #: closed (before any login), refused, timeout, relayed.
+        self.outcome = "closed"
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.started = 0.0
 
     def connectionMade(self) -> None:
+        self.started = self.factory.clock.seconds()
         set_no_delay(self.transport)
         if hasattr(self.transport, "setTcpKeepAlive"):
             self.transport.setTcpKeepAlive(True)
@@ -152,13 +172,25 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
         super().connectionMade()
 
     def dataReceived(self, data: bytes) -> None:
+        # Wire bytes up; packet payloads down (see sendPacket): close enough
+        # for the access log and byte counters, and free of a write wrapper.
+        self.bytes_up += len(data)
         if self.keepalive is not None:
             self.keepalive.heard()
         super().dataReceived(data)
 
+    def sendPacket(self, messageType: int, payload: bytes) -> None:
+        self.bytes_down += len(payload) + 1
+        super().sendPacket(messageType, payload)
+
     def setService(self, service: Any) -> None:
         super().setService(service)
+        if isinstance(service, GatewayUserAuthServer) and self.factory.settings.proxy_protocol is not None:
+            # Conch hands the realm no connection; the PROXY header sent to
+            # the container must name this one's client.
+            service.portal = self.factory.portal_for((self.transport.getPeer(), self.transport.getHost()))
         if isinstance(service, DownstreamConnection):
+            self.outcome = "relayed"
             self._stopGrace()
             settings = self.factory.settings
             self.keepalive = Keepalive(
@@ -175,9 +207,25 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
         if self.keepalive is not None:
             self.keepalive.stop()
         super().connectionLost(reason)
+        observer = self.factory.observer
+        if observer is not None:
+            observer.ssh_session(self._record())
+
+    def _record(self) -> SSHSessionRecord:
+        login = getattr(getattr(self, "avatar", None), "login", None)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        return SSHSessionRecord(
+            client_ip=getattr(peer, "host", "-"),
+            username=login.target.user if login is not None else "-",
+            container=login.container.id if login is not None else "-",
+            backend=f"{login.container.external_ip}:{self.factory.settings.ssh_port}" if login is not None else "-",
+            outcome=self.outcome, bytes_up=self.bytes_up, bytes_down=self.bytes_down,
+            started=self.started, ended=self.factory.clock.seconds(),
+        )
 
     def _graceExpired(self) -> None:
         self._grace = None
+        self.outcome = "timeout"
         _log.info("ssh: {client} did not log in within {grace:g} s; closing",
                   client=describe_peer(self.transport.getPeer()), grace=self.factory.settings.login_grace_time)
         abandon(self, b"login grace time exceeded")
@@ -211,13 +259,20 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.directory = directory
         self.settings = settings
         self.clock = reactor
+        #: Told of every login attempt and every connection that ends.
+        self.observer: GatewayObserver | None = None
         self.privateKeys = {key.sshType(): key for key in host_keys}
         self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}
         # No moduli file: the fixed groups and elliptic curves serve every
         # OpenSSH release of the last decade.
         self.primes = None
         self.connector = UpstreamConnector(reactor, client_key, pins, settings.upstream())
-        self.portal = Portal(UpstreamRealm(self.connector), [ContainerKeyChecker(directory)])
+        self.checker = ContainerKeyChecker(directory)
+        self.portal = Portal(UpstreamRealm(self.connector), [self.checker])
+
+    def portal_for(self, client: ClientAddresses) -> Portal:
+        """A portal whose logins connect to containers on behalf of C{client} (for the PROXY header)."""
+        return Portal(UpstreamRealm(self.connector, client), [self.checker])
 
     def buildProtocol(self, addr: IAddress) -> GatewayServerTransport:
         # SSHFactory's own logs a line per connection about the moduli file.

@@ -84,8 +84,10 @@ def _read(path: str) -> Key:
         raise KeyFileError(f"cannot read the SSH key {path}: {problem.strerror or problem}") from None
     if key.isPublic():
         raise KeyFileError(f"{path} holds a public key; the gateway needs the private key")
-    if stat.S_IMODE(mode) & 0o077:
-        _log.warn("ssh: the private key {path} is readable by others (mode {mode:o}); make it 0600",
+    # Others, not the group: a Kubernetes secret volume gives a non-root
+    # pod its files through the group (fsGroup, mode 0440).
+    if stat.S_IMODE(mode) & 0o007:
+        _log.warn("ssh: the private key {path} is readable by others (mode {mode:o}); make it 0600 or 0440",
                   path=path, mode=stat.S_IMODE(mode))
     return key
 

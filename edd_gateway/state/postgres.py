@@ -155,6 +155,27 @@ class _RecoveringPool(txpostgres.ConnectionPool):  # type: ignore[misc]
                 pass
 
 
+#: The advisory lock replicas take while creating the gateway's tables (any
+#: constant unlikely to collide; "edd-gw" in ASCII).
+SCHEMA_LOCK = 0x6564642D6777
+
+
+def _create_schema(cursor: Any) -> Deferred[None]:
+    """
+    Create the gateway's tables in one transaction under an advisory lock:
+    replicas starting together on an empty database would otherwise race
+    in C{CREATE TABLE IF NOT EXISTS}, and PostgreSQL refuses the loser
+    (a unique violation on C{pg_type}).
+    """
+
+    async def create() -> None:
+        await cursor.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+        for statement in GATEWAY_SCHEMA:
+            await cursor.execute(statement)
+
+    return ensureDeferred(create())
+
+
 class PostgresDatabase:
     """
     The gateway's view of PostgreSQL: C{dsn} holds the gateway's own tables,
@@ -208,8 +229,7 @@ class PostgresDatabase:
         try:
             started = DeferredList([pool.start() for pool in pools], fireOnOneErrback=True, consumeErrors=True)
             await started.addTimeout(self._connect_timeout, self._clock).addErrback(_first_error)
-            for statement in GATEWAY_SCHEMA:
-                await self._timed(gateway.runOperation(statement))
+            await self._timed(gateway.runInteraction(_create_schema))
         except BaseException:
             for pool in pools:
                 pool.shut()

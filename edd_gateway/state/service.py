@@ -27,6 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from edd_gateway.metrics import Histogram
 from edd_gateway.routes.model import Route
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
 from edd_gateway.state.nats import REFRESHED_SUBJECT, ContainerEvent, refreshed_message
@@ -123,6 +124,9 @@ class StateService(Service):
         self._last_full: float | None = None
         self._last_error: str | None = None
         self._counts = {"full_resyncs": 0, "refreshes": 0, "events": 0}
+        #: Seconds from a NATS event's arrival to its change being served.
+        self.event_lag = Histogram()
+        self._events_since: list[float] = []
         database.add_reconnect_observer(self._database_reconnected)
         if events is not None:
             events.bind(self._event_received, self._events_connected, self._events_disconnected)
@@ -219,6 +223,7 @@ class StateService(Service):
     def _event_received(self, event: ContainerEvent) -> None:
         self._counts["events"] += 1
         if self._connected:
+            self._events_since.append(self._clock.seconds())
             self.request_refresh(event.container_ids)
 
     def _events_connected(self) -> None:
@@ -254,7 +259,11 @@ class StateService(Service):
     async def _drain(self) -> None:
         try:
             while self.running and (self._want_full or self._pending or self._want_routes):
+                arrived, self._events_since = self._events_since, []
                 await self._step()
+                now = self._clock.seconds()
+                for since in arrived:
+                    self.event_lag.observe(now - since)
             self._failures = 0
         except Exception:
             self._failed(Failure())

@@ -31,16 +31,20 @@ def routes_yaml(routes: Sequence[dict[str, Any]]) -> str:
 class GatewayProcess:
     """
     ``twistd -n edd-gateway`` in a subprocess, listening on a free loopback
-    port, its stdout and stderr in C{gateway.log} of C{workdir}.
+    port, its stdout and stderr in C{gateway.log} of C{workdir};
+    C{twistd_args} go to twistd itself, before C{edd-gateway} (C{--logger=...}).
     """
 
-    def __init__(self, workdir: str, reactor: Any = None) -> None:
+    def __init__(self, workdir: str, reactor: Any = None, twistd_args: Sequence[str] = ()) -> None:
         self.workdir = Path(workdir).absolute()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "gateway.log"
         self.clock = reactor_or_installed(reactor)
         self.port = 0
+        #: The admin endpoint's port (/healthz, /readyz, /metrics), when start chose it.
+        self.admin_port = 0
         self.process: subprocess.Popen[bytes] | None = None
+        self.twistd_args = list(twistd_args)
 
     @staticmethod
     def project_root() -> str:
@@ -55,10 +59,13 @@ class GatewayProcess:
 
     def command(self, args: Sequence[str]) -> list[str]:
         return [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-                "-n", "--pidfile=", "--logfile=-", "edd-gateway", *args]
+                "-n", "--pidfile=", "--logfile=-", *self.twistd_args, "edd-gateway", *args]
 
     def url(self, path: str = "/", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
+
+    def admin_url(self, path: str = "/metrics") -> str:
+        return f"http://127.0.0.1:{self.admin_port}{path}"
 
     def log_text(self) -> str:
         try:
@@ -70,7 +77,12 @@ class GatewayProcess:
         """Start with C{args} plus a C{--listen} on a free port; wait until it accepts."""
         for attempt in range(attempts):
             self.port = free_port()
-            argv = self.command([*args, "--listen", f"tcp:{self.port}:interface=127.0.0.1"])
+            extra = ["--listen", f"tcp:{self.port}:interface=127.0.0.1"]
+            if not any(str(arg).startswith("--admin") for arg in args):
+                # Never the fixed default port: tests run gateways side by side.
+                self.admin_port = free_port()
+                extra += ["--admin", f"tcp:{self.admin_port}:interface=127.0.0.1"]
+            argv = self.command([*args, *extra])
             with open(self.log_path, "ab") as log:
                 self.process = subprocess.Popen(argv, cwd=self.workdir, env=self.environment(),
                                                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)

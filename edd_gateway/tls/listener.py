@@ -16,8 +16,8 @@ closed with a log line naming the client and the reason.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 from OpenSSL import SSL
 from twisted.internet import defer, error
@@ -35,6 +35,8 @@ from edd_gateway._connect import OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay, swap_protocol, write_now
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
+from edd_gateway.observe import GatewayObserver, TunnelRecord, route_label
+from edd_gateway.proxyprotocol import header as proxy_header
 from edd_gateway.relay import splice
 from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
@@ -70,6 +72,8 @@ class TLSStats:
     """What became of the TLS connections of the listeners sharing a factory."""
 
     terminated: int = 0
+    handshakes: int = 0
+    handshake_failures: int = 0
     passed_through: int = 0
     malformed: int = 0
     hello_timeouts: int = 0
@@ -111,6 +115,24 @@ class TerminatedTLS(BufferingTLSTransport):
         super().registerProducer(producer, streaming)
         self.producer = producer
 
+    _counted = False
+
+    def _checkHandshakeStatus(self) -> None:
+        # Counts handshakes for the metrics: Twisted tells a wrapped protocol
+        # of a completed one only, and of a failed one not at all.
+        super()._checkHandshakeStatus()
+        if self._counted:
+            return
+        stats = getattr(self.factory, "stats", None)
+        if stats is None:
+            return
+        if self._handshakeDone:
+            self._counted = True
+            stats.handshakes += 1
+        elif self._lostTLSConnection or self._aborted:
+            self._counted = True
+            stats.handshake_failures += 1
+
     def unregisterProducer(self) -> None:
         self.producer = None
         super().unregisterProducer()
@@ -137,9 +159,12 @@ class ClientHelloProtocol(Protocol):
         self._late_bytes: list[bytes] = []
         self._connecting: defer.Deferred[Any] | None = None
         self.client = ""
+        self.client_ip = "-"
 
     def connectionMade(self) -> None:
-        self.client = describe_peer(self.transport.getPeer())  # type: ignore[union-attr]
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.client = describe_peer(peer)
+        self.client_ip = getattr(peer, "host", "-")
         self._timer = self._factory.clock.callLater(self._factory.hello_timeout, self._timed_out)
 
     def dataReceived(self, data: bytes) -> None:
@@ -197,6 +222,8 @@ class ClientHelloProtocol(Protocol):
                 return
             if decision is not None:
                 route = decision.route(name, tls_passthrough=True)
+                if self._factory.container_proxy_protocol is not None:
+                    route = replace(route, proxy_protocol=self._factory.container_proxy_protocol)
         if route is not None:
             self._pass_through(hello, route)
         elif self._factory.store.choose(name) is None:
@@ -253,14 +280,19 @@ class ClientHelloProtocol(Protocol):
         assert client is not None and backend.transport is not None
         self._factory.stats.passed_through += 1
         self._log.info(
-            "tls: {client} SNI {sni} passed through to {backend} ({source})",
+            "tls: {client} SNI {sni} passed through to {backend} ({source}){proxy}",
             client=self.client,
             sni=hello.server_name,
             backend=str(route.target),
             source=route.source or "?",
+            proxy=f" with a PROXY protocol {route.proxy_protocol} header" if route.proxy_protocol else "",
         )
         set_no_delay(client)
         set_no_delay(backend.transport)
+        if route.proxy_protocol is not None:
+            # First on the wire, before the replayed ClientHello: the backend
+            # (or what fronts it) reads the client's address from it.
+            backend.transport.write(proxy_header(route.proxy_protocol, client.getPeer(), client.getHost()))
         initial = self._parser.buffered + b"".join(self._late_bytes)
         self._late_bytes = []
         self.transport = None
@@ -270,7 +302,23 @@ class ClientHelloProtocol(Protocol):
             a_to_b_initial=initial,
             idle_timeout=self._factory.idle_timeout,
             clock=self._factory.clock if self._factory.idle_timeout is not None else None,
+            on_close=self._tunnel_report(route),
         )
+
+    def _tunnel_report(self, route: Route) -> Callable[[int, int], None] | None:
+        """The relay's C{on_close}: one tunnel record for metrics and the access log."""
+        factory = self._factory
+        observer = factory.observer
+        if observer is None:
+            return None
+        started = factory.clock.seconds()
+        client = self.client_ip
+
+        def report(up: int, down: int) -> None:
+            observer.tunnel(TunnelRecord("tls-passthrough", client, route_label(route), str(route.target),
+                                         up, down, started, factory.clock.seconds()))
+
+        return report
 
     def _backend_failed(self, failure: Failure, hello: ClientHello, route: Route, timeout: float) -> None:
         self._connecting = None
@@ -329,6 +377,8 @@ class TLSListenerFactory(Factory):
         before both sides are closed; L{None} for never.
     @param containers: passes TLS for C{<container-id>.<container-domain>}
         through to the container when no certificate covers the name.
+    @param container_proxy_protocol: C{"v1"} or C{"v2"}: those container
+        connections start with a PROXY protocol header naming the client.
     """
 
     noisy = False
@@ -346,9 +396,11 @@ class TLSListenerFactory(Factory):
         idle_timeout: float | None = None,
         creator: IOpenSSLServerConnectionCreator | None = None,
         containers: ContainerRouter | None = None,
+        container_proxy_protocol: str | None = None,
     ) -> None:
         self.routes = routes
         self.containers = containers
+        self.container_proxy_protocol = container_proxy_protocol
         self.store = store
         self.reactor = reactor
         self.clock = reactor
@@ -357,6 +409,8 @@ class TLSListenerFactory(Factory):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stats = TLSStats()
+        #: Told of every passthrough tunnel that ends.
+        self.observer: GatewayObserver | None = None
         self.terminator = TLSMemoryBIOFactory(
             creator if creator is not None else server_connection_creator(store),
             False,
@@ -364,6 +418,7 @@ class TLSListenerFactory(Factory):
             clock=reactor,
         )
         self.terminator.protocol = TerminatedTLS
+        self.terminator.stats = self.stats  # type: ignore[attr-defined]
 
     def buildProtocol(self, addr: object) -> ClientHelloProtocol:
         return ClientHelloProtocol(self)

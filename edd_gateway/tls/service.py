@@ -14,6 +14,7 @@ loaded and again twice a day for every pair close to it.
 
 from __future__ import annotations
 
+import collections
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +72,8 @@ class CertificateRenewalService(TimerService):
         self._warn_days = warn_days
         self._expiry_interval = expiry_interval
         self._next_expiry_report = 0.0
+        #: Certificate pairs (re)loaded or dropped ("ok") and refused ("failed") since start.
+        self.reloads: collections.Counter[str] = collections.Counter()
 
     def startService(self) -> None:
         # The store reported every pair as it loaded them: the first expiry
@@ -84,6 +87,8 @@ class CertificateRenewalService(TimerService):
         try:
             if self.store.changed():
                 report = self.store.reload()
+                self.reloads["ok"] += len(report.loaded) + len(report.removed)
+                self.reloads["failed"] += len(report.failed)
                 if report.changed or report.failed:
                     self._log.info(
                         "tls: certificates reloaded ({loaded} new, {failed} refused, {removed} removed); "
@@ -180,12 +185,14 @@ def build_tls(
     connect_timeout: float = 5.0,
     idle_timeout: float | None = None,
     containers: ContainerRouter | None = None,
+    container_proxy_protocol: str | None = None,
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to
     every sniffing listener as its TLS handler, and parent C{setup.service}.
     C{containers} passes container names no certificate covers through to
-    their containers.
+    their containers, with a PROXY protocol header of
+    C{container_proxy_protocol}'s version first when it is given.
     """
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
     factory = TLSListenerFactory(
@@ -198,6 +205,7 @@ def build_tls(
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
         containers=containers,
+        container_proxy_protocol=container_proxy_protocol,
     )
     service = CertificateRenewalService(store, reactor, check_interval)
     return TLSSetup(store, factory, service)
