@@ -7,6 +7,7 @@ so that every node still knows its line).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -15,6 +16,10 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 SafeLoader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+_YAML_ONLY_BREAK_CHARS = "\x85\u2028\u2029"
+_YAML_ONLY_BREAKS = re.compile(f"[{_YAML_ONLY_BREAK_CHARS}]")
+_YAML_BREAKS = re.compile(f"\r\n|[\r\n{_YAML_ONLY_BREAK_CHARS}]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +81,39 @@ class NodeReader:
         self.problems: list[FileProblem] = []
         self.line_offset = 0
         self._constructor = SafeConstructor()
+        self._file_lines: list[int] | None = None
+
+    def set_text(self, text: str) -> None:
+        """
+        The file's text, given before it is parsed.  YAML also breaks lines at NEL, LS and
+        PS (U+0085, U+2028, U+2029), which editors and C{grep -n} do not:
+        when the text holds any, a table maps YAML's line numbers to the
+        file's, so that problems name the line an operator sees.
+        """
+        self._file_lines = None
+        if not _YAML_ONLY_BREAKS.search(text):
+            return
+        table, file_line = [0], 0
+        for found in _YAML_BREAKS.finditer(text):
+            if found.group() not in _YAML_ONLY_BREAK_CHARS:
+                file_line += 1
+            table.append(file_line)
+        self._file_lines = table
+
+    def mark_line(self, line: int) -> int:
+        """
+        The file's 1-based line for YAML's 0-based C{line} of the text being
+        read; C{line_offset} counts YAML lines too (a ConfigMap's embedded
+        routes text starts that many lines into the file).
+        """
+        line += self.line_offset
+        table = self._file_lines
+        if table is not None and 0 <= line < len(table):
+            line = table[line]
+        return line + 1
 
     def line(self, node: Node) -> int:
-        return node.start_mark.line + 1 + self.line_offset
+        return self.mark_line(node.start_mark.line)
 
     def problem(self, where: Node | int, reason: str) -> None:
         line = where if isinstance(where, int) else self.line(where)

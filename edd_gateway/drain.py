@@ -91,18 +91,35 @@ class TrackedFactory(Factory):
     A listener's factory that records each protocol it builds in a
     tracker.  Not a WrappingFactory: that would put a wrapper in front of
     every read and write of the connection's life.
+
+    With C{admission} (L{edd_gateway.admission.Admission}) each connection
+    is admitted first; a refused one gets no protocol, so Twisted closes
+    its socket at once.  C{behind_proxy} (a C{haproxy:} listener): the
+    address given here is the balancer's, so the protocol admits the
+    connection on its first bytes instead (its C{admit_later}).
     """
 
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, tracker: ConnectionTracker) -> None:
+    def __init__(self, wrapped: IProtocolFactory, tracker: ConnectionTracker, admission: Any = None,
+                 behind_proxy: bool = False) -> None:
         self.wrapped = wrapped
         self.tracker = tracker
+        self.admission = admission
+        self.behind_proxy = behind_proxy
 
     def buildProtocol(self, addr: IAddress) -> Protocol | None:
         protocol = self.wrapped.buildProtocol(addr)
-        if protocol is not None:
-            self.tracker.add_protocol(protocol)
+        if protocol is None:
+            return None
+        admission = self.admission
+        if admission is not None:
+            if self.behind_proxy:
+                name = self.tracker.name
+                protocol.admit_later = lambda transport: admission.admit_transport(transport, name)  # type: ignore
+            elif admission.admit(str(getattr(addr, "host", "")), protocol, self.tracker.name) is not None:
+                return None
+        self.tracker.add_protocol(protocol)
         return protocol  # type: ignore[return-value]
 
     def startFactory(self) -> None:

@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from typing import Any, Protocol
 
 from edd_gateway.admin import DEGRADED, DOWN, OK, Part, Readiness
+from edd_gateway.admission import LIMITS, REFUSAL_REASONS, Admission
+from edd_gateway.bans import BAN_KINDS
 from edd_gateway.drain import ConnectionTracker, GatewayService
 from edd_gateway.metrics import GatewayMetrics, ListenerStats
 from edd_gateway.routes.table import LiveRouteTable
@@ -171,6 +173,20 @@ class Monitoring:
             events = state.events
             self.readiness.parts["nats"] = lambda: Part(OK) if events.connected else \
                 Part(DEGRADED, "NATS disconnected; polling PostgreSQL instead")
+
+    def admission(self, admission: Admission) -> None:
+        """Refusals, limit hits and bans (every label always present, so rates start at zero)."""
+        metrics, bans = self.metrics, admission.bans
+        metrics.add_counter("edd_gateway_connections_refused", "New connections refused at admission, by reason.",
+                            lambda: [({"reason": r}, float(admission.refused[r])) for r in REFUSAL_REASONS])
+        metrics.add_counter("edd_gateway_limit_hits", "Connections that hit a limit or timeout, by limit.",
+                            lambda: [({"limit": limit}, float(admission.hits[limit])) for limit in LIMITS])
+        metrics.add_counter("edd_gateway_bans", "Clients banned, by the kind of strikes that banned them.",
+                            lambda: [({"kind": kind}, float(bans.totals[kind])) for kind in BAN_KINDS])
+        metrics.add_gauge("edd_gateway_bans_active", "Clients banned now.", lambda: [({}, float(bans.active()))])
+        metrics.add_gauge("edd_gateway_admission_clients",
+                          "Client addresses whose connections, rate or refusals admission keeps in memory.",
+                          lambda: [({}, float(admission.tracked()))])
 
     def ssh_keys(self) -> None:
         """SSH is served when its keys load at start (a bad key stops the start): nothing degrades at run time."""

@@ -112,12 +112,14 @@ class _RelaySession:
         idle_timeout: float | None,
         clock: IReactorTime | None,
         on_close: OnClose | None,
+        on_idle: Callable[[], object] | None = None,
     ) -> None:
         if idle_timeout is not None and clock is None:
             raise ValueError("an idle timeout needs a clock")
         self._idle_timeout = idle_timeout
         self._clock = clock
         self._on_close = on_close
+        self._on_idle = on_idle
         self._last_moved = 0.0
         self._timer: IDelayedCall | None = None
         self._ends_lost = 0
@@ -151,6 +153,8 @@ class _RelaySession:
             b=_describe(self.b.transport),
             seconds=self._idle_timeout,
         )
+        if self._on_idle is not None:
+            self._on_idle()
         # Abort rather than lose: whatever is still buffered has not moved
         # for the whole timeout, and loseConnection would wait for it forever.
         self.aborting = True
@@ -181,6 +185,7 @@ def splice(
     idle_timeout: float | None = None,
     clock: IReactorTime | None = None,
     on_close: OnClose | None = None,
+    on_idle: Callable[[], object] | None = None,
 ) -> tuple[RelayProtocol, RelayProtocol]:
     """
     Relay bytes between two connected transports until both are closed.
@@ -198,9 +203,10 @@ def splice(
         so slow that the writer stays paused that long counts as idle.
     @param on_close: called once, when both sides are closed, with the bytes
         relayed from C{a} to C{b} and from C{b} to C{a}.
+    @param on_idle: called when the idle timeout closes the relay (a limit hit).
     @return: the relay ends attached to C{a} and to C{b}.
     """
-    session = _RelaySession(idle_timeout, clock, on_close)
+    session = _RelaySession(idle_timeout, clock, on_close, on_idle)
     end_a, end_b = RelayProtocol(session), RelayProtocol(session)
     end_a.peer, end_b.peer = end_b, end_a
     session.a, session.b = end_a, end_b

@@ -17,6 +17,7 @@ import collections
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import TYPE_CHECKING
 
 from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
@@ -28,6 +29,9 @@ from twisted.python.failure import Failure
 from edd_gateway._transport import swap_protocol
 from edd_gateway.drain import ConnectionTracker
 from edd_gateway.proxyprotocol import awaiting_header
+
+if TYPE_CHECKING:
+    from edd_gateway.admission import Admission
 
 
 class Verdict(str, Enum):
@@ -145,13 +149,31 @@ class SniffingProtocol(Protocol):
         self._buffer = b""
         self._timer: IDelayedCall | None = None
         self._done = False
+        self._admitted = factory.admission is None
 
     def connectionMade(self) -> None:
+        # Behind a PROXY-protocol wrapper the peer is the balancer's until
+        # the header is read: admission waits for the first bytes after it
+        # (or the silent timeout), which only come once the header is there.
+        if not self._admitted and not awaiting_header(self.transport) and not self._admit():
+            return
         self._factory.tracker.add(self.transport)
         self._timer = self._factory.clock.callLater(self._factory.timeout, self._timedOut)
 
+    def _admit(self) -> bool:
+        """Ask admission; a refused connection is aborted and forgotten here."""
+        self._admitted = True
+        admission = self._factory.admission
+        assert admission is not None
+        if admission.admit_transport(self.transport, self._factory.listener_name):
+            return True
+        self._decide()
+        return False
+
     def dataReceived(self, data: bytes) -> None:
         if self._done:
+            return
+        if not self._admitted and not self._admit():
             return
         self._buffer += data
         verdict = classify(self._buffer[:SNIFF_MAX_BYTES])
@@ -164,6 +186,8 @@ class SniffingProtocol(Protocol):
         self._decide()
         if verdict is Verdict.UNKNOWN:
             self._factory.stats.unknown += 1
+            if self._factory.admission is not None:
+                self._factory.admission.garbage(self._peerHost())
             # Abort: nothing was promised to a client speaking no known
             # protocol, and it may be hostile; no need to linger.
             self._giveUp(
@@ -197,10 +221,14 @@ class SniffingProtocol(Protocol):
             # Behind a balancer the header comes first, at once: whoever is
             # silent here is not the balancer, and gets no default kind.
             stats.no_proxy_header += 1
+            self._hit(None)
             self._giveUp("on {listener} sent no PROXY protocol header in {timeout}s", timeout=timeout)
+            return
+        if not self._admitted and not self._admit():
             return
         if self._buffer:
             stats.partial_timeouts += 1
+            self._hit(self._peerHost())
             self._giveUp(
                 "on {listener} sent only {first!r} in {timeout}s",
                 first=self._buffer,
@@ -210,9 +238,15 @@ class SniffingProtocol(Protocol):
         stats.silent_timeouts += 1
         default = self._factory.default
         if default is None:
+            self._hit(self._peerHost())
             self._giveUp("on {listener} sent nothing in {timeout}s", timeout=timeout)
             return
         self._handOff(default)
+
+    def _hit(self, host: str | None) -> None:
+        admission = self._factory.admission
+        if admission is not None:
+            admission.hit("sniff-timeout", host)
 
     def _refused_proxy_header(self, reason: Failure) -> bool:
         """
@@ -288,6 +322,9 @@ class SniffingProtocol(Protocol):
     def _peerText(self) -> str:
         return describe_peer(self._peerAddress())
 
+    def _peerHost(self) -> str:
+        return str(getattr(self._peerAddress(), "host", ""))
+
 
 def _still_open(transport: object) -> bool:
     """
@@ -312,6 +349,9 @@ class SniffingFactory(Factory):
     @param timeout: seconds to wait for decisive bytes.
     @param clock: schedules the timeout.
     @param listener_name: names the listener in log lines, e.g. C{tcp:8080}.
+    @param admission: decides whether each new connection is served at all
+        (limits, bans) and hears of the sniffer's limit hits and garbage;
+        L{None} admits everything.
     """
 
     noisy = False
@@ -324,6 +364,7 @@ class SniffingFactory(Factory):
         listener_name: str,
         default: Verdict | None = None,
         timeout: float = DEFAULT_SNIFF_TIMEOUT,
+        admission: Admission | None = None,
     ) -> None:
         wrong = set(handlers) - SERVED_KINDS
         if wrong:
@@ -337,6 +378,7 @@ class SniffingFactory(Factory):
         self.listener_name = listener_name
         self.stats = SniffStats()
         self.tracker = ConnectionTracker(listener_name)
+        self.admission = admission
 
     def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
         return SniffingProtocol(self, addr)

@@ -35,6 +35,7 @@ install_reactor()
 
 from edd_gateway.logs import AccessLog  # noqa: E402
 from edd_gateway.admin import Readiness, admin_site  # noqa: E402
+from edd_gateway import admission as _admission  # noqa: E402
 from edd_gateway._rlimit import raise_open_file_limit  # noqa: E402
 from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
 from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
@@ -92,7 +93,12 @@ class Options(usage.Options):
         ["keepalive-timeout", None, 60.0, "Seconds an idle keep-alive client connection is kept.", float],
         ["connect-timeout", None, 5.0, "Seconds to connect to a backend (504 after).", float],
         ["response-timeout", None, 60.0, "Seconds for a backend to start answering (504 after).", float],
-        ["tunnel-idle-timeout", None, 3600.0, "Seconds a WebSocket/upgrade tunnel may stay silent.", float],
+        ["websocket-idle-timeout", None, None, "Seconds a WebSocket tunnel or a streamed response may move "
+         "nothing (default 3600).", float],
+        ["tcp-idle-timeout", None, None, "Seconds a raw TCP tunnel (TLS passthrough) may move nothing "
+         "(default 3600).", float],
+        ["tunnel-idle-timeout", None, None, "Deprecated: sets both --websocket-idle-timeout and --tcp-idle-timeout.",
+         float],
         ["max-request-line", None, 8192, "Longest request target accepted, in bytes (414 beyond).", int],
         ["max-header-size", None, 32768, "Largest request head accepted, in bytes (431 beyond).", int],
         ["max-headers", None, 100, "Most request header fields accepted (431 beyond).", int],
@@ -106,6 +112,8 @@ class Options(usage.Options):
         ["cert-check-interval", None, DEFAULT_CHECK_INTERVAL,
          "Seconds between checks of the --tls-dir directories for renewed certificates.", float],
         ["tls-hello-timeout", None, 10.0, "Seconds for a TLS client to send its whole ClientHello.", float],
+        ["tls-handshake-timeout", None, 10.0, "Seconds for a terminated TLS client to finish the handshake "
+         "after its ClientHello.", float],
         ["main-site", None, None, "A URL where requests whose Host is an IP address no route names are redirected."],
         ["database", None, None, "PostgreSQL DSN or URL: containers, static_routes (default: $DATABASE_URL)."],
         ["compute-database", None, None, "DSN of the compute service's tables when not in --database's database."],
@@ -130,6 +138,7 @@ class Options(usage.Options):
          "TLS passed through to containers.", proxy_protocol_version],
         ["ssh-proxy-protocol", None, None, "PROXY protocol header (none, v1 or v2; default none) first on the "
          "connection to containers' sshd (stock OpenSSH reads none).", proxy_protocol_version],
+        *_admission.OPTIONS,
     ]
 
     optFlags: list[list[Any]] = [
@@ -143,6 +152,7 @@ class Options(usage.Options):
         self["tls-dir"] = []
         self["ssh-listen"] = []
         self["port-map"] = []
+        self["ban-allow"] = []
 
     def opt_listen(self, endpoint: str) -> None:
         """A server endpoint string to listen on, e.g. tcp:80 (repeatable; every listener sniffs)."""
@@ -163,6 +173,10 @@ class Options(usage.Options):
     def opt_port_map(self, mapping: str) -> None:
         """BIND=EXTERNAL: a listener on port BIND is reached by clients on EXTERNAL (repeatable)."""
         self["port-map"].append(mapping)
+
+    def opt_ban_allow(self, network: str) -> None:
+        """An address or CIDR never refused nor banned (repeatable; default 127.0.0.1 and ::1; 'none': nobody)."""
+        self["ban-allow"].append(network)
 
     def postOptions(self) -> None:
         if not self["listen"]:
@@ -188,6 +202,10 @@ class Options(usage.Options):
             raise usage.UsageError("--drain-timeout must not be negative")
         if self["admin"].lower() == "none":
             self["admin"] = None
+        _admission.check_options(self)
+        for name in ("websocket-idle-timeout", "tcp-idle-timeout"):
+            if self[name] is None:
+                self[name] = self["tunnel-idle-timeout"] if self["tunnel-idle-timeout"] is not None else 3600.0
 
     def _check_state_options(self) -> None:
         if self["database"] is None:
@@ -224,7 +242,7 @@ class Options(usage.Options):
             keepalive_timeout=self["keepalive-timeout"],
             connect_timeout=self["connect-timeout"],
             response_timeout=self["response-timeout"],
-            tunnel_idle_timeout=self["tunnel-idle-timeout"],
+            websocket_idle_timeout=self["websocket-idle-timeout"],
             pool_max_idle=self["pool-max-idle"],
             pool_max_per_backend=self["pool-max-per-backend"],
             pool_idle_timeout=self["pool-idle-timeout"],
@@ -421,6 +439,9 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     top = GatewayService(reactor, config["drain-timeout"])
     metrics, readiness = GatewayMetrics(), Readiness()
     monitoring = Monitoring(metrics, readiness, top)
+    admission = _admission.build_admission(config, reactor)
+    _admission.AdmissionService(admission, reactor).setServiceParent(top)
+    monitoring.admission(admission)
     observer = build_observer(config, metrics)
     state = build_state(config, reactor, live, top)
     monitoring.state(state.state, lambda: state.directory.current.ready)
@@ -439,27 +460,32 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     https = HTTPProxyFactory(live, pool, settings, reactor, scheme="https", main_site=config["main-site"],
                              misdirected=misdirected_check(live), containers=containers, observer=observer)
     top.http_factories = [http, https]
+    http.admission = https.admission = admission  # type: ignore[attr-defined]
     tls = build_tls(live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
                     dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=settings.connect_timeout,
-                    idle_timeout=settings.tunnel_idle_timeout, containers=containers,
+                    idle_timeout=config["tcp-idle-timeout"], handshake_timeout=config["tls-handshake-timeout"],
+                    containers=containers,
                     container_proxy_protocol=config["container-proxy-protocol"])
     tls.factory.observer = observer
+    tls.factory.admission = admission
     tls.service.setServiceParent(top)
     monitoring.tls(tls.store, tls.service, tls.factory.stats)
     ssh = build_ssh(config, state, reactor)
     ssh.observer = observer
+    ssh.admission = admission
     monitoring.ssh_keys()
     handlers = {Verdict.HTTP: http, Verdict.TLS: tls.factory, Verdict.SSH: ssh}
     default = None if config["sniff-default"] == "close" else Verdict(config["sniff-default"].upper())
     for endpoint in config.sniffing_endpoints():
         factory = SniffingFactory(handlers, default=default, timeout=config["sniff-timeout"], clock=reactor,
-                                  listener_name=endpoint)
+                                  listener_name=endpoint, admission=admission)
         top.add_listener(strports.service(endpoint, factory, reactor=reactor), factory.tracker)
         monitoring.listener(factory)
     for endpoint in config["ssh-listen"]:
         tracker = ConnectionTracker(endpoint)
-        top.add_listener(strports.service(endpoint, TrackedFactory(ssh, tracker), reactor=reactor), tracker)
+        tracked = TrackedFactory(ssh, tracker, admission, behind_proxy=endpoint.startswith("haproxy:"))
+        top.add_listener(strports.service(endpoint, tracked, reactor=reactor), tracker)
         monitoring.plain_listener(tracker, "ssh")
     if config["admin"] is not None:
         # A plain child, not a listener: probes and scrapes go on while draining.

@@ -108,6 +108,8 @@ class Exchange:
         problem = failure.value if failure.check(GatewayError) else connect_error(
             failure, self.target, self.server.settings.connect_timeout
         )
+        if problem.status == 504:  # type: ignore[union-attr]
+            self.server.limit_hit("backend-connect-timeout")
         self.fail(problem.status, problem.detail)  # type: ignore[union-attr]
 
     def _attach(self, connection: UpstreamProtocol) -> None:

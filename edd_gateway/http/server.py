@@ -45,6 +45,17 @@ Job = Union[Exchange, LocalAnswer]
 
 _IDLE, _HEAD, _WAITING, _BUSY, _STREAMING = range(5)
 
+# The limit (edd_gateway.admission.LIMITS) each fatal answer reports.
+_LIMIT_BY_STATUS = {408: "header-timeout", 413: "body-size", 414: "request-line", 431: "header-size"}
+
+
+class _LimitError(GatewayError):
+    """A limit's answer, naming the limit when the status alone does not."""
+
+    def __init__(self, status: int, detail: str, limit: str) -> None:
+        super().__init__(status, detail)
+        self.limit = limit
+
 
 class HTTPServerProtocol(Protocol):
     """One client connection speaking HTTP/1.1 to the gateway."""
@@ -106,7 +117,7 @@ class HTTPServerProtocol(Protocol):
         except HttpParserCallbackError as problem:
             cause = problem.__context__
             if isinstance(cause, GatewayError):
-                self._refuse(cause.status, cause.detail)
+                self._refuse(cause.status, cause.detail, getattr(cause, "limit", None))
             else:
                 log.failure("http: unexpected error", Failure(cause) if cause else None)
                 self._refuse(500, "The gateway failed to handle this request.")
@@ -155,7 +166,7 @@ class HTTPServerProtocol(Protocol):
         headers = self._headers
         headers.append((name, value))
         if len(headers) > self.settings.max_headers:
-            raise GatewayError(431, "The request has more header fields than the gateway accepts.")
+            raise _LimitError(431, "The request has more header fields than the gateway accepts.", "header-count")
         # Counted here as well as per read: a head that completes within
         # one read is never seen "in progress" by dataReceived.
         self._header_bytes += len(name) + len(value) + 4
@@ -310,7 +321,7 @@ class HTTPServerProtocol(Protocol):
     def response_started(self) -> None:
         self._phase = _STREAMING
         self._moved = False
-        self.deadline.set(self.settings.tunnel_idle_timeout)
+        self.deadline.set(self.settings.websocket_idle_timeout)
 
     def body_progress(self) -> None:
         """
@@ -324,19 +335,22 @@ class HTTPServerProtocol(Protocol):
         if self.closing:
             return
         if self._phase == _IDLE:
+            self.limit_hit("idle")
             self._close()
         elif self._phase == _HEAD:
             self._refuse(408, "The request head did not arrive in time.")
         elif self._phase == _WAITING and self.jobs:
             job = self.jobs[0]
             if isinstance(job, Exchange):
+                self.limit_hit("backend-response-timeout")
                 job.fail(504, f"The backend {job.target} did not answer in time.")
         elif self._phase == _STREAMING and self._moved:
             self._moved = False
-            self.deadline.set(self.settings.tunnel_idle_timeout)
+            self.deadline.set(self.settings.websocket_idle_timeout)
         elif self._phase == _STREAMING:
             log.info("http: no byte moved for {client} in {seconds}s; closing",
-                     client=self.client_ip, seconds=self.settings.tunnel_idle_timeout)
+                     client=self.client_ip, seconds=self.settings.websocket_idle_timeout)
+            self.limit_hit("stream-idle")
             for job in self.jobs:
                 job.client_lost()
             self.jobs.clear()
@@ -357,9 +371,22 @@ class HTTPServerProtocol(Protocol):
             self.paused = False
             self.transport.resumeProducing()
 
-    def _refuse(self, status: int, detail: str) -> None:
+    def limit_hit(self, limit: str) -> None:
+        """Count a limit hit (and its strike) with the listeners' admission, when there is one."""
+        admission = getattr(self.factory, "admission", None)
+        if admission is not None:
+            admission.hit(limit, self.client_ip)
+
+    def _refuse(self, status: int, detail: str, limit: str | None = None) -> None:
         """A fatal error in the request stream: answer in turn, then close."""
         log.info("http: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
+        limit = limit or _LIMIT_BY_STATUS.get(status)
+        if limit is not None:
+            self.limit_hit(limit)
+        elif status == 400:
+            admission = getattr(self.factory, "admission", None)
+            if admission is not None:
+                admission.garbage(self.client_ip)
         request_id = new_request_id()
         response = render_error(status, detail, request_id, close=True)
         answer = LocalAnswer(self, None, response, False, status, request_id)
@@ -415,8 +442,8 @@ class HTTPServerProtocol(Protocol):
         splice(
             self.transport, upstream.transport,
             a_to_b_initial=client_bytes, b_to_a_initial=rest,
-            idle_timeout=self.settings.tunnel_idle_timeout, clock=self.factory.clock,
-            on_close=self._tunnel_report(exchange),
+            idle_timeout=self.settings.websocket_idle_timeout, clock=self.factory.clock,
+            on_close=self._tunnel_report(exchange), on_idle=lambda: self.limit_hit("websocket-idle"),
         )
         self.transport.resumeProducing()
         upstream.transport.resumeProducing()

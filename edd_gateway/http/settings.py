@@ -15,6 +15,9 @@ class ProxySettings:
 
     Sizes are bytes, times are seconds.  C{max_body_size} 0 means unlimited:
     the cloud's storage service takes uploads of any size.
+    C{websocket_idle_timeout} bounds the silence of a WebSocket (upgrade)
+    tunnel and of a streamed response (SSE, a slow download); raw TCP
+    tunnels (TLS passthrough) have their own (C{--tcp-idle-timeout}).
     """
 
     max_request_line: int = 8192
@@ -26,7 +29,7 @@ class ProxySettings:
     keepalive_timeout: float = 60.0
     connect_timeout: float = 5.0
     response_timeout: float = 60.0
-    tunnel_idle_timeout: float = 3600.0
+    websocket_idle_timeout: float = 3600.0
     pool_max_idle: int = 64
     pool_max_per_backend: int = 512
     pool_idle_timeout: float = 60.0

@@ -105,6 +105,7 @@ class _Reader(NodeReader):
         self.source_name = os.path.basename(filename) or filename
 
     def read(self, text: str) -> list[Route]:
+        self.set_text(text)
         root = self._single_document(text)
         if root is not None and _is_configmap(root):
             root = self._unwrap_configmap(root)
@@ -117,13 +118,13 @@ class _Reader(NodeReader):
             return [doc for doc in yaml.compose_all(text, Loader=SafeLoader) if doc is not None]
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
-            line = mark.line + 1 + self.line_offset if mark is not None else 0
+            line = self.mark_line(mark.line) if mark is not None else 0
             reason = error.problem or "cannot be parsed"
             if error.context:
                 reason = f"{reason} ({error.context})"
             self.problem(line, f"YAML syntax error: {reason}")
         except yaml.YAMLError as error:
-            self.problem(self.line_offset + 1, f"YAML error: {error}")
+            self.problem(self.mark_line(0), f"YAML error: {error}")
         return None
 
     def _single_document(self, text: str) -> Node | None:
@@ -131,7 +132,7 @@ class _Reader(NodeReader):
         if documents is None:
             return None
         if not documents:
-            self.problem(self.line_offset + 1, "the file is empty: expected a mapping with a 'routes' list")
+            self.problem(self.mark_line(0), "the file is empty: expected a mapping with a 'routes' list")
             return None
         if len(documents) == 1:
             return documents[0]
@@ -153,6 +154,8 @@ class _Reader(NodeReader):
             return None
         # A literal block ("|") keeps its lines, which start on the line after
         # the indicator; other styles fold lines, so their numbers are close.
+        # Each line of the embedded text is one YAML line of the file (NEL
+        # comes out of the block as a newline), so the offset is in YAML lines.
         self.line_offset = block.start_mark.line + (1 if block.style == "|" else 0)
         return self._single_document(block.value)
 

@@ -152,6 +152,10 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
     supportedCiphers = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
     supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512", b"hmac-sha1"]
     supportedCompressions = [b"none"]
+    #: Set by an C{--ssh-listen haproxy:} listener: admission waits for the
+    #: client's first bytes, the first that come after the PROXY header
+    #: (before it the peer is the balancer).  Called with the transport.
+    admit_later: Any = None
 
     def __init__(self) -> None:
         self._grace: IDelayedCall | None = None
@@ -175,6 +179,10 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
         # Wire bytes up; packet payloads down (see sendPacket): close enough
         # for the access log and byte counters, and free of a write wrapper.
         self.bytes_up += len(data)
+        if self.admit_later is not None:
+            admit, self.admit_later = self.admit_later, None
+            if not admit(self.transport):
+                return
         if self.keepalive is not None:
             self.keepalive.heard()
         super().dataReceived(data)
@@ -207,6 +215,10 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
         if self.keepalive is not None:
             self.keepalive.stop()
         super().connectionLost(reason)
+        admission = getattr(self.factory, "admission", None)
+        if admission is not None and self.outcome == "refused" and self.transport is not None:
+            # One strike per connection, however many keys its agent offered.
+            admission.ssh_login_refused(getattr(self.transport.getPeer(), "host", ""))
         observer = self.factory.observer
         if observer is not None:
             observer.ssh_session(self._record())
@@ -226,8 +238,12 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
     def _graceExpired(self) -> None:
         self._grace = None
         self.outcome = "timeout"
+        peer = self.transport.getPeer()
         _log.info("ssh: {client} did not log in within {grace:g} s; closing",
-                  client=describe_peer(self.transport.getPeer()), grace=self.factory.settings.login_grace_time)
+                  client=describe_peer(peer), grace=self.factory.settings.login_grace_time)
+        admission = getattr(self.factory, "admission", None)
+        if admission is not None:
+            admission.hit("ssh-login-grace", getattr(peer, "host", ""))
         abandon(self, b"login grace time exceeded")
 
     def _stopGrace(self) -> None:
@@ -261,6 +277,8 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.clock = reactor
         #: Told of every login attempt and every connection that ends.
         self.observer: GatewayObserver | None = None
+        #: Told of refused logins and login-grace hits (L{edd_gateway.admission.Admission}).
+        self.admission: Any = None
         self.privateKeys = {key.sshType(): key for key in host_keys}
         self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}
         # No moduli file: the fixed groups and elliptic curves serve every

@@ -74,11 +74,12 @@ class _Reader(NodeReader):
     problem_type = ContainersProblem
 
     def read(self, text: str) -> dict[str, Container]:
+        self.set_text(text)
         try:
             root = yaml.compose(text, Loader=SafeLoader)
         except yaml.MarkedYAMLError as error:
             mark = error.problem_mark or error.context_mark
-            self.problem(mark.line + 1 if mark is not None else 0, f"YAML syntax error: {error.problem}")
+            self.problem(self.mark_line(mark.line) if mark is not None else 0, f"YAML syntax error: {error.problem}")
             return {}
         except yaml.YAMLError as error:
             self.problem(1, f"YAML error: {error}")
@@ -113,7 +114,7 @@ class _Reader(NodeReader):
                                    f"{first_line[container.id]})")
                 continue
             containers[container.id] = container
-            first_line[container.id] = item.start_mark.line + 1
+            first_line[container.id] = self.line(item)
         return containers
 
     def _fields(self, mapping: MappingNode, allowed: tuple[str, ...], what: str) -> dict[str, Node]:

@@ -29,7 +29,7 @@ from edd_gateway.clienthello import DEFAULT_MAX_BYTES
 from edd_gateway.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.tls.devcert import ensure_dev_certificate
-from edd_gateway.tls.listener import DEFAULT_HELLO_TIMEOUT, TLSListenerFactory
+from edd_gateway.tls.listener import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, TLSListenerFactory
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore
 
 __all__ = [
@@ -184,6 +184,7 @@ def build_tls(
     max_hello_bytes: int = DEFAULT_MAX_BYTES,
     connect_timeout: float = 5.0,
     idle_timeout: float | None = None,
+    handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     containers: ContainerRouter | None = None,
     container_proxy_protocol: str | None = None,
 ) -> TLSSetup:
@@ -204,6 +205,7 @@ def build_tls(
         max_hello_bytes=max_hello_bytes,
         connect_timeout=connect_timeout,
         idle_timeout=idle_timeout,
+        handshake_timeout=handshake_timeout,
         containers=containers,
         container_proxy_protocol=container_proxy_protocol,
     )
