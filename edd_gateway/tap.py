@@ -10,9 +10,7 @@ reactor, so this is the one place the choice can be made for the user.
 
 from __future__ import annotations
 
-import collections
 import os
-import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -42,12 +40,13 @@ from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E40
 from edd_gateway.drain import ConnectionTracker, GatewayService, TrackedFactory  # noqa: E402
 from edd_gateway.http.factory import HTTPProxyFactory  # noqa: E402
 from edd_gateway.http.settings import ProxySettings, parse_networks  # noqa: E402
-from edd_gateway.http.upstream import UpstreamPool  # noqa: E402
+from edd_gateway.http.upstream import PoolService, UpstreamPool  # noqa: E402
 from edd_gateway.metrics import GatewayMetrics  # noqa: E402
 from edd_gateway.monitoring import Monitoring  # noqa: E402
 from edd_gateway.observe import GatewayObserver, Observers  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402
 from edd_gateway.routes.model import Route  # noqa: E402
+from edd_gateway.routes.service import RoutesService  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
 from edd_gateway.proxyprotocol import parse_version as proxy_protocol_version  # noqa: E402
@@ -61,7 +60,6 @@ from edd_gateway.state.postgres import PostgresDatabase  # noqa: E402
 from edd_gateway.state.service import StateService  # noqa: E402
 from edd_gateway.tls.authority import misdirected_check  # noqa: E402
 from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tls  # noqa: E402
-from edd_gateway.watch import FileWatcher  # noqa: E402
 
 log = Logger()
 
@@ -268,78 +266,6 @@ def _check_dsn(name: str, dsn: str) -> None:
     except Exception:
         # libpq's reason quotes pieces of the DSN, which may hold a password.
         raise usage.UsageError(f"--{name} is not a PostgreSQL DSN (key=value ...) or postgresql:// URL") from None
-
-
-class RoutesService(service.Service):
-    """
-    Keeps the live routes in step with the routes file: re-read when it
-    changes (a ConfigMap update included) and on SIGHUP; a bad version
-    keeps the last good table.  Each good version goes to C{publish}:
-    swapped into the table, or, with a database, handed to the state
-    service that merges it with C{static_routes}.
-    """
-
-    def __init__(self, path: str, publish: Callable[[list[Route]], object], clock: Any, interval: float) -> None:
-        self.path = path
-        self.publish = publish
-        self.watcher = FileWatcher(path, self.reload, clock, interval)
-        self._reactor = clock
-        #: Reloads since start by result (ok, failed), and why the last one failed.
-        self.results: collections.Counter[str] = collections.Counter()
-        self.last_error: str | None = None
-
-    def reload(self) -> bool:
-        try:
-            routes = load_routes_file(self.path)
-        except RoutesFileError as problem:
-            for line in str(problem).splitlines():
-                log.error("routes: {problem}; keeping the last good table", problem=line)
-            return self._failed(str(problem).splitlines()[0])
-        except OSError as problem:
-            log.error("routes: cannot read {path}: {problem}; keeping the last good table",
-                      path=self.path, problem=problem)
-            return self._failed(f"cannot read {self.path}: {problem}")
-        self.results["ok"] += 1
-        self.last_error = None
-        self.publish(routes)
-        log.info("routes: loaded {count} routes from {path}", count=len(routes), path=self.path)
-        return True
-
-    def _failed(self, reason: str) -> bool:
-        self.results["failed"] += 1
-        self.last_error = reason
-        return False
-
-    def startService(self) -> None:
-        super().startService()
-        self.watcher.startService()
-        loop = getattr(self._reactor, "_asyncioEventloop", None)
-        if loop is not None and hasattr(signal, "SIGHUP"):
-            loop.add_signal_handler(signal.SIGHUP, self._sighup)
-
-    def stopService(self) -> None:
-        loop = getattr(self._reactor, "_asyncioEventloop", None)
-        if loop is not None and hasattr(signal, "SIGHUP"):
-            loop.remove_signal_handler(signal.SIGHUP)
-        self.watcher.stopService()
-        return super().stopService()
-
-    def _sighup(self) -> None:
-        log.info("routes: SIGHUP, re-reading {path}", path=self.path)
-        self.watcher.check_now()
-
-
-class PoolService(service.Service):
-    def __init__(self, pool: UpstreamPool) -> None:
-        self.pool = pool
-
-    def startService(self) -> None:
-        super().startService()
-        self.pool.start()
-
-    def stopService(self) -> None:
-        self.pool.stop()
-        return super().stopService()
 
 
 def load_initial_routes(path: str) -> RouteTable:

@@ -24,7 +24,8 @@ from edd_gateway.state.localfile import LocalContainersSource, LocalPinStore
 from edd_gateway.state.nats import NatsEventFeed
 from edd_gateway.state.postgres import PostgresDatabase
 from edd_gateway.state.service import StateService
-from edd_gateway.tap import DEFAULT_STATE_FILE, Options, RoutesService, makeService
+from edd_gateway.routes.service import RoutesService
+from edd_gateway.tap import DEFAULT_STATE_FILE, Options, makeService
 
 CONTAINERS = """\
 containers:

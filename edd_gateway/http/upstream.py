@@ -17,6 +17,7 @@ from ipaddress import ip_address
 from typing import Protocol as TypingProtocol
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
+from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
@@ -385,3 +386,18 @@ def connect_error(failure: Failure, target: Target, timeout: float) -> GatewayEr
     if failure.check(GatewayError):
         return failure.value  # type: ignore[return-value]
     return GatewayError(502, f"The backend {target} could not be reached ({failure.getErrorMessage()}).")
+
+
+class PoolService(Service):
+    """Starts the pool's idle-connection reaper with the gateway and closes its connections at the end."""
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        self.pool.stop()
+        return super().stopService()
