@@ -39,7 +39,13 @@ class Deadline:
             self._call = self._clock.callLater(seconds, self._fire)
             self._armed_for = due
         elif self._armed_for > due:
-            call.reset(seconds)
+            # Cancel and schedule anew rather than DelayedCall.reset: moving
+            # a call sooner makes the reactor find it in its timer heap by a
+            # linear scan (ReactorBase._moveCallLaterSooner), which cost a
+            # quarter of the CPU of TLS handshakes with a few hundred
+            # connections open.  Cancelling is lazy and scheduling O(log n).
+            call.cancel()
+            self._call = self._clock.callLater(seconds, self._fire)
             self._armed_for = due
 
     def clear(self) -> None:

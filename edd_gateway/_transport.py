@@ -14,6 +14,7 @@ from typing import Any
 from twisted.internet import tcp
 from twisted.internet.interfaces import IProtocol, ITransport
 from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper
+from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 _TCP_TYPES = (tcp.Server, tcp.Client)
 
@@ -60,9 +61,33 @@ def is_plain_tcp(transport: Any) -> bool:
     return _tcp_below(transport) is not None
 
 
+def _tls_over_tcp(transport: Any) -> Any:
+    """The TCP connection below a TLS transport that writes to it directly, or L{None}."""
+    if isinstance(transport, TLSMemoryBIOProtocol):
+        return _tcp_below(transport.transport)
+    return None
+
+
+def sees_queue(transport: Any) -> bool:
+    """
+    Whether L{queued} can tell when a write to C{transport} is left
+    waiting: plain TCP, or TLS over it (whose records go to the socket as
+    they are made).  For these a producer need only be registered once a
+    write is left queued, instead of for every exchange.
+    """
+    return _tcp_below(transport) is not None or _tls_over_tcp(transport) is not None
+
+
 def queued(transport: Any) -> bool:
-    """Whether a plain TCP transport holds bytes the kernel has not taken."""
+    """Whether a transport that L{sees_queue} holds bytes the kernel has not taken."""
     tcp_connection = _tcp_below(transport)
+    if tcp_connection is None:
+        if getattr(transport, "_appSendBuffer", None):
+            # TLS holding application bytes until it can write (renegotiation).
+            return True
+        tcp_connection = _tls_over_tcp(transport)
+        if tcp_connection is None:
+            return True
     return bool(tcp_connection._tempDataLen or tcp_connection.dataBuffer)
 
 

@@ -46,6 +46,10 @@ DEFAULT_ALLOW = ("127.0.0.1/32", "::1/128")
 Network = IPv4Network | IPv6Network
 
 
+#: Most addresses whose allow-list answer is remembered.
+_ALLOWED_CACHE_SIZE = 4096
+
+
 def client_key(host: str) -> str:
     """
     The key limits and bans count a client by: its IPv4 address (an
@@ -103,12 +107,25 @@ class BanList:
         self._bans: dict[str, tuple[float, str]] = {}
         # (key, kind) -> [window start, strikes]
         self._strikes: dict[tuple[str, str], list[float]] = {}
+        self._allowed: dict[str, bool] = {}
 
     def allowed(self, host: str) -> bool:
         """Whether C{host} is on the allow-list (never banned nor refused)."""
         allow = self.settings.allow
         if not allow:
             return False
+        # Asked for every connection: parsing the address each time was a
+        # visible part of a TLS handshake's CPU.  Bounded by clearing.
+        known = self._allowed.get(host)
+        if known is not None:
+            return known
+        if len(self._allowed) >= _ALLOWED_CACHE_SIZE:
+            self._allowed.clear()
+        answer = self._allowed[host] = self._on_allow_list(host, allow)
+        return answer
+
+    @staticmethod
+    def _on_allow_list(host: str, allow: Iterable[IPv4Network | IPv6Network]) -> bool:
         if host.startswith("::ffff:") and "." in host:
             host = host[7:]
         try:

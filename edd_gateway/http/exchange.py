@@ -19,7 +19,7 @@ from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import is_plain_tcp, queued, write_now
+from edd_gateway._transport import queued, sees_queue, write_now
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.headers import (
     BODY_CHUNKED,
@@ -124,12 +124,12 @@ class Exchange:
         # Registered only where it can matter, since it costs on every
         # request: the client throttles the backend when there is a request
         # body to stream; the backend throttles the client as soon as a write
-        # to the client is left queued (see flush), or at once when the
-        # client transport cannot say (TLS).
+        # to the client is left queued (see flush: TCP, or TLS over TCP), or
+        # at once when the client transport cannot say (other wrappers).
         if self.info.body != BODY_NONE or self.info.upgrade:
             self._throttle_client = Throttle(server.transport)
             transport.registerProducer(self._throttle_client, True)
-        if not is_plain_tcp(server.transport):
+        if not sees_queue(server.transport):
             self._throttle_backend = Throttle(transport)
             server.transport.registerProducer(self._throttle_backend, True)
         if self.pending_body:

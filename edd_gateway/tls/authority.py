@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.tls.context import chosen_certificate, negotiated_server_name
+from edd_gateway.tls.context import SERVER_NAME_UNREAD, chosen_certificate, negotiated_server_name
 
 __all__ = ["MisdirectedCheck", "misdirected_check"]
 
@@ -41,9 +41,24 @@ def misdirected_check(routes: LiveRouteTable) -> MisdirectedCheck:
         if get_handle is None:
             return False
         connection = get_handle()
-        if negotiated_server_name(connection) == host:
+        # Asked on every request of a keep-alive connection: its SNI never
+        # changes, so it is read from OpenSSL once (see TerminatedTLS).
+        server_name = getattr(transport, "server_name", SERVER_NAME_UNREAD)
+        if server_name is SERVER_NAME_UNREAD:
+            server_name = negotiated_server_name(connection)
+            if hasattr(transport, "server_name"):
+                transport.server_name = server_name
+        if server_name == host:
             return False
+        # The connection's certificate never changes either: remember the
+        # answer for the last host asked (a client sends the same one).
+        last = getattr(transport, "last_authority", None)
+        if last is not None and last[0] == host:
+            return last[1]
         certificate = chosen_certificate(connection)
-        return certificate is None or not certificate.covers(host)
+        answer = certificate is None or not certificate.covers(host)
+        if hasattr(transport, "last_authority"):
+            transport.last_authority = (host, answer)
+        return answer
 
     return misdirected
