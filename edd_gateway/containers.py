@@ -158,11 +158,40 @@ class ContainerRouter:
         # hosts and ports are the client's.
         self._http: dict[int | None, dict[str, Route | ContainerRefused]] = {}
         self._http_size = 0
+        self._owners: dict[int, list[Container]] | None = None
         directory.observers.append(self._forget)
 
     def _forget(self, snapshot: ContainerSnapshot | None = None) -> None:
         self._http = {}
         self._http_size = 0
+        self._owners = None
+
+    def port_owner(self, external_port: int | None) -> ContainerDecision:
+        """
+        For a connection that names no container (raw TCP: neither TLS SNI
+        nor an HTTP Host): the one container with an ingress rule for
+        C{external_port}, preferring a running one, or why there is none.
+        """
+        snapshot = self.directory.current
+        if not snapshot.ready:
+            return ContainerRefused(503, NOT_READY)
+        if external_port is None:
+            return ContainerRefused(502, NO_INGRESS)
+        owners = self._owners
+        if owners is None:
+            # One pass per snapshot, not per connection.
+            owners = self._owners = {}
+            for container in snapshot.containers.values():
+                for port in container.ingress:
+                    owners.setdefault(port, []).append(container)
+        found = owners.get(external_port, [])
+        running = [container for container in found if container.running]
+        if len(running) > 1 or (not running and len(found) > 1):
+            return ContainerRefused(502, f"port {external_port} belongs to several containers: "
+                                         "raw TCP cannot tell which (TLS with SNI or HTTP can)")
+        if not found:
+            return ContainerRefused(502, f"no container has an ingress rule for port {external_port}")
+        return decide(snapshot, (running or found)[0].id, external_port)
 
     def under_domain(self, host: str) -> bool:
         """Whether C{host} is below the container domain (a cheap test, for every request)."""

@@ -17,7 +17,7 @@ from edd_gateway.bans import BAN_KINDS
 from edd_gateway.drain import ConnectionTracker, GatewayService
 from edd_gateway.metrics import GatewayMetrics, ListenerStats
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.sniff import SniffingFactory
+from edd_gateway.sniff import SniffingFactory, Verdict
 from edd_gateway.state.service import StateService
 from edd_gateway.tls.service import CertificateRenewalService
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore
@@ -50,7 +50,9 @@ class Monitoring:
         stats = factory.stats
 
         def by_protocol() -> dict[str, int]:
-            counts = {str(kind): count for kind, count in stats.handed_off.items()}
+            # Connections that spoke none of the three went to raw TCP (container ports).
+            counts = {("TCP" if kind is Verdict.UNKNOWN else str(kind)): count
+                      for kind, count in stats.handed_off.items()}
             counts["unknown"] = stats.unknown
             if factory.default is None:
                 # Otherwise they were handed to the default kind, counted there.

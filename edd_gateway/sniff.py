@@ -184,6 +184,9 @@ class SniffingProtocol(Protocol):
             # kept so the bound holds whatever openings are added.
             verdict = Verdict.UNKNOWN
         self._decide()
+        if verdict is Verdict.UNKNOWN and self._factory.raw is not None:
+            self._handOff(Verdict.UNKNOWN)
+            return
         if verdict is Verdict.UNKNOWN:
             self._factory.stats.unknown += 1
             if self._factory.admission is not None:
@@ -236,6 +239,10 @@ class SniffingProtocol(Protocol):
             )
             return
         stats.silent_timeouts += 1
+        if self._factory.raw is not None:
+            # A container port: the server may be the one to speak first.
+            self._handOff(Verdict.UNKNOWN)
+            return
         default = self._factory.default
         if default is None:
             self._hit(self._peerHost())
@@ -278,7 +285,7 @@ class SniffingProtocol(Protocol):
     def _handOff(self, kind: Verdict) -> None:
         transport = self.transport
         assert transport is not None
-        handler = self._factory.handlers.get(kind)
+        handler = self._factory.raw if kind is Verdict.UNKNOWN else self._factory.handlers.get(kind)
         if handler is None:
             self._factory.stats.unsupported[kind] += 1
             self._giveUp("spoke {kind} on {listener}, not served yet", kind=kind.value)
@@ -352,6 +359,9 @@ class SniffingFactory(Factory):
     @param admission: decides whether each new connection is served at all
         (limits, bans) and hears of the sniffer's limit hits and garbage;
         L{None} admits everything.
+    @param raw: on container ports, the handler of connections that speak
+        none of the three (or stay silent): relayed as raw TCP; L{None}
+        closes them.
     """
 
     noisy = False
@@ -365,6 +375,7 @@ class SniffingFactory(Factory):
         default: Verdict | None = None,
         timeout: float = DEFAULT_SNIFF_TIMEOUT,
         admission: Admission | None = None,
+        raw: IProtocolFactory | None = None,
     ) -> None:
         wrong = set(handlers) - SERVED_KINDS
         if wrong:
@@ -372,6 +383,7 @@ class SniffingFactory(Factory):
         if default is not None and default not in SERVED_KINDS:
             raise ValueError(f"default must be one of TLS, HTTP, SSH or None, not {default}")
         self.handlers = dict(handlers)
+        self.raw = raw
         self.default = default
         self.timeout = timeout
         self.clock = clock

@@ -44,6 +44,7 @@ from edd_gateway.http.upstream import PoolService, UpstreamPool  # noqa: E402
 from edd_gateway.metrics import GatewayMetrics  # noqa: E402
 from edd_gateway.monitoring import Monitoring  # noqa: E402
 from edd_gateway.observe import GatewayObserver, Observers  # noqa: E402
+from edd_gateway.rawtcp import RawTCPFactory  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402
 from edd_gateway.routes.model import Route  # noqa: E402
 from edd_gateway.routes.service import RoutesService  # noqa: E402
@@ -93,7 +94,7 @@ class Options(usage.Options):
         ["response-timeout", None, 60.0, "Seconds for a backend to start answering (504 after).", float],
         ["websocket-idle-timeout", None, None, "Seconds a WebSocket tunnel or a streamed response may move "
          "nothing (default 3600).", float],
-        ["tcp-idle-timeout", None, None, "Seconds a raw TCP tunnel (TLS passthrough) may move nothing "
+        ["tcp-idle-timeout", None, None, "Seconds a TCP tunnel (TLS passthrough, raw TCP on container ports) may move nothing "
          "(default 3600).", float],
         ["tunnel-idle-timeout", None, None, "Deprecated: sets both --websocket-idle-timeout and --tcp-idle-timeout.",
          float],
@@ -252,10 +253,14 @@ class Options(usage.Options):
                            connect_timeout=self["ssh-connect-timeout"],
                            proxy_protocol=self["ssh-proxy-protocol"])
 
+    def container_endpoints(self) -> list[str]:
+        """A listener per --container-ports port."""
+        interface = self["container-interface"].replace(":", "\\:")
+        return [f"tcp:{port}:interface={interface}" for port in self["container-ports"]]
+
     def sniffing_endpoints(self) -> list[str]:
         """Every --listen, then a listener per --container-ports port."""
-        interface = self["container-interface"].replace(":", "\\:")
-        return [*self["listen"], *(f"tcp:{port}:interface={interface}" for port in self["container-ports"])]
+        return [*self["listen"], *self.container_endpoints()]
 
 
 def _check_dsn(name: str, dsn: str) -> None:
@@ -403,9 +408,15 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     monitoring.ssh_keys()
     handlers = {Verdict.HTTP: http, Verdict.TLS: tls.factory, Verdict.SSH: ssh}
     default = None if config["sniff-default"] == "close" else Verdict(config["sniff-default"].upper())
+    raw = None
+    if containers is not None:
+        raw = RawTCPFactory(containers, reactor, connect_timeout=settings.connect_timeout,
+                            idle_timeout=config["tcp-idle-timeout"], observer=observer)
+    container_endpoints = set(config.container_endpoints())
     for endpoint in config.sniffing_endpoints():
         factory = SniffingFactory(handlers, default=default, timeout=config["sniff-timeout"], clock=reactor,
-                                  listener_name=endpoint, admission=admission)
+                                  listener_name=endpoint, admission=admission,
+                                  raw=raw if endpoint in container_endpoints else None)
         top.add_listener(strports.service(endpoint, factory, reactor=reactor), factory.tracker)
         monitoring.listener(factory)
     for endpoint in config["ssh-listen"]:

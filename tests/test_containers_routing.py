@@ -139,6 +139,40 @@ class RouterTests(SynchronousTestCase):
         self.assertIsNone(self.router.route("www.cloud.test", self.transport(18080)))
 
 
+class PortOwnerTests(SynchronousTestCase):
+    """Raw TCP names no container: the port's one container takes it."""
+
+    def setUp(self) -> None:
+        self.directory = ContainerDirectory(snapshot(
+            web("db1", rules={8001: 5432, 8003: 1}), web("mail1", rules={8002: 25, 8003: 2}),
+            web("old", status="stopped", rules={8002: 26, 8004: 3}),
+        ))
+        self.router = ContainerRouter(self.directory, DOMAIN)
+
+    def test_the_one_running_owner(self) -> None:
+        decision = self.router.port_owner(8001)
+        assert isinstance(decision, ContainerBackend)
+        self.assertEqual((decision.container.id, decision.target), ("db1", Target("127.0.1.7", 5432)))
+        owner = self.router.port_owner(8002)
+        assert isinstance(owner, ContainerBackend)
+        self.assertEqual(owner.container.id, "mail1", "the running one of a running and a stopped owner")
+
+    def test_refusals(self) -> None:
+        self.assertEqual(self.router.port_owner(8004), ContainerRefused(503, "container old is stopped"))
+        self.assertIn("several containers", self.router.port_owner(8003).reason)  # type: ignore[union-attr]
+        self.assertEqual(self.router.port_owner(8005),
+                         ContainerRefused(502, "no container has an ingress rule for port 8005"))
+        self.directory.swap(snapshot(ready=False))
+        self.assertEqual(self.router.port_owner(8001), ContainerRefused(503, NOT_READY))
+
+    def test_follows_the_directory(self) -> None:
+        self.assertIsInstance(self.router.port_owner(8001), ContainerBackend)
+        self.directory.swap(snapshot(web("db2", rules={8001: 6543})))
+        decision = self.router.port_owner(8001)
+        assert isinstance(decision, ContainerBackend)
+        self.assertEqual(decision.container.id, "db2")
+
+
 class HTTPMatchCacheTests(SynchronousTestCase):
     """The HTTP side's decisions are kept per (container, port) until the next swap, and bounded."""
 

@@ -78,6 +78,10 @@ class GatewayProcess:
         for attempt in range(attempts):
             self.port = free_port()
             extra = ["--listen", f"tcp:{self.port}:interface=127.0.0.1"]
+            if not any(str(arg).startswith("--drain-timeout") for arg in args):
+                # Cleanup stops the gateway with connections still open: a
+                # short drain keeps stop() well within its bound.
+                extra += ["--drain-timeout", "2"]
             if not any(str(arg).startswith("--admin") for arg in args):
                 # Never the fixed default port: tests run gateways side by side.
                 self.admin_port = free_port()

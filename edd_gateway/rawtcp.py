@@ -1,0 +1,139 @@
+"""
+Raw TCP on the container ports: a connection to one of the 8000-8999
+listeners that speaks neither TLS, HTTP nor SSH (a database client, a game
+protocol, a server that speaks first) names no container, so it goes to the
+one container with an ingress rule for that port
+(L{edd_gateway.containers.ContainerRouter.port_owner}) and is relayed byte
+for byte, with the bytes the sniffer read replayed first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from edd_gateway._connect import OneProtocolFactory, backend_endpoint
+from edd_gateway._transport import set_no_delay
+from edd_gateway.containers import ContainerBackend, ContainerRouter
+from edd_gateway.observe import GatewayObserver, TunnelRecord
+from edd_gateway.relay import splice
+from edd_gateway.sniff import describe_peer
+
+__all__ = ["RawTCPFactory", "RawTCPProtocol"]
+
+log = Logger()
+
+
+class _Backend(Protocol):
+    """Holds a fresh backend connection until the relay takes it over."""
+
+
+class RawTCPProtocol(Protocol):
+    """One raw connection: find the port's container, connect, then relay."""
+
+    def __init__(self, factory: RawTCPFactory) -> None:
+        self.factory = factory
+        self.buffered: list[bytes] = []
+        self.lost = False
+        self.connecting: Any = None
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.client = describe_peer(transport.getPeer())
+        containers = self.factory.containers
+        port = containers.external_port(transport)
+        decision = containers.port_owner(port)
+        if not isinstance(decision, ContainerBackend):
+            self.factory.refused += 1
+            log.info("tcp: {client} on port {port}: {reason}; closing", client=self.client, port=port,
+                     reason=decision.reason)
+            transport.loseConnection()
+            return
+        transport.pauseProducing()  # type: ignore[attr-defined]
+        backend = _Backend()
+        endpoint = backend_endpoint(self.factory.reactor, decision.target, self.factory.connect_timeout)
+        self.connecting = endpoint.connect(OneProtocolFactory(backend))
+        self.connecting.addCallbacks(self._connected, self._failed, callbackArgs=(decision,),
+                                     errbackArgs=(decision,))
+
+    def dataReceived(self, data: bytes) -> None:
+        # The sniffer's replay, and whatever a read in flight still brings
+        # while the backend is being connected.
+        self.buffered.append(data)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost = True
+        if self.connecting is not None:
+            self.connecting.cancel()
+
+    def _connected(self, backend: _Backend, decision: ContainerBackend) -> None:
+        self.connecting = None
+        if self.lost:
+            backend.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        client, server = self.transport, backend.transport
+        assert client is not None and server is not None
+        self.factory.relayed += 1
+        log.info("tcp: {client} port {port} relayed to container {container} at {backend}", client=self.client,
+                 port=decision.external_port, container=decision.container.id, backend=str(decision.target))
+        set_no_delay(client)
+        set_no_delay(server)
+        initial, self.buffered = b"".join(self.buffered), []
+        factory = self.factory
+        splice(client, server, a_to_b_initial=initial, idle_timeout=factory.idle_timeout,
+               clock=factory.reactor if factory.idle_timeout is not None else None,
+               on_close=self._report(decision))
+
+    def _report(self, decision: ContainerBackend) -> Any:
+        observer = self.factory.observer
+        if observer is None:
+            return None
+        clock = self.factory.reactor
+        started = clock.seconds()
+        client_ip = getattr(self.transport.getPeer(), "host", "-")  # type: ignore[union-attr]
+
+        def report(up: int, down: int) -> None:
+            observer.tunnel(TunnelRecord("tcp", client_ip, "container", str(decision.target), up, down, started,
+                                         clock.seconds()))
+
+        return report
+
+    def _failed(self, failure: Failure, decision: ContainerBackend) -> None:
+        self.connecting = None
+        if self.lost:
+            return
+        self.factory.backend_failures += 1
+        log.info("tcp: {client} port {port}: container {container} at {backend} cannot be reached ({problem}); "
+                 "closing", client=self.client, port=decision.external_port, container=decision.container.id,
+                 backend=str(decision.target), problem=failure.getErrorMessage())
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+
+class RawTCPFactory(Factory):
+    """
+    The sniffer's handler for raw TCP on container ports.
+
+    @param idle_timeout: seconds a relay may move nothing before both sides
+        are closed (C{--tcp-idle-timeout}); L{None} for never.
+    """
+
+    noisy = False
+
+    def __init__(self, containers: ContainerRouter, reactor: IReactorTime, *, connect_timeout: float,
+                 idle_timeout: float | None, observer: GatewayObserver | None = None) -> None:
+        self.containers = containers
+        self.reactor = reactor
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.observer = observer
+        self.relayed = 0
+        self.refused = 0
+        self.backend_failures = 0
+
+    def buildProtocol(self, addr: object) -> RawTCPProtocol:
+        return RawTCPProtocol(self)
