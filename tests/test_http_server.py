@@ -10,6 +10,7 @@ from __future__ import annotations
 from twisted.internet import error
 from twisted.trial.unittest import SynchronousTestCase
 
+from edd_gateway.http.server import LINGER_TIMEOUT
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import BackendConnection, ClientConnection, ProxyHarness, backend_route
 from edd_gateway.relay import RelayProtocol
@@ -569,6 +570,13 @@ class TimeoutTests(ProxyTestCase):
         self.harness.clock.advance(1)
         self.assertTrue(self.client.closing)
         self.assertEqual(self.client.received(), b"", "an idle close sends nothing")
+
+    def test_a_closed_connection_whose_client_stops_reading_is_cut(self) -> None:
+        self.harness.clock.advance(60)
+        self.assertTrue(self.client.closing)
+        self.assertFalse(self.client.transport.aborted, "closed politely first")
+        self.harness.clock.advance(LINGER_TIMEOUT)
+        self.assertTrue(self.client.transport.aborted, "a client that never takes its bytes is cut off")
 
     def test_idle_after_a_response(self) -> None:
         self.exchange()

@@ -45,6 +45,10 @@ Job = Union[Exchange, LocalAnswer]
 
 _IDLE, _HEAD, _WAITING, _BUSY, _STREAMING = range(5)
 
+#: Seconds a closed connection's client gets to take the bytes still queued
+#: for it (the last response) before the connection is cut.
+LINGER_TIMEOUT = 30.0
+
 # The limit (edd_gateway.admission.LIMITS) each fatal answer reports.
 _LIMIT_BY_STATUS = {408: "header-timeout", 413: "body-size", 414: "request-line", 431: "header-size"}
 
@@ -81,6 +85,7 @@ class HTTPServerProtocol(Protocol):
         self.client_ip = ""
         self.trusted_peer = False
         self._moved = False
+        self._lingering = False
 
     # Connection
 
@@ -333,6 +338,10 @@ class HTTPServerProtocol(Protocol):
 
     def _deadline_passed(self) -> None:
         if self.closing:
+            if self._lingering:
+                log.info("http: {client} did not take the last bytes within {seconds:g}s of the close; cutting",
+                         client=self.client_ip, seconds=LINGER_TIMEOUT)
+                self.transport.abortConnection()
             return
         if self._phase == _IDLE:
             self.limit_hit("idle")
@@ -418,7 +427,10 @@ class HTTPServerProtocol(Protocol):
     def _close(self) -> None:
         if not self.closing:
             self.closing = True
-            self.deadline.cancel()
+            self._lingering = True
+            # loseConnection waits for the client to take what is queued: a
+            # client that stops reading would hold the connection for ever.
+            self.deadline.set(LINGER_TIMEOUT)
             self.transport.loseConnection()
 
     def abort(self) -> None:
