@@ -98,7 +98,10 @@ class HTTPServerProtocol(Protocol):
         self.trusted_peer = self.settings.is_trusted(host)
         self.parser = HttpRequestParser(self)
         self.deadline = Deadline(self.factory.clock, self._deadline_passed)
-        self.deadline.set(self.settings.keepalive_timeout)
+        # The first request is already under way (the sniffer saw its first
+        # bytes; over TLS, the handshake has begun): the head's deadline, not
+        # the idle one, which would be replaced at once by a second timer.
+        self.deadline.set(self.settings.header_timeout)
         set_no_delay(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
