@@ -449,6 +449,8 @@ class HookTests(SynchronousTestCase):
         harness = ProxyHarness([], ProxySettings(keepalive_timeout=3.0))
         harness.factory.admission = self.door  # type: ignore[attr-defined]
         client = harness.connect_client(ATTACKER)
+        client.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b"404", client.received(), "answered, and kept alive")
         harness.clock.advance(3)
         self.assertTrue(client.closing)
         self.assertEqual(self.door.hits["idle"], 1)
