@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 
 from edd_gateway.routes.model import Target
 
@@ -39,3 +39,7 @@ class OneProtocolFactory(Factory):
 
     def buildProtocol(self, addr: object) -> IProtocol:
         return self._protocol
+
+
+class HeldConnection(Protocol):
+    """Holds a fresh backend connection, reading nothing, until a relay takes it over."""

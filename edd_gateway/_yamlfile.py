@@ -122,6 +122,24 @@ class NodeReader:
     def sorted_problems(self) -> list[FileProblem]:
         return sorted(self.problems, key=lambda problem: problem.line)
 
+    def fields(self, mapping: MappingNode, allowed: tuple[str, ...],
+                what: str) -> dict[str, tuple[Node, Node]]:
+        """
+        The allowed keys of C{mapping}, each with its key and value nodes;
+        unknown and repeated keys are reported as problems.
+        """
+        fields: dict[str, tuple[Node, Node]] = {}
+        for key, value in mapping.value:
+            name = key.value if isinstance(key, ScalarNode) else None
+            if not isinstance(name, str) or name not in allowed:
+                shown = repr(name) if isinstance(name, str) else kind(key)
+                self.problem(key, f"unknown {what} key {shown} (allowed: {', '.join(allowed)})")
+            elif name in fields:
+                self.problem(key, f"key {name!r} given twice (first on line {self.line(fields[name][0])})")
+            else:
+                fields[name] = (key, value)
+        return fields
+
     def construct(self, node: Node) -> object:
         try:
             return self._constructor.construct_object(node, deep=True)

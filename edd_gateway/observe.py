@@ -6,7 +6,7 @@ know nothing about either.
 
 An HTTP request is reported as the object that carried it (the proxy's
 L{edd_gateway.http.exchange.Exchange} or a
-L{edd_gateway.http.exchange.LocalAnswer}): building a record per request
+L{edd_gateway.http.answer.LocalAnswer}): building a record per request
 would cost more than the metrics themselves.  L{HTTPRequestRecord} names
 what an observer may read from it.
 """

@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._connect import OneProtocolFactory, backend_endpoint
+from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay
 from edd_gateway.containers import ContainerBackend, ContainerRouter
 from edd_gateway.observe import GatewayObserver, TunnelRecord
@@ -26,10 +26,6 @@ from edd_gateway.sniff import describe_peer
 __all__ = ["RawTCPFactory", "RawTCPProtocol"]
 
 log = Logger()
-
-
-class _Backend(Protocol):
-    """Holds a fresh backend connection until the relay takes it over."""
 
 
 class RawTCPProtocol(Protocol):
@@ -55,7 +51,7 @@ class RawTCPProtocol(Protocol):
             transport.loseConnection()
             return
         transport.pauseProducing()  # type: ignore[attr-defined]
-        backend = _Backend()
+        backend = HeldConnection()
         endpoint = backend_endpoint(self.factory.reactor, decision.target, self.factory.connect_timeout)
         self.connecting = endpoint.connect(OneProtocolFactory(backend))
         self.connecting.addCallbacks(self._connected, self._failed, callbackArgs=(decision,),
@@ -71,7 +67,7 @@ class RawTCPProtocol(Protocol):
         if self.connecting is not None:
             self.connecting.cancel()
 
-    def _connected(self, backend: _Backend, decision: ContainerBackend) -> None:
+    def _connected(self, backend: HeldConnection, decision: ContainerBackend) -> None:
         self.connecting = None
         if self.lost:
             backend.transport.loseConnection()  # type: ignore[union-attr]

@@ -32,7 +32,7 @@ from edd_gateway.http.headers import (
     upstream_request_head,
 )
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error
-from edd_gateway.observe import route_label
+from edd_gateway.http.record import RequestRecordFields
 from edd_gateway.routes.model import Route
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ log = Logger()
 _CHUNK_END = b"0\r\n\r\n"
 
 
-class Exchange:
+class Exchange(RequestRecordFields):
     """
     A proxied request.  The server protocol feeds it the request; the
     backend connection feeds it the response.
@@ -388,41 +388,6 @@ class Exchange:
         if observer is not None:
             observer.http_request(self, self.server.factory.clock.seconds())
 
-    # What observers read (edd_gateway.observe.HTTPRequestRecord), computed
-    # only when one asks.
-
-    @property
-    def client_ip(self) -> str:
-        return self.server.client_ip
-
-    @property
-    def scheme(self) -> str:
-        return self.server.scheme
-
-    @property
-    def method(self) -> bytes:
-        return self.info.method
-
-    @property
-    def host(self) -> bytes | None:
-        return self.info.host
-
-    @property
-    def request_target(self) -> bytes:
-        return self.info.target
-
-    @property
-    def request_id(self) -> str:
-        return self.info.request_id
-
-    @property
-    def route_label(self) -> str:
-        return route_label(self.route)
-
-    @property
-    def backend(self) -> str:
-        return str(self.target)
-
 
 def _unregister(transport: ITransport | None) -> None:
     if transport is not None and getattr(transport, "producer", None) is not None:
@@ -453,84 +418,3 @@ class Throttle:
 
     def stopProducing(self) -> None:
         pass
-
-
-class LocalAnswer:
-    """
-    A request the gateway answers itself (its own error pages, redirects and
-    internal targets): the response is written when its turn comes, and the
-    request body, if any, is dropped.
-    """
-
-    def __init__(self, server: "HTTPServerProtocol", info: RequestInfo | None, response: bytes, keep_alive: bool,
-                 status: int, request_id: str = "-", *, route: Route | None = None) -> None:
-        self.server = server
-        self._request_id = request_id
-        self.route = route
-        self.info = info
-        self.response = response
-        self.keep_alive = keep_alive
-        self.status = status
-        self.finished = False
-        self.request_done = info is None or info.body == BODY_NONE
-        self.started = server.factory.clock.seconds()
-        self.bytes_in = 0
-
-    def start(self) -> None:
-        server = self.server
-        server.write(self.response)
-        self.finished = True
-        observer = server.factory.observer
-        if observer is not None:
-            observer.http_request(self, server.factory.clock.seconds())
-        server.exchange_finished(self)
-
-    # What observers read (edd_gateway.observe.HTTPRequestRecord).
-    responded = None
-    completed = True
-
-    @property
-    def route_label(self) -> str:
-        return route_label(self.route)
-
-    @property
-    def backend(self) -> str:
-        return "-" if self.route is None else str(self.route.target)
-
-    @property
-    def client_ip(self) -> str:
-        return self.server.client_ip
-
-    @property
-    def scheme(self) -> str:
-        return self.server.scheme
-
-    @property
-    def method(self) -> bytes:
-        return self.info.method if self.info is not None else b"-"
-
-    @property
-    def host(self) -> bytes | None:
-        return self.info.host if self.info is not None else None
-
-    @property
-    def request_target(self) -> bytes:
-        return self.info.target if self.info is not None else b"-"
-
-    @property
-    def request_id(self) -> str:
-        return self.info.request_id if self.info is not None else self._request_id
-
-    @property
-    def bytes_out(self) -> int:
-        # The gateway's own page: the whole response, head included.
-        return len(self.response)
-
-    def request_body(self, data: bytes) -> None:
-        pass
-
-    def request_complete(self) -> None:
-        self.request_done = True
-
-    def client_lost(self) -> None:
-        self.finished = True

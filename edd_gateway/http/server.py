@@ -22,19 +22,13 @@ from twisted.python.failure import Failure
 from edd_gateway._deadline import Deadline
 from edd_gateway._transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError, render_error
-from edd_gateway.http.exchange import Exchange, LocalAnswer
-from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
-from edd_gateway.http.internal import internal_answer
+from edd_gateway.http.answer import LocalAnswer
+from edd_gateway.http.exchange import Exchange
+from edd_gateway.http.headers import RequestInfo, analyse_request, new_request_id
+from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.http.upstream import UpstreamProtocol
 from edd_gateway.observe import TunnelRecord
 from edd_gateway.relay import splice
-from edd_gateway.routes.model import Route
-from edd_gateway.routes.normalize import (
-    BadRequestTarget,
-    normalize_host,
-    normalize_request_target,
-    split_absolute_form,
-)
 
 if TYPE_CHECKING:
     from edd_gateway.http.factory import HTTPProxyFactory
@@ -218,79 +212,16 @@ class HTTPServerProtocol(Protocol):
 
     def _job_for(self, info: RequestInfo) -> Job:
         try:
-            return self._route(info)
+            return route_request(self, info)
         except GatewayError as problem:
             return self._local_error(info, problem.status, problem.detail)
-
-    def _route(self, info: RequestInfo) -> Job:
-        if info.method == b"CONNECT":
-            raise GatewayError(405, "CONNECT is not served: the gateway is not a forward proxy.")
-        target = info.target
-        host_value = info.host
-        if target[:1] != b"/":
-            try:
-                absolute = split_absolute_form(target)
-            except BadRequestTarget as problem:
-                raise GatewayError(400, f"The request target is invalid: {problem}.") from None
-            if absolute is None:
-                if target == b"*" and info.method == b"OPTIONS":
-                    raise GatewayError(404, "OPTIONS * has no route.")
-                raise GatewayError(400, "The request target is not a path.")
-            host_value, target = absolute
-            # RFC 9112 3.2.2: the target's authority replaces the Host header.
-            info.host = host_value
-            info.headers = [h for h in info.headers if h[0].lower() != b"host"]
-            info.headers.append((b"Host", host_value))
-        host = normalize_host(host_value) if host_value is not None else None
-        if host is None:
-            raise GatewayError(400, "The Host header is missing or invalid.")
-        try:
-            path, query = normalize_request_target(target)
-        except BadRequestTarget as problem:
-            raise GatewayError(400, f"The request target is invalid: {problem}.") from None
-        containers = self.factory.containers
-        if containers is not None and containers.under_domain(host):
-            # Past the LRU: thousands of container hosts would evict the static routes' answers.
-            match = self.factory.routes.current.lookup(host, path)
-        else:
-            match = self.factory.routes.lookup(host, path)
-        main_site = self.factory.main_site
-        if match is None and main_site is not None and _is_ip_address(host):
-            # A visitor who typed the cloud's address goes to its main site.
-            return self._local(info, 301, render_error(
-                301, f"This address serves no site: {main_site}", info.request_id,
-                close=not _may_keep_alive(info), extra_headers=(("Location", main_site),),
-            ))
-        misdirected = self.factory.misdirected
-        if misdirected is not None and self.scheme == "https" and misdirected(self.transport, host):
-            raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
-        if match is None and containers is not None:
-            match = containers.http_match(host, path, self.transport)
-        if match is None:
-            raise GatewayError(404, f"No route for host {host} and path {path}.")
-        route = match.route
-        if route.redirect_https and self.scheme == "http":
-            authority = f"[{host}]" if ":" in host else host
-            location = f"https://{authority}{path}" + (f"?{query}" if query else "")
-            return self._local(info, 301, render_error(
-                301, f"This site is served over HTTPS: {location}", info.request_id,
-                close=not _may_keep_alive(info), extra_headers=(("Location", location),),
-            ), route)
-        if route.target.internal is not None:
-            status, response = internal_answer(route, info, host, path, self.client_ip)
-            return self._local(info, status, response, route)
-        upstream_path = match.upstream_path + ("?" + query if query else "")
-        return Exchange(self, info, route, upstream_path.encode("latin-1"))
-
-    def _local(self, info: RequestInfo, status: int, response: bytes, route: Route | None = None) -> LocalAnswer:
-        return LocalAnswer(self, info, response, _may_keep_alive(info), status, route=route)
 
     def _local_error(self, info: RequestInfo, status: int, detail: str) -> LocalAnswer:
         log.info(
             "http: {status} to {client}: {detail}",
             status=status, client=self.client_ip, detail=detail,
         )
-        keep_alive = _may_keep_alive(info)
+        keep_alive = may_keep_alive(info)
         response = render_error(status, detail, info.request_id, close=not keep_alive)
         return LocalAnswer(self, info, response, keep_alive, status)
 
@@ -483,20 +414,6 @@ class HTTPServerProtocol(Protocol):
 
 def _ignore(data: bytes) -> None:
     pass
-
-
-def _may_keep_alive(info: RequestInfo) -> bool:
-    """
-    Whether the connection can serve another request after the gateway
-    answered this one itself: not when a body is still unread, nor after
-    an upgrade or CONNECT head (llhttp stops parsing after those).
-    """
-    return info.keep_alive and not info.upgrade and info.body == BODY_NONE and info.method != b"CONNECT"
-
-
-def _is_ip_address(host: str) -> bool:
-    # normalize_host only lets an all-digit last label through for IPv4.
-    return ":" in host or host.rpartition(".")[2].isdigit()
 
 
 def _llhttp_reason(problem: HttpParserError) -> str:

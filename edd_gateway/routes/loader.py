@@ -163,7 +163,7 @@ class _Reader(NodeReader):
         if not isinstance(root, MappingNode):
             self.problem(root, f"expected a mapping with a 'routes' list, got {kind(root)}")
             return []
-        fields = self._fields(root, _TOP_LEVEL_KEYS, "top-level")
+        fields = self.fields(root, _TOP_LEVEL_KEYS, "top-level")
         defaults = self._defaults(fields.get("defaults"))
         if "routes" not in fields:
             self.problem(root, "missing 'routes' (a list of routes)")
@@ -189,20 +189,6 @@ class _Reader(NodeReader):
             routes.append(route)
         return routes
 
-    def _fields(self, mapping: MappingNode, allowed: tuple[str, ...],
-                what: str) -> dict[str, tuple[Node, Node]]:
-        fields: dict[str, tuple[Node, Node]] = {}
-        for key, value in mapping.value:
-            name = key.value if isinstance(key, ScalarNode) else None
-            if not isinstance(name, str) or name not in allowed:
-                shown = repr(name) if isinstance(name, str) else kind(key)
-                self.problem(key, f"unknown {what} key {shown} (allowed: {', '.join(allowed)})")
-            elif name in fields:
-                self.problem(key, f"key {name!r} given twice (first on line {self.line(fields[name][0])})")
-            else:
-                fields[name] = (key, value)
-        return fields
-
     def _defaults(self, field: tuple[Node, Node] | None) -> dict[str, float]:
         if field is None or is_null(field[1]):
             return {}
@@ -210,7 +196,7 @@ class _Reader(NodeReader):
         if not isinstance(node, MappingNode):
             self.problem(node, f"'defaults' must be a mapping, got {kind(node)}")
             return {}
-        fields = self._fields(node, _DEFAULTS_KEYS, "defaults")
+        fields = self.fields(node, _DEFAULTS_KEYS, "defaults")
         values = {name: self._duration(value, name) for name, (_, value) in fields.items()}
         return {name: value for name, value in values.items() if value is not INVALID}
 
@@ -218,7 +204,7 @@ class _Reader(NodeReader):
         if not isinstance(node, MappingNode):
             self.problem(node, f"each route must be a mapping with host, path and target, got {kind(node)}")
             return None
-        fields = self._fields(node, ROUTE_KEYS, "route")
+        fields = self.fields(node, ROUTE_KEYS, "route")
         missing = [name for name in _REQUIRED_KEYS if name not in fields]
         if missing:
             self.problem(node, f"route is missing {', '.join(missing)}")

@@ -118,17 +118,7 @@ class _Reader(NodeReader):
         return containers
 
     def _fields(self, mapping: MappingNode, allowed: tuple[str, ...], what: str) -> dict[str, Node]:
-        fields: dict[str, Node] = {}
-        for key, value in mapping.value:
-            name = key.value if isinstance(key, ScalarNode) else None
-            if not isinstance(name, str) or name not in allowed:
-                shown = repr(name) if isinstance(name, str) else kind(key)
-                self.problem(key, f"unknown {what} key {shown} (allowed: {', '.join(allowed)})")
-            elif name in fields:
-                self.problem(key, f"key {name!r} given twice")
-            else:
-                fields[name] = value
-        return fields
+        return {name: value for name, (_, value) in self.fields(mapping, allowed, what).items()}
 
     def _container(self, node: Node) -> Container | None:
         if not isinstance(node, MappingNode):

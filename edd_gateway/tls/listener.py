@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet.interfaces import (
     IDelayedCall,
@@ -28,12 +27,11 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
-from zope.interface import directlyProvides, providedBy
 
-from edd_gateway._connect import OneProtocolFactory, backend_endpoint
-from edd_gateway._transport import set_no_delay, swap_protocol, write_now
+from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
+from edd_gateway._transport import set_no_delay, swap_protocol
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.observe import GatewayObserver, TunnelRecord, route_label
@@ -42,8 +40,9 @@ from edd_gateway.relay import splice
 from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.sniff import describe_peer
-from edd_gateway.tls.context import SERVER_NAME_UNREAD, server_connection_creator
+from edd_gateway.tls.context import server_connection_creator
 from edd_gateway.tls.store import CertificateStore
+from edd_gateway.tls.terminated import TerminatedTLS
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -70,9 +69,6 @@ _ALERT_UNRECOGNIZED_NAME = b"\x15\x03\x03\x00\x02\x02\x70"
 _ALERT_DECODE_ERROR = b"\x15\x03\x03\x00\x02\x02\x32"
 _ALERT_INTERNAL_ERROR = b"\x15\x03\x03\x00\x02\x02\x50"
 
-_handshake_log = Logger()
-
-
 @dataclass
 class TLSStats:
     """What became of the TLS connections of the listeners sharing a factory."""
@@ -87,183 +83,6 @@ class TLSStats:
     backend_failures: int = 0
     closed_early: int = 0
     container_refusals: int = 0
-
-
-def _bio_pending(connection: SSL.Connection, which: str) -> bool:
-    """
-    Whether one of a memory-BIO connection's BIOs holds bytes (C{_into_ssl}:
-    from the network, C{_from_ssl}: for it).  pyOpenSSL keeps both private
-    and binds no BIO_ctrl_pending; BIO_get_mem_data tells a memory BIO's
-    length.  True (try, and let OpenSSL say) when either is missing.
-    """
-    bio = getattr(connection, which, None)
-    if bio is None or _mem_data_length is None:
-        return True
-    return _mem_data_length(bio, _NULL) > 0
-
-
-try:
-    from OpenSSL._util import ffi as _ffi, lib as _ssl_lib
-
-    _mem_data_length: Any = getattr(_ssl_lib, "BIO_get_mem_data", None)
-    _NULL: Any = _ffi.NULL
-except ImportError:  # a pyOpenSSL without its private bindings module
-    _mem_data_length = None
-    _NULL = None
-
-
-_PROVIDED_BY: dict[type, Any] = {}
-
-
-def _provided_by(kind: type, transport: Any) -> Any:
-    """What C{transport} provides, computed once per transport class (TCP's never changes)."""
-    provided = _PROVIDED_BY.get(kind)
-    if provided is None:
-        provided = _PROVIDED_BY[kind] = providedBy(transport)
-    return provided
-
-
-class TerminatedTLS(TLSMemoryBIOProtocol):
-    """
-    Twisted's TLS transport, with two changes for the HTTP side it carries.
-
-    It is the plain TLSMemoryBIOProtocol, not the BufferingTLSTransport that
-    Twisted's factory picks by default: that one holds every write until a
-    zero-delay timer fires, to merge small writes into one record, which
-    costs a timer per response (a quarter of the CPU of keep-alive HTTPS,
-    measured with py-spy) and gains nothing here, where a response's head
-    and first body bytes already go out in one write.
-
-    It tells, like TCP, which producer is registered with it (C{producer}).
-    The stock wrapper has no attribute of its own and hands the lookup to the
-    TCP transport below, which names Twisted's internal membrane instead: code
-    that unregisters only the producer it registered would never unregister,
-    and the next registration on a keep-alive connection would fail.
-
-    And its records go to the socket at once when nothing is queued.
-
-    And the handshake has a deadline (the factory's C{handshake_timeout}):
-    after it nothing bounds a connection but the HTTP keep-alive deadline,
-    which starts only once the handshake is done.
-    """
-
-    producer: object = None
-    #: The client's SNI name once the HTTP side has read it (see
-    #: edd_gateway.tls.authority); a sentinel until then.
-    server_name: object = SERVER_NAME_UNREAD
-    #: (host, misdirected?) for the last host the HTTP side asked about.
-    last_authority: tuple[str, bool] | None = None
-    _handshake_timer: IDelayedCall | None = None
-
-    def makeConnection(self, transport: Any) -> None:
-        # TLSMemoryBIOProtocol.makeConnection, with the transport's
-        # interfaces declared in one step instead of one directlyProvides
-        # per interface and then all of them again (in
-        # ProtocolWrapper.makeConnection), which zope.interface recomputes
-        # each time: a tenth of a TLS handshake's CPU, measured with py-spy.
-        self._tlsConnection = self.factory._creatorCallable(self)
-        self._appSendBuffer = []
-        directlyProvides(self, _provided_by(type(transport), transport))
-        Protocol.makeConnection(self, transport)
-        self.factory.registerProtocol(self)
-        if self._connectWrapped:
-            self.wrappedProtocol.makeConnection(self)
-        self._checkHandshakeStatus()
-        timeout = getattr(self.factory, "handshake_timeout", None)
-        if timeout is not None and not self._handshakeDone and not self._aborted:
-            self._handshake_timer = self.factory.timer_clock.callLater(  # type: ignore[attr-defined]
-                timeout, self._handshakeTimedOut)
-
-    def _handshakeTimedOut(self) -> None:
-        self._handshake_timer = None
-        if self._handshakeDone or self._aborted or self._lostTLSConnection:
-            return
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        _handshake_log.info("tls: {client} did not finish the TLS handshake within {timeout:g}s; closing",
-                       client=describe_peer(peer), timeout=self.factory.handshake_timeout)  # type: ignore
-        admission = getattr(self.factory, "admission", None)
-        if admission is not None:
-            admission.hit("tls-handshake-timeout", getattr(peer, "host", ""))
-        self.abortConnection()
-
-    def _stopHandshakeTimer(self) -> None:
-        timer, self._handshake_timer = self._handshake_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._stopHandshakeTimer()
-        super().connectionLost(reason)
-
-    def _flushSendBIO(self) -> None:
-        # The one place Twisted's TLS hands records to TCP (a private method,
-        # stable since TLSMemoryBIOProtocol exists).  Its plain write() queues
-        # and sends at the next loop turn, registering and unregistering the
-        # socket for writing every time: send at once when nothing is queued,
-        # as the plain-HTTP side does (see _transport.write_now).
-        connection = self._tlsConnection
-        if not _bio_pending(connection, "_from_ssl"):
-            return
-        try:
-            data = connection.bio_read(2**15)
-        except SSL.WantReadError:
-            return
-        write_now(self.transport, data)
-
-    def _flushReceiveBIO(self) -> None:
-        # Twisted's loop, ending when the memory BIO and OpenSSL hold no more
-        # bytes instead of when recv raises WantReadError: the exception
-        # (and the final flush's, above) cost a few microseconds per
-        # request, a twentieth of keep-alive HTTPS.
-        connection = self._tlsConnection
-        while not self._lostTLSConnection:
-            try:
-                data = connection.recv(2**15)
-            except SSL.WantReadError:
-                break
-            except SSL.ZeroReturnError:
-                self._shutdownTLS()
-                self._tlsShutdownFinished(None)
-            except SSL.Error:
-                self._tlsShutdownFinished(Failure())
-            else:
-                if not self._aborted:
-                    self.wrappedProtocol.dataReceived(data)
-                if not connection.pending() and not _bio_pending(connection, "_into_ssl"):
-                    break
-        self._flushSendBIO()
-
-    def registerProducer(self, producer: object, streaming: bool) -> None:
-        super().registerProducer(producer, streaming)
-        self.producer = producer
-
-    _counted = False
-
-    def _checkHandshakeStatus(self) -> None:
-        # Counts handshakes for the metrics: Twisted tells a wrapped protocol
-        # of a completed one only, and of a failed one not at all.
-        super()._checkHandshakeStatus()
-        if self._counted:
-            return
-        if self._handshake_timer is not None and (self._handshakeDone or self._aborted):
-            self._stopHandshakeTimer()
-        stats = getattr(self.factory, "stats", None)
-        if stats is None:
-            return
-        if self._handshakeDone:
-            self._counted = True
-            stats.handshakes += 1
-        elif self._lostTLSConnection or self._aborted:
-            self._counted = True
-            stats.handshake_failures += 1
-
-    def unregisterProducer(self) -> None:
-        self.producer = None
-        super().unregisterProducer()
-
-
-class _Backend(Protocol):
-    """Holds a fresh backend connection until the relay takes it over."""
 
 
 class ClientHelloProtocol(Protocol):
@@ -389,7 +208,7 @@ class ClientHelloProtocol(Protocol):
         assert transport is not None
         transport.pauseProducing()  # type: ignore[attr-defined]
         timeout = route.connect_timeout or self._factory.connect_timeout
-        backend = _Backend()
+        backend = HeldConnection()
         endpoint = backend_endpoint(self._factory.reactor, route.target, timeout)
         self._connecting = endpoint.connect(OneProtocolFactory(backend))
         self._connecting.addCallbacks(
@@ -399,7 +218,7 @@ class ClientHelloProtocol(Protocol):
             errbackArgs=(hello, route, timeout),
         )
 
-    def _backend_connected(self, backend: _Backend, hello: ClientHello, route: Route) -> None:
+    def _backend_connected(self, backend: HeldConnection, hello: ClientHello, route: Route) -> None:
         self._connecting = None
         if self._lost:
             backend.transport.loseConnection()  # type: ignore[union-attr]

@@ -1,0 +1,66 @@
+"""
+A request the gateway answers itself, without a backend: its own error
+pages, redirects and internal targets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edd_gateway.http.headers import BODY_NONE, RequestInfo
+from edd_gateway.http.record import RequestRecordFields
+from edd_gateway.routes.model import Route
+
+if TYPE_CHECKING:
+    from edd_gateway.http.server import HTTPServerProtocol
+
+__all__ = ["LocalAnswer"]
+
+
+class LocalAnswer(RequestRecordFields):
+    """
+    A request the gateway answers itself (its own error pages, redirects and
+    internal targets): the response is written when its turn comes, and the
+    request body, if any, is dropped.
+    """
+
+    def __init__(self, server: "HTTPServerProtocol", info: RequestInfo | None, response: bytes, keep_alive: bool,
+                 status: int, request_id: str = "-", *, route: Route | None = None) -> None:
+        self.server = server
+        self._request_id = request_id
+        self.route = route
+        self.info = info
+        self.response = response
+        self.keep_alive = keep_alive
+        self.status = status
+        self.finished = False
+        self.request_done = info is None or info.body == BODY_NONE
+        self.started = server.factory.clock.seconds()
+        self.bytes_in = 0
+
+    def start(self) -> None:
+        server = self.server
+        server.write(self.response)
+        self.finished = True
+        observer = server.factory.observer
+        if observer is not None:
+            observer.http_request(self, server.factory.clock.seconds())
+        server.exchange_finished(self)
+
+    # What observers read beyond RequestRecordFields.
+    responded = None
+    completed = True
+
+    @property
+    def bytes_out(self) -> int:
+        # The gateway's own page: the whole response, head included.
+        return len(self.response)
+
+    def request_body(self, data: bytes) -> None:
+        pass
+
+    def request_complete(self) -> None:
+        self.request_done = True
+
+    def client_lost(self) -> None:
+        self.finished = True

@@ -1,0 +1,64 @@
+"""
+What observers of endings read from an HTTP request
+(L{edd_gateway.observe.HTTPRequestRecord}), shared by the proxied
+L{edd_gateway.http.exchange.Exchange} and the gateway's own
+L{edd_gateway.http.answer.LocalAnswer}: computed only when an observer
+asks, so the request path pays nothing for them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edd_gateway.observe import route_label
+
+if TYPE_CHECKING:
+    from edd_gateway.http.headers import RequestInfo
+    from edd_gateway.routes.model import Route
+
+__all__ = ["RequestRecordFields"]
+
+
+class RequestRecordFields:
+    """
+    Needs C{server} (the client connection), C{info} (the request head, or
+    L{None} when the head itself was refused) and C{route} (or L{None}).
+    """
+
+    server: Any
+    info: RequestInfo | None
+    route: Route | None
+    #: The id of a response to a head that could not be read (no C{info}).
+    _request_id = "-"
+
+    @property
+    def client_ip(self) -> str:
+        return self.server.client_ip  # type: ignore[no-any-return]
+
+    @property
+    def scheme(self) -> str:
+        return self.server.scheme  # type: ignore[no-any-return]
+
+    @property
+    def method(self) -> bytes:
+        return self.info.method if self.info is not None else b"-"
+
+    @property
+    def host(self) -> bytes | None:
+        return self.info.host if self.info is not None else None
+
+    @property
+    def request_target(self) -> bytes:
+        return self.info.target if self.info is not None else b"-"
+
+    @property
+    def request_id(self) -> str:
+        return self.info.request_id if self.info is not None else self._request_id
+
+    @property
+    def route_label(self) -> str:
+        return route_label(self.route)
+
+    @property
+    def backend(self) -> str:
+        return "-" if self.route is None else str(self.route.target)

@@ -1,0 +1,116 @@
+"""
+Routing one request head: the host and target normalised, the route table
+(then the containers) asked, and the job that answers it chosen — an
+L{Exchange} with the route's backend, or the gateway's own L{LocalAnswer}
+(redirects, internal pages).  Security checks that depend on the request as
+a whole live here: CONNECT refused, absolute-form targets, 421 for a host
+the TLS connection was not set up for.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from edd_gateway.http.answer import LocalAnswer
+from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway.http.exchange import Exchange
+from edd_gateway.http.headers import BODY_NONE, RequestInfo
+from edd_gateway.http.internal import internal_answer
+from edd_gateway.routes.model import Route
+from edd_gateway.routes.normalize import (
+    BadRequestTarget,
+    normalize_host,
+    normalize_request_target,
+    split_absolute_form,
+)
+
+if TYPE_CHECKING:
+    from edd_gateway.http.server import HTTPServerProtocol
+
+__all__ = ["may_keep_alive", "route_request"]
+
+
+def route_request(server: HTTPServerProtocol, info: RequestInfo) -> Exchange | LocalAnswer:
+    """
+    What answers one request head: an exchange with the route's backend, or
+    the gateway's own answer (a redirect, an internal page).
+
+    @raise GatewayError: the status and reason of a request that cannot be
+        routed (400, 404, 405, 421, or a container's 502/503).
+    """
+    if info.method == b"CONNECT":
+        raise GatewayError(405, "CONNECT is not served: the gateway is not a forward proxy.")
+    target = info.target
+    host_value = info.host
+    if target[:1] != b"/":
+        try:
+            absolute = split_absolute_form(target)
+        except BadRequestTarget as problem:
+            raise GatewayError(400, f"The request target is invalid: {problem}.") from None
+        if absolute is None:
+            if target == b"*" and info.method == b"OPTIONS":
+                raise GatewayError(404, "OPTIONS * has no route.")
+            raise GatewayError(400, "The request target is not a path.")
+        host_value, target = absolute
+        # RFC 9112 3.2.2: the target's authority replaces the Host header.
+        info.host = host_value
+        info.headers = [h for h in info.headers if h[0].lower() != b"host"]
+        info.headers.append((b"Host", host_value))
+    host = normalize_host(host_value) if host_value is not None else None
+    if host is None:
+        raise GatewayError(400, "The Host header is missing or invalid.")
+    try:
+        path, query = normalize_request_target(target)
+    except BadRequestTarget as problem:
+        raise GatewayError(400, f"The request target is invalid: {problem}.") from None
+    containers = server.factory.containers
+    if containers is not None and containers.under_domain(host):
+        # Past the LRU: thousands of container hosts would evict the static routes' answers.
+        match = server.factory.routes.current.lookup(host, path)
+    else:
+        match = server.factory.routes.lookup(host, path)
+    main_site = server.factory.main_site
+    if match is None and main_site is not None and _is_ip_address(host):
+        # A visitor who typed the cloud's address goes to its main site.
+        return _local(server, info, 301, render_error(
+            301, f"This address serves no site: {main_site}", info.request_id,
+            close=not may_keep_alive(info), extra_headers=(("Location", main_site),),
+        ))
+    misdirected = server.factory.misdirected
+    if misdirected is not None and server.scheme == "https" and misdirected(server.transport, host):
+        raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
+    if match is None and containers is not None:
+        match = containers.http_match(host, path, server.transport)
+    if match is None:
+        raise GatewayError(404, f"No route for host {host} and path {path}.")
+    route = match.route
+    if route.redirect_https and server.scheme == "http":
+        authority = f"[{host}]" if ":" in host else host
+        location = f"https://{authority}{path}" + (f"?{query}" if query else "")
+        return _local(server, info, 301, render_error(
+            301, f"This site is served over HTTPS: {location}", info.request_id,
+            close=not may_keep_alive(info), extra_headers=(("Location", location),),
+        ), route)
+    if route.target.internal is not None:
+        status, response = internal_answer(route, info, host, path, server.client_ip)
+        return _local(server, info, status, response, route)
+    upstream_path = match.upstream_path + ("?" + query if query else "")
+    return Exchange(server, info, route, upstream_path.encode("latin-1"))
+
+def _local(server: HTTPServerProtocol, info: RequestInfo, status: int, response: bytes,
+           route: Route | None = None) -> LocalAnswer:
+    return LocalAnswer(server, info, response, may_keep_alive(info), status, route=route)
+
+
+def may_keep_alive(info: RequestInfo) -> bool:
+    """
+    Whether the connection can serve another request after the gateway
+    answered this one itself: not when a body is still unread, nor after
+    an upgrade or CONNECT head (llhttp stops parsing after those).
+    """
+    return info.keep_alive and not info.upgrade and info.body == BODY_NONE and info.method != b"CONNECT"
+
+
+def _is_ip_address(host: str) -> bool:
+    # normalize_host only lets an all-digit last label through for IPv4.
+    return ":" in host or host.rpartition(".")[2].isdigit()
