@@ -33,7 +33,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from string import Template
-from typing import Any, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -42,6 +42,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from _procs import LOOPBACK, ProcessSet, Started, cpu_seconds, free_port, log_tail, run_tool, usable_cpus, wait_listening  # noqa: E402
 from backend import nginx_path, nginx_user_line, start_backend  # noqa: E402
 from keepalive import parse_wrk  # noqa: E402
+import _interpreter  # noqa: E402
 
 from edd_gateway.tls.devcert import self_signed_certificate, write_secret_directory  # noqa: E402
 
@@ -54,8 +55,8 @@ TARGETS = {"handshakes": 0.5, "keepalive": 0.30, "passthrough": 0.8}
 # suites, a session cache (the gateway resumes sessions too).
 NGINX_TLS = Template("""daemon off;
 worker_processes 1;
-pid $workdir/nginx-tls.pid;
-error_log $workdir/nginx-tls.error.log warn;
+pid $workdir/$name.pid;
+error_log $workdir/$name.error.log warn;
 $user_line
 $stream_module_line
 events { worker_connections 4096; }
@@ -151,6 +152,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--size-mib", type=int, default=256, help="passthrough download size (default 256)")
     parser.add_argument("--repeats", type=int, default=3, help="passthrough downloads per peer (default 3)")
     parser.add_argument("--python", default=sys.executable, help="interpreter with Twisted for the gateway")
+    parser.add_argument("--no-fresh", dest="fresh", action="store_false",
+                        help="measure one process per peer in every round (default: a new process each round)")
     parser.add_argument("--pin", choices=("split", "none"), default="split",
                         help="split: peers on the first CPU, the rest on the others (default); none: no pinning")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results", help="where the JSON goes")
@@ -176,7 +179,7 @@ def twistd(python: str) -> str:
 
 
 def start_gateway(procs: ProcessSet, workdir: Path, python: str, backend_port: int, tls_backend_port: int,
-                  secret: Path, cpus: Sequence[int] | None) -> tuple[Started, int]:
+                  secret: Path, cpus: Sequence[int] | None, name: str = "gateway") -> tuple[Started, int]:
     port = free_port()
     routes = workdir / "routes.yaml"
     routes.write_text(
@@ -184,38 +187,44 @@ def start_gateway(procs: ProcessSet, workdir: Path, python: str, backend_port: i
         f'  - {{host: {HOST}, path: /, target: "127.0.0.1:{backend_port}"}}\n'
         f'  - {{host: {PASS_HOST}, path: /, target: "127.0.0.1:{tls_backend_port}", tls: passthrough}}\n'
     )
-    command = (f"{twistd(python)} -n --pidfile= --logfile={workdir / 'gateway.log'} edd-gateway "
+    command = (f"{twistd(python)} -n --pidfile= --logfile={workdir / (name + '.log')} edd-gateway "
                f"--routes {routes} --tls-dir {secret} --listen tcp:{port}:interface=127.0.0.1 "
                "--admin none --no-access-log")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-    started = procs.start("gateway-tls", shlex.split(command), cpus=cpus, env=env, cwd=workdir)
+    started = procs.start(f"{name}-tls", shlex.split(command), cpus=cpus, env=env, cwd=workdir)
     wait_listening(started, port)
     return started, port
 
 
 def start_nginx_tls(procs: ProcessSet, workdir: Path, backend_port: int, tls_backend_port: int,
-                    certificate: Path, key: Path, cpus: Sequence[int] | None) -> tuple[Started, int, int | None, str]:
-    """nginx terminating TLS (and, with the stream module, passing TLS through): (process, port, stream port, note)."""
+                    certificate: Path, key: Path, cpus: Sequence[int] | None,
+                    name: str = "nginx-tls", stream: bool = True) -> tuple[Started, int, int | None, str]:
+    """
+    nginx terminating TLS (and, with the stream module and C{stream}, passing
+    TLS through): (process, port, stream port, note).
+    """
     nginx = nginx_path()
     if nginx is None:
         raise RuntimeError("nginx is not installed")
     port = free_port()
     stream_port: int | None = None
     stream_block, module_line, note = "", "", ""
-    if STREAM_MODULE.exists():
+    if not stream:
+        pass
+    elif STREAM_MODULE.exists():
         stream_port = free_port()
         module_line = f"load_module {STREAM_MODULE};"
         stream_block = NGINX_STREAM.substitute(stream_port=stream_port, tls_backend_port=tls_backend_port)
     else:
         note = "nginx's stream module is missing (Debian: libnginx-mod-stream): passthrough is compared with haproxy"
-    config = workdir / "nginx-tls.conf"
+    config = workdir / f"{name}.conf"
     config.write_text(NGINX_TLS.substitute(
-        workdir=workdir, user_line=nginx_user_line(), stream_module_line=module_line, backend_port=backend_port,
+        name=name, workdir=workdir, user_line=nginx_user_line(), stream_module_line=module_line, backend_port=backend_port,
         port=port, certificate=certificate, key=key, stream_block=stream_block,
     ))
-    argv = [nginx, "-p", str(workdir), "-c", str(config), "-e", str(workdir / "nginx-tls.error.log")]
-    started = procs.start("nginx-tls", argv, cpus=cpus, cwd=workdir)
+    argv = [nginx, "-p", str(workdir), "-c", str(config), "-e", str(workdir / f"{name}.error.log")]
+    started = procs.start(name, argv, cpus=cpus, cwd=workdir)
     wait_listening(started, port)
     return started, port, stream_port, note
 
@@ -253,14 +262,30 @@ def wrk(port: int, args: argparse.Namespace, seconds: float, close: bool, cpus: 
     return run_tool(argv, cpus=cpus, timeout=seconds + 60)
 
 
-def measure_wrk(peers: dict[str, tuple[Started, int]], args: argparse.Namespace, close: bool,
+Peer = tuple[Started, int]
+
+
+def measure_wrk(peers: dict[str, Callable[[], Peer]], procs: ProcessSet, args: argparse.Namespace, close: bool,
                 cpus: Sequence[int] | None) -> dict[str, Any]:
-    """Requests/s per peer (medians of interleaved rounds) and the peer's CPU per request."""
+    """
+    Requests/s per peer (medians of interleaved rounds) and the peer's CPU per
+    request.  With C{--fresh} (the default) every round measures a newly
+    started process of each peer: one process's memory layout can make it
+    10-20% faster or slower than the next (seen on virtual machines), and a
+    median over one process per peer would carry that luck into the ratio.
+    """
     rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in peers}
     kind = "handshakes" if close else "keep-alive"
+    kept: dict[str, Peer] = {}
     for number in range(1, args.rounds + 1):
-        for name, (started, port) in peers.items():
+        for name, start in peers.items():
             print(f"  {kind} round {number}/{args.rounds}: {name} ...", flush=True)
+            peer = kept.get(name) or start()
+            started, port = peer
+            if args.fresh:
+                kept.pop(name, None)
+            else:
+                kept[name] = peer
             if args.warmup > 0:
                 wrk(port, args, args.warmup, close, cpus)
             before = cpu_seconds(started.pid)
@@ -269,6 +294,8 @@ def measure_wrk(peers: dict[str, tuple[Started, int]], args: argparse.Namespace,
             if result["requests"]:
                 result["peer_cpu_us_per_request"] = round(spent * 1e6 / result["requests"], 1)
             rounds[name].append(result)
+            if args.fresh:
+                procs.stop(started)
     summary: dict[str, Any] = {}
     for name, results in rounds.items():
         summary[name] = {
@@ -336,17 +363,28 @@ def measure(args: argparse.Namespace, procs: ProcessSet, workdir: Path, results:
     )
     if note:
         results["notes"].append(note)
-    terminating = {"gateway": gateway, "nginx": (nginx, nginx_port)}
-    for name, (_, port) in terminating.items():
+    for name, (_, port) in {"gateway": gateway, "nginx": (nginx, nginx_port)}.items():
         parse = parse_wrk(wrk(port, args, 1, False, load_cpus))
         if parse["non_2xx_3xx"] or not parse["requests"]:
             raise RuntimeError(f"{name} does not answer 200 over HTTPS: {parse}")
 
+    def fresh_gateway() -> Peer:
+        return start_gateway(procs, workdir, args.python, backend.port, tls_backend_port, workdir / "secret",
+                             peer_cpus, name="gateway-round")
+
+    def fresh_nginx() -> Peer:
+        started, port, _, _ = start_nginx_tls(procs, workdir, backend.port, tls_backend_port, certificate, key,
+                                              peer_cpus, name="nginx-tls-round", stream=False)
+        return started, port
+
+    terminating: dict[str, Callable[[], Peer]] = {"gateway": fresh_gateway, "nginx": fresh_nginx}
+    if not args.fresh:
+        terminating = {"gateway": lambda: gateway, "nginx": lambda: (nginx, nginx_port)}
     if "handshakes" in parts:
-        measured = measure_wrk(terminating, args, True, load_cpus)
+        measured = measure_wrk(terminating, procs, args, True, load_cpus)
         results["handshakes"] = {"peers": measured, "gateway_ratio": ratio(measured, "requests_per_s", "nginx")}
     if "keepalive" in parts:
-        measured = measure_wrk(terminating, args, False, load_cpus)
+        measured = measure_wrk(terminating, procs, args, False, load_cpus)
         results["keepalive"] = {"peers": measured, "gateway_ratio": ratio(measured, "requests_per_s", "nginx")}
     if "passthrough" in parts:
         reference = "nginx-stream"
@@ -382,6 +420,7 @@ def render(results: dict[str, Any]) -> str:
         verdict = "n/a" if got is None else ("PASS" if got >= target else "FAIL")
         lines.append(f"  gateway ratio {got} (target >= {target}): {verdict}")
     lines.extend(f"note: {note}" for note in results["notes"])
+    lines.append(f"gateway interpreter: {_interpreter.summary(results['gateway_interpreter'])}")
     return "\n".join(lines)
 
 
@@ -394,6 +433,7 @@ def main(argv: Sequence[str]) -> int:
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "load_average_before": [round(load, 2) for load in os.getloadavg()],
+        "gateway_interpreter": _interpreter.describe(args.python),
         "notes": [],
     }
     workdir = Path(tempfile.mkdtemp(prefix="edd-bench-tls-"))

@@ -34,6 +34,7 @@ install_reactor()
 from edd_gateway.logs import AccessLog  # noqa: E402
 from edd_gateway.admin import Readiness, admin_site  # noqa: E402
 from edd_gateway import admission as _admission  # noqa: E402
+from edd_gateway._gc import settle_heap  # noqa: E402
 from edd_gateway._rlimit import raise_open_file_limit  # noqa: E402
 from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
 from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
@@ -358,7 +359,11 @@ def build_observer(config: Options, metrics: GatewayMetrics) -> GatewayObserver:
 
 def makeService(config: Options, reactor: Any = None) -> GatewayService:
     """The service tree; C{reactor} is the installed (asyncio) one unless a test injects another."""
-    reactor = installed_asyncio_reactor() if reactor is None else reactor
+    if reactor is None:
+        # The process's own reactor (twistd), not a test's: tune the
+        # collector once everything loaded at start is alive.
+        reactor = installed_asyncio_reactor()
+        reactor.callWhenRunning(settle_heap)
     settings = config.settings()
     live = LiveRouteTable(load_initial_routes(config["routes"]))
     log.info("routes: loaded {count} routes from {path}", count=len(live.current), path=config["routes"])
