@@ -20,6 +20,10 @@ import errno
 import sys
 
 from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+from twisted.internet.posixbase import PosixReactorBase
+
+#: New timed calls left unpushed at most (see GatewayReactor.callLater).
+_NEW_CALLS_BOUND = 1024
 
 
 class GatewayReactor(AsyncioSelectorReactor):
@@ -55,6 +59,29 @@ class GatewayReactor(AsyncioSelectorReactor):
         except BaseException:
             self._unregisterFDInAsyncio(fd)
             raise
+
+    def callLater(self, delay, callable, *args, **kwargs):  # type: ignore[no-untyped-def]
+        # The stock method asks timeout() after every call, which pushes the
+        # new call onto the timer heap (a Python-level comparison per level)
+        # to learn whether the loop's one timer must fire sooner.  Every
+        # connection schedules a few deadlines and cancels nearly all of them
+        # within milliseconds: when the loop's timer already fires before the
+        # new call is due, it is left among the new calls, and the next
+        # runUntilCurrent drops it if it was cancelled meanwhile or pushes it
+        # then.  The list is flushed past a bound so that a far-off loop timer
+        # cannot let it grow.
+        call = PosixReactorBase.callLater(self, delay, callable, *args, **kwargs)
+        scheduled = self._scheduledAt
+        if (
+            scheduled is not None
+            and self._asyncioEventloop.time() + delay >= scheduled
+            and len(self._newTimedCalls) <= _NEW_CALLS_BOUND
+        ):
+            return call
+        # The stock path.
+        if scheduled is None or self._asyncioEventloop.time() + self.timeout() < scheduled:
+            self._reschedule()
+        return call
 
 
 def install() -> AsyncioSelectorReactor:

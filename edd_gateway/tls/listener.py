@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from twisted.internet import defer, error
 from twisted.internet.interfaces import (
+    IAddress,
     IDelayedCall,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
@@ -93,8 +94,11 @@ class ClientHelloProtocol(Protocol):
 
     _log = Logger()
 
-    def __init__(self, factory: TLSListenerFactory) -> None:
+    def __init__(self, factory: TLSListenerFactory, peer: IAddress | None = None) -> None:
         self._factory = factory
+        #: The client's address, as the sniffer read it at its decision
+        #: (behind a PROXY-protocol wrapper, the one the header named).
+        self._peer = peer
         self._parser = ClientHelloParser(factory.max_hello_bytes)
         self._timer: IDelayedCall | None = None
         self._decided = False
@@ -105,7 +109,9 @@ class ClientHelloProtocol(Protocol):
         self.client_ip = "-"
 
     def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        peer = self._peer
+        if peer is None:
+            peer = self._peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.client = describe_peer(peer)
         self.client_ip = getattr(peer, "host", "-")
         self._timer = self._factory.clock.callLater(self._factory.hello_timeout, self._timed_out)
@@ -196,7 +202,9 @@ class ClientHelloProtocol(Protocol):
         # see the TLS wrapper: without it a response written in two records
         # waits for the client's delayed ACK.
         set_no_delay(transport)
-        tls = self._factory.terminator.buildProtocol(transport.getPeer())
+        tls = self._factory.terminator.buildProtocol(self._peer)
+        # Read once here rather than by every getPeer of the HTTP side.
+        tls.peer = self._peer
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
         self.transport = None
@@ -393,8 +401,8 @@ class TLSListenerFactory(Factory):
     def admission(self, admission: Any) -> None:
         self.terminator.admission = admission  # type: ignore[attr-defined]
 
-    def buildProtocol(self, addr: object) -> ClientHelloProtocol:
-        return ClientHelloProtocol(self)
+    def buildProtocol(self, addr: IAddress) -> ClientHelloProtocol:
+        return ClientHelloProtocol(self, addr)
 
     def startFactory(self) -> None:
         # The terminating factory never listens itself: it is started here,

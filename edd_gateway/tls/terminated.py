@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IAddress, IDelayedCall
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOProtocol
@@ -91,6 +91,16 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
     #: (host, misdirected?) for the last host the HTTP side asked about.
     last_authority: tuple[str, bool] | None = None
     _handshake_timer: IDelayedCall | None = None
+    #: The client's address when the listener knew it already (see getPeer).
+    peer: IAddress | None = None
+
+    def getPeer(self) -> IAddress:
+        # The TCP transport builds a new address object at every call; the
+        # HTTP side asks once per connection and per log line.
+        peer = self.peer
+        if peer is None:
+            peer = self.peer = self.transport.getPeer()  # type: ignore[union-attr]
+        return peer
 
     def makeConnection(self, transport: Any) -> None:
         # TLSMemoryBIOProtocol.makeConnection, with the transport's
