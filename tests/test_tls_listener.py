@@ -19,7 +19,7 @@ from cryptography import x509
 from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
-from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport, StringTransportWithDisconnection
 from twisted.logger import LogLevel, capturedLogs, formatEvent
@@ -30,6 +30,7 @@ from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import LiveRouteTable, RouteTable
+from edd_gateway.tls import _openssl
 from edd_gateway.tls.authority import misdirected_check
 from edd_gateway.tls.devcert import self_signed_certificate, write_secret_directory
 from edd_gateway.tls.listener import ClientHelloProtocol, TLSListenerFactory
@@ -256,6 +257,82 @@ class TerminationTests(_ListenerCase):
             self.handshake(MemoryClient(None), transport)
         self.assertFalse(transport.connected)
         self.assertTrue(any("sent no SNI" in formatEvent(e) for e in events))
+
+
+class Recorder(protocol.Protocol):
+    """Echoes, and remembers how its connection ended."""
+
+    def connectionMade(self) -> None:
+        self.lost: Failure | None = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
+        self.lost = reason
+
+
+class DataPathTests(_ListenerCase):
+    """
+    Application bytes through terminated TLS: edd_gateway.tls._openssl's
+    short way into OpenSSL (StockDataPathTests: pyOpenSSL's own calls).
+    """
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.https.protocol = Recorder  # type: ignore[assignment]
+        self.client = MemoryClient(b"a.cloud.test")
+        _, self.transport = self.connect()
+        self.handshake(self.client, self.transport)
+        self.server = self.transport.protocol.wrappedProtocol
+
+    def test_bytes_larger_than_records_and_chunks(self) -> None:
+        """A write of several records (and more than one BIO read) arrives whole and in order."""
+        payload = bytes(range(256)) * 400  # 100 KiB: 7 records, over 3 chunks
+        self.client.received = b""
+        sent = 0
+        while sent < len(payload):
+            sent += self.client.connection.send(payload[sent:sent + 2**14])
+            self.transport.protocol.dataReceived(self.client.drain())
+            self.client.feed(self.transport.take())
+        self.assertEqual(self.client.received, payload)
+
+    def test_big_write_from_the_application(self) -> None:
+        payload = b"x" * (3 * _openssl.CHUNK + 5)
+        self.client.received = b""
+        self.transport.protocol.write(payload)
+        for _ in range(10):
+            self.client.feed(self.transport.take())
+        self.assertEqual(self.client.received, payload)
+
+    def test_close_notify_ends_the_connection_cleanly(self) -> None:
+        self.client.connection.shutdown()
+        self.transport.protocol.dataReceived(self.client.drain())
+        self.assertFalse(self.transport.connected)
+        assert self.server.lost is not None
+        self.assertTrue(self.server.lost.check(ConnectionDone))
+
+    def test_corrupt_record_fails_the_connection(self) -> None:
+        self.transport.protocol.dataReceived(b"\x17\x03\x03\x00\x20" + bytes(32))
+        self.assertFalse(self.transport.connected)
+        assert self.server.lost is not None
+        self.assertTrue(self.server.lost.check(SSL.Error), self.server.lost)
+
+
+class StockDataPathTests(DataPathTests):
+    """The same through pyOpenSSL's public calls, as with a pyOpenSSL lacking the internals used."""
+
+    def setUp(self) -> None:
+        self.patch(_openssl, "AVAILABLE", False)
+        super().setUp()
+
+
+class StockTerminationTests(TerminationTests):
+    """Termination through pyOpenSSL's public calls only."""
+
+    def setUp(self) -> None:
+        self.patch(_openssl, "AVAILABLE", False)
+        super().setUp()
 
 
 class RefusalTests(_ListenerCase):

@@ -18,6 +18,8 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from edd_gateway._transport import write_now
+from edd_gateway.tls import _openssl
+from edd_gateway.tls._openssl import bio_pending
 from edd_gateway.sniff import describe_peer
 from edd_gateway.tls.context import SERVER_NAME_UNREAD
 
@@ -26,28 +28,8 @@ __all__ = ["TerminatedTLS"]
 _handshake_log = Logger()
 
 
-def _bio_pending(connection: SSL.Connection, which: str) -> bool:
-    """
-    Whether one of a memory-BIO connection's BIOs holds bytes (C{_into_ssl}:
-    from the network, C{_from_ssl}: for it).  pyOpenSSL keeps both private
-    and binds no BIO_ctrl_pending; BIO_get_mem_data tells a memory BIO's
-    length.  True (try, and let OpenSSL say) when either is missing.
-    """
-    bio = getattr(connection, which, None)
-    if bio is None or _mem_data_length is None:
-        return True
-    return _mem_data_length(bio, _NULL) > 0
-
-
-try:
-    from OpenSSL._util import ffi as _ffi, lib as _ssl_lib
-
-    _mem_data_length: Any = getattr(_ssl_lib, "BIO_get_mem_data", None)
-    _NULL: Any = _ffi.NULL
-except ImportError:  # a pyOpenSSL without its private bindings module
-    _mem_data_length = None
-    _NULL = None
-
+#: A TLS record's payload at most (RFC 8446 section 5.1): what one encryption takes.
+_RECORD = 2**14
 
 _PROVIDED_BY: dict[type, Any] = {}
 
@@ -142,6 +124,34 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         self._stopHandshakeTimer()
         super().connectionLost(reason)
 
+    def dataReceived(self, data: bytes) -> None:
+        # TLSMemoryBIOProtocol.dataReceived, through edd_gateway.tls._openssl.
+        _openssl.feed(self._tlsConnection, data)
+        if not self._handshakeDone:
+            self._checkHandshakeStatus()
+            if not self._handshakeDone:
+                return
+        if self._appSendBuffer:
+            self._unbufferPendingWrites()
+        self._flushReceiveBIO()
+
+    def _write(self, data: bytes) -> None:
+        # TLSMemoryBIOProtocol._write, through edd_gateway.tls._openssl.
+        if self._lostTLSConnection:
+            return
+        connection = self._tlsConnection
+        sent, size = 0, len(data)
+        while sent < size:
+            try:
+                sent += _openssl.send(connection, data[sent:sent + _RECORD] if sent or size > _RECORD else data)
+            except SSL.WantReadError:
+                self._bufferedWrite(data[sent:])
+                break
+            except SSL.Error:
+                self._tlsShutdownFinished(Failure())
+                break
+            self._flushSendBIO()
+
     def _flushSendBIO(self) -> None:
         # The one place Twisted's TLS hands records to TCP (a private method,
         # stable since TLSMemoryBIOProtocol exists).  Its plain write() queues
@@ -149,13 +159,14 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         # socket for writing every time: send at once when nothing is queued,
         # as the plain-HTTP side does (see _transport.write_now).
         connection = self._tlsConnection
-        if not _bio_pending(connection, "_from_ssl"):
+        if connection is None:
+            # Gone with connectionLost (a transport that reports it within
+            # loseConnection, as test transports do).
             return
-        try:
-            data = connection.bio_read(2**15)
-        except SSL.WantReadError:
-            return
-        write_now(self.transport, data)
+        records = _openssl.take_records(connection)
+        while records is not None:
+            write_now(self.transport, records)
+            records = _openssl.take_records(connection) if len(records) == _openssl.CHUNK else None
 
     def _flushReceiveBIO(self) -> None:
         # Twisted's loop, ending when the memory BIO and OpenSSL hold no more
@@ -165,7 +176,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         connection = self._tlsConnection
         while not self._lostTLSConnection:
             try:
-                data = connection.recv(2**15)
+                data = _openssl.recv(connection)
             except SSL.WantReadError:
                 break
             except SSL.ZeroReturnError:
@@ -176,7 +187,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
             else:
                 if not self._aborted:
                     self.wrappedProtocol.dataReceived(data)
-                if not connection.pending() and not _bio_pending(connection, "_into_ssl"):
+                if not connection.pending() and not bio_pending(connection, "_into_ssl"):
                     break
         self._flushSendBIO()
 
