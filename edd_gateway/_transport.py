@@ -78,16 +78,29 @@ def sees_queue(transport: Any) -> bool:
     return _tcp_below(transport) is not None or _tls_over_tcp(transport) is not None
 
 
-def queued(transport: Any) -> bool:
-    """Whether a transport that L{sees_queue} holds bytes the kernel has not taken."""
-    tcp_connection = _tcp_below(transport)
+def socket_below(transport: Any) -> Any:
+    """
+    The TCP connection whose send buffer tells whether a write to
+    C{transport} was left queued: the transport itself, the one below a
+    PROXY-protocol wrapper, or the one below TLS over either; L{None} when
+    it cannot tell (L{sees_queue} is false).  Constant for a connection, so
+    the HTTP side asks once.
+    """
+    below = _tcp_below(transport)
+    return below if below is not None else _tls_over_tcp(transport)
+
+
+def queued(transport: Any, socket: Any = None) -> bool:
+    """
+    Whether a transport that L{sees_queue} holds bytes the kernel has not
+    taken.  C{socket}: its L{socket_below}, when the caller knows it.
+    """
+    tcp_connection = socket if socket is not None else socket_below(transport)
     if tcp_connection is None:
-        if getattr(transport, "_appSendBuffer", None):
-            # TLS holding application bytes until it can write (renegotiation).
-            return True
-        tcp_connection = _tls_over_tcp(transport)
-        if tcp_connection is None:
-            return True
+        return True
+    if tcp_connection is not transport and getattr(transport, "_appSendBuffer", None):
+        # TLS holding application bytes until it can write (renegotiation).
+        return True
     return bool(tcp_connection._tempDataLen or tcp_connection.dataBuffer)
 
 
@@ -137,4 +150,4 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-__all__ = ["swap_protocol", "set_no_delay", "write_now"]
+__all__ = ["is_plain_tcp", "queued", "sees_queue", "set_no_delay", "socket_below", "swap_protocol", "write_now"]

@@ -19,7 +19,7 @@ from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import queued, sees_queue, write_now
+from edd_gateway._transport import queued, write_now
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.headers import (
     BODY_CHUNKED,
@@ -129,7 +129,7 @@ class Exchange(RequestRecordFields):
         if self.info.body != BODY_NONE or self.info.upgrade:
             self._throttle_client = Throttle(server.transport)
             transport.registerProducer(self._throttle_client, True)
-        if not sees_queue(server.transport):
+        if server.tcp_connection is None:
             self._throttle_backend = Throttle(transport)
             server.transport.registerProducer(self._throttle_backend, True)
         if self.pending_body:
@@ -236,7 +236,8 @@ class Exchange(RequestRecordFields):
             server = self.server
             server.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-            if self._throttle_backend is None and self.upstream is not None and queued(server.transport):
+            if (self._throttle_backend is None and self.upstream is not None
+                    and queued(server.transport, server.tcp_connection)):
                 self._throttle_backend = Throttle(self.upstream.transport)
                 server.transport.registerProducer(self._throttle_backend, True)
 

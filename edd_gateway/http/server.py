@@ -11,7 +11,7 @@ at most one socket read of a pipelined request, never a whole body.
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Callable, Union
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
 from twisted.internet import error
@@ -20,7 +20,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._deadline import Deadline
-from edd_gateway._transport import set_no_delay, write_now
+from edd_gateway._transport import is_plain_tcp, set_no_delay, socket_below, write_now
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.answer import LocalAnswer
 from edd_gateway.http.exchange import Exchange
@@ -80,6 +80,9 @@ class HTTPServerProtocol(Protocol):
         self.trusted_peer = False
         self._moved = False
         self._lingering = False
+        #: The TCP connection below the transport (see connectionMade).
+        self.tcp_connection: Any = None
+        self._write_now = False
 
     # Connection
 
@@ -97,6 +100,11 @@ class HTTPServerProtocol(Protocol):
         # the idle one, which would be replaced at once by a second timer.
         self.deadline.set(self.settings.header_timeout)
         set_no_delay(self.transport)
+        # Asked of the transport once, not per write: which TCP connection
+        # tells whether a write was left queued (None: none can), and
+        # whether writes can go to that socket at once (not through TLS).
+        self.tcp_connection = socket_below(self.transport)
+        self._write_now = is_plain_tcp(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -302,7 +310,10 @@ class HTTPServerProtocol(Protocol):
     # Writing and flow control
 
     def write(self, data: bytes) -> None:
-        write_now(self.transport, data)
+        if self._write_now:
+            write_now(self.transport, data)
+        else:
+            self.transport.write(data)
 
     def pause_reading(self) -> None:
         if not self.paused:

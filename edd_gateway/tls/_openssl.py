@@ -25,7 +25,7 @@ from typing import Any
 
 from OpenSSL import SSL
 
-__all__ = ["AVAILABLE", "CHUNK", "bio_pending", "feed", "recv", "send", "take_records"]
+__all__ = ["AVAILABLE", "CHUNK", "bio_pending", "feed", "pending", "recv", "send", "take_records"]
 
 #: Bytes taken from OpenSSL per call: two TLS records' worth, as Twisted's
 #: TLSMemoryBIOProtocol reads.
@@ -38,6 +38,7 @@ try:
     _bio_read: Any = _lib.BIO_read
     _ssl_read: Any = _lib.SSL_read
     _ssl_write: Any = _lib.SSL_write
+    _ssl_pending: Any = _lib.SSL_pending
     _mem_data_length: Any = getattr(_lib, "BIO_get_mem_data", None)
     _NULL: Any = _ffi.NULL
     # One buffer for the process: the reactor thread is the only caller,
@@ -100,6 +101,13 @@ def take_records(connection: SSL.Connection) -> bytes | None:
             return None
     count = _bio_read(connection._from_ssl, _buffer, CHUNK)
     return _copy(_buffer, count)[:] if count > 0 else None
+
+
+def pending(connection: SSL.Connection) -> int:
+    """Decrypted bytes OpenSSL holds for the next read (C{pending})."""
+    if not AVAILABLE:
+        return connection.pending()
+    return int(_ssl_pending(connection._ssl))
 
 
 def bio_pending(connection: SSL.Connection, which: str) -> bool:

@@ -40,12 +40,11 @@ def misdirected_check(routes: LiveRouteTable) -> MisdirectedCheck:
         get_handle = getattr(transport, "getHandle", None)
         if get_handle is None:
             return False
-        connection = get_handle()
         # Asked on every request of a keep-alive connection: its SNI never
         # changes, so it is read from OpenSSL once (see TerminatedTLS).
         server_name = getattr(transport, "server_name", SERVER_NAME_UNREAD)
         if server_name is SERVER_NAME_UNREAD:
-            server_name = negotiated_server_name(connection)
+            server_name = negotiated_server_name(get_handle())
             if hasattr(transport, "server_name"):
                 transport.server_name = server_name
         if server_name == host:
@@ -55,7 +54,7 @@ def misdirected_check(routes: LiveRouteTable) -> MisdirectedCheck:
         last = getattr(transport, "last_authority", None)
         if last is not None and last[0] == host:
             return last[1]
-        certificate = chosen_certificate(connection)
+        certificate = chosen_certificate(get_handle())
         answer = certificate is None or not certificate.covers(host)
         if hasattr(transport, "last_authority"):
             transport.last_authority = (host, answer)

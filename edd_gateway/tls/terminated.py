@@ -187,7 +187,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
             else:
                 if not self._aborted:
                     self.wrappedProtocol.dataReceived(data)
-                if not connection.pending() and not bio_pending(connection, "_into_ssl"):
+                if not _openssl.pending(connection) and not bio_pending(connection, "_into_ssl"):
                     break
         self._flushSendBIO()
 
