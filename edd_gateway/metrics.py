@@ -84,9 +84,12 @@ class GatewayMetrics:
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=False)
-        self.http_requests: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: (route label, status, scheme) -> requests; status 0: no response.
+        self.http_requests: dict[tuple[str, int, str], int] = {}
         self.http_upstream: dict[str, Histogram] = {}
         self.http_duration: dict[str, Histogram] = {}
+        #: scheme -> [bytes in, bytes out] of HTTP bodies.
+        self.http_bytes: dict[str, list[int]] = {}
         self.bytes: collections.Counter[tuple[str, str]] = collections.Counter()
         self.tunnels: collections.Counter[str] = collections.Counter()
         self.ssh_logins: collections.Counter[str] = collections.Counter()
@@ -100,22 +103,30 @@ class GatewayMetrics:
     # Observer of endings
 
     def http_request(self, request: HTTPRequestRecord, now: float) -> None:
+        # On every request: plain dicts keyed by strings that are made once
+        # (the route's label, the scheme) and an int status, turned into
+        # label text only at scrape time.
         route = request.route_label
-        status = request.status
-        self.http_requests[(route, str(status) if status else "none", request.scheme)] += 1
+        scheme = request.scheme
+        key = (route, request.status, scheme)
+        requests = self.http_requests
+        requests[key] = requests.get(key, 0) + 1
+        started = request.started
         responded = request.responded
         if responded is not None:
             histogram = self.http_upstream.get(route)
             if histogram is None:
                 histogram = self.http_upstream[route] = Histogram()
-            histogram.observe(responded - request.started)
+            histogram.observe(responded - started)
         histogram = self.http_duration.get(route)
         if histogram is None:
             histogram = self.http_duration[route] = Histogram()
-        histogram.observe(now - request.started)
-        bytes_ = self.bytes
-        bytes_[(request.scheme, "in")] += request.bytes_in
-        bytes_[(request.scheme, "out")] += request.bytes_out
+        histogram.observe(now - started)
+        moved = self.http_bytes.get(scheme)
+        if moved is None:
+            moved = self.http_bytes[scheme] = [0, 0]
+        moved[0] += request.bytes_in
+        moved[1] += request.bytes_out
 
     def tunnel(self, record: TunnelRecord) -> None:
         self.tunnels[record.kind] += 1
@@ -171,7 +182,7 @@ class _Collector:
         requests = CounterMetricFamily("edd_gateway_http_requests", "HTTP requests answered, by route and status.",
                                        labels=["route", "status", "scheme"])
         for (route, status, scheme), count in sorted(m.http_requests.items()):
-            requests.add_metric([route, status, scheme], count)
+            requests.add_metric([route, str(status) if status else "none", scheme], count)
         yield requests
         yield _histograms("edd_gateway_http_upstream_response_seconds",
                           "Time from the request head to the backend's response head, by route.", m.http_upstream)
@@ -180,7 +191,11 @@ class _Collector:
 
         transferred = CounterMetricFamily("edd_gateway_bytes", "Payload bytes relayed, by protocol and direction "
                                           "(in: from clients).", labels=["protocol", "direction"])
-        for (protocol, direction), count in sorted(m.bytes.items()):
+        moved = collections.Counter(m.bytes)
+        for scheme, (received, sent) in m.http_bytes.items():
+            moved[(scheme, "in")] += received
+            moved[(scheme, "out")] += sent
+        for (protocol, direction), count in sorted(moved.items()):
             transferred.add_metric([protocol, direction], count)
         yield transferred
         yield _counter("edd_gateway_tunnels", "Byte tunnels ended, by kind.", "kind", m.tunnels)

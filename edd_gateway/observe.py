@@ -23,14 +23,8 @@ __all__ = ["GatewayObserver", "HTTPRequestRecord", "Observers", "SSHSessionRecor
 
 
 def route_label(route: Route | None) -> str:
-    """How metrics and the access log name a route: C{host/path}, or
-    C{container} for the one-off routes of container decisions (one series
-    per route file entry, not one per container)."""
-    if route is None:
-        return "-"
-    if route.source.startswith("container "):
-        return "container"
-    return route.host + route.path
+    """How metrics and the access log name a route (L{Route.label}), C{-} for none."""
+    return "-" if route is None else route.label
 
 
 class HTTPRequestRecord(Protocol):

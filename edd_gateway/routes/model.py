@@ -8,7 +8,7 @@ proxy never have to re-check what the loader validated.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -72,6 +72,15 @@ class Route:
     tls_passthrough: bool = False
     source: str = ""
     proxy_protocol: str | None = None
+    #: How metrics and the access log name the route: C{host} + C{path}, or
+    #: C{container} for the one-off routes of container decisions (one
+    #: series per routes-file entry, not one per container).  Made once
+    #: here: it is read on every request.
+    label: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        label = "container" if self.source.startswith("container ") else self.host + self.path
+        object.__setattr__(self, "label", label)
 
 
 @dataclass(frozen=True, slots=True)
