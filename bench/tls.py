@@ -6,7 +6,9 @@ module (haproxy in TCP mode when the module is missing), then prints a table
 with the acceptance ratios and writes ``bench/results/tls-<timestamp>.json``.
 
 - handshakes/s: wrk sending ``Connection: close`` requests, so every request
-  is a new TCP connection and a full TLS handshake (wrk keeps no sessions);
+  is a new TCP connection and a TLS handshake; wrk keeps its TLS session
+  across reconnects, so after the first these are resumed TLS 1.3
+  handshakes (PSK with a fresh X25519 exchange), for both peers alike;
 - keep-alive HTTPS requests/s: wrk over N kept-alive TLS connections;
 - passthrough: curl downloading the big file from a TLS backend (nginx with
   the same certificate) through each peer, median MB/s of a few repeats.
