@@ -361,9 +361,11 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     """The service tree; C{reactor} is the installed (asyncio) one unless a test injects another."""
     if reactor is None:
         # The process's own reactor (twistd), not a test's: tune the
-        # collector once everything loaded at start is alive.
+        # collector once everything loaded at start is alive, in the loop's
+        # first turn (callWhenRunning alone runs before the loop does, and a
+        # signal sent in that gap waits for the next one to be handled).
         reactor = installed_asyncio_reactor()
-        reactor.callWhenRunning(settle_heap)
+        reactor.callWhenRunning(reactor.callLater, 0, settle_heap)
     settings = config.settings()
     live = LiveRouteTable(load_initial_routes(config["routes"]))
     log.info("routes: loaded {count} routes from {path}", count=len(live.current), path=config["routes"])

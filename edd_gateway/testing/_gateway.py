@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -82,6 +83,7 @@ class GatewayProcess:
                 # Cleanup stops the gateway with connections still open: a
                 # short drain keeps stop() well within its bound.
                 extra += ["--drain-timeout", "2"]
+            self.admin_port = 0
             if not any(str(arg).startswith("--admin") for arg in args):
                 # Never the fixed default port: tests run gateways side by side.
                 self.admin_port = free_port()
@@ -108,6 +110,15 @@ class GatewayProcess:
             socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
         except OSError:
             return False
+        if self.admin_port:
+            # The kernel accepts on a listening socket before the reactor
+            # runs; an answer from the admin endpoint means it does, so
+            # signals sent from now on are handled at once.
+            try:
+                with urllib.request.urlopen(self.admin_url("/healthz"), timeout=1) as answer:
+                    answer.read()
+            except OSError:
+                return False
         return True
 
     def signal(self, signum: int) -> None:
