@@ -72,14 +72,11 @@ class GatewayReactor(AsyncioSelectorReactor):
         # cannot let it grow.
         call = PosixReactorBase.callLater(self, delay, callable, *args, **kwargs)
         scheduled = self._scheduledAt
-        if (
-            scheduled is not None
-            and self._asyncioEventloop.time() + delay >= scheduled
-            and len(self._newTimedCalls) <= _NEW_CALLS_BOUND
-        ):
+        now = self._asyncioEventloop.time()
+        if scheduled is not None and now + delay >= scheduled and len(self._newTimedCalls) <= _NEW_CALLS_BOUND:
             return call
         # The stock path.
-        if scheduled is None or self._asyncioEventloop.time() + self.timeout() < scheduled:
+        if scheduled is None or now + self.timeout() < scheduled:
             self._reschedule()
         return call
 

@@ -68,23 +68,15 @@ def _tls_over_tcp(transport: Any) -> Any:
     return None
 
 
-def sees_queue(transport: Any) -> bool:
-    """
-    Whether L{queued} can tell when a write to C{transport} is left
-    waiting: plain TCP, or TLS over it (whose records go to the socket as
-    they are made).  For these a producer need only be registered once a
-    write is left queued, instead of for every exchange.
-    """
-    return _tcp_below(transport) is not None or _tls_over_tcp(transport) is not None
-
-
 def socket_below(transport: Any) -> Any:
     """
     The TCP connection whose send buffer tells whether a write to
     C{transport} was left queued: the transport itself, the one below a
-    PROXY-protocol wrapper, or the one below TLS over either; L{None} when
-    it cannot tell (L{sees_queue} is false).  Constant for a connection, so
-    the HTTP side asks once.
+    PROXY-protocol wrapper, or the one below TLS over either (whose records
+    go to the socket as they are made); L{None} when it cannot tell.  Where
+    it can, a producer need only be registered once a write is left queued,
+    instead of for every exchange.  Constant for a connection, so the HTTP
+    side asks once.
     """
     below = _tcp_below(transport)
     return below if below is not None else _tls_over_tcp(transport)
@@ -92,8 +84,8 @@ def socket_below(transport: Any) -> Any:
 
 def queued(transport: Any, socket: Any = None) -> bool:
     """
-    Whether a transport that L{sees_queue} holds bytes the kernel has not
-    taken.  C{socket}: its L{socket_below}, when the caller knows it.
+    Whether a transport with a L{socket_below} holds bytes the kernel has
+    not taken.  C{socket}: its L{socket_below}, when the caller knows it.
     """
     tcp_connection = socket if socket is not None else socket_below(transport)
     if tcp_connection is None:
@@ -115,7 +107,7 @@ def set_no_delay(transport: Any) -> None:
             pass
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes, connection: Any = None) -> None:
     """
     Write C{data}, sending it on the socket at once when nothing is queued.
 
@@ -127,8 +119,10 @@ def write_now(transport: Any, data: bytes) -> None:
     the kernel does not take goes through the normal write path, which keeps
     ordering, backpressure and error handling Twisted's own.  Behind a
     C{haproxy:} listener the socket is the one below the PROXY wrapper.
+    C{connection}: that TCP connection, when the caller knows it already.
     """
-    connection = transport if type(transport) in _TCP_TYPES else _tcp_below(transport)
+    if connection is None:
+        connection = transport if type(transport) in _TCP_TYPES else _tcp_below(transport)
     if (
         connection is not None
         and not connection._tempDataLen
@@ -150,4 +144,4 @@ def write_now(transport: Any, data: bytes) -> None:
     transport.write(data)
 
 
-__all__ = ["is_plain_tcp", "queued", "sees_queue", "set_no_delay", "socket_below", "swap_protocol", "write_now"]
+__all__ = ["is_plain_tcp", "queued", "set_no_delay", "socket_below", "swap_protocol", "write_now"]

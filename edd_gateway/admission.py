@@ -24,9 +24,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.application.service import Service
+from twisted.application.internet import TimerService
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
@@ -221,9 +220,7 @@ class Admission:
                 detail: str) -> str:
         self.refused[reason] += 1
         if reason != "banned":
-            self.hits[reason] += 1
-            if reason in STRIKING_LIMITS:
-                self.bans.strike(host, "limit")
+            self.hit(reason, host)
         if now - client.logged < LOG_INTERVAL or not self._log_budget(now):
             client.suppressed += 1
             return reason
@@ -291,23 +288,13 @@ class Admission:
         return len(self._clients)
 
 
-class AdmissionService(Service):
+class AdmissionService(TimerService):
     """Sweeps an L{Admission}'s state every C{interval} seconds while running."""
 
     def __init__(self, admission: Admission, clock: IReactorTime, interval: float = SWEEP_INTERVAL) -> None:
+        super().__init__(interval, admission.sweep)
         self.admission = admission
-        self.interval = interval
-        self._loop = LoopingCall(admission.sweep)
-        self._loop.clock = clock
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> Any:
-        if self._loop.running:
-            self._loop.stop()
-        return super().stopService()
+        self.clock = clock
 
 
 #: The command line's limit and ban options (a part of the tap's C{Options}).

@@ -65,11 +65,9 @@ def _float_text(value: float) -> str:
 
 @dataclass
 class ListenerStats:
-    """What the collector reads of one listener: its name, kind and live connections."""
+    """What the collector reads of one listener: its name, connections by protocol, and live connections."""
 
     name: str
-    kind: str
-    accepted: Callable[[], int]
     active: Callable[[], int]
     by_protocol: Callable[[], dict[str, int]] = field(default=lambda: {})
 

@@ -61,14 +61,13 @@ class Monitoring:
             counts["early-close"] = stats.closed_early + stats.partial_timeouts
             return counts
 
-        self._listener(factory.tracker, "sniffing", by_protocol)
+        self._listener(factory.tracker, by_protocol)
 
     def plain_listener(self, tracker: ConnectionTracker, protocol: str) -> None:
-        self._listener(tracker, protocol, lambda: {protocol: tracker.accepted})
+        self._listener(tracker, lambda: {protocol: tracker.accepted})
 
-    def _listener(self, tracker: ConnectionTracker, kind: str, by_protocol: Any) -> None:
-        self.metrics.add_listener(ListenerStats(tracker.name, kind, lambda: tracker.accepted, lambda: len(tracker),
-                                                by_protocol))
+    def _listener(self, tracker: ConnectionTracker, by_protocol: Any) -> None:
+        self.metrics.add_listener(ListenerStats(tracker.name, lambda: len(tracker), by_protocol))
 
     def routes(self, live: LiveRouteTable, keeper: ReloadCounts) -> None:
         metrics = self.metrics

@@ -13,13 +13,18 @@ what an observer may read from it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from twisted.internet.interfaces import IReactorTime
+
 from edd_gateway.routes.model import Route
 
-__all__ = ["GatewayObserver", "HTTPRequestRecord", "Observers", "SSHSessionRecord", "TunnelRecord", "route_label"]
+__all__ = [
+    "GatewayObserver", "HTTPRequestRecord", "Observers", "SSHSessionRecord", "TunnelRecord", "route_label",
+    "tunnel_reporter",
+]
 
 
 def route_label(route: Route | None) -> str:
@@ -91,6 +96,25 @@ class TunnelRecord:
     started: float
     ended: float
     request_id: str = "-"
+
+
+def tunnel_reporter(
+    observer: GatewayObserver | None, clock: IReactorTime, kind: str, client_ip: str, label: str,
+    backend: str, request_id: str = "-",
+) -> Callable[[int, int], None] | None:
+    """
+    A relay's C{on_close} (L{edd_gateway.relay.splice}): the tunnel it ends
+    reported as one L{TunnelRecord}, timed from now; L{None} without an
+    observer.
+    """
+    if observer is None:
+        return None
+    started = clock.seconds()
+
+    def report(up: int, down: int) -> None:
+        observer.tunnel(TunnelRecord(kind, client_ip, label, backend, up, down, started, clock.seconds(), request_id))
+
+    return report
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay
 from edd_gateway.containers import ContainerBackend, ContainerRouter
-from edd_gateway.observe import GatewayObserver, TunnelRecord
+from edd_gateway.observe import GatewayObserver, tunnel_reporter
 from edd_gateway.relay import splice
 from edd_gateway.sniff import describe_peer
 
@@ -45,7 +45,6 @@ class RawTCPProtocol(Protocol):
         port = containers.external_port(transport)
         decision = containers.port_owner(port)
         if not isinstance(decision, ContainerBackend):
-            self.factory.refused += 1
             log.info("tcp: {client} on port {port}: {reason}; closing", client=self.client, port=port,
                      reason=decision.reason)
             transport.loseConnection()
@@ -74,7 +73,6 @@ class RawTCPProtocol(Protocol):
             return
         client, server = self.transport, backend.transport
         assert client is not None and server is not None
-        self.factory.relayed += 1
         log.info("tcp: {client} port {port} relayed to container {container} at {backend}", client=self.client,
                  port=decision.external_port, container=decision.container.id, backend=str(decision.target))
         set_no_delay(client)
@@ -86,24 +84,15 @@ class RawTCPProtocol(Protocol):
                on_close=self._report(decision))
 
     def _report(self, decision: ContainerBackend) -> Any:
-        observer = self.factory.observer
-        if observer is None:
-            return None
-        clock = self.factory.reactor
-        started = clock.seconds()
+        """The relay's C{on_close}: one tunnel record for metrics and the access log."""
         client_ip = getattr(self.transport.getPeer(), "host", "-")  # type: ignore[union-attr]
-
-        def report(up: int, down: int) -> None:
-            observer.tunnel(TunnelRecord("tcp", client_ip, "container", str(decision.target), up, down, started,
-                                         clock.seconds()))
-
-        return report
+        return tunnel_reporter(self.factory.observer, self.factory.reactor, "tcp", client_ip, "container",
+                               str(decision.target))
 
     def _failed(self, failure: Failure, decision: ContainerBackend) -> None:
         self.connecting = None
         if self.lost:
             return
-        self.factory.backend_failures += 1
         log.info("tcp: {client} port {port}: container {container} at {backend} cannot be reached ({problem}); "
                  "closing", client=self.client, port=decision.external_port, container=decision.container.id,
                  backend=str(decision.target), problem=failure.getErrorMessage())
@@ -127,9 +116,6 @@ class RawTCPFactory(Factory):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.observer = observer
-        self.relayed = 0
-        self.refused = 0
-        self.backend_failures = 0
 
     def buildProtocol(self, addr: object) -> RawTCPProtocol:
         return RawTCPProtocol(self)

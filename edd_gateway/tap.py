@@ -398,7 +398,7 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     https = HTTPProxyFactory(live, pool, settings, reactor, scheme="https", main_site=config["main-site"],
                              misdirected=misdirected_check(live), containers=containers, observer=observer)
     top.http_factories = [http, https]
-    http.admission = https.admission = admission  # type: ignore[attr-defined]
+    http.admission = https.admission = admission
     tls = build_tls(live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
                     dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=settings.connect_timeout,

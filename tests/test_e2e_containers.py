@@ -15,7 +15,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Sequence
 
 from twisted.internet import reactor, ssl
-from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
@@ -28,8 +27,8 @@ from edd_gateway.testing import (
     as_deferred,
     echo_header,
     free_port,
-    integration_required,
     poll_until,
+    require_asyncio_reactor,
     require_tool,
     routes_yaml,
     web_factory,
@@ -54,11 +53,7 @@ class ContainersEndToEndTests(EndToEndMixin, TestCase):
 
     def setUp(self) -> None:
         require_tool("curl")
-        if not isinstance(reactor, AsyncioSelectorReactor):
-            message = "nats-py needs the asyncio reactor: run trial with --reactor=asyncio"
-            if integration_required():
-                self.fail(message)
-            self.skipTest(message)
+        require_asyncio_reactor()
         self.container_port = free_port()
         self.tls_port = free_port()
 

@@ -13,12 +13,10 @@ import os
 import pwd
 import socket
 from pathlib import Path
-from typing import Any
 
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
-from tests.test_e2e_operations import Scrape
 from tests.test_e2e_ssh import write_user_key
 
 ATTACKER = "127.0.0.2"
@@ -65,11 +63,6 @@ class _Case(EndToEndMixin, TestCase):
 
     def setUp(self) -> None:
         require_tool("curl")
-
-    async def scrape(self, gateway: Any) -> Scrape:
-        response = await self.curl(gateway.admin_url("/metrics"))
-        self.assertEqual(response.status, 200, response.describe())
-        return Scrape(response.text)
 
 
 class ConnectionLimitTests(_Case):

@@ -20,9 +20,9 @@ from twisted.trial.unittest import TestCase
 from edd_gateway.testing import (
     DownloadResource,
     EndToEndMixin,
+    MetricsScrape,
     download_sha256,
     poll_until,
-    require_module,
     require_tool,
     routes_yaml,
     run_process,
@@ -36,32 +36,16 @@ def route(target: str, path: str = "/") -> dict[str, Any]:
     return {"host": HOST, "path": path, "target": target}
 
 
-class Scrape:
-    """One C{/metrics} answer, parsed by prometheus-client's parser."""
-
-    def __init__(self, text: str) -> None:
-        require_module("prometheus_client")
-        from prometheus_client.parser import text_string_to_metric_families
-
-        self.samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
-
-    def value(self, name: str, **labels: str) -> float:
-        """The sum of the samples called C{name} whose labels include C{labels} (0 when none)."""
-        return sum(sample.value for sample in self.samples
-                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))
-
-
 class _Case(EndToEndMixin, TestCase):
     timeout = 90
 
     def setUp(self) -> None:
         require_tool("curl")
 
-    async def scrape(self, gateway: Any) -> Scrape:
-        response = await self.curl(gateway.admin_url("/metrics"))
-        self.assertEqual(response.status, 200, response.describe())
-        self.assertTrue((response.header("Content-Type") or "").startswith("text/plain"))
-        return Scrape(response.text)
+    async def scrape(self, gateway: Any) -> MetricsScrape:
+        scrape = await super().scrape(gateway)
+        self.assertTrue(scrape.content_type.startswith("text/plain"))
+        return scrape
 
     async def readyz(self, gateway: Any) -> tuple[int, dict[str, Any]]:
         response = await self.curl(gateway.admin_url("/readyz"))

@@ -27,7 +27,6 @@ from typing import Callable, Sequence
 
 from twisted.conch.ssh.keys import Key
 from twisted.internet import reactor
-from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 from twisted.python import log
 from twisted.trial.unittest import TestCase
@@ -38,8 +37,8 @@ from edd_gateway.testing import (
     ProcessRun,
     as_deferred,
     free_port,
-    integration_required,
     poll_until,
+    require_asyncio_reactor,
     require_tool,
     routes_yaml,
     web_factory,
@@ -63,11 +62,7 @@ class ScaleOutTests(EndToEndMixin, TestCase):
     timeout = 240
 
     def setUp(self) -> None:
-        if not isinstance(reactor, AsyncioSelectorReactor):
-            message = "nats-py needs the asyncio reactor: run trial with --reactor=asyncio"
-            if integration_required():
-                self.fail(message)
-            self.skipTest(message)
+        require_asyncio_reactor()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
 

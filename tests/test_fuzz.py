@@ -38,7 +38,7 @@ from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_t
 from edd_gateway.routes.model import Route
 from edd_gateway.sniff import SNIFF_MAX_BYTES, SniffingFactory, Verdict, classify
 from edd_gateway.ssh.username import DEFAULT_USER, InvalidUsername, SSHTarget, parse_ssh_username
-from tests.test_clienthello import handshake_bytes, records
+from tests.test_clienthello import captured_client_hello, handshake_bytes, records
 from tests.test_sniff import HandoverTransport, RecordingFactory
 
 # The budget.  "ci" keeps the whole module within a few seconds on two cores;
@@ -151,21 +151,8 @@ def sni_names(draw: Any) -> str:
 
 
 def client_hello(server_name: str | None, alpn: list[bytes], max_version: int | None) -> bytes:
-    """The first flight a pyOpenSSL client writes to a memory BIO."""
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    if max_version is not None:
-        context.set_max_proto_version(max_version)
-    client = SSL.Connection(context, None)
-    client.set_connect_state()
-    if server_name is not None:
-        client.set_tlsext_host_name(server_name.encode("ascii"))
-    if alpn:
-        client.set_alpn_protos(alpn)
-    try:
-        client.do_handshake()
-    except SSL.WantReadError:
-        pass
-    return client.bio_read(1 << 16)
+    """The first flight of a pyOpenSSL client (L{captured_client_hello}) for a drawn name and ALPN list."""
+    return captured_client_hello(None if server_name is None else server_name.encode("ascii"), alpn or None, max_version)
 
 
 _REAL_HELLO = client_hello("app.cloud.example", [b"h2", b"http/1.1"], None)

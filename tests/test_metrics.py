@@ -84,8 +84,7 @@ class GatewayMetricsTests(SynchronousTestCase):
 
     def test_sources_are_read_at_each_scrape(self) -> None:
         state = {"open": 3, "routes": 7.0}
-        self.metrics.add_listener(ListenerStats("tcp:443", "sniffing", lambda: 9, lambda: state["open"],
-                                                lambda: {"TLS": 8, "HTTP": 1}))
+        self.metrics.add_listener(ListenerStats("tcp:443", lambda: state["open"], lambda: {"TLS": 8, "HTTP": 1}))
         self.metrics.add_gauge("edd_gateway_routes", "Routes.", lambda: [({}, state["routes"])])
         self.metrics.add_counter("edd_gateway_routes_reloads", "Reloads.",
                                  lambda: [({"result": "ok"}, 2.0), ({"result": "failed"}, 1.0)])

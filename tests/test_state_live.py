@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.asyncioreactor import AsyncioSelectorReactor
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.routes.model import Route, Target
@@ -21,7 +20,7 @@ from edd_gateway.state.model import ContainerDirectory, IngressRule
 from edd_gateway.state.nats import REFRESHED_SUBJECT, NatsEventFeed
 from edd_gateway.state.postgres import PostgresDatabase
 from edd_gateway.state.service import StateService
-from edd_gateway.testing import as_deferred, integration_required, poll_until
+from edd_gateway.testing import as_deferred, poll_until, require_asyncio_reactor
 from edd_gateway.testing._nats import ThrowawayNats, start_nats
 from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
 from tests.test_state_postgres import insert_container
@@ -31,11 +30,7 @@ FILE_ROUTE = Route(host="www.example.com", path="/", target=Target("127.0.0.1", 
 
 class LiveTestCase(TestCase):
     def setUp(self) -> None:
-        if not isinstance(reactor, AsyncioSelectorReactor):
-            message = "nats-py needs the asyncio reactor: run trial with --reactor=asyncio"
-            if integration_required():
-                self.fail(message)
-            self.skipTest(message)
+        require_asyncio_reactor()
 
     def start_state(self, server: ThrowawayPostgres, nats: ThrowawayNats | None = None, *,
                     poll_interval: float = 60.0, reconnect_wait: float = 0.2) -> tuple[StateService, list[list[Route]]]:

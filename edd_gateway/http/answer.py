@@ -42,9 +42,7 @@ class LocalAnswer(RequestRecordFields):
         server = self.server
         server.write(self.response)
         self.finished = True
-        observer = server.factory.observer
-        if observer is not None:
-            observer.http_request(self, server.factory.clock.seconds())
+        self._report()
         server.exchange_finished(self)
 
     # What observers read beyond RequestRecordFields.

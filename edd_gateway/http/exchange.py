@@ -384,11 +384,6 @@ class Exchange(RequestRecordFields):
         self._report()
         self.server.exchange_finished(self)
 
-    def _report(self) -> None:
-        observer = self.server.factory.observer
-        if observer is not None:
-            observer.http_request(self, self.server.factory.clock.seconds())
-
 
 def _unregister(transport: ITransport | None) -> None:
     if transport is not None and getattr(transport, "producer", None) is not None:

@@ -60,6 +60,8 @@ class HTTPProxyFactory(Factory):
         self.observer = observer
         #: Set when the gateway drains: no response keeps its connection.
         self.draining = False
+        #: Hears of limit hits and garbage (edd_gateway.admission.Admission), when set.
+        self.admission: Any = None
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         protocol = HTTPServerProtocol(self)

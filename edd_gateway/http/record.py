@@ -31,6 +31,13 @@ class RequestRecordFields:
     #: The id of a response to a head that could not be read (no C{info}).
     _request_id = "-"
 
+    def _report(self) -> None:
+        """Tell the factory's observer (metrics, the access log) that this request ended."""
+        factory = self.server.factory
+        observer = factory.observer
+        if observer is not None:
+            observer.http_request(self, factory.clock.seconds())
+
     @property
     def client_ip(self) -> str:
         return self.server.client_ip  # type: ignore[no-any-return]

@@ -27,7 +27,7 @@ from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.headers import RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.http.upstream import UpstreamProtocol
-from edd_gateway.observe import TunnelRecord
+from edd_gateway.observe import tunnel_reporter
 from edd_gateway.relay import splice
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class HTTPServerProtocol(Protocol):
         self._lingering = False
         #: The TCP connection below the transport (see connectionMade).
         self.tcp_connection: Any = None
-        self._write_now = False
+        self._direct_socket: Any = None
 
     # Connection
 
@@ -104,7 +104,7 @@ class HTTPServerProtocol(Protocol):
         # tells whether a write was left queued (None: none can), and
         # whether writes can go to that socket at once (not through TLS).
         self.tcp_connection = socket_below(self.transport)
-        self._write_now = is_plain_tcp(self.transport)
+        self._direct_socket = self.tcp_connection if is_plain_tcp(self.transport) else None
 
     def dataReceived(self, data: bytes) -> None:
         if self.closing:
@@ -310,8 +310,8 @@ class HTTPServerProtocol(Protocol):
     # Writing and flow control
 
     def write(self, data: bytes) -> None:
-        if self._write_now:
-            write_now(self.transport, data)
+        if self._direct_socket is not None:
+            write_now(self.transport, data, self._direct_socket)
         else:
             self.transport.write(data)
 
@@ -327,7 +327,7 @@ class HTTPServerProtocol(Protocol):
 
     def limit_hit(self, limit: str) -> None:
         """Count a limit hit (and its strike) with the listeners' admission, when there is one."""
-        admission = getattr(self.factory, "admission", None)
+        admission = self.factory.admission
         if admission is not None:
             admission.hit(limit, self.client_ip)
 
@@ -338,7 +338,7 @@ class HTTPServerProtocol(Protocol):
         if limit is not None:
             self.limit_hit(limit)
         elif status == 400:
-            admission = getattr(self.factory, "admission", None)
+            admission = self.factory.admission
             if admission is not None:
                 admission.garbage(self.client_ip)
         request_id = new_request_id()
@@ -408,19 +408,8 @@ class HTTPServerProtocol(Protocol):
 
     def _tunnel_report(self, exchange: Exchange) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""
-        observer = self.factory.observer
-        if observer is None:
-            return None
-        clock = self.factory.clock
-        started = clock.seconds()
-        client_ip, label, backend, request_id = (self.client_ip, exchange.route_label, exchange.backend,
-                                                 exchange.request_id)
-
-        def report(up: int, down: int) -> None:
-            observer.tunnel(TunnelRecord("websocket", client_ip, label, backend, up, down, started,
-                                         clock.seconds(), request_id))
-
-        return report
+        return tunnel_reporter(self.factory.observer, self.factory.clock, "websocket", self.client_ip,
+                               exchange.route_label, exchange.backend, exchange.request_id)
 
 
 def _ignore(data: bytes) -> None:

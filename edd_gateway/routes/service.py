@@ -45,13 +45,11 @@ class RoutesService(service.Service):
         try:
             routes = load_routes_file(self.path)
         except RoutesFileError as problem:
-            for line in str(problem).splitlines():
+            # An unreadable file is one too (read_utf8 names why).
+            lines = str(problem).splitlines()
+            for line in lines:
                 log.error("routes: {problem}; keeping the last good table", problem=line)
-            return self._failed(str(problem).splitlines()[0])
-        except OSError as problem:
-            log.error("routes: cannot read {path}: {problem}; keeping the last good table",
-                      path=self.path, problem=problem)
-            return self._failed(f"cannot read {self.path}: {problem}")
+            return self._failed(lines[0])
         self.results["ok"] += 1
         self.last_error = None
         self.publish(routes)

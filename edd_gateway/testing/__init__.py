@@ -24,7 +24,7 @@ from ._backends import (
     start_websocket_echo,
     web_factory,
 )
-from ._clients import CurlResponse, RawConnection, RawResponse, curl, parse_responses
+from ._clients import CurlResponse, MetricsScrape, RawConnection, RawResponse, curl, parse_responses
 from ._gateway import GatewayProcess, routes_yaml
 from ._mixin import EndToEndMixin
 from ._tools import (
@@ -34,6 +34,7 @@ from ._tools import (
     free_port,
     integration_required,
     poll_until,
+    require_asyncio_reactor,
     require_module,
     require_tool,
     run_process,
@@ -41,9 +42,10 @@ from ._tools import (
 
 __all__ = [
     "REQUIRE_INTEGRATION",
-    "BackendServer", "CurlResponse", "DownloadResource", "EchoResource", "EndToEndMixin", "EventStream",
+    "BackendServer", "CurlResponse", "MetricsScrape", "DownloadResource", "EchoResource", "EndToEndMixin", "EventStream",
     "EventStreamResource", "GatewayProcess", "ProcessRun", "RawConnection", "RawResponse", "WebSocketEcho",
     "as_deferred", "behaviour_factory", "curl", "download_data", "download_sha256", "echo_header", "free_port",
-    "integration_required", "parse_responses", "poll_until", "require_module", "require_tool", "routes_yaml",
+    "integration_required", "parse_responses", "poll_until", "require_asyncio_reactor", "require_module", "require_tool",
+    "routes_yaml",
     "run_process", "start_backend", "start_websocket_echo", "web_factory",
 ]

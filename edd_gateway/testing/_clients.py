@@ -16,7 +16,7 @@ from httptools import HttpResponseParser
 from twisted.internet import protocol
 from twisted.python.failure import Failure
 
-from ._tools import poll_until, reactor_or_installed, require_tool, run_process
+from ._tools import poll_until, reactor_or_installed, require_module, require_tool, run_process
 
 
 class _ResponseAccessors:
@@ -164,3 +164,19 @@ class RawConnection(protocol.Protocol):
     def close(self) -> None:
         if not self.closed:
             self.transport.abortConnection()
+
+
+class MetricsScrape:
+    """One C{/metrics} answer, parsed by prometheus-client's parser."""
+
+    def __init__(self, text: str, content_type: str = "") -> None:
+        require_module("prometheus_client")
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.content_type = content_type
+        self.samples = [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+    def value(self, name: str, **labels: str) -> float:
+        """The sum of the samples called C{name} whose labels include C{labels} (0 when none)."""
+        return sum(sample.value for sample in self.samples
+                   if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()))

@@ -18,7 +18,7 @@ from twisted.trial.itrial import IReporter
 from zope.interface import implementer
 
 from ._backends import BackendServer, EchoResource, WebSocketEcho, start_backend, start_websocket_echo, web_factory
-from ._clients import CurlResponse, RawConnection, curl
+from ._clients import CurlResponse, MetricsScrape, RawConnection, curl
 from ._gateway import GatewayProcess, routes_yaml
 from ._tools import require_module
 
@@ -112,6 +112,12 @@ class EndToEndMixin:
     async def curl(self, url: str, *args: str, timeout: float = 30.0) -> CurlResponse:
         """L{curl}: the final response of C{curl -sS -D - ARGS URL}, parsed."""
         return await curl(url, *args, timeout=timeout)
+
+    async def scrape(self, gateway: GatewayProcess) -> MetricsScrape:
+        """The gateway's C{/metrics}, parsed; the answer must be a 200."""
+        response = await self.curl(gateway.admin_url("/metrics"))
+        self.assertEqual(response.status, 200, response.describe())  # type: ignore[attr-defined]
+        return MetricsScrape(response.text, response.header("Content-Type") or "")
 
     async def raw(self, port: int) -> RawConnection:
         connection = await RawConnection.open(port)

@@ -61,6 +61,15 @@ def require_module(name: str) -> None:
         raise _missing(f"the Python module {name} is not installed", "pip install '.[test]'") from None
 
 
+def require_asyncio_reactor() -> None:
+    """Skip (or fail, when required) unless trial runs the asyncio reactor, which nats-py needs."""
+    from twisted.internet import reactor
+    from twisted.internet.asyncioreactor import AsyncioSelectorReactor
+
+    if not isinstance(reactor, AsyncioSelectorReactor):
+        raise _missing("nats-py needs the asyncio reactor", "run trial with --reactor=asyncio")
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the kernel's choice)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.tls.context import SERVER_NAME_UNREAD, chosen_certificate, negotiated_server_name
+from edd_gateway.tls.context import chosen_certificate
 
 __all__ = ["MisdirectedCheck", "misdirected_check"]
 
@@ -40,14 +40,8 @@ def misdirected_check(routes: LiveRouteTable) -> MisdirectedCheck:
         get_handle = getattr(transport, "getHandle", None)
         if get_handle is None:
             return False
-        # Asked on every request of a keep-alive connection: its SNI never
-        # changes, so it is read from OpenSSL once (see TerminatedTLS).
-        server_name = getattr(transport, "server_name", SERVER_NAME_UNREAD)
-        if server_name is SERVER_NAME_UNREAD:
-            server_name = negotiated_server_name(get_handle())
-            if hasattr(transport, "server_name"):
-                transport.server_name = server_name
-        if server_name == host:
+        # The SNI the listener read from the ClientHello (TerminatedTLS).
+        if getattr(transport, "server_name", None) == host:
             return False
         # The connection's certificate never changes either: remember the
         # answer for the last host asked (a client sends the same one).

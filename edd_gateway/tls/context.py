@@ -15,8 +15,6 @@ open connections.
 
 from __future__ import annotations
 
-from typing import Any
-
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -152,10 +150,6 @@ def server_connection_creator(
 ) -> SNIConnectionCreator:
     """The connection creator terminating TLS with C{store}'s certificates."""
     return SNIConnectionCreator(store, log=log)
-
-
-#: What a terminated connection's cached SNI name is until it has been read.
-SERVER_NAME_UNREAD: Any = object()
 
 
 def negotiated_server_name(connection: SSL.Connection) -> str | None:

@@ -28,14 +28,13 @@ from twisted.internet.interfaces import (
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay, swap_protocol
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
-from edd_gateway.observe import GatewayObserver, TunnelRecord, route_label
+from edd_gateway.observe import GatewayObserver, route_label, tunnel_reporter
 from edd_gateway.proxyprotocol import header as proxy_header
 from edd_gateway.relay import splice
 from edd_gateway.routes.model import Route
@@ -43,7 +42,7 @@ from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.sniff import describe_peer
 from edd_gateway.tls.context import server_connection_creator
 from edd_gateway.tls.store import CertificateStore
-from edd_gateway.tls.terminated import TerminatedTLS
+from edd_gateway.tls.terminated import TerminatedTLS, TerminatorFactory
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
@@ -184,7 +183,7 @@ class ClientHelloProtocol(Protocol):
             what = "sent no SNI" if name is None else "asked for {sni}, which no certificate covers,"
             self._refuse(what + " and there is no default certificate", _ALERT_UNRECOGNIZED_NAME, sni=name)
         else:
-            self._terminate()
+            self._terminate(hello)
 
     def _container_decision(self, name: str) -> ContainerDecision | None:
         # A container name a loaded certificate covers is terminated here,
@@ -194,7 +193,7 @@ class ClientHelloProtocol(Protocol):
             return None
         return containers.route(name, self.transport)
 
-    def _terminate(self) -> None:
+    def _terminate(self, hello: ClientHello) -> None:
         transport = self.transport
         assert transport is not None
         self._factory.stats.terminated += 1
@@ -203,8 +202,10 @@ class ClientHelloProtocol(Protocol):
         # waits for the client's delayed ACK.
         set_no_delay(transport)
         tls = self._factory.terminator.buildProtocol(self._peer)
-        # Read once here rather than by every getPeer of the HTTP side.
+        # Known here already: the HTTP side asks for both on every
+        # connection (getPeer) or request (the 421 check).
         tls.peer = self._peer
+        tls.server_name = hello.server_name
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
         self.transport = None
@@ -270,18 +271,8 @@ class ClientHelloProtocol(Protocol):
 
     def _tunnel_report(self, route: Route) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""
-        factory = self._factory
-        observer = factory.observer
-        if observer is None:
-            return None
-        started = factory.clock.seconds()
-        client = self.client_ip
-
-        def report(up: int, down: int) -> None:
-            observer.tunnel(TunnelRecord("tls-passthrough", client, route_label(route), str(route.target),
-                                         up, down, started, factory.clock.seconds()))
-
-        return report
+        return tunnel_reporter(self._factory.observer, self._factory.clock, "tls-passthrough", self.client_ip,
+                               route_label(route), str(route.target))
 
     def _backend_failed(self, failure: Failure, hello: ClientHello, route: Route, timeout: float) -> None:
         self._connecting = None
@@ -380,26 +371,22 @@ class TLSListenerFactory(Factory):
         self.stats = TLSStats()
         #: Told of every passthrough tunnel that ends.
         self.observer: GatewayObserver | None = None
-        self.terminator = TLSMemoryBIOFactory(
+        self.terminator = TerminatorFactory(
             creator if creator is not None else server_connection_creator(store),
-            False,
             https,
-            clock=reactor,
+            reactor,
+            self.stats,
+            handshake_timeout,
         )
-        self.terminator.protocol = TerminatedTLS
-        self.terminator.stats = self.stats  # type: ignore[attr-defined]
-        self.terminator.handshake_timeout = handshake_timeout  # type: ignore[attr-defined]
-        self.terminator.timer_clock = reactor  # type: ignore[attr-defined]
-        self.terminator.admission = None  # type: ignore[attr-defined]
 
     @property
     def admission(self) -> Any:
         """Hears of limit hits and garbage (L{edd_gateway.admission.Admission}); shared with the terminator."""
-        return self.terminator.admission  # type: ignore[attr-defined]
+        return self.terminator.admission
 
     @admission.setter
     def admission(self, admission: Any) -> None:
-        self.terminator.admission = admission  # type: ignore[attr-defined]
+        self.terminator.admission = admission
 
     def buildProtocol(self, addr: IAddress) -> ClientHelloProtocol:
         return ClientHelloProtocol(self, addr)

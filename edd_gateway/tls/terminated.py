@@ -10,20 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.internet.interfaces import IAddress, IDelayedCall
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IOpenSSLServerConnectionCreator,
+    IProtocolFactory,
+    IReactorTime,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOProtocol
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from edd_gateway._transport import write_now
 from edd_gateway.tls import _openssl
-from edd_gateway.tls._openssl import bio_pending
 from edd_gateway.sniff import describe_peer
-from edd_gateway.tls.context import SERVER_NAME_UNREAD
 
-__all__ = ["TerminatedTLS"]
+__all__ = ["TerminatedTLS", "TerminatorFactory"]
 
 _handshake_log = Logger()
 
@@ -67,9 +71,10 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
     """
 
     producer: object = None
-    #: The client's SNI name once the HTTP side has read it (see
-    #: edd_gateway.tls.authority); a sentinel until then.
-    server_name: object = SERVER_NAME_UNREAD
+    #: The client's SNI name as the listener parsed it from the ClientHello
+    #: (lower-case, no trailing dot; L{None} without SNI), for the 421
+    #: check (edd_gateway.tls.authority).
+    server_name: str | None = None
     #: (host, misdirected?) for the last host the HTTP side asked about.
     last_authority: tuple[str, bool] | None = None
     _handshake_timer: IDelayedCall | None = None
@@ -98,19 +103,18 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         if self._connectWrapped:
             self.wrappedProtocol.makeConnection(self)
         self._checkHandshakeStatus()
-        timeout = getattr(self.factory, "handshake_timeout", None)
+        timeout = self.factory.handshake_timeout
         if timeout is not None and not self._handshakeDone and not self._aborted:
-            self._handshake_timer = self.factory.timer_clock.callLater(  # type: ignore[attr-defined]
-                timeout, self._handshakeTimedOut)
+            self._handshake_timer = self.factory.clock.callLater(timeout, self._handshakeTimedOut)
 
     def _handshakeTimedOut(self) -> None:
         self._handshake_timer = None
         if self._handshakeDone or self._aborted or self._lostTLSConnection:
             return
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        peer = self.getPeer()
         _handshake_log.info("tls: {client} did not finish the TLS handshake within {timeout:g}s; closing",
-                       client=describe_peer(peer), timeout=self.factory.handshake_timeout)  # type: ignore
-        admission = getattr(self.factory, "admission", None)
+                            client=describe_peer(peer), timeout=self.factory.handshake_timeout)
+        admission = self.factory.admission
         if admission is not None:
             admission.hit("tls-handshake-timeout", getattr(peer, "host", ""))
         self.abortConnection()
@@ -187,7 +191,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
             else:
                 if not self._aborted:
                     self.wrappedProtocol.dataReceived(data)
-                if not _openssl.pending(connection) and not bio_pending(connection, "_into_ssl"):
+                if not _openssl.pending(connection) and not _openssl.bio_pending(connection, "_into_ssl"):
                     break
         self._flushSendBIO()
 
@@ -205,9 +209,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
             return
         if self._handshake_timer is not None and (self._handshakeDone or self._aborted):
             self._stopHandshakeTimer()
-        stats = getattr(self.factory, "stats", None)
-        if stats is None:
-            return
+        stats = self.factory.stats
         if self._handshakeDone:
             self._counted = True
             stats.handshakes += 1
@@ -218,3 +220,27 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
     def unregisterProducer(self) -> None:
         self.producer = None
         super().unregisterProducer()
+
+
+class TerminatorFactory(TLSMemoryBIOFactory):
+    """
+    The factory of L{TerminatedTLS}: Twisted's, with what the transport reads
+    of it besides.
+
+    @param stats: counts handshakes and handshake failures
+        (L{edd_gateway.tls.listener.TLSStats}).
+    @param handshake_timeout: seconds from the ClientHello to the end of the
+        handshake; L{None} for no bound.
+    @ivar admission: hears of handshake timeouts
+        (L{edd_gateway.admission.Admission}), when set.
+    """
+
+    protocol = TerminatedTLS
+
+    def __init__(self, creator: IOpenSSLServerConnectionCreator, wrapped: IProtocolFactory, clock: IReactorTime,
+                 stats: Any, handshake_timeout: float | None) -> None:
+        super().__init__(creator, False, wrapped, clock=clock)
+        self.clock = clock
+        self.stats = stats
+        self.handshake_timeout = handshake_timeout
+        self.admission: Any = None
