@@ -8,6 +8,7 @@ or input, 3 no route matches (C{explain}).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import redirect_stderr, redirect_stdout
 from typing import TextIO
@@ -57,6 +58,21 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_OK if matched else EXIT_NO_ROUTE
 
 
+def _install_change_feed(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from edd_gateway.state.changefeed import ChangeFeedError, install
+
+    dsn = args.dsn or os.environ.get("DATABASE_URL")
+    if not dsn:
+        print("error: give the compute database's DSN (or set DATABASE_URL)", file=err)
+        return EXIT_USAGE
+    try:
+        print(install(dsn, remove=args.remove), file=out)
+    except ChangeFeedError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edd_gateway", description="edd-gateway operator tools.")
     parser.add_argument("--version", action="version", version=f"edd-gateway {__version__}")
@@ -75,6 +91,14 @@ def _parser() -> argparse.ArgumentParser:
     explain.add_argument("--host", metavar="HOST", help="the Host header; the argument is then a PATH")
     explain.add_argument("url_or_path", metavar="URL|PATH")
     explain.set_defaults(run=_explain)
+    feed = commands.add_parser(
+        "install-change-feed", help="install the triggers that announce the compute service's changes",
+        description="Create, in the compute database, the trigger function and the triggers on containers, "
+                    "ingress_rules and ssh_keys that notify the gateway of every committed change (idempotent). "
+                    "Run it once with the credentials of the tables' owner; the gateway itself only reads.")
+    feed.add_argument("dsn", nargs="?", metavar="DSN", help="the compute database (default: $DATABASE_URL)")
+    feed.add_argument("--remove", action="store_true", help="take the triggers and the function away")
+    feed.set_defaults(run=_install_change_feed)
     return parser
 
 

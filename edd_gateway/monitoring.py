@@ -140,6 +140,8 @@ class Monitoring:
             yield {"component": "database"}, float(status.database_connected)
             if status.events_connected is not None:
                 yield {"component": "nats"}, float(status.events_connected)
+            if status.change_feed is not None:
+                yield {"component": "change_feed"}, float(status.change_feed == "listening")
 
         metrics.add_gauge("edd_gateway_up", "1 when the gateway's connection to a component is up.", up)
 
@@ -148,11 +150,18 @@ class Monitoring:
             yield {"kind": "full"}, status.full_resyncs
             yield {"kind": "refresh"}, status.refreshes
             yield {"kind": "event"}, status.events
+            yield {"kind": "notification"}, status.notifications
 
-        metrics.add_counter("edd_gateway_state_updates", "Container state reads and events, by kind.", syncs)
+        metrics.add_counter("edd_gateway_state_updates",
+                            "Container state reads, NATS events and change notifications, by kind.", syncs)
+        metrics.add_counter("edd_gateway_state_unannounced_changes",
+                            "Container changes a full read found that no event or change notification announced "
+                            "while a feed was active (a silent feed).",
+                            lambda: [({}, float(state.status().unannounced_changes))])
         lag = state.event_lag
         metrics.add_histogram("edd_gateway_event_propagation_seconds",
-                              "Seconds from a NATS container event's arrival to its change being served.", lag)
+                              "Seconds from a NATS event's or a change notification's arrival to its change "
+                              "being served.", lag)
 
         def containers() -> Part:
             status = state.status()
@@ -172,8 +181,29 @@ class Monitoring:
         self.readiness.parts["database"] = database
         if state.events is not None:
             events = state.events
-            self.readiness.parts["nats"] = lambda: Part(OK) if events.connected else \
-                Part(DEGRADED, "NATS disconnected; polling PostgreSQL instead")
+
+            def nats() -> Part:
+                if not events.connected:
+                    return Part(DEGRADED, "NATS disconnected; polling PostgreSQL instead")
+                mode = getattr(events, "mode", None)
+                return Part(OK, mode or "")
+
+            self.readiness.parts["nats"] = nats
+        if state.changes is not None:
+            changes = state.changes
+
+            def change_feed() -> Part:
+                if changes.state == "listening":
+                    return Part(OK, "listening")
+                detail = changes.state
+                if changes.state == "not installed":
+                    detail = "not installed (python -m edd_gateway install-change-feed DSN)"
+                # Only degraded when nothing else announces changes either.
+                if state.events is not None and state.events.connected:
+                    return Part(OK, detail)
+                return Part(DEGRADED, f"{detail}; polling PostgreSQL")
+
+            self.readiness.parts["change_feed"] = change_feed
 
     def admission(self, admission: Admission) -> None:
         """Refusals, limit hits and bans (every label always present, so rates start at zero)."""

@@ -54,12 +54,13 @@ from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
 from edd_gateway.proxyprotocol import parse_version as proxy_protocol_version  # noqa: E402
 from edd_gateway.ssh import DEFAULT_CLIENT_KEY, DEFAULT_HOST_KEY, KeyFileError, SSHSettings  # noqa: E402
 from edd_gateway.ssh import GatewaySSHFactory, HostKeyPins, build_ssh_factory  # noqa: E402
+from edd_gateway.state.changefeed import ChangeFeedListener  # noqa: E402
 from edd_gateway.state.localfile import ContainersFileError, LocalContainersSource  # noqa: E402
 from edd_gateway.state.localfile import LocalPinStore, load_containers_file  # noqa: E402
 from edd_gateway.state.model import ContainerDirectory, ContainerSnapshot  # noqa: E402
 from edd_gateway.state.nats import NatsEventFeed  # noqa: E402
 from edd_gateway.state.postgres import PostgresDatabase  # noqa: E402
-from edd_gateway.state.service import StateService  # noqa: E402
+from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService  # noqa: E402
 from edd_gateway.tls.authority import misdirected_check  # noqa: E402
 from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tls  # noqa: E402
 
@@ -118,8 +119,10 @@ class Options(usage.Options):
         ["database", None, None, "PostgreSQL DSN or URL: containers, static_routes (default: $DATABASE_URL)."],
         ["compute-database", None, None, "DSN of the compute service's tables when not in --database's database."],
         ["nats", None, None, "NATS server URL(s), comma-separated: container events (needs --database)."],
-        ["poll-interval", None, 5.0, "Seconds between full reads of PostgreSQL while NATS is not connected.", float],
-        ["resync-interval", None, 300.0, "Seconds between full reads while NATS is up (0: never).", float],
+        ["poll-interval", None, 5.0, "Seconds between full reads of PostgreSQL while no feed (the database's "
+         "change feed, NATS) is active.", float],
+        ["resync-interval", None, DEFAULT_RESYNC_INTERVAL, "Seconds between full reads while a feed is active, "
+         "a net for a silent feed (0: never).", float],
         ["containers", None, None, "Without --database: a YAML file of containers, re-read when it changes."],
         ["state-file", None, DEFAULT_STATE_FILE, "Without --database: where pinned container SSH host keys are kept."],
         ["container-domain", None, None, "Route <container-id>.DOMAIN (Host or SNI) to that container."],
@@ -309,7 +312,8 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
         database = PostgresDatabase(config["database"], reactor, compute_dsn=config["compute-database"])
         servers = [url.strip() for url in (config["nats"] or "").split(",") if url.strip()]
         events = NatsEventFeed(servers, name="edd-gateway") if servers else None
-        state = StateService(database, directory, reactor, events=events, on_routes=swap,
+        changes = ChangeFeedListener(database.compute_dsn, reactor)
+        state = StateService(database, directory, reactor, events=events, changes=changes, on_routes=swap,
                              file_routes=live.current.routes, poll_interval=config["poll-interval"],
                              resync_interval=config["resync-interval"])
         state.setServiceParent(parent)

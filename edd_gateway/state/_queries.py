@@ -22,7 +22,7 @@ BEGIN_SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
 
 _CONTAINERS = (
     "SELECT id, COALESCE(user_id, ''), COALESCE(name, ''), COALESCE(status, 'pending'), external_ip,"
-    " COALESCE(ssh_enabled, false), COALESCE(https_enabled, false) FROM containers"
+    " COALESCE(ssh_enabled, false), COALESCE(https_enabled, false), COALESCE(namespace, '') FROM containers"
 )
 _RULES = "SELECT container_id, port, COALESCE(target_port, 80) FROM ingress_rules WHERE port IS NOT NULL"
 _KEYS = (
@@ -69,7 +69,7 @@ def build_containers(
         if text:
             keys.setdefault(user_id, []).append(text)
     containers = {}
-    for container_id, user_id, name, status, external_ip, ssh_enabled, https_enabled in container_rows:
+    for container_id, user_id, name, status, external_ip, ssh_enabled, https_enabled, namespace in container_rows:
         address = (external_ip or "").strip() or None
         containers[container_id] = Container(
             id=container_id,
@@ -81,6 +81,7 @@ def build_containers(
             https_enabled=bool(https_enabled),
             ingress=rules.get(container_id, {}),
             ssh_keys=tuple(keys.get(user_id, ())) if user_id else (),
+            namespace=namespace,
         )
     return containers
 

@@ -45,36 +45,62 @@ GATEWAY_SCHEMA: tuple[str, ...] = (
     """,
 )
 
+#: The compute service's own migrations, column for column (ids are 8 hex
+#: characters, namespaces C{compute-<user_id>-<id>}, C{public_key} a whole
+#: authorized_keys line, C{fingerprint} MD5 in colon hex).
 COMPUTE_SCHEMA: tuple[str, ...] = (
     """
     CREATE TABLE IF NOT EXISTS containers (
         id TEXT PRIMARY KEY,
-        user_id TEXT,
-        name TEXT,
-        namespace TEXT,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        namespace TEXT NOT NULL,
         status TEXT DEFAULT 'pending',
         external_ip TEXT,
+        memory_mb INTEGER DEFAULT 512,
+        storage_gb INTEGER DEFAULT 5,
+        image TEXT,
+        created_at TIMESTAMP DEFAULT CURRENT_TIMESTAMP,
+        stopped_at TIMESTAMP,
         ssh_enabled BOOLEAN DEFAULT false,
         https_enabled BOOLEAN DEFAULT false,
-        created_at TIMESTAMPTZ DEFAULT now()
-    )
-    """,
-    """
-    CREATE TABLE IF NOT EXISTS ingress_rules (
-        id SERIAL PRIMARY KEY,
-        container_id TEXT REFERENCES containers ON DELETE CASCADE,
-        port INT,
-        target_port INT DEFAULT 80,
-        UNIQUE (container_id, port)
+        owner_username TEXT NOT NULL DEFAULT '',
+        instance_type TEXT NOT NULL DEFAULT 'nano',
+        mount_paths TEXT NOT NULL DEFAULT '["/root"]',
+        pull_policy TEXT DEFAULT 'IfNotPresent'
     )
     """,
     """
     CREATE TABLE IF NOT EXISTS ssh_keys (
         id SERIAL PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        created_at TIMESTAMP
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS ingress_rules (
+        id SERIAL PRIMARY KEY,
+        container_id TEXT NOT NULL REFERENCES containers(id) ON DELETE CASCADE,
+        port INTEGER NOT NULL,
+        target_port INTEGER NOT NULL DEFAULT 80,
+        created_at TIMESTAMP,
+        UNIQUE (container_id, port)
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS user_cache (
+        user_id TEXT PRIMARY KEY,
+        username TEXT
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS identity_permissions (
+        id SERIAL PRIMARY KEY,
         user_id TEXT,
-        name TEXT,
-        public_key TEXT,
-        fingerprint TEXT
+        permission TEXT
     )
     """,
 )

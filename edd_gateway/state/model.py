@@ -34,6 +34,8 @@ class Container:
     @ivar ingress: public port -> rule.
     @ivar ssh_keys: its owner's uploaded public keys, in OpenSSH text form
         (C{"ssh-ed25519 AAAA... comment"}).
+    @ivar namespace: its Kubernetes namespace (C{compute-<user_id>-<id>}),
+        where its C{lb} service is reached from inside the cluster.
     """
 
     id: str
@@ -45,6 +47,7 @@ class Container:
     https_enabled: bool = False
     ingress: Mapping[int, IngressRule] = field(default_factory=dict)
     ssh_keys: tuple[str, ...] = ()
+    namespace: str = ""
 
     @property
     def running(self) -> bool:

@@ -1,9 +1,14 @@
 """
 Keeping the container directory and the route list in step with PostgreSQL:
 L{StateService} connects (retrying with backoff while the database is down),
-resyncs in full after every (re)connection of PostgreSQL or NATS, re-reads
-single containers when an event names them, polls when there is no event
-feed (or it is down), and reports readiness.
+resyncs in full after every (re)connection of PostgreSQL, of NATS or of the
+change feed, re-reads single containers (or one user's containers, when
+their SSH keys changed) when an event or a change notification names them,
+polls when no feed is active, and reports readiness.
+
+Every full resync is also a check on the feeds: a container that differs
+from what the gateway held, and that no event or notification named, is an
+I{unannounced} change, counted and logged, so a silent feed shows.
 
 All reads go through one queue, one at a time, so a slow full resync can
 never overwrite what a later event refreshed: whatever is read last was read
@@ -21,7 +26,7 @@ from typing import Any, Protocol
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -29,11 +34,22 @@ from twisted.python.failure import Failure
 
 from edd_gateway.metrics import Histogram
 from edd_gateway.routes.model import Route
+from edd_gateway.state.changefeed import Change
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
 from edd_gateway.state.nats import REFRESHED_SUBJECT, ContainerEvent, refreshed_message
 from edd_gateway.state.routes_sync import merge_routes
 
-__all__ = ["ContainerDatabase", "EventFeed", "StateService", "StateStatus"]
+__all__ = ["ChangeFeed", "ContainerDatabase", "EventFeed", "StateService", "StateStatus"]
+
+#: Default seconds between full reads while a feed is active.  A full read
+#: is three SELECTs (tens of milliseconds with 10,000 containers), so one
+#: every 30 s costs a sixth of the original gateway's 5 s poll, and a feed
+#: that falls silent (triggers dropped by a migration, a publisher that
+#: stops) leaves a wrong route or a revoked SSH key for at most 30 s, and
+#: shows in edd_gateway_state_unannounced_changes_total.
+DEFAULT_RESYNC_INTERVAL = 30.0
+#: How many ids the log line of unannounced changes names.
+_NAMED_IDS = 5
 
 _log = Logger()
 
@@ -64,6 +80,20 @@ class EventFeed(Protocol):
     def publish(self, subject: str, payload: bytes) -> Deferred[None]: ...
 
 
+class ChangeFeed(Protocol):
+    """What the service needs of the database's change feed (L{ChangeFeedListener}, or a memory fake)."""
+
+    state: str
+
+    @property
+    def listening(self) -> bool: ...
+    def bind(self, on_change: Callable[[Change], object], on_listening: Callable[[], object],
+             on_stopped: Callable[[str], object]) -> None: ...
+    def start(self) -> Deferred[None]: ...
+    def check(self) -> Deferred[bool]: ...
+    def stop(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class StateStatus:
     """
@@ -81,6 +111,20 @@ class StateStatus:
     full_resyncs: int
     refreshes: int
     events: int
+    notifications: int = 0
+    unannounced_changes: int = 0
+    change_feed: str | None = None
+    events_mode: str | None = None
+
+    @property
+    def feeds(self) -> list[str]:
+        """The active feeds, for the start-up log and /readyz (empty: polling)."""
+        active = []
+        if self.change_feed == "listening":
+            active.append("PostgreSQL change feed")
+        if self.events_connected:
+            active.append(f"NATS events ({self.events_mode})" if self.events_mode else "NATS events")
+        return active
 
 
 class StateService(Service):
@@ -90,22 +134,27 @@ class StateService(Service):
         the L{RouteTable} from it.
     @param file_routes: the routes file's routes, if known at start; later
         versions come through L{set_file_routes}.
-    @param poll_interval: seconds between full reads while there is no
-        event feed, or it is disconnected.
-    @param resync_interval: seconds between full reads while the event feed
-        is up, as a net for lost events and for rows others inserted into
+    @param events: the NATS event feed, if any.
+    @param changes: the database's change feed (LISTEN), if any.
+    @param poll_interval: seconds between full reads while no feed is
+        active.
+    @param resync_interval: seconds between full reads while a feed is
+        active, as a net for lost events and for rows others inserted into
         C{static_routes} (0 turns it off).
     @param retry_policy: seconds to wait after the Nth consecutive failure
         (N from 0); jittered exponential backoff by default.
     """
 
     def __init__(self, database: ContainerDatabase, directory: ContainerDirectory, clock: IReactorTime, *,
-                 events: EventFeed | None = None, on_routes: Callable[[list[Route]], object] | None = None,
+                 events: EventFeed | None = None, changes: ChangeFeed | None = None,
+                 on_routes: Callable[[list[Route]], object] | None = None,
                  file_routes: Sequence[Route] | None = None, poll_interval: float = 5.0,
-                 resync_interval: float = 300.0, retry_policy: Callable[[int], float] | None = None) -> None:
+                 resync_interval: float = DEFAULT_RESYNC_INTERVAL,
+                 retry_policy: Callable[[int], float] | None = None) -> None:
         self.database = database
         self.directory = directory
         self.events = events
+        self.changes = changes
         self._clock = clock
         self._on_routes = on_routes
         self._file_routes = list(file_routes) if file_routes is not None else None
@@ -123,13 +172,20 @@ class StateService(Service):
         self._poller: LoopingCall | None = None
         self._last_full: float | None = None
         self._last_error: str | None = None
-        self._counts = {"full_resyncs": 0, "refreshes": 0, "events": 0}
-        #: Seconds from a NATS event's arrival to its change being served.
+        self._counts = {"full_resyncs": 0, "refreshes": 0, "events": 0, "notifications": 0,
+                        "unannounced_changes": 0}
+        #: Seconds from an event's or a change notification's arrival to its change being served.
         self.event_lag = Histogram()
         self._events_since: list[float] = []
+        # Those waiting for the read that covers their request (JetStream
+        # acknowledges an event only once its change is applied).
+        self._waiters: list[Deferred[None]] = []
+        self._feeds_reported: list[str] | None = None
         database.add_reconnect_observer(self._database_reconnected)
         if events is not None:
             events.bind(self._event_received, self._events_connected, self._events_disconnected)
+        if changes is not None:
+            changes.bind(self._change_received, self._changes_listening, self._changes_stopped)
 
     def status(self) -> StateStatus:
         alive = getattr(self.database, "alive", True)
@@ -139,6 +195,8 @@ class StateService(Service):
             events_connected=None if self.events is None else self.events.connected,
             last_full_resync=self._last_full,
             last_error=self._last_error,
+            change_feed=None if self.changes is None else self.changes.state,
+            events_mode=getattr(self.events, "mode", None),
             **self._counts,
         )
 
@@ -151,6 +209,8 @@ class StateService(Service):
         poller.start(self._poll_interval, now=False)
         if self.events is not None:
             self.events.start().addErrback(self._events_failed)
+        if self.changes is not None:
+            self.changes.start().addErrback(self._changes_failed)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
@@ -167,6 +227,11 @@ class StateService(Service):
             await _settled(self._in_flight)
         self.database.close()
         self._connected = False
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(CancelledError("the gateway stopped before the change was read"))
+        if self.changes is not None:
+            self.changes.stop()
         if self.events is not None:
             try:
                 await self.events.stop()
@@ -185,10 +250,30 @@ class StateService(Service):
         self._want_full = self._want_full or reason
         self._kick()
 
-    def request_refresh(self, container_ids: Collection[str]) -> None:
-        """Re-read these containers (an event named them)."""
-        self._pending.update(container_ids)
+    def request_refresh(self, container_ids: Collection[str], user_ids: Collection[str] = ()) -> Deferred[None]:
+        """
+        Re-read these containers, and every container of these users (their
+        SSH keys changed); fires once a read that started after this call
+        has been applied.
+        """
+        ids = set(container_ids)
+        if user_ids:
+            # Keys are read per container (its owner's), so a user's keys
+            # are re-read through the containers the gateway holds for
+            # them; a container not held yet gets its keys when its own
+            # change is read.
+            users = set(user_ids)
+            ids.update(c.id for c in self.directory.current.containers.values() if c.user_id in users)
+        if not ids:
+            return succeed(None)
+        return self._wait(lambda: self._pending.update(ids))
+
+    def _wait(self, request: Callable[[], object]) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append(waiter)
+        request()
         self._kick()
+        return waiter
 
     def _start_connecting(self) -> None:
         self._retry = None
@@ -220,11 +305,37 @@ class StateService(Service):
         self._cancel_retry()
         self.request_full_resync("PostgreSQL reconnected")
 
-    def _event_received(self, event: ContainerEvent) -> None:
+    def _event_received(self, event: ContainerEvent) -> Deferred[None] | None:
         self._counts["events"] += 1
+        return self._hint(event.container_ids, event.user_ids, event.full_resync, f"an event on {event.subject}")
+
+    def _change_received(self, change: Change) -> None:
+        self._counts["notifications"] += 1
+        self._hint(change.container_ids, change.user_ids, change.full_resync, f"a change to {change.table}")
+
+    def _hint(self, container_ids: Collection[str], user_ids: Collection[str], full: bool,
+              what: str) -> Deferred[None] | None:
+        if not self._connected:
+            # Not read yet: the first full read covers it.  No waiter, so
+            # JetStream redelivers it rather than count it as applied.
+            return None
+        self._events_since.append(self._clock.seconds())
+        if full:
+            reason = what
+            return self._wait(lambda: setattr(self, "_want_full", self._want_full or reason))
+        return self.request_refresh(container_ids, user_ids)
+
+    def _changes_listening(self) -> None:
         if self._connected:
-            self._events_since.append(self._clock.seconds())
-            self.request_refresh(event.container_ids)
+            self.request_full_resync("change feed listening")
+
+    def _changes_stopped(self, reason: str) -> None:
+        _log.warn("state: the change feed stopped ({reason}); polling PostgreSQL every {interval} s until it is back",
+                  reason=reason, interval=self._poll_interval)
+
+    def _changes_failed(self, reason: Failure) -> None:
+        if not reason.check(CancelledError):
+            _log.failure("change feed: stopped", reason)
 
     def _events_connected(self) -> None:
         if self._connected:
@@ -238,10 +349,14 @@ class StateService(Service):
         if not reason.check(CancelledError):
             _log.failure("nats: the event feed stopped", reason)
 
+    def _feed_active(self) -> bool:
+        return bool((self.events is not None and self.events.connected)
+                    or (self.changes is not None and self.changes.listening))
+
     def _poll(self) -> None:
         if not self._connected:
             return
-        if self.events is None or not self.events.connected:
+        if not self._feed_active():
             self.request_full_resync("poll")
         elif self._resync_interval and (self._last_full is None
                                         or self._clock.seconds() - self._last_full >= self._resync_interval):
@@ -271,17 +386,31 @@ class StateService(Service):
             self._in_flight = None
 
     async def _step(self) -> None:
+        # Every request made until now is covered by this step (a full read,
+        # or the pending ids), so its waiters are answered once it is applied.
+        waiters, self._waiters = self._waiters, []
+        try:
+            await self._read_step()
+        except BaseException:
+            # Not applied: a later read (a full one, see below) answers them.
+            self._waiters[:0] = waiters
+            raise
+        for waiter in waiters:
+            waiter.callback(None)
+
+    async def _read_step(self) -> None:
         if self._want_full:
             reason, self._want_full = self._want_full, None
             # A full read started now covers every id asked for until now.
-            self._pending.clear()
+            announced, self._pending = self._pending, set()
             try:
-                await self._resync_containers(reason)
+                await self._resync_containers(reason, announced)
                 await self._resync_routes()
             except BaseException:
                 self._want_full = self._want_full or reason
                 raise
             self._publish_refreshed(reason)
+            self._report_feeds()
         elif self._pending:
             ids, self._pending = self._pending, set()
             try:
@@ -299,8 +428,16 @@ class StateService(Service):
                 raise
         self._last_error = None
 
-    async def _resync_containers(self, reason: str) -> None:
+    async def _resync_containers(self, reason: str, announced: set[str]) -> None:
+        if self.changes is not None:
+            # Also LISTENs when the triggers appeared since the last read:
+            # before the read, so that no later commit goes unannounced.
+            await self.changes.check()
+        audited = self._feed_active() and self.directory.current.ready
         containers = await self.database.load_all()
+        if audited:
+            # Hints that arrived while the read ran may name changes it saw.
+            self._count_unannounced(containers, announced | self._pending)
         self.directory.swap(ContainerSnapshot(containers, ready=True))
         self._forget_pins(self.database.prune_pins(containers.keys()))
         self._last_full = self._clock.seconds()
@@ -308,6 +445,34 @@ class StateService(Service):
         running = sum(1 for container in containers.values() if container.running)
         _log.info("state: {count} containers ({running} running) read after {reason}",
                   count=len(containers), running=running, reason=reason)
+
+    def _count_unannounced(self, containers: dict[str, Container], announced: set[str]) -> None:
+        held = self.directory.current.containers
+        changed = sorted(
+            container_id for container_id in held.keys() | containers.keys()
+            if container_id not in announced and held.get(container_id) != containers.get(container_id))
+        if not changed:
+            return
+        self._counts["unannounced_changes"] += len(changed)
+        named = ", ".join(changed[:_NAMED_IDS]) + (f" and {len(changed) - _NAMED_IDS} more"
+                                                   if len(changed) > _NAMED_IDS else "")
+        _log.warn("state: the full read found {count} container changes no event or notification announced "
+                  "({named}); is a feed silent?", count=len(changed), named=named)
+
+    def _report_feeds(self) -> None:
+        feeds = self.status().feeds
+        if feeds == self._feeds_reported:
+            return
+        self._feeds_reported = feeds
+        if feeds:
+            _log.info("state: following {feeds}; a full read every {interval} s as a net",
+                      feeds=" and ".join(feeds), interval=self._resync_interval)
+        else:
+            detail = ""
+            if self.changes is not None and self.changes.state == "not installed":
+                detail = " (the change feed is not installed: python -m edd_gateway install-change-feed DSN)"
+            _log.info("state: no feed active{detail}; polling PostgreSQL every {interval} s",
+                      detail=detail, interval=self._poll_interval)
 
     async def _refresh(self, ids: set[str]) -> None:
         found = await self.database.load_containers(ids)
