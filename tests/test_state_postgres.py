@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from edd_gateway.state.model import Container, HostKeyPin, IngressRule
 from edd_gateway.state.postgres import DatabaseUnavailable, PostgresDatabase
-from edd_gateway.testing import poll_until
+from edd_gateway.testing import md5_fingerprint, poll_until
 from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf dev@laptop"
@@ -25,8 +25,8 @@ async def insert_container(server: ThrowawayPostgres, container_id: str, *, stat
                            dbname: str | None = None) -> None:
     await server.execute(
         "INSERT INTO containers (id, user_id, name, namespace, status, external_ip, ssh_enabled)"
-        " VALUES (%s, %s, %s, 'ns', %s, %s, true)",
-        (container_id, user, f"name of {container_id}", status, ip), dbname=dbname)
+        " VALUES (%s, %s, %s, %s, %s, %s, true)",
+        (container_id, user, f"name of {container_id}", f"compute-{user}-{container_id}", status, ip), dbname=dbname)
     for port, target in (ports or {}).items():
         await server.execute("INSERT INTO ingress_rules (container_id, port, target_port) VALUES (%s, %s, %s)",
                              (container_id, port, target), dbname=dbname)
@@ -72,11 +72,13 @@ class ContainerReadTests(PostgresTestCase):
         await insert_container(server, "web1", ports={80: 8080, 8000: 80})
         await insert_container(server, "idle", status="stopped", ip=None, user="u2")
         await server.execute("INSERT INTO ssh_keys (user_id, name, public_key, fingerprint) VALUES "
-                             "('u1', 'laptop', %s, 'aa:bb'), ('nobody', 'x', %s, 'cc:dd')", (KEY, KEY))
+                             "('u1', 'laptop', %s, %s), ('nobody', 'x', %s, %s)",
+                             (KEY, md5_fingerprint(KEY), KEY, md5_fingerprint(KEY)))
         containers = await database.load_all()
         self.assertEqual(containers["web1"], Container(
             id="web1", user_id="u1", status="running", external_ip="127.0.1.2", name="name of web1",
-            ssh_enabled=True, ingress={80: IngressRule(80, 8080), 8000: IngressRule(8000, 80)}, ssh_keys=(KEY,)))
+            ssh_enabled=True, ingress={80: IngressRule(80, 8080), 8000: IngressRule(8000, 80)}, ssh_keys=(KEY,),
+            namespace="compute-u1-web1"))
         self.assertEqual((containers["idle"].status, containers["idle"].external_ip, containers["idle"].ssh_keys),
                          ("stopped", None, ()))
 
@@ -92,10 +94,24 @@ class ContainerReadTests(PostgresTestCase):
         self.assertEqual(await database.load_containers([]), {})
 
     async def test_null_columns_read_as_defaults(self) -> None:
+        # Only the columns the compute service's schema lets be NULL.
         server, database = await self.start_database()
-        await server.execute("INSERT INTO containers (id, status, ssh_enabled) VALUES ('bare', NULL, NULL)")
-        bare = (await database.load_all())["bare"]
-        self.assertEqual((bare.user_id, bare.status, bare.ssh_enabled, bare.name), ("", "pending", False, ""))
+        await server.execute("INSERT INTO containers (id, user_id, name, namespace, status, external_ip, ssh_enabled,"
+                             " https_enabled) VALUES ('bare', 'u1', 'bare', 'compute-u1-bare', NULL, NULL, NULL, NULL),"
+                             " ('blank', 'u1', 'blank', 'compute-u1-blank', 'running', '', true, NULL)")
+        containers = await database.load_all()
+        bare, blank = containers["bare"], containers["blank"]
+        self.assertEqual((bare.status, bare.external_ip, bare.ssh_enabled, bare.https_enabled),
+                         ("pending", None, False, False))
+        self.assertEqual((blank.status, blank.external_ip, blank.ssh_enabled, blank.https_enabled),
+                         ("running", None, True, False), "an empty address is no address")
+
+    async def test_blank_key_is_skipped(self) -> None:
+        server, database = await self.start_database()
+        await insert_container(server, "web1")
+        await server.execute("INSERT INTO ssh_keys (user_id, name, public_key, fingerprint) VALUES"
+                             " ('u1', 'empty', ' ', ''), ('u1', 'laptop', %s, %s)", (KEY, md5_fingerprint(KEY)))
+        self.assertEqual((await database.load_all())["web1"].ssh_keys, (KEY,))
 
     async def test_separate_compute_database(self) -> None:
         server = await start_postgres(self)
