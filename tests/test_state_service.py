@@ -16,7 +16,7 @@ from edd_gateway.state.memory import MemoryDatabase, MemoryEventFeed
 from edd_gateway.state.model import Container, ContainerDirectory, HostKeyPin, IngressRule
 from edd_gateway.state.nats import REFRESHED_SUBJECT
 from edd_gateway.state.routes_sync import StaticRouteRow
-from edd_gateway.state.service import StateService
+from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService
 
 
 def container(container_id: str, status: str = "running", port: int = 80) -> Container:
@@ -204,7 +204,7 @@ class EventTests(SynchronousTestCase):
 
     def test_periodic_resync_while_feed_is_up(self) -> None:
         calls = self.database.calls.count("load_all")
-        self.harness.clock.pump([5] * 60)
+        self.harness.clock.pump([5] * int(DEFAULT_RESYNC_INTERVAL / 5))
         self.assertEqual(self.database.calls.count("load_all"), calls + 1)
 
 

@@ -2,7 +2,9 @@
 Memory stand-ins for the state sources, for unit tests here and in other
 modules: L{MemoryDatabase} (what L{StateService} needs of PostgreSQL, with
 switches for an outage, a reconnect and slow answers) and L{MemoryEventFeed}
-(what it needs of NATS, delivering messages through the real parser).
+(what it needs of NATS, delivering messages through the real parser) and
+L{MemoryChangeFeed} (the database's change feed, delivering notification
+payloads through the real parser).
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from edd_gateway.routes.model import Route
+from edd_gateway.state.changefeed import Change, parse_change
 from edd_gateway.state.model import Container, HostKeyPin
 from edd_gateway.state.nats import ContainerEvent, EventRejected, parse_event
 from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.routes_sync import StaticRouteRow, file_route_rows, routes_from_rows
 
-__all__ = ["MemoryDatabase", "MemoryEventFeed"]
+__all__ = ["MemoryChangeFeed", "MemoryDatabase", "MemoryEventFeed"]
 
 
 class MemoryDatabase:
@@ -181,3 +184,58 @@ class MemoryEventFeed:
             return fail(ConnectionError("not connected"))
         self.published.append((subject, payload))
         return succeed(None)
+
+
+class MemoryChangeFeed:
+    """A change feed whose triggers, connection and notifications the test drives."""
+
+    def __init__(self, installed: bool = True) -> None:
+        self.installed = installed
+        self.connection_up = True
+        self.listening = False
+        self.state = "not connected"
+        self.checks = 0
+        self.stopped = False
+        self._on_change: Callable[[Change], object] = lambda change: None
+        self._on_listening: Callable[[], object] = lambda: None
+        self._on_stopped: Callable[[str], object] = lambda reason: None
+
+    def bind(self, on_change: Callable[[Change], object], on_listening: Callable[[], object],
+             on_stopped: Callable[[str], object]) -> None:
+        self._on_change, self._on_listening, self._on_stopped = on_change, on_listening, on_stopped
+
+    def start(self) -> Deferred[None]:
+        return self.check().addCallback(lambda _: None)
+
+    def check(self) -> Deferred[bool]:
+        """What the real listener does at start and at each full read: LISTEN while the triggers are there."""
+        self.checks += 1
+        if not self.connection_up:
+            return succeed(False)
+        if self.installed and not self.listening:
+            self.listening, self.state = True, "listening"
+            self._on_listening()
+        elif not self.installed:
+            self.state = "not installed"
+            if self.listening:
+                self.listening = False
+                self._on_stopped("triggers removed")
+        return succeed(self.listening)
+
+    def lose_connection(self) -> None:
+        self.connection_up = False
+        self.listening, self.state = False, "down"
+        self._on_stopped("connection lost")
+
+    def reconnect(self) -> None:
+        """The listener's connection is back: it checks, and LISTENs again."""
+        self.connection_up = True
+        self.check()
+
+    def notify(self, payload: str) -> None:
+        """A notification arrives: parsed as the listener parses it."""
+        self._on_change(parse_change(payload))
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.listening = False

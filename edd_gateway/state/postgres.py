@@ -80,7 +80,12 @@ class _Detector(reconnection.DeadConnectionDetector):
     def stop(self) -> None:
         self.stopped = True
         if self._reconnecting is not None and not self._reconnecting.called:
-            self._reconnecting.cancel()
+            try:
+                self._reconnecting.cancel()
+            except psycopg2.Error:
+                # psycopg2 cannot cancel a connection attempt under way; the
+                # attempt's result is dropped since the detector is stopped.
+                pass
 
 
 class _Connection(txpostgres.Connection):  # type: ignore[misc]
