@@ -4,11 +4,13 @@ goes.  The host (an HTTP Host header or a TLS SNI name) names the container;
 the external port the connection arrived on (the listener's port, mapped
 through C{--port-map} when the gateway sits behind a port translation)
 selects the container's ingress rule; the backend is the container's
-C{external_ip:target_port}.
+address (L{ContainerAddressing}: its C{external_ip}, or its Kubernetes
+service's DNS name) and the rule's C{target_port}.
 
 L{decide} is the pure decision over one directory snapshot; the parsers of
 the command line's C{--port-map} and C{--container-ports} values live here
-too.  L{ContainerRouter} is what the HTTP and TLS sides hold: it reads the
+too.  L{ContainerAddressing} says where a container is dialled, for HTTP,
+TLS passthrough, raw TCP and the SSH side alike.  L{ContainerRouter} is what the HTTP and TLS sides hold: it reads the
 live directory at each decision and keeps nothing that could outlive a swap.
 """
 
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from string import Formatter
 from typing import Any, Union
 
 from edd_gateway.http.errors import GatewayError
@@ -25,7 +28,8 @@ from edd_gateway.routes.normalize import normalize_hostname
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule
 
 __all__ = [
-    "HTTP_CACHE_SIZE", "NOT_READY", "NO_INGRESS", "ContainerBackend", "ContainerDecision", "ContainerRefused",
+    "ADDRESS_MODES", "DEFAULT_SERVICE_DNS", "EXTERNAL_IP", "HTTP_CACHE_SIZE", "NOT_READY", "NO_INGRESS",
+    "SERVICE_DNS", "ContainerAddressing", "ContainerBackend", "ContainerDecision", "ContainerRefused",
     "ContainerRouter", "container_id_for", "decide", "normalize_container_domain", "parse_port_map",
     "parse_port_range",
 ]
@@ -37,6 +41,75 @@ NOT_READY = "the gateway is still loading the containers; try again in a moment"
 NO_INGRESS = "no ingress rule for this port"
 #: Most (container, port) decisions the HTTP side keeps between swaps.
 HTTP_CACHE_SIZE = 65536
+
+#: C{--container-address} values: dial the row's C{external_ip}, or the
+#: container's service by its cluster DNS name.
+EXTERNAL_IP = "external-ip"
+SERVICE_DNS = "service-dns"
+ADDRESS_MODES = (EXTERNAL_IP, SERVICE_DNS)
+#: The compute service puts each container in its own namespace, with a
+#: Service named C{lb} in front of its pod.
+DEFAULT_SERVICE_DNS = "lb.{namespace}.svc.cluster.local"
+_PLACEHOLDERS = ("namespace", "id", "user_id")
+_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerAddressing:
+    """
+    Where a container is dialled (C{--container-address}): its
+    C{external_ip} (C{external-ip}, the default), or C{template} filled in
+    with its C{namespace}, C{id} and C{user_id} (C{service-dns}).  Every
+    value a template uses must be a DNS label, else the container has no
+    address (yet): a row's text never becomes anything but one label.
+
+    @raise ValueError: from the constructor, naming what is wrong with
+        C{mode} or C{template}.
+    """
+
+    mode: str = EXTERNAL_IP
+    template: str = DEFAULT_SERVICE_DNS
+    _fields: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.mode not in ADDRESS_MODES:
+            raise ValueError(f"{self.mode!r} is not one of {', '.join(ADDRESS_MODES)}")
+        object.__setattr__(self, "_fields", _template_fields(self.template))
+
+    def host(self, container: Container) -> str | None:
+        """The host name or IP address to dial C{container} at, or None when it has none yet."""
+        if self.mode == EXTERNAL_IP:
+            return container.external_ip or None
+        values = {}
+        for name in self._fields:
+            value = getattr(container, name).lower()
+            if _LABEL.fullmatch(value) is None:
+                return None
+            values[name] = value
+        return self.template.format_map(values)
+
+
+def _template_fields(template: str) -> tuple[str, ...]:
+    """The placeholders C{template} uses; ValueError unless it makes a DNS name from at least one."""
+    try:
+        parsed = list(Formatter().parse(template))
+    except ValueError as problem:
+        raise ValueError(f"{template!r}: {problem}") from None
+    fields = []
+    for _, name, spec, conversion in parsed:
+        if name is None:
+            continue
+        if name not in _PLACEHOLDERS or spec or conversion:
+            raise ValueError(f"{template!r}: {{{name}}} is not one of "
+                             + ", ".join(f"{{{p}}}" for p in _PLACEHOLDERS))
+        fields.append(name)
+    if not fields:
+        raise ValueError(f"{template!r} names no container: use {{namespace}}, {{id}} or {{user_id}}")
+    sample = template.format(namespace="compute-u1-abc123", id="abc123", user_id="u1")
+    name = normalize_hostname(sample)
+    if name is None or ":" in name or name.rpartition(".")[2].isdigit():
+        raise ValueError(f"{template!r} does not make a DNS name (it makes {sample!r})")
+    return tuple(dict.fromkeys(fields))
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +162,8 @@ def container_id_for(host: str, domain: str) -> str | None:
     return label if _CONTAINER_ID.fullmatch(label) else None
 
 
-def decide(snapshot: ContainerSnapshot, container_id: str, external_port: int | None) -> ContainerDecision:
+def decide(snapshot: ContainerSnapshot, container_id: str, external_port: int | None,
+           addressing: ContainerAddressing = ContainerAddressing()) -> ContainerDecision:
     """Where a connection for C{container_id} arriving on C{external_port} goes, or why it cannot."""
     container = snapshot.get(container_id)
     if container is None:
@@ -100,12 +174,13 @@ def decide(snapshot: ContainerSnapshot, container_id: str, external_port: int | 
         status = container.status.strip().lower()
         return ContainerRefused(503, f"container {container_id} is "
                                      + (status if _STATUS_WORD.fullmatch(status) else "not running"))
-    if not container.external_ip:
+    host = addressing.host(container)
+    if host is None:
         return ContainerRefused(503, f"container {container_id} has no address yet")
     rule = container.ingress.get(external_port) if external_port is not None else None
     if rule is None:
         return ContainerRefused(502, NO_INGRESS)
-    return ContainerBackend(container, rule, external_port, Target(container.external_ip, rule.target_port))
+    return ContainerBackend(container, rule, external_port, Target(host, rule.target_port))
 
 
 def parse_port_map(items: Iterable[str]) -> dict[int, int]:
@@ -146,10 +221,12 @@ class ContainerRouter:
     asked first by their callers, so a route file entry keeps priority.
     """
 
-    def __init__(self, directory: ContainerDirectory, domain: str, port_map: Mapping[int, int] | None = None) -> None:
+    def __init__(self, directory: ContainerDirectory, domain: str, port_map: Mapping[int, int] | None = None,
+                 addressing: ContainerAddressing = ContainerAddressing()) -> None:
         self.directory = directory
         self.domain = normalize_container_domain(domain)
         self.port_map = dict(port_map or {})
+        self.addressing = addressing
         self._suffix = "." + self.domain
         # The HTTP side's decisions for known containers, by external port
         # then host (one host per container): building a Route costs more
@@ -191,7 +268,7 @@ class ContainerRouter:
                                          "raw TCP cannot tell which (TLS with SNI or HTTP can)")
         if not found:
             return ContainerRefused(502, f"no container has an ingress rule for port {external_port}")
-        return decide(snapshot, (running or found)[0].id, external_port)
+        return decide(snapshot, (running or found)[0].id, external_port, self.addressing)
 
     def under_domain(self, host: str) -> bool:
         """Whether C{host} is below the container domain (a cheap test, for every request)."""
@@ -214,7 +291,7 @@ class ContainerRouter:
         container_id = self.container_id(host)
         if container_id is None:
             return None
-        return decide(self.directory.current, container_id, self.external_port(transport))
+        return decide(self.directory.current, container_id, self.external_port(transport), self.addressing)
 
     def http_match(self, host: str, path: str, transport: Any) -> RouteMatch | None:
         """
@@ -234,7 +311,7 @@ class ContainerRouter:
             if container_id is None:
                 return None
             snapshot = self.directory.current
-            decision = decide(snapshot, container_id, port)
+            decision = decide(snapshot, container_id, port, self.addressing)
             found = decision.route(host) if isinstance(decision, ContainerBackend) else decision
             if container_id in snapshot.containers:
                 if self._http_size >= HTTP_CACHE_SIZE:

@@ -116,7 +116,8 @@ class ConnectorTests(SynchronousTestCase):
         self.failureResultOf(ssh.verifyHostKey(key("impostor").public().blob(), b"md5"), LoginRefused)
         ssh.connectionLost(Failure(ConnectionDone()))
         failure = self.failureResultOf(result, LoginRefused)
-        self.assertIn("different SSH host key than the one pinned", str(failure.value))
+        self.assertIn("presented a different SSH host key", str(failure.value))
+        self.assertIn("python -m edd_gateway forget-host-key abc123", str(failure.value))
         self.assertEqual(self.pins.pins["abc123"].host_key, public_text(key("container-host")))
 
     def test_pin_store_failure(self) -> None:

@@ -36,6 +36,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edd_gateway.containers import ContainerAddressing
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username, shown
@@ -95,7 +96,7 @@ def is_owner_key(container: Container, blob: bytes) -> bool:
     return any(key_blob(text) == blob for text in container.ssh_keys)
 
 
-def unavailable_reason(container: Container) -> str | None:
+def unavailable_reason(container: Container, addressing: ContainerAddressing = ContainerAddressing()) -> str | None:
     """Why a login to C{container} cannot proceed now (for the user), or None."""
     if not container.running:
         status = container.status.strip().lower()
@@ -103,7 +104,7 @@ def unavailable_reason(container: Container) -> str | None:
         return f"container {container.id} is {state}"
     if not container.ssh_enabled:
         return f"SSH access is disabled for container {container.id}"
-    if not container.external_ip:
+    if addressing.host(container) is None:
         return f"container {container.id} has no address yet; try again in a moment"
     return None
 
@@ -130,8 +131,9 @@ class ContainerKeyChecker:
 
     credentialInterfaces = (ISSHPrivateKey,)
 
-    def __init__(self, directory: ContainerDirectory) -> None:
+    def __init__(self, directory: ContainerDirectory, addressing: ContainerAddressing = ContainerAddressing()) -> None:
         self.directory = directory
+        self.addressing = addressing
 
     def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:
         return maybeDeferred(self._check, credentials)
@@ -152,7 +154,7 @@ class ContainerKeyChecker:
             raise ValidPublicKey()
         if not Key.fromString(credentials.blob).verify(credentials.signature, credentials.sigData):
             raise UnauthorizedLogin("the signature does not verify")
-        reason = unavailable_reason(container)
+        reason = unavailable_reason(container, self.addressing)
         if reason is not None:
             raise LoginRefused(reason)
         return GatewayLogin(target, container, fingerprint(credentials.blob))

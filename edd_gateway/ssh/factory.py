@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway._transport import set_no_delay
+from edd_gateway.containers import ContainerAddressing
 from edd_gateway.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
@@ -39,6 +40,7 @@ from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserA
 from edd_gateway.ssh.connection import DownstreamConnection
 from edd_gateway.ssh.hostkey import load_host_keys, load_or_create_key
 from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
+from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, RunWatch
 from edd_gateway.ssh.pins import HostKeyPins
 from edd_gateway.ssh.upstream import ClientAddresses, UpstreamConnection, UpstreamConnector, UpstreamSettings
 from edd_gateway.state.model import ContainerDirectory
@@ -65,6 +67,10 @@ class SSHSettings:
     @ivar proxy_protocol: C{"v1"} or C{"v2"}: connections to containers'
         sshd start with a PROXY protocol header naming the user's client
         (stock OpenSSH reads none: for an sshd behind something that does).
+    @ivar host_key_policy: how far containers' host keys are trusted
+        (L{edd_gateway.ssh.pinning}).
+    @ivar forget_command: the operator command that clears a pin, named
+        when a changed host key is refused (C{{container}}: the id).
     """
 
     ssh_port: int = 22
@@ -76,12 +82,15 @@ class SSHSettings:
     max_packet: int = 32768
     max_channels: int = 64
     proxy_protocol: str | None = None
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.PIN_PER_RUN
+    forget_command: str = FORGET_COMMAND
 
     def upstream(self) -> UpstreamSettings:
         return UpstreamSettings(port=self.ssh_port, timeout=self.connect_timeout,
                                 keepalive_interval=self.keepalive_interval,
                                 keepalive_max_missed=self.keepalive_max_missed,
-                                proxy_protocol=self.proxy_protocol)
+                                proxy_protocol=self.proxy_protocol, host_key_policy=self.host_key_policy,
+                                forget_command=self.forget_command)
 
 
 class GatewayAvatar(ConchUser):
@@ -230,7 +239,8 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
             client_ip=getattr(peer, "host", "-"),
             username=login.target.user if login is not None else "-",
             container=login.container.id if login is not None else "-",
-            backend=f"{login.container.external_ip}:{self.factory.settings.ssh_port}" if login is not None else "-",
+            backend=(f"{self.factory.addressing.host(login.container)}:{self.factory.settings.ssh_port}"
+                     if login is not None else "-"),
             outcome=self.outcome, bytes_up=self.bytes_up, bytes_down=self.bytes_down,
             started=self.started, ended=self.factory.clock.seconds(),
         )
@@ -261,6 +271,9 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
     @param host_keys: the gateway's host keys (private).
     @param client_key: the key the gateway logs in to containers with.
     @param reactor: connects upstream and keeps time.
+    @param addressing: where containers' sshd are dialled.
+
+    With C{pin-per-run}, the factory's L{RunWatch} observes C{directory}.
     """
 
     protocol = GatewayServerTransport
@@ -269,11 +282,13 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
     _log = conch_logger()
 
     def __init__(self, directory: ContainerDirectory, pins: HostKeyPins, host_keys: Sequence[Key],
-                 client_key: Key, reactor: Any, settings: SSHSettings = SSHSettings()) -> None:
+                 client_key: Key, reactor: Any, settings: SSHSettings = SSHSettings(),
+                 addressing: ContainerAddressing = ContainerAddressing()) -> None:
         if not host_keys:
             raise ValueError("the SSH side needs at least one host key")
         self.directory = directory
         self.settings = settings
+        self.addressing = addressing
         self.clock = reactor
         #: Told of every login attempt and every connection that ends.
         self.observer: GatewayObserver | None = None
@@ -284,8 +299,10 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         # No moduli file: the fixed groups and elliptic curves serve every
         # OpenSSH release of the last decade.
         self.primes = None
-        self.connector = UpstreamConnector(reactor, client_key, pins, settings.upstream())
-        self.checker = ContainerKeyChecker(directory)
+        self.runs = RunWatch(directory, pins) if settings.host_key_policy is HostKeyPolicy.PIN_PER_RUN else None
+        self.connector = UpstreamConnector(reactor, client_key, pins, settings.upstream(), addressing=addressing,
+                                           runs=self.runs)
+        self.checker = ContainerKeyChecker(directory, addressing)
         self.portal = Portal(UpstreamRealm(self.connector), [self.checker])
 
     def portal_for(self, client: ClientAddresses) -> Portal:
@@ -305,7 +322,8 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
 
 def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_key_path: str,
                       client_key_path: str, reactor: Any, rsa_host_key_path: str | None = None,
-                      settings: SSHSettings = SSHSettings()) -> GatewaySSHFactory:
+                      settings: SSHSettings = SSHSettings(),
+                      addressing: ContainerAddressing = ContainerAddressing()) -> GatewaySSHFactory:
     """
     The SSH protocol factory for C{--ssh-listen} endpoints and for the
     sniffer's C{Verdict.SSH} handler (one factory can serve both).  Key files
@@ -314,7 +332,7 @@ def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_
     """
     host_keys = load_host_keys(host_key_path, rsa_host_key_path)
     client_key = load_or_create_key(client_key_path, "ed25519", comment="edd-gateway", write_public=True)
-    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings)
+    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings, addressing)
 
 
 __all__ = ["DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "GatewayAvatar", "GatewayServerTransport", "GatewaySSHFactory",

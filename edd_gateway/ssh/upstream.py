@@ -1,13 +1,16 @@
 """
-The gateway's side of the connection to a container's sshd: connect to
-C{external_ip:port}, check the container's host key against its pin (trust on
-first use: the first key seen is pinned through L{HostKeyPins}, a different
-one later is refused), authenticate as the requested user with the gateway's
-client key, and hand back the ready L{UpstreamConnection}.
+The gateway's side of the connection to a container's sshd: connect to the
+container's address (L{ContainerAddressing}) on the sshd port, check the
+container's host key as C{--ssh-host-key-policy} says (trust on first use:
+the first key seen is pinned through L{HostKeyPins}, a different one later
+is refused; with C{pin-per-run} the pin lasts one run of the container, see
+L{edd_gateway.ssh.pinning}), authenticate as the requested user with the
+gateway's client key, and hand back the ready L{UpstreamConnection}.
 
 Every way this can fail ends in a L{LoginRefused} whose message the user is
 shown: the container refuses connections or does not answer in time, its
-host key changed, it does not accept the gateway's key.
+host key changed (the message names the operator command that clears the
+pin), it restarted during the login, it does not accept the gateway's key.
 """
 
 from __future__ import annotations
@@ -31,12 +34,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._transport import set_no_delay
+from edd_gateway.containers import ContainerAddressing
 from edd_gateway.proxyprotocol import header as proxy_header
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
 from edd_gateway.ssh.connection import RelayConnection
 from edd_gateway.ssh.hostkey import public_text
 from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
+from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, RunTicket, RunWatch
 from edd_gateway.ssh.pins import HostKeyPins
 from edd_gateway.state.model import Container, HostKeyPin
 
@@ -49,6 +54,8 @@ class UpstreamSettings:
     How the gateway reaches containers' sshd.  C{proxy_protocol} (C{"v1"}
     or C{"v2"}) starts each connection with a PROXY protocol header naming
     the user's client, for an sshd behind something that reads it.
+    C{forget_command} is the operator command a refusal for a changed host
+    key names, C{{container}} standing for the container id.
     """
 
     port: int = 22
@@ -56,6 +63,8 @@ class UpstreamSettings:
     keepalive_interval: float = 30.0
     keepalive_max_missed: int = 3
     proxy_protocol: str | None = None
+    host_key_policy: HostKeyPolicy = HostKeyPolicy.PIN_PER_RUN
+    forget_command: str = FORGET_COMMAND
 
 #: The user's connection to the gateway, as (client address, address the
 #: client connected to): what a PROXY protocol header says.
@@ -63,14 +72,22 @@ ClientAddresses = tuple[IAddress, IAddress]
 
 
 class UpstreamConnector:
-    """Opens authenticated SSH connections to containers."""
+    """
+    Opens authenticated SSH connections to containers.  C{runs} (for
+    C{pin-per-run}) voids the logins of a container whose run ends while
+    they check its host key; without it a pin lasts as long as the store
+    keeps it.
+    """
 
     def __init__(self, reactor: Any, client_key: Key, pins: HostKeyPins,
-                 settings: UpstreamSettings = UpstreamSettings()) -> None:
+                 settings: UpstreamSettings = UpstreamSettings(), *,
+                 addressing: ContainerAddressing = ContainerAddressing(), runs: RunWatch | None = None) -> None:
         self.reactor = reactor
         self.client_key = client_key
         self.pins = pins
         self.settings = settings
+        self.addressing = addressing
+        self.runs = runs
 
     def connect(self, container: Container, user: str,
                 client: ClientAddresses | None = None) -> Deferred[UpstreamConnection]:
@@ -106,14 +123,24 @@ class _Attempt:
         self.refusal: LoginRefused | None = None
         self._connecting: Deferred[Any] | None = None
         self._deadline: IDelayedCall | None = None
+        self._ticket: RunTicket | None = None
+        self._checking = False
 
     def start(self) -> Deferred[UpstreamConnection]:
-        settings, container = self.connector.settings, self.container
-        assert container.external_ip is not None
+        connector, container = self.connector, self.container
+        host = connector.addressing.host(container)
+        if host is None:
+            self.refuse(f"container {container.id} has no address yet; try again in a moment")
+            self.result.errback(self.refusal)
+            return self.result
+        if connector.runs is not None:
+            # Taken in the turn the login found the container running.
+            self._ticket = connector.runs.ticket(container.id)
+            self.result.addBoth(self._released)
         factory = Factory.forProtocol(lambda: UpstreamTransport(self))
         factory.noisy = False
-        self._deadline = self.connector.reactor.callLater(settings.timeout, self._timedOut)
-        self._connecting = self.connector.endpoint(container.external_ip).connect(factory)
+        self._deadline = connector.reactor.callLater(connector.settings.timeout, self._timedOut)
+        self._connecting = connector.endpoint(host).connect(factory)
         self._connecting.addErrback(self._connectFailed)
         return self.result
 
@@ -125,24 +152,62 @@ class _Attempt:
     # Host key: trust on first use.
 
     def check_host_key(self, blob: bytes) -> Deferred[None]:
+        if self.connector.settings.host_key_policy is HostKeyPolicy.IGNORE:
+            return succeed(None)
+        self._checking = True
         pins = self.connector.pins
         checked = pins.get_pin(self.container.id).addCallback(self._compare, blob)
-        return checked.addErrback(self._pinStoreFailed)
+        return checked.addErrback(self._pinStoreFailed).addBoth(self._checked)
 
     def _compare(self, pin: HostKeyPin | None, blob: bytes) -> Deferred[None] | None:
         cid = self.container.id
+        self._checkRun()
         if pin is None:
             _log.info("ssh: pinned host key {fingerprint} for container {container}",
                       fingerprint=fingerprint(blob), container=cid)
-            return self.connector.pins.set_pin(cid, public_text(Key.fromString(blob)))
+            return self.connector.pins.set_pin(cid, public_text(Key.fromString(blob))).addCallback(self._pinned)
         if key_blob(pin.host_key) == blob:
             return None
         pinned = key_blob(pin.host_key)
-        _log.warn("ssh: container {container} presented host key {seen}, not the pinned {pinned}; refusing",
-                  container=cid, seen=fingerprint(blob), pinned=fingerprint(pinned) if pinned else "(unreadable)")
-        self.refuse(f"container {cid} presented a different SSH host key than the one pinned at its first "
-                    "login; refusing (if it was recreated, its pin must be cleared)")
+        when = ("at its first login" if self.connector.settings.host_key_policy is HostKeyPolicy.PIN
+                else "in its current run")
+        command = self.connector.settings.forget_command.replace("{container}", cid)
+        self.refuse(f"container {cid} presented a different SSH host key ({fingerprint(blob)}) than the one "
+                    f"pinned {when} ({fingerprint(pinned) if pinned else 'unreadable'}); refusing. If its key "
+                    f"was changed on purpose, an operator clears the pin with: {command}")
+        _log.warn("ssh: {refusal}", refusal=self.refusal)
         raise self.refusal  # type: ignore[misc]
+
+    def _pinned(self, _: None) -> None:
+        if self._ticket is not None and not self._ticket.current:
+            # The run ended while the pin was being written: it may have
+            # landed after the drop, so drop it again.
+            self.connector.pins.clear_pin(self.container.id).addErrback(
+                lambda failure: _log.warn("ssh: cannot drop the pin of {container}: {error}",
+                                          container=self.container.id, error=failure.getErrorMessage()))
+            self._checkRun()
+
+    def _checkRun(self) -> None:
+        if self._ticket is not None and not self._ticket.current:
+            self.refuse(f"container {self.container.id} stopped or restarted during the login; try again")
+            raise self.refusal  # type: ignore[misc]
+
+    def _checked(self, result: Any) -> Any:
+        self._checking = False
+        self._release()
+        return result
+
+    def _released(self, result: Any) -> Any:
+        self._release()
+        return result
+
+    def _release(self) -> None:
+        # Held until the host key check is over, even when the login ended
+        # first: a pin write still in flight must be voided by a run's end.
+        ticket = self._ticket
+        if ticket is not None and not self._checking and self.connector.runs is not None:
+            self._ticket = None
+            self.connector.runs.release(ticket)
 
     def _pinStoreFailed(self, reason: Failure) -> Failure:
         if not reason.check(LoginRefused):
