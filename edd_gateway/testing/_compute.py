@@ -156,6 +156,7 @@ class ComputeService:
         async def work(cursor: Cursor) -> None:
             await cursor.execute("DELETE FROM ingress_rules WHERE container_id = %s AND port = %s",
                                  (container_id, port))
+            _found(cursor, f"container {container_id} has no rule for port {port}")
             if port == HTTPS_PORT:
                 await cursor.execute("UPDATE containers SET https_enabled = false WHERE id = %s", (container_id,))
 
@@ -185,10 +186,7 @@ class ComputeService:
     async def _update(self, statement: str, params: tuple[Any, ...]) -> float:
         async def work(cursor: Cursor) -> None:
             await cursor.execute(statement, params)
-            if cursor.rowcount == 0:
-                # The compute service answers 404 and writes nothing; a test
-                # naming a row that is not there has a bug.
-                raise LookupError(f"no row for {statement!r} with {params!r}")
+            _found(cursor, f"no row for {statement!r} with {params!r}")
 
         return await self._transaction(lambda cursor: ensureDeferred(work(cursor)))
 
@@ -197,6 +195,12 @@ class ComputeService:
             raise RuntimeError("ComputeService.connect() first")
         await self._connection.runInteraction(work)
         return time.monotonic()
+
+
+def _found(cursor: Cursor, missing: str) -> None:
+    """The compute service answers 404 and writes nothing; a test naming a row that is not there has a bug."""
+    if cursor.rowcount == 0:
+        raise LookupError(missing)
 
 
 async def start_compute(test: Any, dsn: str, reactor: Any = None) -> ComputeService:
