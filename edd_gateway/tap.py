@@ -11,6 +11,7 @@ reactor, so this is the one place the choice can be made for the user.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -37,6 +38,7 @@ from edd_gateway import admission as _admission  # noqa: E402
 from edd_gateway._gc import settle_heap  # noqa: E402
 from edd_gateway._rlimit import raise_open_file_limit  # noqa: E402
 from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
+from edd_gateway.containers import ADDRESS_MODES, DEFAULT_SERVICE_DNS, EXTERNAL_IP, ContainerAddressing  # noqa: E402
 from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
 from edd_gateway.drain import ConnectionTracker, GatewayService, TrackedFactory  # noqa: E402
 from edd_gateway.http.factory import HTTPProxyFactory  # noqa: E402
@@ -54,9 +56,11 @@ from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
 from edd_gateway.proxyprotocol import parse_version as proxy_protocol_version  # noqa: E402
 from edd_gateway.ssh import DEFAULT_CLIENT_KEY, DEFAULT_HOST_KEY, KeyFileError, SSHSettings  # noqa: E402
 from edd_gateway.ssh import GatewaySSHFactory, HostKeyPins, build_ssh_factory  # noqa: E402
+from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, parse_host_key_policy  # noqa: E402
 from edd_gateway.state.changefeed import ChangeFeedListener  # noqa: E402
 from edd_gateway.state.localfile import ContainersFileError, LocalContainersSource  # noqa: E402
 from edd_gateway.state.localfile import LocalPinStore, load_containers_file  # noqa: E402
+from edd_gateway.state.localfile import DEFAULT_STATE_FILE  # noqa: E402
 from edd_gateway.state.model import ContainerDirectory, ContainerSnapshot  # noqa: E402
 from edd_gateway.state.nats import NatsEventFeed  # noqa: E402
 from edd_gateway.state.postgres import PostgresDatabase  # noqa: E402
@@ -69,8 +73,6 @@ log = Logger()
 DEFAULT_LISTEN = "tcp:8080:interface=127.0.0.1"
 #: Loopback only by default: the admin endpoint is for the node's probes and scrapers.
 DEFAULT_ADMIN = "tcp:9180:interface=127.0.0.1"
-#: Without --database: where the containers' pinned SSH host keys are kept.
-DEFAULT_STATE_FILE = os.path.join("edd-gateway-state", "ssh", "pinned-host-keys.json")
 
 
 def default_routes_path() -> str:
@@ -134,6 +136,12 @@ class Options(usage.Options):
         ["ssh-port", None, 22, "The port of the containers' sshd.", int],
         ["ssh-connect-timeout", None, 10.0, "Seconds to connect and log in to a container's sshd.", float],
         ["ssh-login-grace-time", None, 30.0, "Seconds a user has, from connecting, to log in.", float],
+        ["ssh-host-key-policy", None, HostKeyPolicy.PIN_PER_RUN.value, "Containers' SSH host keys: pin-per-run "
+         "(pinned while a container runs, afresh when it starts again), pin (for good) or ignore (not checked)."],
+        ["container-address", None, EXTERNAL_IP, "Where containers are dialled: external-ip (the row's "
+         "external_ip) or service-dns (--container-service-dns), on the rule's target port or the sshd port."],
+        ["container-service-dns", None, DEFAULT_SERVICE_DNS, "With --container-address service-dns: the host "
+         "name, from {namespace}, {id} and {user_id}."],
         ["admin", None, DEFAULT_ADMIN, "The admin endpoint: /healthz, /readyz, /metrics ('none': no endpoint)."],
         ["drain-timeout", None, 30.0, "Seconds connections get to finish after SIGTERM before they are closed.",
          float],
@@ -201,6 +209,10 @@ class Options(usage.Options):
         self._check_container_options()
         if not 1 <= self["ssh-port"] <= 65535:
             raise usage.UsageError("--ssh-port must be a port (1-65535)")
+        try:
+            self["ssh-host-key-policy"] = parse_host_key_policy(self["ssh-host-key-policy"])
+        except ValueError as problem:
+            raise usage.UsageError(f"--ssh-host-key-policy: {problem}") from None
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must not be negative")
         if self["admin"].lower() == "none":
@@ -234,6 +246,14 @@ class Options(usage.Options):
             self["container-ports"] = parse_port_range(ports) if ports is not None else range(0)
         except ValueError as problem:
             raise usage.UsageError(f"container routing: {problem}") from None
+        if self["container-address"] not in ADDRESS_MODES:
+            raise usage.UsageError(f"--container-address must be {' or '.join(ADDRESS_MODES)}")
+        try:
+            self.addressing()
+        except ValueError as problem:
+            raise usage.UsageError(f"--container-service-dns: {problem}") from None
+        if self["container-address"] == EXTERNAL_IP and self["container-service-dns"] != DEFAULT_SERVICE_DNS:
+            raise usage.UsageError("--container-service-dns needs --container-address service-dns")
 
     def settings(self) -> ProxySettings:
         return ProxySettings(
@@ -255,7 +275,18 @@ class Options(usage.Options):
     def ssh_settings(self) -> SSHSettings:
         return SSHSettings(ssh_port=self["ssh-port"], login_grace_time=self["ssh-login-grace-time"],
                            connect_timeout=self["ssh-connect-timeout"],
-                           proxy_protocol=self["ssh-proxy-protocol"])
+                           proxy_protocol=self["ssh-proxy-protocol"],
+                           host_key_policy=self["ssh-host-key-policy"], forget_command=self.forget_command())
+
+    def addressing(self) -> ContainerAddressing:
+        """Where containers are dialled (HTTP, TLS passthrough, raw TCP, SSH)."""
+        return ContainerAddressing(self["container-address"], self["container-service-dns"])
+
+    def forget_command(self) -> str:
+        """The operator command a refused host key names: where this gateway's pins are."""
+        if self["database"] is not None:
+            return FORGET_COMMAND + " --database DSN"
+        return FORGET_COMMAND + " --state-file " + shlex.quote(self["state-file"])
 
     def container_endpoints(self) -> list[str]:
         """A listener per --container-ports port."""
@@ -334,11 +365,14 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
 
 def build_ssh(config: Options, state: LiveState, reactor: Any) -> GatewaySSHFactory:
     """The SSH factory (sniffed SSH and --ssh-listen); unusable key files stop the start."""
+    if config["ssh-host-key-policy"] is HostKeyPolicy.IGNORE:
+        log.warn("ssh: --ssh-host-key-policy ignore: containers' SSH host keys are NOT checked; anything that "
+                 "answers at a container's address can take its users' sessions")
     try:
         return build_ssh_factory(state.directory, state.pins, host_key_path=config["ssh-host-key"],
                                  client_key_path=config["ssh-client-key"],
                                  rsa_host_key_path=config["ssh-rsa-host-key"], reactor=reactor,
-                                 settings=config.ssh_settings())
+                                 settings=config.ssh_settings(), addressing=config.addressing())
     except KeyFileError as problem:
         raise SystemExit(f"edd-gateway: {problem}") from None
 
@@ -392,7 +426,8 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     monitoring.routes(live, routes)
     containers = None
     if config["container-domain"] is not None:
-        containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"])
+        containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"],
+                                     config.addressing())
     pool = UpstreamPool(reactor, reactor, max_idle=settings.pool_max_idle,
                         max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout)
     PoolService(pool).setServiceParent(top)

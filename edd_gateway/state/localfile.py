@@ -6,15 +6,21 @@ SSH keys) listed in a YAML file given by C{--containers FILE}.
 L{LocalContainersSource} loads the file at start and reloads it when it
 changes (the same polling L{FileWatcher} as the routes file); a refused
 version is logged as C{file:line: reason} and the last good snapshot stays.
-SSH host-key pins are kept in a small JSON state file (L{LocalPinStore}).
-The file's format is in docs/state.md; its parser in L{_containers_file}.
+SSH host-key pins are kept in a small JSON state file (L{LocalPinStore}),
+which C{python -m edd_gateway forget-host-key} edits too.  The file's format
+is in docs/state.md; its parser in L{_containers_file}.
+
+Importing this module installs no reactor (the operator command imports it).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
-from collections.abc import Collection
+import tempfile
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, fail, succeed
@@ -32,11 +38,15 @@ from edd_gateway.state.model import ContainerDirectory, HostKeyPin
 from edd_gateway.watch import FileWatcher
 
 __all__ = [
-    "CONTAINER_KEYS", "ContainersFileError", "ContainersProblem", "LocalContainersSource", "LocalPinStore",
-    "PinStoreError", "load_containers_file", "load_containers_text",
+    "CONTAINER_KEYS", "DEFAULT_STATE_FILE", "ContainersFileError", "ContainersProblem", "LocalContainersSource",
+    "LocalPinStore", "PinStoreError", "load_containers_file", "load_containers_text",
 ]
 
 _log = Logger()
+
+#: Without --database: where the containers' pinned SSH host keys are kept
+#: (C{--state-file}'s default, relative to the working directory).
+DEFAULT_STATE_FILE = os.path.join("edd-gateway-state", "ssh", "pinned-host-keys.json")
 
 
 class PinStoreError(Exception):
@@ -48,16 +58,21 @@ class LocalPinStore:
     SSH host-key pins kept in a JSON file (C{{"<container id>": {"host_key":
     ..., "container_created": ...}}}), or in memory when C{path} is None.
 
-    The file is read once, on first use, and rewritten whole (to a temporary
-    file renamed over it) on every change: a handful of pins, changed at a
-    container's first SSH login, so blocking file I/O in the reactor thread
-    costs less than a thread hop.  A corrupt file fails every call rather than
-    being treated as empty, which would silently re-trust every host key.
+    The file is rewritten whole (to a temporary file renamed over it) on
+    every change, under a lock (C{FILE.lock}) shared with the operator
+    command, so neither loses the other's change: a handful of pins, changed
+    at a container's first SSH login, so blocking file I/O in the reactor
+    thread costs less than a thread hop.  What was read is kept only while
+    the file is the same one (same inode, size and times, checked at every
+    call): a pin the operator forgot is forgotten at the next login.  A
+    corrupt file fails every call rather than being treated as empty, which
+    would silently re-trust every host key.
     """
 
     def __init__(self, path: str | None = None) -> None:
         self.path = path
-        self._pins: dict[str, HostKeyPin] | None = None if path is not None else {}
+        self._pins: dict[str, HostKeyPin] = {}
+        self._stamp: tuple[int, ...] | None = None
 
     def get_pin(self, container_id: str) -> Deferred[HostKeyPin | None]:
         try:
@@ -66,40 +81,86 @@ class LocalPinStore:
             return fail()
 
     def set_pin(self, container_id: str, host_key: str, container_created: str | None = None) -> Deferred[None]:
-        return self._change(container_id, HostKeyPin(container_id, host_key, container_created))
+        pin = HostKeyPin(container_id, host_key, container_created)
+        try:
+            with self._locked():
+                pins = dict(self._loaded())
+                if pins.get(container_id) != pin:
+                    pins[container_id] = pin
+                    self._save(pins)
+        except PinStoreError:
+            return fail()
+        return succeed(None)
 
     def clear_pin(self, container_id: str) -> Deferred[None]:
-        return self._change(container_id, None)
+        try:
+            self.forget(container_id)
+        except PinStoreError:
+            return fail()
+        return succeed(None)
+
+    def forget(self, container_id: str) -> HostKeyPin | None:
+        """
+        Drop the pin of C{container_id} now and return it (None when there
+        was none: the file is then left as it is, or not created).
+
+        @raise PinStoreError: the file cannot be read or written.
+        """
+        if self.path is not None and self._stat() is None:
+            return None  # no file, no pin: nothing to create
+        with self._locked():
+            pins = dict(self._loaded())
+            pin = pins.pop(container_id, None)
+            if pin is not None:
+                self._save(pins)
+        return pin
 
     def prune(self, keep: Collection[str]) -> Deferred[int]:
         """Forget the pins of every container not in C{keep}; how many went."""
         try:
-            pins = self._loaded()
-            kept = {container_id: pin for container_id, pin in pins.items() if container_id in keep}
-            if len(kept) != len(pins):
-                self._save(kept)
+            with self._locked():
+                pins = self._loaded()
+                kept = {container_id: pin for container_id, pin in pins.items() if container_id in keep}
+                if len(kept) != len(pins):
+                    self._save(kept)
         except PinStoreError:
             return fail()
-        gone, self._pins = len(pins) - len(kept), kept
-        return succeed(gone)
+        return succeed(len(pins) - len(kept))
 
-    def _change(self, container_id: str, pin: HostKeyPin | None) -> Deferred[None]:
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        if self.path is None:
+            yield
+            return
         try:
-            pins = dict(self._loaded())
-            if pin is None:
-                pins.pop(container_id, None)
-            else:
-                pins[container_id] = pin
-            self._save(pins)
-        except PinStoreError:
-            return fail()
-        self._pins = pins
-        return succeed(None)
+            lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as error:
+            raise PinStoreError(f"cannot lock the SSH pin file {self.path}: {error}") from error
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock)
 
     def _loaded(self) -> dict[str, HostKeyPin]:
-        if self._pins is None:
-            self._pins = self._read()
+        if self.path is None:
+            return self._pins
+        stamp = self._stat()
+        if stamp is None:
+            self._pins, self._stamp = {}, None
+        elif stamp != self._stamp:
+            self._pins, self._stamp = self._read(), stamp
         return self._pins
+
+    def _stat(self) -> tuple[int, ...] | None:
+        assert self.path is not None
+        try:
+            found = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            raise PinStoreError(f"cannot read the SSH pin file {self.path}: {error}") from error
+        return (found.st_ino, found.st_dev, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
     def _read(self) -> dict[str, HostKeyPin]:
         assert self.path is not None
@@ -123,17 +184,30 @@ class LocalPinStore:
 
     def _save(self, pins: dict[str, HostKeyPin]) -> None:
         if self.path is None:
+            self._pins = pins
             return
         data = {pin.container_id: {"host_key": pin.host_key, "container_created": pin.container_created}
                 for pin in pins.values()}
-        temporary = f"{self.path}.tmp"
+        directory, name = os.path.split(os.path.abspath(self.path))
+        temporary = None
         try:
-            with open(temporary, "w", encoding="utf-8") as file:
+            descriptor, temporary = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+            with open(descriptor, "w", encoding="utf-8") as file:
                 json.dump(data, file, indent=2, sort_keys=True)
                 file.write("\n")
+                file.flush()
+                os.fsync(file.fileno())
             os.replace(temporary, self.path)
+            temporary = None
+            self._pins, self._stamp = pins, self._stat()
         except OSError as error:
             raise PinStoreError(f"cannot write the SSH pin file {self.path}: {error}") from error
+        finally:
+            if temporary is not None:
+                try:
+                    os.unlink(temporary)
+                except OSError:
+                    pass
 
 
 class LocalContainersSource(Service):
