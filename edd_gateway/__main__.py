@@ -1,8 +1,10 @@
 """
 The operator's command line, C{python -m edd_gateway}: C{check} validates
 routes files (or ConfigMap manifests) and C{explain} shows which route a URL
-goes to and why.  Exit codes: 0 success, 1 invalid routes file, 2 bad usage
-or input, 3 no route matches (C{explain}).
+goes to and why; C{forget-host-key} drops a container's pinned SSH host key.
+Exit codes: 0 success, 1 invalid routes file (or a database or state file
+that cannot be reached, read or written), 2 bad usage or input, 3 no route
+matches (C{explain}).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from edd_gateway import __version__
 from edd_gateway.routes.explain import ExplainInputError, explain_request, explain_url
 from edd_gateway.routes.loader import RoutesFileError, load_default_routes, load_routes_file
 from edd_gateway.routes.table import RouteTable
+from edd_gateway.state.localfile import DEFAULT_STATE_FILE
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -73,6 +76,34 @@ def _install_change_feed(args: argparse.Namespace, out: TextIO, err: TextIO) -> 
     return EXIT_OK
 
 
+def _forget_host_key(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from edd_gateway.state.forget import ForgetError, fingerprint_of, forget_in_database, forget_in_file
+    from edd_gateway.state.forget import normalize_container_id
+
+    try:
+        container_id = normalize_container_id(args.container_id)
+    except ValueError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_USAGE
+    dsn = None if args.state_file is not None else args.database or os.environ.get("DATABASE_URL")
+    try:
+        if dsn:
+            host_key = forget_in_database(dsn, container_id)
+        else:
+            host_key = forget_in_file(args.state_file or DEFAULT_STATE_FILE, container_id)
+    except ValueError as error:
+        print(f"error: --database is {error}", file=err)
+        return EXIT_USAGE
+    except ForgetError as error:
+        print(f"error: {error}", file=err)
+        return EXIT_INVALID
+    if host_key is None:
+        print(f"no pin for container {container_id}", file=out)
+    else:
+        print(f"forgot the pinned host key {fingerprint_of(host_key)} of container {container_id}", file=out)
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m edd_gateway", description="edd-gateway operator tools.")
     parser.add_argument("--version", action="version", version=f"edd-gateway {__version__}")
@@ -99,6 +130,17 @@ def _parser() -> argparse.ArgumentParser:
     feed.add_argument("dsn", nargs="?", metavar="DSN", help="the compute database (default: $DATABASE_URL)")
     feed.add_argument("--remove", action="store_true", help="take the triggers and the function away")
     feed.set_defaults(run=_install_change_feed)
+    forget = commands.add_parser(
+        "forget-host-key", help="drop a container's pinned SSH host key",
+        description="Forget the SSH host key pinned for CONTAINER_ID, so that its next login pins the key it "
+                    "presents then (after a change of its key while it runs, which the gateway refuses). The "
+                    "pins are in PostgreSQL with --database (default: $DATABASE_URL), else in the state file.")
+    forget.add_argument("container_id", metavar="CONTAINER_ID")
+    where = forget.add_mutually_exclusive_group()
+    where.add_argument("--database", metavar="DSN", help="the gateway's database (default: $DATABASE_URL)")
+    where.add_argument("--state-file", metavar="FILE",
+                       help=f"the gateway's --state-file, without a database (default: {DEFAULT_STATE_FILE})")
+    forget.set_defaults(run=_forget_host_key)
     return parser
 
 

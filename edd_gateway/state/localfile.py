@@ -18,6 +18,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
@@ -160,6 +161,8 @@ class LocalPinStore:
             return None
         except OSError as error:
             raise PinStoreError(f"cannot read the SSH pin file {self.path}: {error}") from error
+        if not stat.S_ISREG(found.st_mode):
+            raise PinStoreError(f"the SSH pin file {self.path} is not a regular file")
         return (found.st_ino, found.st_dev, found.st_size, found.st_mtime_ns, found.st_ctime_ns)
 
     def _read(self) -> dict[str, HostKeyPin]:
