@@ -1,15 +1,16 @@
 """
 The compute service's events over NATS: which subjects the gateway hears,
-what a message must look like (L{parse_event}, pure), and the nats-py client
-living inside Twisted's asyncio reactor (L{NatsEventFeed}).
+what a message names (L{parse_event}, pure), and the nats-py client living
+inside Twisted's asyncio reactor (L{NatsEventFeed}), consuming the
+C{COMPUTE} JetStream stream through a durable consumer when there is one,
+plain core subscriptions otherwise.
 
-An event is only a hint naming a container: the gateway re-reads that
-container from PostgreSQL, so duplicated, reordered or lost events cannot
-leave a wrong route.  That is also why parsing is lenient about what it
-cannot misread (an unknown action still names a container worth re-reading)
-and strict about what it could (a body that is not JSON is ignored, with a
-log line).  nats-py reconnects by itself and re-subscribes; the feed reports
-every (re)connection so its owner resyncs in full.
+An event is only a hint: its subject names a container (or an SSH key) and
+the gateway re-reads that from PostgreSQL, so duplicated, reordered or lost
+events cannot leave a wrong route.  That is why parsing trusts the subject
+and only adds to it from the body: a body that cannot be decoded (protobuf,
+or JSON) is logged once per kind of subject, and what the subject names is
+re-read all the same.  Only a subject of another shape is rejected.
 """
 
 from __future__ import annotations
@@ -22,37 +23,47 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, fail
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from edd_gateway.state._events_pb import DecodeError, message_class
+
 __all__ = [
-    "CONTAINER_ACTIONS", "ContainerEvent", "EventRejected", "INGRESS_ACTIONS", "NatsEventFeed", "REFRESHED_SUBJECT",
-    "SUBJECTS", "parse_event", "refreshed_message",
+    "CONTAINER_ACTIONS", "ContainerEvent", "DURABLE", "EventRejected", "INGRESS_ACTIONS", "NatsEventFeed",
+    "REFRESHED_SUBJECT", "SSHKEY_ACTIONS", "STREAM", "SUBJECTS", "parse_event", "refreshed_message",
 ]
 
-SUBJECTS = ("compute.container.*.*", "compute.ingress.*.*")
+SUBJECTS = ("compute.container.*.*", "compute.ingress.*.*", "compute.sshkey.*.*")
 REFRESHED_SUBJECT = "gateway.router.refreshed"
+STREAM = "COMPUTE"
+DURABLE = "gateway-service"
 CONTAINER_ACTIONS = frozenset({"created", "started", "stopped", "deleted", "ssh_toggled", "https_toggled",
                                "ip_assigned"})
-INGRESS_ACTIONS = frozenset({"created", "deleted", "requested"})
+INGRESS_ACTIONS = frozenset({"created", "deleted", "requested", "delete_requested"})
+SSHKEY_ACTIONS = frozenset({"created", "deleted"})
+_ACTIONS = {"container": CONTAINER_ACTIONS, "ingress": INGRESS_ACTIONS, "sshkey": SSHKEY_ACTIONS}
 _MAX_BODY = 64 * 1024
 _TOKEN = re.compile(r"[^\s.*>]{1,253}")
 _log = Logger()
 
 
 class EventRejected(ValueError):
-    """A message that names no container; the reason is logged."""
+    """A subject that is not a compute event subject; the reason is logged."""
 
 
 @dataclass(frozen=True, slots=True)
 class ContainerEvent:
     """
-    A hint that containers changed.
+    A hint that something the routes depend on changed.
 
-    @ivar kind: C{"container"} or C{"ingress"}.
-    @ivar container_ids: the containers to re-read: the body's
-        C{container_id}, and the subject's id too when the two differ.
+    @ivar kind: C{"container"}, C{"ingress"} or C{"sshkey"}.
+    @ivar container_ids: the containers to re-read: the subject's id, and the
+        body's C{container_id} too when the two differ (empty for C{sshkey}).
+    @ivar user_ids: the users whose SSH keys to re-read (C{sshkey} events:
+        the body's user id, as text like the table's C{user_id}).
+    @ivar full_resync: nothing says what to re-read (an C{sshkey} event
+        whose body names no user): read everything.
     @ivar known_action: whether C{action} is one the compute service is
         known to send (others are re-read all the same).
     """
@@ -61,49 +72,139 @@ class ContainerEvent:
     kind: str
     action: str
     container_ids: tuple[str, ...]
+    user_ids: tuple[str, ...] = ()
+    full_resync: bool = False
     known_action: bool = True
+
+
+class _Undecodable(ValueError):
+    """A body that says nothing usable: only the subject counts."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Body:
+    container_id: str | None = None
+    user_id: str | None = None
+
+
+# The kinds whose undecodable bodies were logged already: a publisher
+# sending a format the gateway cannot read would otherwise log every message.
+_undecodable_kinds: set[str] = set()
 
 
 def parse_event(subject: str, data: bytes) -> ContainerEvent:
     """
-    The event a message on C{compute.container.<id>.<action>} or
-    C{compute.ingress.<id>.<action>} carries.  The body is a JSON object with
-    a C{container_id} string; an empty body, or one without C{container_id},
-    takes the id from the subject.
+    The event a message on C{compute.<kind>.<id>.<action>} carries, C{kind}
+    being C{container}, C{ingress} (C{id} a container id) or C{sshkey}
+    (C{id} a key id).  The body is protobuf (the compute service's
+    messages), or JSON when it starts with C{{} (C{container_id} /
+    C{containerId}, C{user_id} / C{userId}, a user id as a number or a
+    string).  Whatever the body, the subject's container is re-read; an
+    C{sshkey} event re-reads its user's keys, or everything when the body
+    names no user.  Never raises for a body.
 
-    @raise EventRejected: for any other subject or body.
+    @raise EventRejected: for a subject of another shape.
     """
+    kind, subject_id, action = _split(subject)
+    try:
+        body = _read_body(kind, action, data)
+    except _Undecodable as problem:
+        _log_undecodable(kind, subject, str(problem))
+        body = _Body()
+    known = action in _ACTIONS[kind]
+    if kind == "sshkey":
+        if body.user_id is None:
+            return ContainerEvent(subject, kind, action, (), full_resync=True, known_action=known)
+        return ContainerEvent(subject, kind, action, (), (body.user_id,), known_action=known)
+    # Re-reading is harmless, missing a change is not: when the two ids
+    # disagree, both containers are re-read.
+    body_id = body.container_id
+    ids = (subject_id,) if body_id is None or body_id == subject_id else (body_id, subject_id)
+    return ContainerEvent(subject, kind, action, ids, known_action=known)
+
+
+def _split(subject: str) -> tuple[str, str, str]:
     parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != "compute" or parts[1] not in ("container", "ingress"):
-        raise EventRejected(f"not a compute container or ingress subject: {subject!r}")
+    if len(parts) != 4 or parts[0] != "compute" or parts[1] not in _ACTIONS:
+        raise EventRejected(f"not a compute container, ingress or sshkey subject: {subject!r}")
     _, kind, subject_id, action = parts
     if not _TOKEN.fullmatch(subject_id) or not _TOKEN.fullmatch(action):
         raise EventRejected(f"malformed subject {subject!r}")
-    body_id = _body_container_id(data)
-    # Re-reading is harmless, missing a change is not: when the two ids
-    # disagree, both containers are re-read.
-    ids = (subject_id,) if body_id is None or body_id == subject_id else (body_id, subject_id)
-    known = CONTAINER_ACTIONS if kind == "container" else INGRESS_ACTIONS
-    return ContainerEvent(subject, kind, action, ids, action in known)
+    return kind, subject_id, action
 
 
-def _body_container_id(data: bytes) -> str | None:
+def _log_undecodable(kind: str, subject: str, problem: str) -> None:
+    if kind not in _undecodable_kinds:
+        _undecodable_kinds.add(kind)
+        _log.warn("nats: cannot decode the body of a message on {subject} ({problem}); re-reading what the subject "
+                  "names (further such bodies on compute.{kind}.* are not logged)",
+                  subject=subject, problem=problem, kind=kind)
+
+
+def _read_body(kind: str, action: str, data: bytes) -> _Body:
     if len(data) > _MAX_BODY:
-        raise EventRejected(f"body of {len(data)} bytes is larger than {_MAX_BODY}")
-    if not data.strip():
-        return None
+        raise _Undecodable(f"{len(data)} bytes, more than {_MAX_BODY}")
+    stripped = data.strip()
+    if not stripped:
+        return _Body()
+    if stripped.startswith(b"{"):
+        # No message of the compute service starts with "{" (it would be
+        # field 15 opening a group), but a message can start with "\n"
+        # (field 1): JSON is tried first only on what looks like JSON, and
+        # protobuf still gets its turn.
+        try:
+            document = json.loads(data)
+        except (ValueError, RecursionError):
+            pass
+        else:
+            return _from_json(kind, document)
+    return _from_protobuf(kind, action, data)
+
+
+def _from_json(kind: str, document: dict[str, Any]) -> _Body:
+    if kind == "sshkey":
+        return _Body(user_id=_user_id(_either(document, "user_id", "userId")))
+    value = _either(document, "container_id", "containerId")
+    if value is None:
+        return _Body()
+    if not isinstance(value, str):
+        raise _Undecodable(f"container_id is a {type(value).__name__}, not a string")
+    return _Body(container_id=_container_id(value))
+
+
+def _either(document: dict[str, Any], snake: str, camel: str) -> Any:
+    value = document.get(snake)
+    return document.get(camel) if value is None else value
+
+
+def _from_protobuf(kind: str, action: str, data: bytes) -> _Body:
+    cls = message_class(kind, action)
     try:
-        body = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as error:
-        raise EventRejected(f"body is not JSON: {error}") from None
-    if not isinstance(body, dict):
-        raise EventRejected(f"body must be a JSON object, got {type(body).__name__}")
-    value = body.get("container_id")
+        message = cls.FromString(data)
+    except DecodeError as error:
+        raise _Undecodable(f"neither JSON nor {cls.DESCRIPTOR.full_name}: {error}") from None
+    if kind == "sshkey":
+        # proto3 cannot tell an unset int64 from 0, and no user has id 0.
+        return _Body(user_id=_user_id(message.user_id or None))
+    return _Body(container_id=_container_id(message.container_id) if message.container_id else None)
+
+
+def _container_id(value: str) -> str:
+    if not _TOKEN.fullmatch(value):
+        raise _Undecodable(f"container_id {value[:80]!r} is empty or has spaces or dots")
+    return value
+
+
+def _user_id(value: object) -> str | None:
+    """The table's C{user_id} is TEXT: the compute service's int64, as text."""
     if value is None:
         return None
-    if not isinstance(value, str) or not _TOKEN.fullmatch(value):
-        raise EventRejected(f"container_id must be a non-empty string without spaces or dots, got {value!r}")
-    return value
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)
+    # Protobuf's JSON mapping writes an int64 as a string.
+    if isinstance(value, str) and _TOKEN.fullmatch(value):
+        return value
+    raise _Undecodable(f"user id {str(value)[:80]!r} is not a positive integer or a string without spaces or dots")
 
 
 def refreshed_message(containers: int, running: int, routes: int, reason: str, now: float) -> bytes:
@@ -120,33 +221,79 @@ def _deferred(coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:
 
 class NatsEventFeed:
     """
-    A nats-py connection subscribed to L{SUBJECTS}.
+    A nats-py connection hearing the compute service's events: through the
+    durable JetStream consumer C{durable} on the stream L{STREAM} when the
+    server has that stream, through core subscriptions to L{SUBJECTS}
+    otherwise (never both: each event would come twice).  The choice is made
+    again at every (re)connection; L{mode} tells which is in use.
 
-    The handlers given to L{bind}: C{on_event(event)} gets each valid event;
+    The handlers given to L{bind}: C{on_event(event)} gets each event and
+    returns a L{Deferred} that fires once a read covering the event has been
+    applied, or fails if it could not be (or returns C{None}: nothing to wait
+    for).  The Deferred is the feed's own (it consumes its result): give each
+    call its own.  Through JetStream, a message is acked only when that
+    Deferred fires; one whose Deferred fails, or has not fired after
+    C{ack_wait} seconds, is redelivered, at most C{max_deliver} times in all
+    (after that the full resyncs are the net).  Messages on subjects
+    L{parse_event} rejects are terminated, so they are not redelivered.
     C{on_connected()} runs after the first connection and after every
-    reconnection (subscriptions are already restored by then);
-    C{on_disconnected()} when the connection drops.  The
-    first connection is retried for ever, every C{reconnect_wait} seconds;
-    L{start} fires once it is up.  Needs Twisted's asyncio reactor.
+    reconnection, once the subscriptions are in place; C{on_disconnected()}
+    when the connection drops.  The first connection is retried for ever,
+    every C{reconnect_wait} seconds; L{start} fires once it is up.  Needs
+    Twisted's asyncio reactor.
+
+    The consumer is a push consumer (created if missing: deliver all, ack
+    explicit, no filter), acked by hand.  nats-py's pull C{fetch(n)} keeps a
+    partly filled batch until its timeout, so a pull loop would either hold
+    a lone event for seconds or make a round trip per message; a push
+    consumer hands each message over as soon as it is stored, the server
+    bounds the unacked ones (C{max_ack_pending}) and redelivers by itself.
+
+    Each gateway replica needs its own C{durable} name: a durable consumer is
+    one cursor over the stream whose messages are split between (pull) or
+    refused to (push, nats-py's "already bound") a second consumer, so
+    replicas sharing one would not each hear every event.  Here a second
+    replica on a bound consumer falls back to core subscriptions, with a
+    warning.  C{ack_wait} and C{max_deliver} apply when the feed creates the
+    consumer; an existing one keeps its configuration.
     """
 
-    def __init__(self, servers: str | list[str], *, name: str = "edd-gateway", reconnect_wait: float = 2.0,
-                 connect_timeout: float = 2.0, client_factory: Callable[[], Any] | None = None) -> None:
+    _request_timeout = 5.0
+    _max_ack_pending = 1000
+
+    def __init__(self, servers: str | list[str], *, name: str = "edd-gateway", durable: str = DURABLE,
+                 reconnect_wait: float = 2.0, connect_timeout: float = 2.0, ack_wait: float = 30.0,
+                 max_deliver: int = 5, client_factory: Callable[[], Any] | None = None) -> None:
         self.servers = servers
+        self.durable = durable
         self._on_event: Callable[[ContainerEvent], object] = _ignore
         self._on_connected: Callable[[], object] = _ignore
         self._on_disconnected: Callable[[], object] = _ignore
         self._name = name
         self._reconnect_wait = reconnect_wait
         self._connect_timeout = connect_timeout
+        self._ack_wait = ack_wait
+        self._max_deliver = max_deliver
         self._client_factory = client_factory
         self._client: Any = None
         self._starting: asyncio.Future[Any] | None = None
         self._last_error: str | None = None
+        self._mode: str | None = None
+        self._core: list[Any] = []
+        self._push: Any = None
+        self._choosing: asyncio.Lock | None = None
+        self._background: set[asyncio.Future[None]] = set()
+        self._said: set[object] = set()
+        self._failing: str | None = None
 
     @property
     def connected(self) -> bool:
         return self._client is not None and bool(self._client.is_connected)
+
+    @property
+    def mode(self) -> str | None:
+        """C{"jetstream"}, C{"core"}, or C{None} while not connected (for /readyz)."""
+        return self._mode if self.connected else None
 
     def bind(self, on_event: Callable[[ContainerEvent], object], on_connected: Callable[[], object],
              on_disconnected: Callable[[], object]) -> None:
@@ -176,18 +323,17 @@ class NatsEventFeed:
             reconnect_time_wait=self._reconnect_wait, connect_timeout=self._connect_timeout,
             error_cb=self._error, disconnected_cb=self._disconnected, reconnected_cb=self._reconnected,
         )
-        for subject in SUBJECTS:
-            await client.subscribe(subject, cb=self._message)
-        # The subscriptions are registered before anyone reads the database,
-        # so no change made after the resync below can go unheard.
-        await client.flush()
-        _log.info("nats: connected to {url}, listening on {subjects}",
-                  url=_url(client), subjects=", ".join(SUBJECTS))
+        await self._choose_mode()
+        _log.info("nats: connected to {url}, events through {how}", url=_url(client), how=self._how())
         self._last_error = None
         self._notify(self._on_connected)
 
     async def _close(self) -> None:
         client, self._client = self._client, None
+        self._mode, self._core, self._push = None, [], None
+        tasks, self._background = self._background, set()
+        for task in tasks:
+            task.cancel()
         if client is not None and not client.is_closed:
             await client.close()
 
@@ -198,17 +344,158 @@ class NatsEventFeed:
 
         return Client()
 
-    # nats-py requires these callbacks to be coroutine functions.
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run C{coroutine} beside; held here (asyncio keeps only weak references) and cancelled by L{stop}."""
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def _how(self) -> str:
+        if self._mode == "jetstream":
+            return f"JetStream (stream {STREAM}, durable consumer {self.durable})"
+        return ", ".join(SUBJECTS)
+
+    # Choosing between JetStream and core subscriptions.
+
+    async def _choose_mode(self) -> None:
+        """Subscribe the way the server allows now, after undoing the other way (one at a time)."""
+        self._choosing = self._choosing or asyncio.Lock()
+        async with self._choosing:
+            client = self._client
+            if client is None:
+                raise ConnectionError("the feed is stopped")
+            js = client.jetstream(timeout=self._request_timeout)
+            config = await self._consumer(client, js)
+            if config is not None:
+                await self._drop_core()
+                if self._push is not None and self._push.subject != config.deliver_subject:
+                    await self._drop_push()  # the consumer was made again, elsewhere
+                if self._push is None:
+                    self._push = await js.subscribe_bind(STREAM, config, self.durable, cb=self._jetstream_message,
+                                                         manual_ack=True)
+            else:
+                await self._drop_push()
+                if not self._core:
+                    self._core = [await client.subscribe(subject, cb=self._message) for subject in SUBJECTS]
+            # The subscriptions are registered before anyone reads the
+            # database, so no change made after the resync that follows can
+            # go unheard.
+            await client.flush()
+            previous, self._mode = self._mode, "core" if config is None else "jetstream"
+            if previous is not None and previous != self._mode:
+                _log.info("nats: now hearing events through {how}", how=self._how())
+
+    async def _consumer(self, client: Any, js: Any) -> Any:
+        """The durable consumer's configuration (created if missing), or None to use core subscriptions."""
+        from nats.errors import Error as NatsError
+        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+        from nats.js.errors import NotFoundError, ServiceUnavailableError
+
+        try:
+            await js.stream_info(STREAM)
+        except (NotFoundError, ServiceUnavailableError):
+            return None  # no such stream, or a server without JetStream
+        except NatsError as error:
+            return self._not_jetstream(f"cannot read the stream ({type(error).__name__}: {error})")
+        try:
+            try:
+                info = await js.consumer_info(STREAM, self.durable)
+            except NotFoundError:
+                # A consumer lost while connected is made again on the
+                # subject this connection already listens to.
+                deliver = self._push.subject if self._push is not None else client.new_inbox()
+                info = await js.add_consumer(STREAM, ConsumerConfig(
+                    name=self.durable, durable_name=self.durable, description="edd-gateway: container routes",
+                    deliver_subject=deliver, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self._ack_wait, max_deliver=self._max_deliver, max_ack_pending=self._max_ack_pending))
+                _log.info("nats: created the durable consumer {durable} on {stream}", durable=self.durable,
+                          stream=STREAM)
+        except NatsError as error:
+            return self._not_jetstream(f"cannot read or create it ({type(error).__name__}: {error})")
+        if not info.config.deliver_subject:
+            return self._not_jetstream("it is a pull consumer; the gateway needs a push one")
+        if info.push_bound and self._push is None:
+            return self._not_jetstream("another subscriber is bound to it (give each replica its own --nats-durable)")
+        return info.config
+
+    def _not_jetstream(self, why: str) -> None:
+        _log.warn("nats: not using the durable consumer {durable} on {stream}: {why}; using core subscriptions",
+                  durable=self.durable, stream=STREAM, why=why)
+        return None
+
+    async def _drop_core(self) -> None:
+        subscriptions, self._core = self._core, []
+        for subscription in subscriptions:
+            await subscription.unsubscribe()
+
+    async def _drop_push(self) -> None:
+        push, self._push = self._push, None
+        if push is not None:
+            await push.unsubscribe()
+
+    # Messages.  nats-py requires these callbacks to be coroutine functions;
+    # it runs one at a time per subscription, so events keep their order.
+
     async def _message(self, msg: Any) -> None:
+        """A core subscription's message: nothing to ack, nothing to wait for."""
+        event = self._parse(msg)
+        if event is not None:
+            applied = self._deliver(event)
+            if applied is not None:
+                # The service logs what it could not read; core NATS has
+                # nothing to redeliver.
+                applied.addErrback(lambda reason: None)
+
+    async def _jetstream_message(self, msg: Any) -> None:
+        """A message of the durable consumer: acked once applied, terminated if rejected."""
+        event = self._parse(msg)
+        if event is None:
+            await _settle(msg.term())
+            return
+        applied = self._deliver(event)
+        if applied is not None:
+            applied.addCallbacks(lambda _: self._applied(msg), lambda reason: self._not_applied(event, reason))
+
+    def _applied(self, msg: Any) -> None:
+        self._failing = None
+        self._spawn(_settle(msg.ack()))
+
+    def _not_applied(self, event: ContainerEvent, reason: Failure) -> None:
+        # One line per run of the same error (PostgreSQL down fails them all).
+        error = reason.getErrorMessage()
+        if error != self._failing:
+            self._failing = error
+            _log.warn("nats: {subject} not applied ({error}); JetStream redelivers it in {wait} s",
+                      subject=event.subject, error=error, wait=self._ack_wait)
+
+    def _parse(self, msg: Any) -> ContainerEvent | None:
         try:
             event = parse_event(msg.subject, msg.data)
         except EventRejected as reason:
             _log.warn("nats: ignored a message on {subject}: {reason}", subject=msg.subject, reason=reason)
-            return
-        if not event.known_action:
-            _log.info("nats: unknown action {action!r} on {subject}; re-reading the container anyway",
-                      action=event.action, subject=event.subject)
-        self._notify(self._on_event, event)
+            return None
+        # Once each: a publisher repeating itself would fill the log.
+        if not event.known_action and self._first((event.kind, event.action)):
+            _log.info("nats: unknown action {action!r} on {subject}; re-reading what it names anyway "
+                      "(not logged again for this action)", action=event.action, subject=event.subject)
+        if event.full_resync and self._first("full resync"):
+            _log.info("nats: {subject} names no user; reading everything (not logged again)",
+                      subject=event.subject)
+        return event
+
+    def _first(self, key: object) -> bool:
+        new = key not in self._said
+        self._said.add(key)
+        return new
+
+    def _deliver(self, event: ContainerEvent) -> Deferred[object] | None:
+        """The handler's Deferred (a fired one for C{None}), or C{None} when it raised (logged)."""
+        try:
+            applied = self._on_event(event)
+        except Exception:
+            _log.failure("nats: handler failed")
+            return None
+        return applied if isinstance(applied, Deferred) else succeed(None)
 
     async def _error(self, error: Exception) -> None:
         # While the server is away nats-py reports the same error at every
@@ -225,8 +512,20 @@ class NatsEventFeed:
         self._notify(self._on_disconnected)
 
     async def _reconnected(self) -> None:
+        # nats-py awaits this inside its reconnection, which has restored the
+        # subscriptions already; choosing again (requests to the server)
+        # runs beside it.
         self._last_error = None
         _log.info("nats: reconnected to {url}", url=_url(self._client))
+        self._spawn(self._resubscribe())
+
+    async def _resubscribe(self) -> None:
+        try:
+            await self._choose_mode()
+        except Exception as error:
+            # The connection dropped again: the next reconnection chooses.
+            await self._error(error)
+            return
         self._notify(self._on_connected)
 
     def _notify(self, callback: Callable[..., object], *args: object) -> None:
@@ -234,6 +533,14 @@ class NatsEventFeed:
             callback(*args)
         except Exception:
             _log.failure("nats: handler failed")
+
+
+async def _settle(acknowledgement: Coroutine[Any, Any, Any]) -> None:
+    """Ack or term, best effort: a message not acked is redelivered, which is the point."""
+    try:
+        await acknowledgement
+    except Exception as error:
+        _log.debug("nats: cannot acknowledge a message: {error}", error=error)
 
 
 def _as_twisted_cancellation(reason: Failure) -> None:
