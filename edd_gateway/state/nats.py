@@ -415,7 +415,7 @@ class NatsEventFeed:
         if not info.config.deliver_subject:
             return self._not_jetstream("it is a pull consumer; the gateway needs a push one")
         if info.push_bound and self._push is None:
-            return self._not_jetstream("another subscriber is bound to it (give each replica its own --nats-durable)")
+            return self._not_jetstream("another subscriber is bound to it (each replica needs its own durable name)")
         return info.config
 
     def _not_jetstream(self, why: str) -> None:
