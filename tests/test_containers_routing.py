@@ -9,6 +9,7 @@ transports and a memory reactor.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from edd_gateway import containers as containers_module
 from edd_gateway.containers import (
     NO_INGRESS,
     NOT_READY,
+    ContainerAddressing,
     ContainerBackend,
     ContainerRefused,
     ContainerRouter,
@@ -337,3 +339,175 @@ class TLSTests(_ListenerCase):
         backend.protocol = wrapper
         wrapper.makeConnection(backend)
         return backend
+
+
+def namespaced(cid: str = "web1", ip: str | None = None, namespace: str = "compute-u1-web1",
+               rules: dict[int, int] | None = None) -> Container:
+    return replace(web(cid, ip=ip, rules=rules), namespace=namespace)
+
+
+SERVICE_DNS = ContainerAddressing("service-dns")
+
+
+class AddressingTests(SynchronousTestCase):
+    """C{--container-address}: where a container is dialled."""
+
+    def test_external_ip_is_the_default(self) -> None:
+        self.assertEqual(ContainerAddressing().host(web()), "127.0.1.7")
+        self.assertIsNone(ContainerAddressing().host(namespaced(ip=None)))
+        self.assertIsNone(ContainerAddressing().host(web(ip="")))
+
+    def test_service_dns(self) -> None:
+        self.assertEqual(SERVICE_DNS.host(namespaced()), "lb.compute-u1-web1.svc.cluster.local")
+        self.assertEqual(SERVICE_DNS.host(namespaced(ip="10.0.0.1")), "lb.compute-u1-web1.svc.cluster.local")
+        self.assertEqual(SERVICE_DNS.host(namespaced(namespace="Compute-U1-Web1")),
+                         "lb.compute-u1-web1.svc.cluster.local")
+
+    def test_other_templates(self) -> None:
+        addressing = ContainerAddressing("service-dns", "{id}.{user_id}.containers.internal")
+        self.assertEqual(addressing.host(web(ip=None)), "web1.u1.containers.internal")
+        self.assertEqual(addressing.host(replace(web(), user_id="")), None, "a value it needs is missing")
+
+    def test_values_that_are_no_label_give_no_address(self) -> None:
+        for namespace in ("", "a.b", "x" * 64, "-a", "a b", "évian", "a/../b"):
+            self.assertIsNone(SERVICE_DNS.host(namespaced(namespace=namespace)), namespace)
+
+    def test_bad_templates(self) -> None:
+        cases = {
+            "lb.{ns}.svc": "{ns} is not one of {namespace}, {id}, {user_id}",
+            "lb.{namespace!r}.svc": "is not one of",
+            "lb.{namespace:>9}.svc": "is not one of",
+            "lb.{0}.svc": "{0} is not one of",
+            "lb.{namespace.svc": "expected '}'",
+            "lb.svc.cluster.local": "names no container",
+            "lb_{namespace}.svc": "does not make a DNS name",
+            "{namespace}.svc:8080": "does not make a DNS name",
+        }
+        for template, text in cases.items():
+            with self.assertRaises(ValueError, msg=template) as raised:
+                ContainerAddressing("service-dns", template)
+            self.assertIn(text, str(raised.exception), template)
+        with self.assertRaises(ValueError):
+            ContainerAddressing("pod-ip")
+
+    def test_decide(self) -> None:
+        decision = decide(snapshot(namespaced()), "web1", 80, SERVICE_DNS)
+        assert isinstance(decision, ContainerBackend)
+        self.assertEqual(decision.target, Target("lb.compute-u1-web1.svc.cluster.local", 8080))
+        self.assertEqual(decide(snapshot(namespaced()), "web1", 80),
+                         ContainerRefused(503, "container web1 has no address yet"))
+        self.assertEqual(decide(snapshot(namespaced(namespace="")), "web1", 80, SERVICE_DNS),
+                         ContainerRefused(503, "container web1 has no address yet"))
+
+    def test_http_tls_and_raw_tcp_through_the_router(self) -> None:
+        router = ContainerRouter(ContainerDirectory(snapshot(namespaced(rules={80: 8080, 8001: 5432}))), DOMAIN,
+                                 addressing=SERVICE_DNS)
+        transport = StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 80))
+        match = router.http_match(f"web1.{DOMAIN}", "/", transport)
+        assert match is not None
+        self.assertEqual(match.route.target, Target("lb.compute-u1-web1.svc.cluster.local", 8080))
+        passthrough = router.route(f"web1.{DOMAIN}", transport)
+        assert isinstance(passthrough, ContainerBackend)
+        self.assertEqual(str(passthrough.target), "lb.compute-u1-web1.svc.cluster.local:8080")
+        owner = router.port_owner(8001)
+        assert isinstance(owner, ContainerBackend)
+        self.assertEqual(owner.target, Target("lb.compute-u1-web1.svc.cluster.local", 5432))
+
+    def test_raw_tcp_dials_the_service(self) -> None:
+        from twisted.internet.defer import Deferred
+        from twisted.internet.testing import MemoryReactorClock
+
+        from edd_gateway import rawtcp
+
+        dialled: list[Target] = []
+
+        class Endpoint:
+            def connect(self, factory: Any) -> Deferred[Any]:
+                return Deferred()
+
+        def endpoint(reactor: Any, target: Target, timeout: float) -> Endpoint:
+            dialled.append(target)
+            return Endpoint()
+
+        self.patch(rawtcp, "backend_endpoint", endpoint)
+        router = ContainerRouter(ContainerDirectory(snapshot(namespaced(rules={8001: 5432}))), DOMAIN,
+                                 addressing=SERVICE_DNS)
+        factory = rawtcp.RawTCPFactory(router, MemoryReactorClock(), connect_timeout=5, idle_timeout=None)
+        protocol = factory.buildProtocol(None)
+        protocol.makeConnection(StringTransport(hostAddress=IPv4Address("TCP", "127.0.0.1", 8001)))
+        self.assertEqual(dialled, [Target("lb.compute-u1-web1.svc.cluster.local", 5432)])
+
+    def test_ssh_has_an_address_and_dials_the_service(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from edd_gateway.ssh.auth import unavailable_reason
+        from edd_gateway.ssh.pins import MemoryHostKeyPins
+        from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
+        from tests._ssh_fakes import key
+
+        container = replace(namespaced(), ssh_enabled=True)
+        self.assertIsNone(unavailable_reason(container, SERVICE_DNS))
+        self.assertIn("has no address yet", unavailable_reason(container) or "")
+        connector = UpstreamConnector(MemoryReactorClock(), key("gateway-client"), MemoryHostKeyPins(),
+                                      UpstreamSettings(port=22), addressing=SERVICE_DNS)
+        hosts: list[str] = []
+        original = connector.endpoint
+        connector.endpoint = lambda host: hosts.append(host) or original(host)  # type: ignore[method-assign]
+        connector.connect(container, "root")
+        self.assertEqual(hosts, ["lb.compute-u1-web1.svc.cluster.local"])
+        refused = connector.connect(replace(container, namespace=""), "root")
+        self.assertIn("has no address yet", str(self.failureResultOf(refused).value))
+
+
+class AddressOptionTests(SynchronousTestCase):
+    def parse(self, *argv: str) -> Any:
+        from edd_gateway.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_default(self) -> None:
+        self.assertEqual(self.parse().addressing(), ContainerAddressing())
+
+    def test_service_dns(self) -> None:
+        self.assertEqual(self.parse("--container-address", "service-dns").addressing(), SERVICE_DNS)
+        options = self.parse("--container-address", "service-dns", "--container-service-dns", "{id}.pods.test")
+        self.assertEqual(options.addressing().host(web()), "web1.pods.test")
+
+    def test_usage_errors_name_the_option(self) -> None:
+        from twisted.python.usage import UsageError
+
+        cases = [
+            (("--container-address", "pod-ip"), "--container-address must be external-ip or service-dns"),
+            (("--container-address", "service-dns", "--container-service-dns", "lb.{ns}.svc"),
+             "--container-service-dns: 'lb.{ns}.svc': {ns} is not one of {namespace}, {id}, {user_id}"),
+            (("--container-service-dns", "{id}.pods.test"),
+             "--container-service-dns needs --container-address service-dns"),
+        ]
+        for argv, message in cases:
+            with self.assertRaises(UsageError, msg=argv) as raised:
+                self.parse(*argv)
+            self.assertEqual(str(raised.exception), message)
+
+    def test_the_service_tree_shares_one_addressing(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from edd_gateway.sniff import Verdict
+        from edd_gateway.tap import makeService
+
+        work = self.mktemp()
+        os.makedirs(work)
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "DATABASE_URL"})
+        options = self.parse("--dev-cert-dir", os.path.join(work, "tls"), "--ssh-host-key",
+                             os.path.join(work, "host"), "--ssh-client-key", os.path.join(work, "client"),
+                             "--state-file", os.path.join(work, "pins.json"), "--container-domain", DOMAIN,
+                             "--container-address", "service-dns", "--admin", "none")
+        top = makeService(options, MemoryReactorClock())
+        [sniffer] = [listener.factory for listener in top.listeners]
+        http, ssh = sniffer.handlers[Verdict.HTTP], sniffer.handlers[Verdict.SSH]
+        self.assertEqual(http.containers.addressing, SERVICE_DNS)
+        self.assertEqual(sniffer.handlers[Verdict.TLS].containers.addressing, SERVICE_DNS)
+        self.assertEqual((ssh.addressing, ssh.connector.addressing, ssh.checker.addressing),
+                         (SERVICE_DNS, SERVICE_DNS, SERVICE_DNS))
+        self.assertEqual(sniffer.raw, None, "raw TCP only on --container-ports listeners")
