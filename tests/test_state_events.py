@@ -421,6 +421,15 @@ class JetStreamFeedTests(FeedTestCase):
         await as_deferred(self.client.subscriptions["_INBOX.fake"].cb(message))
         self.assertEqual((self.events, message.termed, message.acked), ([], True, False))
 
+    async def test_heartbeats_and_flow_control_are_not_events(self) -> None:
+        await self.feed.start()
+        for reply in ("", "$JS.FC.COMPUTE.x"):
+            message = FakeMessage("_INBOX.fake")
+            message.headers, message.reply = {"Status": "100"}, reply  # type: ignore[attr-defined]
+            await as_deferred(self.client.subscriptions["_INBOX.fake"].cb(message))
+            self.assertEqual((self.events, message.termed, message.acked), ([], False, False))
+        self.assertEqual(self.client.published, [("$JS.FC.COMPUTE.x", b"")])
+
     async def test_an_existing_consumer_is_kept(self) -> None:
         existing = SimpleNamespace(durable_name="gw-1", deliver_subject="deliver.gw-1", ack_wait=60)
         self.client.js.consumers["gw-1"] = existing

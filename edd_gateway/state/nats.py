@@ -250,11 +250,11 @@ class NatsEventFeed:
     bounds the unacked ones (C{max_ack_pending}) and redelivers by itself.
 
     Each gateway replica needs its own C{durable} name: a durable consumer is
-    one cursor over the stream whose messages are split between (pull) or
-    refused to (push, nats-py's "already bound") a second consumer, so
-    replicas sharing one would not each hear every event.  Here a second
-    replica on a bound consumer falls back to core subscriptions, with a
-    warning.  C{ack_wait} and C{max_deliver} apply when the feed creates the
+    one cursor over the stream, whose messages it splits between its
+    subscribers (nats-py even refuses a second subscriber to a push consumer:
+    "already bound"), so replicas sharing one would not each hear every
+    event.  A second replica finding the consumer bound falls back to core
+    subscriptions, with a warning, until its next reconnection.  C{ack_wait} and C{max_deliver} apply when the feed creates the
     consumer; an existing one keeps its configuration.
     """
 
@@ -448,6 +448,12 @@ class NatsEventFeed:
 
     async def _jetstream_message(self, msg: Any) -> None:
         """A message of the durable consumer: acked once applied, terminated if rejected."""
+        if getattr(msg, "headers", None) and "Status" in msg.headers:
+            # Heartbeat or flow control, on a consumer someone else made with
+            # them: not an event.  Flow control wants an empty reply.
+            if msg.reply and self._client is not None:
+                await _settle(self._client.publish(msg.reply, b""))
+            return
         event = self._parse(msg)
         if event is None:
             await _settle(msg.term())
