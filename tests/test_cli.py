@@ -1,15 +1,19 @@
 """
-Tests for the operator command line, C{python -m edd_gateway check|explain}.
+Tests for the operator command line, C{python -m edd_gateway
+check|explain|forget-host-key} (the last on a state file and on a throwaway
+PostgreSQL).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
 import subprocess
 import sys
 
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 import edd_gateway
 from edd_gateway.__main__ import EXIT_INVALID, EXIT_NO_ROUTE, EXIT_OK, EXIT_USAGE, main
@@ -126,3 +130,147 @@ class SubprocessTests(SynchronousTestCase):
         self.assertEqual(result.returncode, 1)
         self.assertEqual(result.stdout, f"{ROUTES}: OK (20 routes)\n")
         self.assertIn(f"{bad}:2: each route must be a mapping", result.stderr)
+
+
+KEY_TEXT = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf"
+#: What ssh-keygen -l prints for KEY_TEXT.
+KEY_FINGERPRINT = "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(KEY_TEXT.split()[1])).digest()
+                                                ).decode().rstrip("=")
+
+
+class ForgetHostKeyFileTests(CommandLineMixin, SynchronousTestCase):
+    """C{forget-host-key CONTAINER_ID --state-file FILE} (without a database)."""
+
+    def setUp(self) -> None:
+        from edd_gateway.state.localfile import LocalPinStore
+
+        environment = dict(os.environ)
+        environment.pop("DATABASE_URL", None)
+        self.patch(os, "environ", environment)
+        self.path = self.mktemp()
+        self.gateway = LocalPinStore(self.path)
+        self.successResultOf(self.gateway.set_pin("abc123", KEY_TEXT + " root@abc123"))
+        self.successResultOf(self.gateway.set_pin("other1", KEY_TEXT))
+
+    def test_forgets(self) -> None:
+        from edd_gateway.ssh.auth import fingerprint, key_blob
+
+        self.assertEqual(fingerprint(key_blob(KEY_TEXT)), KEY_FINGERPRINT)  # type: ignore[arg-type]
+        self.assertIsNotNone(self.successResultOf(self.gateway.get_pin("abc123")))
+        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--state-file", self.path),
+                         (EXIT_OK, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n", ""))
+        self.assertIsNone(self.successResultOf(self.gateway.get_pin("abc123")), "a running gateway sees it at once")
+        self.assertIsNotNone(self.successResultOf(self.gateway.get_pin("other1")))
+        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--state-file", self.path),
+                         (EXIT_OK, "no pin for container abc123\n", ""))
+
+    def test_ids_are_case_insensitive(self) -> None:
+        status, out, _ = self.runCommand("forget-host-key", "ABC123", "--state-file", self.path)
+        self.assertEqual((status, out), (EXIT_OK, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n"))
+
+    def test_missing_file(self) -> None:
+        missing = os.path.join(self.mktemp(), "pins.json")
+        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--state-file", missing),
+                         (EXIT_OK, "no pin for container abc123\n", ""))
+        self.assertFalse(os.path.exists(os.path.dirname(missing)))
+
+    def test_default_state_file(self) -> None:
+        from edd_gateway.state.localfile import DEFAULT_STATE_FILE, LocalPinStore
+
+        work = self.mktemp()
+        os.makedirs(os.path.join(work, os.path.dirname(DEFAULT_STATE_FILE)))
+        self.addCleanup(os.chdir, os.getcwd())
+        os.chdir(work)
+        self.successResultOf(LocalPinStore(DEFAULT_STATE_FILE).set_pin("abc123", KEY_TEXT))
+        self.assertEqual(self.runCommand("forget-host-key", "abc123")[:2],
+                         (EXIT_OK, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n"))
+
+    def test_unreadable_file(self) -> None:
+        with open(self.path, "w") as file:
+            file.write("{not json")
+        status, out, err = self.runCommand("forget-host-key", "abc123", "--state-file", self.path)
+        self.assertEqual((status, out), (EXIT_INVALID, ""))
+        self.assertTrue(err.startswith(f"error: cannot read the SSH pin file {self.path}: "), err)
+        self.assertEqual(len(err.splitlines()), 1)
+
+    def test_usage(self) -> None:
+        for argv in (["Bad_Id", "--state-file", self.path], ["abc123", "--state-file", self.path, "--database", "x"],
+                     []):
+            status, out, err = self.runCommand("forget-host-key", *argv)
+            self.assertEqual((status, out), (EXIT_USAGE, ""), argv)
+        self.assertEqual(self.runCommand("forget-host-key", "a_b")[2],
+                         "error: 'a_b' is not a container id (letters, digits and inner hyphens, at most 63)\n")
+
+    def test_state_file_wins_over_DATABASE_URL(self) -> None:
+        os.environ["DATABASE_URL"] = "host=127.0.0.1 port=1"
+        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--state-file", self.path)[0], EXIT_OK)
+
+
+class ForgetHostKeyDatabaseErrorTests(CommandLineMixin, SynchronousTestCase):
+    """C{forget-host-key --database DSN} that cannot work: one line, no traceback, no password."""
+
+    def test_malformed_dsn(self) -> None:
+        for dsn in ("postgresql://gw:hunter2@[::1", "host=db password=hunter2 nonsense"):
+            status, out, err = self.runCommand("forget-host-key", "abc123", "--database", dsn)
+            self.assertEqual((status, out, err), (EXIT_USAGE, "", "error: --database is not a PostgreSQL DSN "
+                                                                 "(key=value ...) or postgresql:// URL\n"), dsn)
+
+    def test_server_down(self) -> None:
+        status, out, err = self.runCommand("forget-host-key", "abc123", "--database",
+                                           "host=127.0.0.1 port=1 password=hunter2")
+        self.assertEqual((status, out), (EXIT_INVALID, ""))
+        self.assertTrue(err.startswith("error: cannot connect to the database: "), err)
+        self.assertEqual(len(err.splitlines()), 1)
+        self.assertNotIn("hunter2", err)
+
+    def test_DATABASE_URL(self) -> None:
+        self.patch(os, "environ", dict(os.environ, DATABASE_URL="host=127.0.0.1 port=1"))
+        status, _, err = self.runCommand("forget-host-key", "abc123")
+        self.assertEqual(status, EXIT_INVALID)
+        self.assertIn("cannot connect to the database", err)
+
+
+class ForgetHostKeyPostgresTests(CommandLineMixin, TestCase):
+    """C{forget-host-key --database DSN} on a throwaway PostgreSQL, with the gateway's own pin store."""
+
+    async def test_forgets_the_row(self) -> None:
+        from twisted.internet import reactor
+
+        from edd_gateway.state.postgres import PostgresDatabase
+        from edd_gateway.testing._postgres import start_postgres
+
+        server = await start_postgres(self)
+        await server.create_compute_tables()
+        database = PostgresDatabase(server.dsn(), reactor)
+        self.addCleanup(database.close)
+        await database.connect()
+        await database.set_pin("abc123", KEY_TEXT + " root@abc123")
+        await database.set_pin("other1", KEY_TEXT)
+        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--database", server.dsn()),
+                         (EXIT_OK, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n", ""))
+        self.assertIsNone(await database.get_pin("abc123"), "the gateway reads the pin at every login")
+        self.assertIsNotNone(await database.get_pin("other1"))
+        self.patch(os, "environ", dict(os.environ, DATABASE_URL=server.dsn()))
+        self.assertEqual(self.runCommand("forget-host-key", "abc123"), (EXIT_OK, "no pin for container abc123\n", ""))
+
+    async def test_a_database_no_gateway_used(self) -> None:
+        from edd_gateway.testing._postgres import start_postgres
+
+        server = await start_postgres(self)
+        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--database", server.dsn()),
+                         (EXIT_OK, "no pin for container abc123\n", ""))
+
+
+class ForgetHostKeySubprocessTests(SynchronousTestCase):
+    def test_as_program(self) -> None:
+        from edd_gateway.state.localfile import LocalPinStore
+
+        checkout = os.path.dirname(os.path.dirname(os.path.abspath(edd_gateway.__file__)))
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])))
+        environment.pop("DATABASE_URL", None)
+        path = self.mktemp()
+        self.successResultOf(LocalPinStore(path).set_pin("abc123", KEY_TEXT))
+        result = subprocess.run([sys.executable, "-m", "edd_gateway", "forget-host-key", "abc123", "--state-file", path],
+                                capture_output=True, text=True, env=environment, timeout=60)
+        self.assertEqual((result.returncode, result.stdout, result.stderr),
+                         (0, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n", ""))

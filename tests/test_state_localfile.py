@@ -240,3 +240,59 @@ class PinStoreTests(SynchronousTestCase):
         store = LocalPinStore()
         self.successResultOf(store.set_pin("a", KEY))
         self.assertEqual(self.successResultOf(store.get_pin("a")), HostKeyPin("a", KEY, None))
+
+
+class PinStoreSharedFileTests(SynchronousTestCase):
+    """The file is shared with the operator command: nothing read is kept once the file changed."""
+
+    def setUp(self) -> None:
+        self.path = self.mktemp()
+        self.gateway = LocalPinStore(self.path)
+        self.successResultOf(self.gateway.set_pin("a", KEY))
+        self.successResultOf(self.gateway.set_pin("b", KEY))
+
+    def test_a_pin_forgotten_elsewhere_is_forgotten_at_the_next_read(self) -> None:
+        self.assertIsNotNone(self.successResultOf(self.gateway.get_pin("a")))
+        self.assertEqual(LocalPinStore(self.path).forget("a"), HostKeyPin("a", KEY, None))
+        self.assertIsNone(self.successResultOf(self.gateway.get_pin("a")))
+
+    def test_a_write_keeps_what_changed_elsewhere(self) -> None:
+        self.successResultOf(self.gateway.get_pin("a"))
+        LocalPinStore(self.path).forget("a")
+        self.successResultOf(self.gateway.set_pin("c", KEY))
+        with open(self.path) as file:
+            self.assertEqual(sorted(json.load(file)), ["b", "c"])
+
+    def test_a_pin_written_elsewhere_is_read(self) -> None:
+        self.successResultOf(LocalPinStore(self.path).set_pin("d", KEY, "t"))
+        self.assertEqual(self.successResultOf(self.gateway.get_pin("d")), HostKeyPin("d", KEY, "t"))
+
+    def test_forget_what_is_not_pinned(self) -> None:
+        with open(self.path, "rb") as file:
+            before = file.read()
+        self.assertIsNone(self.gateway.forget("zzz"))
+        self.successResultOf(self.gateway.clear_pin("zzz"))
+        with open(self.path, "rb") as file:
+            self.assertEqual(file.read(), before)
+
+    def test_no_file_is_made_to_forget_nothing(self) -> None:
+        missing = os.path.join(self.mktemp(), "pins.json")
+        self.assertIsNone(LocalPinStore(missing).forget("a"))
+        self.successResultOf(LocalPinStore(missing).clear_pin("a"))
+        self.assertFalse(os.path.exists(os.path.dirname(missing)))
+
+    def test_no_temporary_files_left(self) -> None:
+        self.gateway.forget("a")
+        directory = os.path.dirname(os.path.abspath(self.path))
+        name = os.path.basename(self.path)
+        self.assertEqual(sorted(n for n in os.listdir(directory) if n.startswith((name, "." + name))),
+                         [name, name + ".lock"])
+
+    def test_not_a_regular_file(self) -> None:
+        directory = self.mktemp()
+        os.makedirs(directory)
+        store = LocalPinStore(directory)
+        self.failureResultOf(store.get_pin("a"), PinStoreError)
+        with self.assertRaises(PinStoreError):
+            store.forget("a")
+        self.assertFalse(os.path.exists(directory + ".lock"))
