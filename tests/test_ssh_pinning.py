@@ -8,13 +8,14 @@ line option, on memory pins, directories and reactors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock, StringTransport
-from twisted.logger import capturedLogs, formatEvent
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone
@@ -65,6 +66,16 @@ def snapshot(*containers: Container, ready: bool = True) -> ContainerSnapshot:
     return ContainerSnapshot({c.id: c for c in containers}, ready=ready)
 
 
+def current(directory: ContainerDirectory, cid: str = "abc123") -> Container:
+    found = directory.get(cid)
+    assert found is not None
+    return found
+
+
+def warnings(events: Sequence[Any]) -> list[str]:
+    return [formatEvent(e) for e in events if e["log_level"] is LogLevel.warn]
+
+
 def many(count: int) -> dict[str, Container]:
     return {f"c{n:05d}": container(f"c{n:05d}") for n in range(count)}
 
@@ -82,7 +93,7 @@ class RunWatchTests(SynchronousTestCase):
         return HostKeyPin(cid, public_text(OLD))
 
     def set_status(self, status: str, cid: str = "abc123") -> None:
-        self.directory.replace(cid, replace(self.directory.get(cid), status=status))
+        self.directory.replace(cid, replace(current(self.directory, cid), status=status))
 
     def test_registered_as_an_observer(self) -> None:
         self.assertIn(self.watch.observe, self.directory.observers)
@@ -112,10 +123,9 @@ class RunWatchTests(SynchronousTestCase):
             self.assertEqual(self.pins.cleared, ["abc123"], status)
 
     def test_changes_while_running_keep_the_pin(self) -> None:
-        current = self.directory.get("abc123")
-        assert current is not None
-        self.directory.replace("abc123", replace(current, external_ip="10.0.0.9", ssh_enabled=False))
-        self.directory.replace("abc123", replace(current, name="renamed"))
+        running = current(self.directory)
+        self.directory.replace("abc123", replace(running, external_ip="10.0.0.9", ssh_enabled=False))
+        self.directory.replace("abc123", replace(running, name="renamed"))
         self.set_status("stopped", "other1")
         self.assertEqual(self.pins.cleared, ["other1"])
         self.assertIn("abc123", self.pins.pins)
@@ -174,7 +184,7 @@ class RunWatchTests(SynchronousTestCase):
         self.assertEqual(pins.cleared, ["c04242", "c00007", "c04242"])
 
     def test_a_store_that_fails_is_logged(self) -> None:
-        self.pins.clear_pin = lambda cid: fail(OSError("database gone"))  # type: ignore[method-assign]
+        self.pins.clear_pin = lambda cid: fail(OSError("database gone"))  # type: ignore[method-assign, assignment]
         with capturedLogs() as events:
             self.set_status("stopped")
         warning = formatEvent(events[-1])
@@ -183,7 +193,7 @@ class RunWatchTests(SynchronousTestCase):
 
     def test_tickets_are_voided_when_the_run_ends(self) -> None:
         ticket, other = self.watch.ticket("abc123"), self.watch.ticket("other1")
-        self.directory.replace("abc123", replace(self.directory.get("abc123"), name="x"))
+        self.directory.replace("abc123", replace(current(self.directory), name="x"))
         self.assertTrue(ticket.current)
         self.set_status("stopped")
         self.assertFalse(ticket.current)
@@ -229,10 +239,8 @@ class LoginTests(SynchronousTestCase):
 
     def login(self, connector: UpstreamConnector) -> tuple[Deferred[Any], Any]:
         """A login to abc123 as the directory has it now, and its UpstreamTransport."""
-        current = self.directory.get("abc123")
-        assert current is not None
-        result = connector.connect(current, "root")
-        wrapping = self.reactor.tcpClients[-1][2].buildProtocol(IPv4Address("TCP", "10.42.0.7", 2200))
+        result = connector.connect(current(self.directory), "root")
+        wrapping: Any = self.reactor.tcpClients[-1][2].buildProtocol(IPv4Address("TCP", "10.42.0.7", 2200))  # type: ignore[arg-type]
         wrapping.makeConnection(StringTransport())
         return result, wrapping._wrappedProtocol
 
@@ -244,9 +252,9 @@ class LoginTests(SynchronousTestCase):
         return str(self.failureResultOf(result, LoginRefused).value)
 
     def restart(self) -> None:
-        current = self.directory.get("abc123")
-        self.directory.replace("abc123", replace(current, status="stopped"))
-        self.directory.replace("abc123", replace(current, status="running"))
+        running = current(self.directory)
+        self.directory.replace("abc123", replace(running, status="stopped"))
+        self.directory.replace("abc123", replace(running, status="running"))
 
     def test_a_restarted_container_is_pinned_afresh(self) -> None:
         connector = self.connector()
@@ -271,12 +279,11 @@ class LoginTests(SynchronousTestCase):
             f"one pinned in its current run ({fingerprint(OLD.public().blob())}); refusing. If its key was "
             "changed on purpose, an operator clears the pin with: python -m edd_gateway forget-host-key abc123 "
             "--state-file pins.json"))
-        self.assertEqual([formatEvent(e) for e in events if e.get("log_level").name == "warn"],
-                         [f"ssh: {message}"])
+        self.assertEqual(warnings(events), [f"ssh: {message}"])
         self.assertEqual(self.pins.pins["abc123"].host_key, public_text(OLD))
 
     def test_a_run_that_ends_before_the_pin_is_read(self) -> None:
-        self.pins.get_pin = lambda cid: self.reading  # type: ignore[method-assign]
+        self.pins.get_pin = lambda cid: self.reading  # type: ignore[method-assign, assignment]
         self.reading: Deferred[Any] = Deferred()
         result, ssh = self.login(self.connector())
         checked = self.present(ssh, OLD)
@@ -385,5 +392,5 @@ class OptionTests(SynchronousTestCase):
         with capturedLogs() as events:
             factory = build_ssh(options, state, reactor)
         self.assertIsNone(factory.runs)
-        [warning] = [formatEvent(e) for e in events if e.get("log_level").name == "warn"]
+        [warning] = warnings(events)
         self.assertIn("--ssh-host-key-policy ignore: containers' SSH host keys are NOT checked", warning)
