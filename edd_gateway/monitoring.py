@@ -185,8 +185,7 @@ class Monitoring:
             def nats() -> Part:
                 if not events.connected:
                     return Part(DEGRADED, "NATS disconnected; polling PostgreSQL instead")
-                mode = getattr(events, "mode", None)
-                return Part(OK, mode or "")
+                return Part(OK, events.mode or "")
 
             self.readiness.parts["nats"] = nats
         if state.changes is not None:

@@ -121,6 +121,8 @@ class Options(usage.Options):
         ["database", None, None, "PostgreSQL DSN or URL: containers, static_routes (default: $DATABASE_URL)."],
         ["compute-database", None, None, "DSN of the compute service's tables when not in --database's database."],
         ["nats", None, None, "NATS server URL(s), comma-separated: container events (needs --database)."],
+        ["nats-durable", None, "gateway-service", "The JetStream durable consumer on the COMPUTE stream; each "
+         "replica needs its own name."],
         ["poll-interval", None, 5.0, "Seconds between full reads of PostgreSQL while no feed (the database's "
          "change feed, NATS) is active.", float],
         ["resync-interval", None, DEFAULT_RESYNC_INTERVAL, "Seconds between full reads while a feed is active, "
@@ -342,7 +344,7 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
     if config["database"] is not None:
         database = PostgresDatabase(config["database"], reactor, compute_dsn=config["compute-database"])
         servers = [url.strip() for url in (config["nats"] or "").split(",") if url.strip()]
-        events = NatsEventFeed(servers, name="edd-gateway") if servers else None
+        events = NatsEventFeed(servers, name="edd-gateway", durable=config["nats-durable"]) if servers else None
         changes = ChangeFeedListener(database.compute_dsn, reactor)
         state = StateService(database, directory, reactor, events=events, changes=changes, on_routes=swap,
                              file_routes=live.current.routes, poll_interval=config["poll-interval"],

@@ -12,14 +12,13 @@ import json
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from edd_gateway.state.changefeed import (
     CHANNEL, Change, ChangeFeedError, ChangeFeedListener, install, install_statements, parse_change,
 )
-from edd_gateway.state.memory import MemoryChangeFeed, MemoryDatabase
+from edd_gateway.state.memory import MemoryChangeFeed, MemoryDatabase, MemoryEventFeed
 from edd_gateway.state.model import Container, ContainerDirectory
 from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService
 from edd_gateway.testing import poll_until
@@ -175,14 +174,41 @@ class ServiceTests(SynchronousTestCase):
         harness.clock.advance(1.0)
         self.successResultOf(applied)
 
-    def test_stop_fails_the_waiters(self) -> None:
+    def test_stop_leaves_the_waiters_unanswered(self) -> None:
+        """Their events are not acknowledged, so JetStream delivers them again after the restart."""
         harness = Harness(self, MemoryChangeFeed())
         harness.database.down = True
         applied = harness.service.request_refresh(["a1"])
         harness.database.down = False
         harness.stop()
-        self.failureResultOf(applied, CancelledError)
+        harness.clock.advance(10)
+        self.assertNoResult(applied)
         self.assertTrue(harness.feed.stopped)
+
+    def test_an_event_is_answered_once_its_read_is_applied(self) -> None:
+        feed = MemoryEventFeed(mode="jetstream")
+        clock = Clock()
+        database = MemoryDatabase([container("a1"), container("b2", user="42")])
+        service = StateService(database, ContainerDirectory(), clock, events=feed)
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(service.status().feeds, ["NATS events (jetstream)"])
+        database.paused = True
+        feed.deliver("compute.container.a1.stopped")
+        feed.deliver("compute.sshkey.17.deleted", b'{"key_id": 17, "user_id": 42}')
+        feed.deliver("compute.sshkey.18.deleted", b"\xff garbage")  # no user: read everything
+        first, second, third = feed.applied
+        for answer in feed.applied:
+            self.assertNoResult(answer)
+        while database.held:
+            database.release()
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.successResultOf(third)
+        # The first event's read was under way; the full read the third asks
+        # for covers the second's container too.
+        self.assertEqual(database.calls[-4:], ["load_containers a1", "load_all", "prune_pins", "load_other_routes"])
+        self.flushLoggedErrors()
 
 
 def _fields(value: Container) -> dict[str, Any]:

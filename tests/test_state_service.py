@@ -168,10 +168,11 @@ class EventTests(SynchronousTestCase):
         self.assertIsNone(self.directory.get("a1"))
         self.assertTrue(self.directory.current.ready)
 
-    def test_junk_is_ignored(self) -> None:
+    def test_junk_bodies_still_reread_what_the_subject_names(self) -> None:
         before = list(self.database.calls)
         self.feed.deliver("compute.container.a1.started", b"not json")
-        self.assertEqual(self.database.calls, before)
+        self.assertEqual(self.database.calls, before + ["load_containers a1"])
+        self.feed.deliver("compute.volume.a1.started", b"")
         self.assertEqual(len(self.feed.rejected), 1)
 
     def test_every_connect_resyncs_and_publishes(self) -> None:

@@ -135,16 +135,24 @@ class MemoryDatabase:
 class MemoryEventFeed:
     """An event feed whose connection and messages the test drives."""
 
-    def __init__(self, connect_on_start: bool = True) -> None:
+    def __init__(self, connect_on_start: bool = True, mode: str = "core") -> None:
         self.connected = False
+        self._mode = mode
         self.connect_on_start = connect_on_start
         self.published: list[tuple[str, bytes]] = []
         self.rejected: list[str] = []
+        #: What the handler answered for each delivered event (JetStream acks once it fires).
+        self.applied: list[object] = []
         self.started = False
         self.stopped = False
         self._on_event: Callable[[ContainerEvent], object] = lambda event: None
         self._on_connected: Callable[[], object] = lambda: None
         self._on_disconnected: Callable[[], object] = lambda: None
+
+    @property
+    def mode(self) -> str | None:
+        """As the NATS feed's: how it consumes ("jetstream" or "core"), None while disconnected."""
+        return self._mode if self.connected else None
 
     def bind(self, on_event: Callable[[ContainerEvent], object], on_connected: Callable[[], object],
              on_disconnected: Callable[[], object]) -> None:
@@ -177,7 +185,7 @@ class MemoryEventFeed:
         except EventRejected as reason:
             self.rejected.append(str(reason))
             return
-        self._on_event(event)
+        self.applied.append(self._on_event(event))
 
     def publish(self, subject: str, payload: bytes) -> Deferred[None]:
         if not self.connected:

@@ -73,6 +73,8 @@ class EventFeed(Protocol):
 
     @property
     def connected(self) -> bool: ...
+    @property
+    def mode(self) -> str | None: ...
     def bind(self, on_event: Callable[[ContainerEvent], object], on_connected: Callable[[], object],
              on_disconnected: Callable[[], object]) -> None: ...
     def start(self) -> Deferred[None]: ...
@@ -196,7 +198,7 @@ class StateService(Service):
             last_full_resync=self._last_full,
             last_error=self._last_error,
             change_feed=None if self.changes is None else self.changes.state,
-            events_mode=getattr(self.events, "mode", None),
+            events_mode=None if self.events is None else self.events.mode,
             **self._counts,
         )
 
@@ -227,9 +229,9 @@ class StateService(Service):
             await _settled(self._in_flight)
         self.database.close()
         self._connected = False
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            waiter.errback(CancelledError("the gateway stopped before the change was read"))
+        # Waiters still waiting are left unanswered: their events are not
+        # acknowledged, so JetStream delivers them again after the restart.
+        self._waiters = []
         if self.changes is not None:
             self.changes.stop()
         if self.events is not None:
@@ -254,8 +256,14 @@ class StateService(Service):
         """
         Re-read these containers, and every container of these users (their
         SSH keys changed); fires once a read that started after this call
-        has been applied.
+        has been applied (never, if the service stops first).
         """
+        ids = self._ids_to_read(container_ids, user_ids)
+        if not ids:
+            return succeed(None)
+        return self._wait(lambda: self._pending.update(ids))
+
+    def _ids_to_read(self, container_ids: Collection[str], user_ids: Collection[str]) -> set[str]:
         ids = set(container_ids)
         if user_ids:
             # Keys are read per container (its owner's), so a user's keys
@@ -264,11 +272,11 @@ class StateService(Service):
             # change is read.
             users = set(user_ids)
             ids.update(c.id for c in self.directory.current.containers.values() if c.user_id in users)
-        if not ids:
-            return succeed(None)
-        return self._wait(lambda: self._pending.update(ids))
+        return ids
 
     def _wait(self, request: Callable[[], object]) -> Deferred[None]:
+        # The waiter goes first: with a database that answers at once, the
+        # read is over by the time request() returns.
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         request()
@@ -305,25 +313,28 @@ class StateService(Service):
         self._cancel_retry()
         self.request_full_resync("PostgreSQL reconnected")
 
-    def _event_received(self, event: ContainerEvent) -> Deferred[None] | None:
+    def _event_received(self, event: ContainerEvent) -> Deferred[None]:
         self._counts["events"] += 1
-        return self._hint(event.container_ids, event.user_ids, event.full_resync, f"an event on {event.subject}")
+        if not self._connected:
+            # Nothing read yet: the first full read, once connected, covers
+            # it (and answers the waiter).
+            return self._wait(lambda: None)
+        self._events_since.append(self._clock.seconds())
+        if event.full_resync:
+            reason = f"an event on {event.subject}"
+            return self._wait(lambda: self.request_full_resync(reason))
+        return self.request_refresh(event.container_ids, event.user_ids)
 
     def _change_received(self, change: Change) -> None:
         self._counts["notifications"] += 1
-        self._hint(change.container_ids, change.user_ids, change.full_resync, f"a change to {change.table}")
-
-    def _hint(self, container_ids: Collection[str], user_ids: Collection[str], full: bool,
-              what: str) -> Deferred[None] | None:
         if not self._connected:
-            # Not read yet: the first full read covers it.  No waiter, so
-            # JetStream redelivers it rather than count it as applied.
-            return None
+            return
         self._events_since.append(self._clock.seconds())
-        if full:
-            reason = what
-            return self._wait(lambda: setattr(self, "_want_full", self._want_full or reason))
-        return self.request_refresh(container_ids, user_ids)
+        if change.full_resync:
+            self.request_full_resync(f"a change to {change.table}")
+        else:
+            self._pending.update(self._ids_to_read(change.container_ids, change.user_ids))
+            self._kick()
 
     def _changes_listening(self) -> None:
         if self._connected:
