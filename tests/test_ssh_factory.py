@@ -140,6 +140,22 @@ class FactoryTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(paths["client_key_path"] + ".pub"))
 
 
+    def test_session_record_names_the_address_dialled(self) -> None:
+        from dataclasses import replace
+
+        from edd_gateway.containers import ContainerAddressing
+
+        factory = GatewaySSHFactory(directory(container()), MemoryHostKeyPins(), [key("host")], key("client"),
+                                    self.reactor, SSHSettings(ssh_port=2022), ContainerAddressing("service-dns"))
+        self.assertEqual(factory.checker.addressing, factory.addressing)
+        self.assertIs(factory.connector.addressing, factory.addressing)
+        ssh = factory.buildProtocol(PEER)
+        ssh.transport = StringTransport(peerAddress=PEER)
+        target = replace(container(external_ip=None), namespace="compute-u1-abc123")
+        ssh.avatar = SimpleNamespace(login=GatewayLogin(SSHTarget("abc123", "root"), target, "SHA256:x"))
+        self.assertEqual(ssh._record().backend, "lb.compute-u1-abc123.svc.cluster.local:2022")
+
+
 class RealmTests(SynchronousTestCase):
     def test_avatar_holds_the_container_connection(self) -> None:
         upstream = SimpleNamespace(on_lost=None, closed=False)

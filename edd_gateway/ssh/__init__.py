@@ -7,9 +7,10 @@ its client key after checking the container's pinned host key.
 L{build_ssh_factory} makes the protocol factory for C{--ssh-listen} and for
 the sniffer; L{HostKeyPins} is the pin store interface the container sources
 implement.  The pieces: C{username} (the name grammar), C{hostkey} (key
-files), C{pins} (host key pins), C{auth} (who may log in), C{upstream} (the
-container side), C{connection} and C{relay} (channels), C{keepalive},
-C{factory} (wiring).
+files), C{pins} (host key pins), C{pinning} (C{--ssh-host-key-policy}: how
+long a pin holds), C{auth} (who may log in), C{upstream} (the container
+side), C{connection} and C{relay} (channels), C{keepalive}, C{factory}
+(wiring).
 """
 
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, LoginRefused
@@ -21,11 +22,12 @@ from edd_gateway.ssh.factory import (
     build_ssh_factory,
 )
 from edd_gateway.ssh.hostkey import KeyFileError, load_host_keys, load_or_create_key, public_text
+from edd_gateway.ssh.pinning import HostKeyPolicy, RunWatch
 from edd_gateway.ssh.pins import HostKeyPins, MemoryHostKeyPins
 from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username
 
 __all__ = [
-    "DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "ContainerKeyChecker", "GatewayLogin", "GatewaySSHFactory", "HostKeyPins", "InvalidUsername", "KeyFileError",
-    "LoginRefused", "MemoryHostKeyPins", "SSHSettings", "SSHTarget", "build_ssh_factory", "load_host_keys",
+    "DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "ContainerKeyChecker", "GatewayLogin", "GatewaySSHFactory", "HostKeyPins", "HostKeyPolicy", "InvalidUsername", "KeyFileError",
+    "LoginRefused", "MemoryHostKeyPins", "RunWatch", "SSHSettings", "SSHTarget", "build_ssh_factory", "load_host_keys",
     "load_or_create_key", "parse_ssh_username", "public_text",
 ]
