@@ -54,7 +54,7 @@ class OptionsTests(SynchronousTestCase):
         for name in ("database", "compute-database", "nats", "containers", "container-domain", "ssh-rsa-host-key"):
             self.assertIsNone(options[name], name)
         self.assertEqual((options["ssh-listen"], options["port-map"], options["container-ports"]), ([], {}, range(0)))
-        self.assertEqual((options["poll-interval"], options["resync-interval"]), (5.0, 300.0))
+        self.assertEqual((options["poll-interval"], options["resync-interval"]), (5.0, 30.0))
         self.assertEqual((options["state-file"], options["container-interface"]), (DEFAULT_STATE_FILE, "127.0.0.1"))
         self.assertEqual(options.ssh_settings().ssh_port, 22)
 
