@@ -121,8 +121,8 @@ class Options(usage.Options):
         ["database", None, None, "PostgreSQL DSN or URL: containers, static_routes (default: $DATABASE_URL)."],
         ["compute-database", None, None, "DSN of the compute service's tables when not in --database's database."],
         ["nats", None, None, "NATS server URL(s), comma-separated: container events (needs --database)."],
-        ["nats-durable", None, "gateway-service", "The JetStream durable consumer on the COMPUTE stream; each "
-         "replica needs its own name."],
+        ["nats-durable", None, "gateway-service", "The JetStream durable consumer on the COMPUTE stream; a replica "
+         "that finds it bound to another uses plain subscriptions."],
         ["poll-interval", None, 5.0, "Seconds between full reads of PostgreSQL while no feed (the database's "
          "change feed, NATS) is active.", float],
         ["resync-interval", None, DEFAULT_RESYNC_INTERVAL, "Seconds between full reads while a feed is active, "
