@@ -1,7 +1,8 @@
 """
 Live state, measured: ``python bench/propagation.py`` starts a throwaway
 PostgreSQL, a nats-server, a backend and ``twistd -n edd-gateway --database
-... --nats ... --container-domain bench.test`` on loopback, then measures
+... --nats ... --container-domain bench.test`` on loopback (and for the
+change feed, a gateway of its own without NATS), then measures
 
  - event-to-route propagation: for each of C{--containers} (200) new
    containers, its rows are inserted, then (clock starts) its
@@ -9,6 +10,21 @@ PostgreSQL, a nats-server, a backend and ``twistd -n edd-gateway --database
    client asks for C{<id>.bench.test} until the first request that reaches
    the container (a 200 instead of the gateway's 503): p50, p99, max
    (issue 4's target: p99 under 50 ms; the original polled every 5 s);
+ - commit-to-served propagation through the PostgreSQL change feed, with
+   no event at all (C{feed_propagation_ms} in the figures): in a database of
+   its own on the same server (so its triggers never reach the NATS
+   gateways), the feed installed by the operator command (C{python -m
+   edd_gateway install-change-feed DSN}), a gateway started with no NATS and
+   an hour between polls and resyncs.  For each of C{--containers}
+   containers, its rows are written as the compute service writes them
+   (L{ComputeService}: created pending, then its port-80 rule, each in its
+   own transaction); once the gateway's C{/metrics} says all were applied
+   and each answers "pending", each is started in turn (clock starts when
+   that COMMIT returns) and one keep-alive client asks until the first
+   200: p50, p99, max (same target), and the mean of the gateway's own
+   notification-to-served time over the starts
+   (C{edd_gateway_event_propagation_seconds}), which tells the gateway's
+   share of the figure from the rest (PostgreSQL's delivery, the client);
  - the cost of a container lookup with 10,000 containers against 10 (target:
    within 1.5 x): in process, the decision the HTTP side makes per request
    (the static route table, then the container directory) over random
@@ -18,6 +34,7 @@ PostgreSQL, a nats-server, a backend and ``twistd -n edd-gateway --database
    measured in C{--rounds} interleaved rounds and the best round kept, so
    the machine's noise moves both sides alike.
 
+C{--parts} picks among C{events}, C{feed} and C{lookup} (default: all three).
 Figures go to C{bench/results/<timestamp>-propagation.json}.  Needs
 PostgreSQL's binaries (as root they run as the postgres user) and
 nats-server; everything listens on free loopback ports and is stopped at
@@ -36,6 +53,7 @@ import statistics
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +81,20 @@ from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule  # noqa: E402
 from edd_gateway.state.nats import REFRESHED_SUBJECT  # noqa: E402
 from edd_gateway.tap import default_routes_path  # noqa: E402
-from edd_gateway.testing import GatewayProcess, as_deferred, poll_until  # noqa: E402
+from edd_gateway.testing import ComputeService, GatewayProcess, as_deferred, poll_until, run_process  # noqa: E402
 from edd_gateway.testing._nats import ThrowawayNats  # noqa: E402
 from edd_gateway.testing._postgres import ThrowawayPostgres  # noqa: E402
+from edd_gateway.testing._replicas import KeepAliveProbe, connect_probe  # noqa: E402
 
 DOMAIN = "bench.test"
+PARTS = ("events", "feed", "lookup")
+#: The change feed's own database on the same server, so that its triggers
+#: never reach the gateways measuring NATS events.
+FEED_DATABASE = "feed"
+#: Seconds between polls and resyncs of the feed's gateway: only the feed can explain a change.
+AN_HOUR = "3600"
+LAG = "edd_gateway_event_propagation_seconds"
+FOLLOWING = "state: following PostgreSQL change feed"
 TARGET_P99_MS = 50.0
 TARGET_LOOKUP_RATIO = 1.5
 
@@ -134,7 +161,11 @@ class Bench:
             self.client = await self.nats.client()
             await self.db.connect(self.pg.dsn())
             self.start_backend()
-            await self.measure()
+            parts = self.options.parts
+            if "events" in parts or "lookup" in parts:
+                await self.measure()
+            if "feed" in parts:
+                await self.feed_propagation()
         finally:
             if self.db.pollable() is not None and not self.db.pollable().closed:
                 self.db.close()
@@ -166,8 +197,9 @@ class Bench:
         return gateway
 
     async def insert(self, cid: str) -> None:
-        await self.db.runOperation("INSERT INTO containers (id, user_id, status, external_ip) VALUES"
-                                   " (%s, 'u1', 'running', '127.0.0.1')", (cid,))
+        await self.db.runOperation("INSERT INTO containers (id, user_id, name, namespace, status, external_ip)"
+                                   " VALUES (%s, 'u1', %s, %s, 'running', '127.0.0.1')",
+                                   (cid, cid, f"compute-u1-{cid}"))
         await self.db.runOperation("INSERT INTO ingress_rules (container_id, port, target_port) VALUES (%s, 80, %s)",
                                    (cid, self.backend_port))
 
@@ -182,17 +214,23 @@ class Bench:
             await self.insert(f"l{index}")
             await self.publish(f"l{index}", "started")
         small = await connect_prober(self.reactor, few.port)
-        await self.propagation(small)
-        # Back to 10 containers: the ones just started are deleted, as the compute service would.
-        await self.db.runOperation("DELETE FROM containers WHERE id LIKE 'p%'")
-        for index in range(self.options.containers):
-            await self.publish(f"p{index:04d}", "deleted")
-        await poll_until(lambda: self.status(small, f"p{self.options.containers - 1:04d}.{DOMAIN}", 503),
-                         "the deleted containers to go", reactor=self.reactor)
+        if "events" in self.options.parts:
+            await self.propagation(small)
+            # Back to 10 containers: the ones just started are deleted, as the compute service would.
+            await self.db.runOperation("DELETE FROM containers WHERE id LIKE 'p%'")
+            for index in range(self.options.containers):
+                await self.publish(f"p{index:04d}", "deleted")
+            await poll_until(lambda: self.status(small, f"p{self.options.containers - 1:04d}.{DOMAIN}", 503),
+                             "the deleted containers to go", reactor=self.reactor)
+        if "lookup" not in self.options.parts:
+            small.transport.loseConnection()  # type: ignore[union-attr]
+            await few.stop()
+            return
         # 10,000 (by default) in the database: only a gateway started now reads them all.
         many = self.options.many
         await self.db.runOperation(
-            "INSERT INTO containers (id, user_id, status, external_ip) SELECT 'l' || i, 'u1', 'running', '127.0.0.1'"
+            "INSERT INTO containers (id, user_id, name, namespace, status, external_ip)"
+            " SELECT 'l' || i, 'u1', 'l' || i, 'compute-u1-l' || i, 'running', '127.0.0.1'"
             " FROM generate_series(10, %s) AS i", (many - 1,))
         await self.db.runOperation(
             "INSERT INTO ingress_rules (container_id, port, target_port) SELECT 'l' || i, 80, %s"
@@ -237,11 +275,75 @@ class Bench:
                     raise RuntimeError(f"{host} never became reachable")
             latencies.append((time.perf_counter() - started) * 1000)
             probes.append(attempts)
-        self.results["propagation_ms"] = {
-            "containers": len(latencies), "p50": round(percentile(latencies, 0.5), 2),
-            "p99": round(percentile(latencies, 0.99), 2), "max": round(max(latencies), 2),
-            "mean": round(statistics.mean(latencies), 2), "median_requests_until_reached": statistics.median(probes),
+        self.results["propagation_ms"] = figures(latencies, probes)
+
+    async def feed_propagation(self) -> None:
+        """Commit to the first request served, with the change feed and no event at all."""
+        await self.pg.create_database(FEED_DATABASE)
+        await self.pg.create_compute_tables(FEED_DATABASE)
+        dsn = self.pg.dsn(FEED_DATABASE)
+        gateway = MappedGateway(self.work / "gateway-feed", self.reactor)
+        installed = await run_process([sys.executable, "-m", "edd_gateway", "install-change-feed", dsn],
+                                      env=gateway.environment(), reactor=self.reactor).result()
+        if installed.exit_code != 0:
+            raise RuntimeError(f"install-change-feed failed: {bytes(installed.out + installed.err).decode()}")
+        compute = ComputeService(dsn, self.reactor)
+        await compute.connect()
+        try:
+            await gateway.start(["--database", dsn, "--container-domain", DOMAIN, "--poll-interval", AN_HOUR,
+                                 "--resync-interval", AN_HOUR], timeout=30)
+            # Listening, and the first full read done: every later commit is announced and counted.
+            await poll_until(lambda: FOLLOWING in gateway.log_text(),
+                             "the gateway to follow the change feed", timeout=30, reactor=self.reactor)
+            probe = await connect_probe(gateway.port, self.reactor)
+            try:
+                latencies, probes, notifications, seconds = await self.feed_rounds(gateway, compute, probe)
+            finally:
+                probe.close()
+        finally:
+            compute.close()
+            await gateway.stop()
+        self.results["feed_propagation_ms"] = {
+            **figures(latencies, probes),
+            "notifications": int(notifications),
+            "gateway_mean_ms": round(seconds / notifications * 1000, 2) if notifications else None,
         }
+
+    async def feed_rounds(self, gateway: GatewayProcess, compute: ComputeService,
+                          probe: KeepAliveProbe) -> tuple[list[float], list[int], float, float]:
+        """The starts, timed; and the gateway's own (count, seconds) of notification-to-served over them."""
+        count = self.options.containers
+        applied = lag_histogram(gateway)[0]
+        hosts = []
+        for index in range(count):
+            new = await compute.create_container(f"{1000 + index % 10}", f"app-{index}")
+            await compute.add_ingress(new.id, 80, self.backend_port)
+            hosts.append((new.id, f"{new.id}.{DOMAIN}"))
+        # Every row read by the gateway (a rule does not show while its
+        # container is pending) before a start is timed, so that no start's
+        # read queues behind theirs.
+        await poll_until(lambda: lag_histogram(gateway)[0] >= applied + 2 * count, "the new rows to be read",
+                         timeout=60, interval=0.05, reactor=self.reactor)
+        for cid, host in hosts:
+            answer = await probe.get(host, "/small")
+            if answer.status != 503 or f"container {cid} is pending" not in answer.text:
+                raise RuntimeError(f"{host} should be pending once its rows are read, got {answer!r}")
+        latencies: list[float] = []
+        probes: list[int] = []
+        before = lag_histogram(gateway)
+        for cid, host in hosts:
+            started = await compute.start(cid, "127.0.0.1")
+            attempts = 0
+            while True:
+                attempts += 1
+                if (await probe.get(host, "/small")).status == 200:
+                    break
+                if time.monotonic() - started > 10:
+                    raise RuntimeError(f"{host} never became reachable")
+            latencies.append((time.monotonic() - started) * 1000)
+            probes.append(attempts)
+        after = lag_histogram(gateway)
+        return latencies, probes, after[0] - before[0], after[1] - before[1]
 
     async def request_cost(self, prober: Prober, count: int) -> float:
         """The median time (us) of C{--requests} requests for random hosts among C{count} containers."""
@@ -256,6 +358,25 @@ class Bench:
             if status != 200:
                 raise RuntimeError(f"{host} answered {status}")
         return statistics.median(times)
+
+
+def figures(latencies: list[float], probes: list[int]) -> dict[str, Any]:
+    return {
+        "containers": len(latencies), "p50": round(percentile(latencies, 0.5), 2),
+        "p99": round(percentile(latencies, 0.99), 2), "max": round(max(latencies), 2),
+        "mean": round(statistics.mean(latencies), 2), "median_requests_until_reached": statistics.median(probes),
+    }
+
+
+def lag_histogram(gateway: GatewayProcess) -> tuple[float, float]:
+    """The gateway's own notification-to-served count and sum of seconds, from its /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(gateway.admin_url("/metrics"), timeout=10) as answer:
+        text = answer.read().decode()
+    values = {sample.name: sample.value for family in text_string_to_metric_families(text)
+              for sample in family.samples if sample.name in (f"{LAG}_count", f"{LAG}_sum")}
+    return values.get(f"{LAG}_count", 0.0), values.get(f"{LAG}_sum", 0.0)
 
 
 class _Listener:
@@ -298,19 +419,46 @@ def lookup_costs(many: int, rounds: int) -> dict[str, Any]:
 
 
 def report(results: dict[str, Any], many: int) -> str:
-    propagation, request, lookup = results["propagation_ms"], results["request"], results["lookup"]
     verdict = lambda ok: "PASS" if ok else "FAIL"  # noqa: E731
-    return "\n".join([
-        f"event -> first request reaching the container, {propagation['containers']} containers:",
-        f"  p50 {propagation['p50']} ms  p99 {propagation['p99']} ms  max {propagation['max']} ms"
-        f"  (target p99 < {TARGET_P99_MS:g} ms: {verdict(propagation['p99'] < TARGET_P99_MS)})",
+    lines = []
+    if "propagation_ms" in results:
+        propagation = results["propagation_ms"]
+        lines += [
+            f"event -> first request reaching the container, {propagation['containers']} containers:",
+            f"  p50 {propagation['p50']} ms  p99 {propagation['p99']} ms  max {propagation['max']} ms"
+            f"  (target p99 < {TARGET_P99_MS:g} ms: {verdict(propagation['p99'] < TARGET_P99_MS)})",
+        ]
+    if "feed_propagation_ms" in results:
+        feed = results["feed_propagation_ms"]
+        lines += [
+            f"commit -> first request reaching the container, change feed, no event, {feed['containers']} containers:",
+            f"  p50 {feed['p50']} ms  p99 {feed['p99']} ms  max {feed['max']} ms"
+            f"  (target p99 < {TARGET_P99_MS:g} ms: {verdict(feed['p99'] < TARGET_P99_MS)});"
+            f" the gateway's own notification -> served mean {feed['gateway_mean_ms']} ms",
+        ]
+    if "lookup" in results:
+        lines += lookup_report(results, many, verdict)
+    return "\n".join(lines)
+
+
+def lookup_report(results: dict[str, Any], many: int, verdict: Any) -> list[str]:
+    request, lookup = results["request"], results["lookup"]
+    return [
         f"lookup in process: {lookup['ns_with_10']} ns with 10 containers, {lookup[f'ns_with_{many}']} ns with"
         f" {many}: x{lookup['ratio']} (target <= {TARGET_LOOKUP_RATIO}: "
         f"{verdict(lookup['ratio'] <= TARGET_LOOKUP_RATIO)})",
         f"request through the gateway (median): {request['median_us_with_10']} us with 10 containers,"
         f" {request[f'median_us_with_{many}']} us with {many}: x{request['ratio']}"
         f" (target <= {TARGET_LOOKUP_RATIO}: {verdict(request['ratio'] <= TARGET_LOOKUP_RATIO)})",
-    ])
+    ]
+
+
+def parts_list(text: str) -> tuple[str, ...]:
+    parts = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown or not parts:
+        raise argparse.ArgumentTypeError(f"parts are among {', '.join(PARTS)}; got {text!r}")
+    return parts
 
 
 async def main(reactor: Any, argv: list[str]) -> None:
@@ -322,6 +470,8 @@ async def main(reactor: Any, argv: list[str]) -> None:
     parser.add_argument("--many", type=int, default=10_000, help="the large directory size (10000)")
     parser.add_argument("--requests", type=int, default=1000, help="requests per request-cost round (1000)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds of each cost measure (5)")
+    parser.add_argument("--parts", type=parts_list, default=PARTS,
+                        help=f"comma-separated, among {', '.join(PARTS)} (default: all)")
     parser.add_argument("--results-dir", default=str(BENCH_DIR / "results"))
     options = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="edd-bench-propagation-"))

@@ -301,8 +301,9 @@ class LiveFeedTests(EndToEndMixin, TestCase):
                              "--ssh-listen", f"tcp:{self.ssh_port}:interface=127.0.0.1",
                              # Nothing listens there: a login the gateway lets through ends at once.
                              "--ssh-port", str(free_port())], timeout=30)
-        await poll_until(lambda: "change feed: listening" in gateway.log_text(),
-                         "the gateway to listen to the change feed", timeout=30)
+        # Listening, and its first full read done (a notification before that is left to the read).
+        await poll_until(lambda: "state: following PostgreSQL change feed" in gateway.log_text(),
+                         "the gateway to follow the change feed", timeout=30)
         self.http = await self.keepalive(gateway.port)
         self.http_8000 = await self.keepalive(self.container_port)
 
