@@ -116,7 +116,7 @@ class ContainersEndToEndTests(EndToEndMixin, TestCase):
     async def insert(self, server: ThrowawayPostgres, cid: str, ip: str, rules: dict[int, int],
                      status: str = "running") -> None:
         await server.execute("INSERT INTO containers (id, user_id, name, namespace, status, external_ip)"
-                             " VALUES (%s, 'u1', %s, 'ns', %s, %s)", (cid, cid, status, ip))
+                             " VALUES (%s, 'u1', %s, %s, %s, %s)", (cid, cid, f"compute-u1-{cid}", status, ip))
         for port, target in rules.items():
             await server.execute("INSERT INTO ingress_rules (container_id, port, target_port) VALUES (%s, %s, %s)",
                                  (cid, port, target))
