@@ -37,6 +37,7 @@ from edd_gateway.testing import (
     ProcessRun,
     as_deferred,
     free_port,
+    md5_fingerprint,
     poll_until,
     require_asyncio_reactor,
     require_tool,
@@ -111,7 +112,7 @@ class ScaleOutTests(EndToEndMixin, TestCase):
     async def insert(self, cid: str, ip: str, port: int | None, *, user: str = "u1", ssh: bool = False) -> None:
         await self.server.execute(
             "INSERT INTO containers (id, user_id, name, namespace, status, external_ip, ssh_enabled)"
-            " VALUES (%s, %s, %s, 'ns', 'running', %s, %s)", (cid, user, cid, ip, ssh))
+            " VALUES (%s, %s, %s, %s, 'running', %s, %s)", (cid, user, cid, f"compute-{user}-{cid}", ip, ssh))
         if port is not None:
             await self.server.execute("INSERT INTO ingress_rules (container_id, port, target_port)"
                                       " VALUES (%s, 80, %s)", (cid, port))
@@ -266,8 +267,8 @@ class ScaleOutTests(EndToEndMixin, TestCase):
 
         await self.shared_servers()
         await self.insert("box1", "127.0.0.1", None, user="alice", ssh=True)
-        await self.server.execute("INSERT INTO ssh_keys (user_id, name, public_key) VALUES ('alice', 'laptop', %s)",
-                                  (alice,))
+        await self.server.execute("INSERT INTO ssh_keys (user_id, name, public_key, fingerprint)"
+                                  " VALUES ('alice', 'laptop', %s, %s)", (alice, md5_fingerprint(alice)))
         await self.start_ssh_replicas(["--ssh-port", str(sshd_port), "--ssh-host-key",
                                        str(self.work / "host_ed25519_key"), "--ssh-client-key",
                                        str(self.work / "client")])
