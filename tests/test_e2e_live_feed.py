@@ -212,7 +212,11 @@ class PreparedLogin(ssh_transport.SSHClientTransport):
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self.closed = True
-        self.answered(description.decode("utf-8", "replace"))
+        text = description.decode("utf-8", "replace")
+        if not self.ready.called:
+            # Refused at the first request (an unknown container, say).
+            self.ready.errback(ConnectionError(f"the gateway ended the login before the key: {text}"))
+        self.answered(text)
 
     def connectionLost(self, reason: Any = None) -> None:
         self.closed = True
@@ -276,7 +280,7 @@ def new_user_key() -> tuple[ssh_keys.Key, str]:
 
 
 class LiveFeedTests(EndToEndMixin, TestCase):
-    timeout = 600
+    timeout = 240
 
     # Pieces
 
@@ -442,6 +446,9 @@ class LiveFeedTests(EndToEndMixin, TestCase):
         cid = new.id
         await self.compute.set_status(cid, "initializing")
         await self.compute.start(cid, "127.0.0.1")
+        # Known and running (it has no port-80 rule) before any login is prepared for it.
+        await poll_until(lambda: self.http_get(cid).addCallback(self.says(502, "no ingress rule")),
+                         f"{cid} to run", timeout=10)
         disabled = f"SSH access is disabled for container {cid}"
         let_through = f"container {cid} is not accepting SSH connections"
         owners = self.prober(cid, key)
