@@ -27,7 +27,7 @@ from edd_gateway.ssh.hostkey import public_text
 from edd_gateway.ssh.pinning import HostKeyPolicy, RunWatch, parse_host_key_policy
 from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
-from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
+from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, HostKeyPin
 
 from ._ssh_fakes import container, key
 
@@ -57,7 +57,7 @@ class RecordingPins(MemoryHostKeyPins):
         self.held_writes.append(landing)
         return landing
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
         self.cleared.append(container_id)
         return super().clear_pin(container_id)
 
@@ -113,6 +113,12 @@ class RunWatchTests(SynchronousTestCase):
         with capturedLogs() as events:
             self.set_status("running")
         self.assertEqual(self.pins.cleared, ["abc123", "abc123"], "dropped again as the new run starts")
+        self.assertEqual(events, [], "there was no pin left to drop: nothing said")
+        self.set_status("stopped")
+        self.pins.pins["abc123"] = HostKeyPin("abc123", "ssh-ed25519 AAAA written late")
+        with capturedLogs() as events:
+            self.set_status("running")
+        self.assertNotIn("abc123", self.pins.pins)
         self.assertIn("runs again", formatEvent(events[0]))
 
     def test_every_status_but_running_ends_a_run(self) -> None:

@@ -141,22 +141,26 @@ class RunWatch:
     def _ended(self, cid: str, how: str) -> None:
         for ticket in self._tickets.pop(cid, ()):
             ticket.current = False
-        _log.info("ssh: container {container} {how}: its pinned SSH host key is dropped; its next run is "
-                  "pinned afresh", container=cid, how=how)
-        self._clear(cid)
+        self._clear(cid, "ssh: container {container} {how}: its pinned SSH host key is dropped; its next run is "
+                         "pinned afresh", how=how)
 
     def _started(self, cid: str) -> None:
-        _log.info("ssh: container {container} runs again: its SSH host key is pinned afresh at its next login",
-                  container=cid)
-        self._clear(cid)
+        # A pin here was written after the run ended (a login in flight then).
+        self._clear(cid, "ssh: container {container} runs again: its SSH host key pinned in its last run is "
+                         "dropped; it is pinned afresh at its next login")
 
-    def _clear(self, cid: str) -> None:
+    def _clear(self, cid: str, said: str, **fields: str) -> None:
+        """Drop the pin, saying C{said} when there was one (most containers never had an SSH login)."""
+        def cleared(there_was_one: object) -> None:
+            if there_was_one:
+                _log.info(said, container=cid, **fields)
+
         def failed(failure: Any) -> None:
             _log.warn("ssh: cannot drop the pinned SSH host key of container {container} ({error}); if its "
                       "key changed, logins are refused until `{command}`", container=cid,
                       error=failure.getErrorMessage(), command=FORGET_COMMAND.format(container=cid))
 
-        self.pins.clear_pin(cid).addErrback(failed)
+        self.pins.clear_pin(cid).addCallbacks(cleared, failed)
 
 
 def _shown_status(status: str) -> str:

@@ -29,8 +29,9 @@ class HostKeyPins(Protocol):
     def set_pin(self, container_id: str, host_key: str, container_created: str | None = None) -> Deferred[None]:
         """Pin C{host_key} (OpenSSH text form) for C{container_id}, replacing any pin."""
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
-        """Forget the pin of C{container_id} (it was recreated); the next login pins again."""
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
+        """Forget the pin of C{container_id} (it was recreated); the next login pins again.  Fires
+        with whether there was one."""
 
 
 class MemoryHostKeyPins:
@@ -46,9 +47,8 @@ class MemoryHostKeyPins:
         self.pins[container_id] = HostKeyPin(container_id, host_key, container_created)
         return succeed(None)
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
-        self.pins.pop(container_id, None)
-        return succeed(None)
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
+        return succeed(self.pins.pop(container_id, None) is not None)
 
 
 __all__ = ["HostKeyPins", "MemoryHostKeyPins"]

@@ -93,12 +93,12 @@ class LocalPinStore:
             return fail()
         return succeed(None)
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
         try:
-            self.forget(container_id)
+            forgotten = self.forget(container_id)
         except PinStoreError:
             return fail()
-        return succeed(None)
+        return succeed(forgotten is not None)
 
     def forget(self, container_id: str) -> HostKeyPin | None:
         """
@@ -259,5 +259,5 @@ class LocalContainersSource(Service):
     def set_pin(self, container_id: str, host_key: str, container_created: str | None = None) -> Deferred[None]:
         return self.pins.set_pin(container_id, host_key, container_created)
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
         return self.pins.clear_pin(container_id)

@@ -108,8 +108,8 @@ class MemoryDatabase:
 
         return self._answer("set_pin", pin)
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
-        return self._answer("clear_pin", lambda: self.pins.pop(container_id, None) and None)
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
+        return self._answer("clear_pin", lambda: self.pins.pop(container_id, None) is not None)
 
     def prune_pins(self, keep: Collection[str]) -> Deferred[int]:
         def prune() -> int:

@@ -295,9 +295,10 @@ class PostgresDatabase:
         )
         return self._gateway_operation(query, (container_id, host_key, container_created))
 
-    def clear_pin(self, container_id: str) -> Deferred[None]:
-        """Forget the pin of C{container_id} (a recreated container gets a new key)."""
-        return self._gateway_operation("DELETE FROM gateway_ssh_host_keys WHERE container_id = %s", (container_id,))
+    def clear_pin(self, container_id: str) -> Deferred[bool]:
+        """Forget the pin of C{container_id} (a recreated container gets a new key); whether there was one."""
+        query = "DELETE FROM gateway_ssh_host_keys WHERE container_id = %s RETURNING container_id"
+        return self._gateway_query(query, (container_id,)).addCallback(bool)
 
     def prune_pins(self, keep: Collection[str]) -> Deferred[int]:
         """Forget the pins of every container not in C{keep} (deleted ones); how many went."""
