@@ -60,6 +60,7 @@ class Harness:
         self.database = MemoryDatabase(containers or [container("a1")])
         self.directory = ContainerDirectory()
         self.feed = feed
+        feed.clock = self.clock
         self.service = StateService(self.database, self.directory, self.clock, changes=feed,
                                     retry_policy=lambda attempt: 1.0, **options)
         self.service.startService()
@@ -161,6 +162,7 @@ class ServiceTests(SynchronousTestCase):
         harness = Harness(self, MemoryChangeFeed())
         harness.database.paused = True
         applied = harness.service.request_refresh(["a1"])
+        harness.clock.advance(0)
         self.assertNoResult(applied)
         harness.database.release()
         self.successResultOf(applied)
@@ -169,16 +171,26 @@ class ServiceTests(SynchronousTestCase):
         harness = Harness(self, MemoryChangeFeed())
         harness.database.down = True
         applied = harness.service.request_refresh(["a1"])
+        harness.clock.advance(0)
         self.assertNoResult(applied)
         harness.database.down = False
         harness.clock.advance(1.0)
         self.successResultOf(applied)
+
+    def test_one_transactions_notifications_are_one_read(self) -> None:
+        """A deleted container with rules notifies twice (its row, the cascaded rules): read once."""
+        harness = Harness(self, MemoryChangeFeed(), container("a1"))
+        harness.database.remove("a1")
+        harness.feed.notify(payload("containers", "a1", "DELETE"), payload("ingress_rules", "a1", "DELETE"))
+        self.assertEqual(harness.reads("load_containers"), ["load_containers a1"])
+        self.assertIsNone(harness.directory.get("a1"))
 
     def test_stop_leaves_the_waiters_unanswered(self) -> None:
         """Their events are not acknowledged, so JetStream delivers them again after the restart."""
         harness = Harness(self, MemoryChangeFeed())
         harness.database.down = True
         applied = harness.service.request_refresh(["a1"])
+        harness.clock.advance(0)
         harness.database.down = False
         harness.stop()
         harness.clock.advance(10)
@@ -187,7 +199,7 @@ class ServiceTests(SynchronousTestCase):
 
     def test_an_event_is_answered_once_its_read_is_applied(self) -> None:
         feed = MemoryEventFeed(mode="jetstream")
-        clock = Clock()
+        clock = feed.clock = Clock()
         database = MemoryDatabase([container("a1"), container("b2", user="42")])
         service = StateService(database, ContainerDirectory(), clock, events=feed)
         service.startService()

@@ -40,6 +40,8 @@ class Harness:
         self.database = MemoryDatabase([container("a1")])
         self.directory = ContainerDirectory()
         self.events = events
+        if events is not None:
+            events.clock = self.clock
         self.route_lists: list[list[Route]] = []
         self.service = StateService(self.database, self.directory, self.clock, events=events,
                                     on_routes=self.route_lists.append, file_routes=file_routes,
@@ -233,6 +235,7 @@ class OrderingTests(SynchronousTestCase):
     def test_burst_of_events_is_one_batched_read(self) -> None:
         self.database.paused = True
         self.harness.service.request_refresh({"a1"})
+        self.harness.clock.advance(0)
         for name in ("b1", "b2", "b3"):
             self.database.put(container(name))
             self.feed.deliver(f"compute.container.{name}.created")

@@ -141,6 +141,8 @@ class MemoryEventFeed:
         self.connect_on_start = connect_on_start
         self.published: list[tuple[str, bytes]] = []
         self.rejected: list[str] = []
+        #: The fake clock of the service, advanced by 0 after each delivery (the reactor turn ends).
+        self.clock: Any = None
         #: What the handler answered for each delivered event (JetStream acks once it fires).
         self.applied: list[object] = []
         self.started = False
@@ -186,6 +188,13 @@ class MemoryEventFeed:
             self.rejected.append(str(reason))
             return
         self.applied.append(self._on_event(event))
+        self._turn_ends()
+
+    def _turn_ends(self) -> None:
+        # The reactor turn that delivered the message ends: what the service
+        # scheduled for the end of the turn runs.
+        if self.clock is not None:
+            self.clock.advance(0)
 
     def publish(self, subject: str, payload: bytes) -> Deferred[None]:
         if not self.connected:
@@ -204,6 +213,8 @@ class MemoryChangeFeed:
         self.state = "not connected"
         self.checks = 0
         self.stopped = False
+        #: The fake clock of the service, advanced by 0 after each delivery (the reactor turn ends).
+        self.clock: Any = None
         self._on_change: Callable[[Change], object] = lambda change: None
         self._on_listening: Callable[[], object] = lambda: None
         self._on_stopped: Callable[[str], object] = lambda reason: None
@@ -240,9 +251,12 @@ class MemoryChangeFeed:
         self.connection_up = True
         self.check()
 
-    def notify(self, payload: str) -> None:
-        """A notification arrives: parsed as the listener parses it."""
-        self._on_change(parse_change(payload))
+    def notify(self, *payloads: str) -> None:
+        """Notifications arrive, in one reactor turn: parsed as the listener parses them."""
+        for payload in payloads:
+            self._on_change(parse_change(payload))
+        if self.clock is not None:
+            self.clock.advance(0)
 
     def stop(self) -> None:
         self.stopped = True

@@ -182,6 +182,7 @@ class StateService(Service):
         # Those waiting for the read that covers their request (JetStream
         # acknowledges an event only once its change is applied).
         self._waiters: list[Deferred[None]] = []
+        self._kick_call: IDelayedCall | None = None
         self._feeds_reported: list[str] | None = None
         database.add_reconnect_observer(self._database_reconnected)
         if events is not None:
@@ -219,6 +220,9 @@ class StateService(Service):
         if self._poller is not None and self._poller.running:
             self._poller.stop()
         self._cancel_retry()
+        if self._kick_call is not None and self._kick_call.active():
+            self._kick_call.cancel()
+        self._kick_call = None
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -252,6 +256,10 @@ class StateService(Service):
         self._want_full = self._want_full or reason
         self._kick()
 
+    def _request_full_resync_soon(self, reason: str) -> None:
+        self._want_full = self._want_full or reason
+        self._kick_soon()
+
     def request_refresh(self, container_ids: Collection[str], user_ids: Collection[str] = ()) -> Deferred[None]:
         """
         Re-read these containers, and every container of these users (their
@@ -280,8 +288,24 @@ class StateService(Service):
         waiter: Deferred[None] = Deferred()
         self._waiters.append(waiter)
         request()
-        self._kick()
+        self._kick_soon()
         return waiter
+
+    def _kick_soon(self) -> None:
+        """
+        Read at the end of this reactor turn.  Hints come in bursts delivered
+        in one turn (one transaction's notifications: a deleted container's
+        row and its cascaded rules, a 443 rule and C{https_enabled}), all
+        committed before the turn began: one read then covers them all,
+        where reading at the first would read the same container again
+        for the rest.
+        """
+        if self._kick_call is None:
+            self._kick_call = self._clock.callLater(0, self._kick_now)
+
+    def _kick_now(self) -> None:
+        self._kick_call = None
+        self._kick()
 
     def _start_connecting(self) -> None:
         self._retry = None
@@ -322,7 +346,7 @@ class StateService(Service):
         self._events_since.append(self._clock.seconds())
         if event.full_resync:
             reason = f"an event on {event.subject}"
-            return self._wait(lambda: self.request_full_resync(reason))
+            return self._wait(lambda: setattr(self, "_want_full", self._want_full or reason))
         return self.request_refresh(event.container_ids, event.user_ids)
 
     def _change_received(self, change: Change) -> None:
@@ -331,10 +355,10 @@ class StateService(Service):
             return
         self._events_since.append(self._clock.seconds())
         if change.full_resync:
-            self.request_full_resync(f"a change to {change.table}")
+            self._request_full_resync_soon(f"a change to {change.table}")
         else:
             self._pending.update(self._ids_to_read(change.container_ids, change.user_ids))
-            self._kick()
+            self._kick_soon()
 
     def _changes_listening(self) -> None:
         if self._connected:
