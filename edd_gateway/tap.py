@@ -156,6 +156,8 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [
         ["no-access-log", None, "Log no line per HTTP request, tunnel and SSH session."],
+        ["ssh-allow-sha1-rsa", None, "Accept SHA-1 ssh-rsa signatures from users' RSA keys, and offer ssh-rsa "
+         "for an RSA host key (off: rsa-sha2-256/512 only)."],
     ]
 
     def __init__(self) -> None:
@@ -278,7 +280,8 @@ class Options(usage.Options):
         return SSHSettings(ssh_port=self["ssh-port"], login_grace_time=self["ssh-login-grace-time"],
                            connect_timeout=self["ssh-connect-timeout"],
                            proxy_protocol=self["ssh-proxy-protocol"],
-                           host_key_policy=self["ssh-host-key-policy"], forget_command=self.forget_command())
+                           host_key_policy=self["ssh-host-key-policy"], forget_command=self.forget_command(),
+                           allow_sha1_rsa=bool(self["ssh-allow-sha1-rsa"]))
 
     def addressing(self) -> ContainerAddressing:
         """Where containers are dialled (HTTP, TLS passthrough, raw TCP, SSH)."""
@@ -370,6 +373,9 @@ def build_ssh(config: Options, state: LiveState, reactor: Any) -> GatewaySSHFact
     if config["ssh-host-key-policy"] is HostKeyPolicy.IGNORE:
         log.warn("ssh: --ssh-host-key-policy ignore: containers' SSH host keys are NOT checked; anything that "
                  "answers at a container's address can take its users' sessions")
+    if config["ssh-allow-sha1-rsa"]:
+        log.warn("ssh: --ssh-allow-sha1-rsa: SHA-1 ssh-rsa signatures are accepted from users' RSA keys and "
+                 "offered for an RSA host key")
     try:
         return build_ssh_factory(state.directory, state.pins, host_key_path=config["ssh-host-key"],
                                  client_key_path=config["ssh-client-key"],

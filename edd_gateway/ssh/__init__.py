@@ -8,7 +8,8 @@ L{build_ssh_factory} makes the protocol factory for C{--ssh-listen} and for
 the sniffer; L{HostKeyPins} is the pin store interface the container sources
 implement.  The pieces: C{username} (the name grammar), C{hostkey} (key
 files), C{pins} (host key pins), C{pinning} (C{--ssh-host-key-policy}: how
-long a pin holds), C{auth} (who may log in), C{upstream} (the container
+long a pin holds), C{signatures} (the signature algorithms accepted and
+offered), C{auth} (who may log in), C{upstream} (the container
 side), C{connection} and C{relay} (channels), C{keepalive}, C{factory}
 (wiring).
 """
@@ -24,10 +25,11 @@ from edd_gateway.ssh.factory import (
 from edd_gateway.ssh.hostkey import KeyFileError, load_host_keys, load_or_create_key, public_text
 from edd_gateway.ssh.pinning import HostKeyPolicy, RunWatch
 from edd_gateway.ssh.pins import HostKeyPins, MemoryHostKeyPins
+from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username
 
 __all__ = [
     "DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "ContainerKeyChecker", "GatewayLogin", "GatewaySSHFactory", "HostKeyPins", "HostKeyPolicy", "InvalidUsername", "KeyFileError",
-    "LoginRefused", "MemoryHostKeyPins", "RunWatch", "SSHSettings", "SSHTarget", "build_ssh_factory", "load_host_keys",
+    "LoginRefused", "MemoryHostKeyPins", "RunWatch", "SSHSettings", "SignaturePolicy", "SSHTarget", "build_ssh_factory", "load_host_keys",
     "load_or_create_key", "parse_ssh_username", "public_text",
 ]

@@ -1,18 +1,28 @@
 """
 Who may log in to which container: public keys only, and a key only when it
 is one of the keys the container's owner uploaded (compared as key blobs,
-never by fingerprint), and only while the container runs with SSH enabled.
+never by fingerprint), signed with an algorithm the gateway verifies
+(L{edd_gateway.ssh.signatures}), and only while the container runs with SSH
+enabled.
 
 L{ContainerKeyChecker} is the cred checker: it reads the container directory
-(no I/O) and answers with a L{GatewayLogin} avatar id.
+(no I/O) and answers with a L{GatewayLogin} avatar id.  Until a key of the
+container's owner has verified, every refusal looks the same to the client:
+a query ("would this key do?") is answered yes for any key of a type the
+gateway verifies, whatever the container, and a signed request that is
+refused gets "Permission denied" whether the container does not exist, is
+not running or belongs to someone else; only the gateway's log says which.
+So the user name cannot be used to find out which containers exist, even by
+someone holding an owner's public key.
+
 L{GatewayUserAuthServer} is Conch's ssh-userauth service with three
-additions: a bad user name or an unknown container is refused at the first
-request, whatever the method; a L{LoginRefused} anywhere in the login (a
-stopped container, an unreachable one) disconnects with its message, which
-OpenSSH prints (C{Received disconnect ...: container abc123 is stopped})
-instead of a bare "Permission denied"; and every login attempt is logged with
-the client's address, the user name, the container, the key's fingerprint
-and the outcome.
+additions: a bad user name (or a gateway still loading its containers) is
+refused at the first request, whatever the method; a L{LoginRefused} once
+the owner's key verified (a stopped container, an unreachable one)
+disconnects with its message, which OpenSSH prints (C{Received disconnect
+...: container abc123 is stopped}) instead of a bare "Permission denied";
+and every login attempt is logged with the client's address, the user name,
+the container, the key's fingerprint and the outcome.
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.conch.error import IgnoreAuthentication, ValidPublicKey
+from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport as ssh_transport
-from twisted.conch.ssh.common import getNS
+from twisted.conch.ssh.common import NS, getNS
 from twisted.conch.ssh.keys import BadKeyError, FingerprintFormats, Key
-from twisted.conch.ssh.userauth import SSHUserAuthServer
+from twisted.conch.ssh.userauth import MSG_USERAUTH_PK_OK, SSHUserAuthServer
 from twisted.cred.checkers import ICredentialsChecker
-from twisted.cred.credentials import ISSHPrivateKey
+from twisted.cred.credentials import ISSHPrivateKey, SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.logger import Logger
@@ -39,6 +50,7 @@ from zope.interface import implementer
 from edd_gateway.containers import ContainerAddressing
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username, shown
 from edd_gateway.state.model import Container, ContainerDirectory
 
@@ -109,13 +121,26 @@ def unavailable_reason(container: Container, addressing: ContainerAddressing = C
     return None
 
 
-def lookup_refusal(directory: ContainerDirectory, target: SSHTarget) -> LoginRefused | None:
-    """The refusal for a login to a container the directory cannot serve, or None."""
+def loading_refusal(directory: ContainerDirectory) -> LoginRefused | None:
+    """The refusal for every login while the directory is not loaded yet, or None."""
     if not directory.current.ready:
         return LoginRefused("the gateway is still loading the containers; try again in a moment")
-    if directory.get(target.container_id) is None:
-        return LoginRefused(f"container {target.container_id} not found", ssh_transport.DISCONNECT_ILLEGAL_USER_NAME)
     return None
+
+
+class KeyOffered(ValidPublicKey):
+    """
+    The answer to a query (a key offered without a signature): sign with it.
+    Given for every key the gateway can verify, so that the answer says
+    nothing about the container.
+
+    @ivar refusal: why a signature with this key will be refused (for the
+        log), or None when it is one of the container owner's keys.
+    """
+
+    def __init__(self, refusal: str | None) -> None:
+        super().__init__(refusal)
+        self.refusal = refusal
 
 
 @implementer(ICredentialsChecker)
@@ -124,16 +149,20 @@ class ContainerKeyChecker:
     Accepts a signed public key for C{<user>.<container-id>} when it is one of
     the container owner's keys and the container can be reached.
 
-    A key offered without a signature gets L{ValidPublicKey} (the client is
-    told to sign) only when it is an owner's key; a stopped container is
-    reported only to a client that proved it holds one.
+    In order: the key and the signature algorithm (the same answer for every
+    container), then for a query L{KeyOffered}, else the signature, then
+    whether the container exists and the key is its owner's (refused as
+    L{UnauthorizedLogin}, "Permission denied"), and only then the
+    container's state (L{LoginRefused}, with its message).
     """
 
     credentialInterfaces = (ISSHPrivateKey,)
 
-    def __init__(self, directory: ContainerDirectory, addressing: ContainerAddressing = ContainerAddressing()) -> None:
+    def __init__(self, directory: ContainerDirectory, addressing: ContainerAddressing = ContainerAddressing(),
+                 signatures: SignaturePolicy = SignaturePolicy()) -> None:
         self.directory = directory
         self.addressing = addressing
+        self.signatures = signatures
 
     def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:
         return maybeDeferred(self._check, credentials)
@@ -143,21 +172,46 @@ class ContainerKeyChecker:
             target = parse_ssh_username(credentials.username)
         except InvalidUsername as problem:
             raise LoginRefused(str(problem), ssh_transport.DISCONNECT_ILLEGAL_USER_NAME) from None
-        refusal = lookup_refusal(self.directory, target)
+        refusal = loading_refusal(self.directory)
         if refusal is not None:
             raise refusal
+        try:
+            key = Key.fromString(credentials.blob)
+        except _KEY_PARSE_ERRORS:
+            raise UnauthorizedLogin("the key could not be read") from None
+        problem = self.signatures.refusal(key, credentials.algName, credentials.signature)
+        if problem is not None:
+            raise UnauthorizedLogin(problem)
+        if credentials.signature is None:
+            raise KeyOffered(self._denial(target, credentials.blob))
+        if not self._verifies(key, credentials.signature, credentials.sigData):
+            raise UnauthorizedLogin("the signature does not verify")
+        denial = self._denial(target, credentials.blob)
+        if denial is not None:
+            raise UnauthorizedLogin(denial)
         container = self.directory.get(target.container_id)
         assert container is not None
-        if not is_owner_key(container, credentials.blob):
-            raise UnauthorizedLogin("the key is not one of the container owner's keys")
-        if credentials.signature is None:
-            raise ValidPublicKey()
-        if not Key.fromString(credentials.blob).verify(credentials.signature, credentials.sigData):
-            raise UnauthorizedLogin("the signature does not verify")
         reason = unavailable_reason(container, self.addressing)
         if reason is not None:
             raise LoginRefused(reason)
         return GatewayLogin(target, container, fingerprint(credentials.blob))
+
+    def _denial(self, target: SSHTarget, blob: bytes) -> str | None:
+        """Why C{blob} may not log in to the target's container, whatever its state (for the log), or None."""
+        container = self.directory.get(target.container_id)
+        if container is None:
+            return f"container {target.container_id} not found"
+        if not is_owner_key(container, blob):
+            state = unavailable_reason(container, self.addressing)
+            return "the key is not one of the container owner's keys" + (f" ({state})" if state else "")
+        return None
+
+    @staticmethod
+    def _verifies(key: Key, signature: bytes, data: bytes) -> bool:
+        try:
+            return bool(key.verify(signature, data))
+        except _KEY_PARSE_ERRORS:
+            return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,12 +256,13 @@ class GatewayUserAuthServer(SSHUserAuthServer):
                 ssh_transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
             return None
         try:
-            target = parse_ssh_username(username)
+            parse_ssh_username(username)
         except InvalidUsername as problem:
             self._refuse(LoginRefused(str(problem), ssh_transport.DISCONNECT_ILLEGAL_USER_NAME),
                          self._attempt(username, None, False))
             return None
-        refusal = lookup_refusal(self.transport.factory.directory, target)  # type: ignore[union-attr]
+        # Whether the container exists is not told here: see KeyOffered.
+        refusal = loading_refusal(self.transport.factory.directory)  # type: ignore[union-attr]
         if refusal is not None:
             self._refuse(refusal, self._attempt(username, None, False))
             return None
@@ -216,20 +271,44 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     def auth_publickey(self, packet: bytes) -> Deferred[Any]:
         signed = packet[:1] != b"\x00"
         try:
-            blob = getNS(packet[1:], 2)[1]
+            algorithm, blob = getNS(packet[1:], 2)[:2]
         except (IndexError, ValueError, TypeError, struct.error):
-            blob = b""
+            algorithm, blob = b"", b""
         attempt = self._attempt(self.user, blob, signed)
         if attempt.fingerprint == UNREADABLE_KEY:
             # Conch's own parsing lets malformed blobs raise out of the
             # packet handler; refuse them here instead.
             outcome: Deferred[Any] = fail(UnauthorizedLogin("the key could not be read"))
+        elif signed:
+            # Conch builds the signed data (session id, security-key wrapping).
+            outcome = self._pending = super().auth_publickey(packet)
         else:
-            outcome = super().auth_publickey(packet)
-        if signed:
-            self._pending = outcome
+            outcome = self._query(algorithm, blob, attempt)
         return outcome.addCallbacks(self._accepted, self._notAccepted, callbackArgs=(attempt,),
                                     errbackArgs=(attempt,))
+
+    def _query(self, algorithm: bytes, blob: bytes, attempt: _Attempt) -> Deferred[Any]:
+        """
+        A key offered without a signature (RFC 4252, section 7).  Conch's
+        SSHUserAuthServer answers it with the checker's verdict; here the
+        answer is "sign with it" (USERAUTH_PK_OK) for any key the gateway
+        can verify, whatever the container (L{KeyOffered}), and the refusal
+        the signature will get is logged now.
+        """
+        credentials = SSHPrivateKey(self.user, algorithm, blob, None, None)
+        return self.portal.login(credentials, None, IConchUser).addErrback(  # type: ignore[union-attr]
+            self._answerQuery, algorithm, blob, attempt)
+
+    def _answerQuery(self, reason: Failure, algorithm: bytes, blob: bytes, attempt: _Attempt) -> Failure:
+        reason.trap(KeyOffered)
+        if reason.value.refusal is not None:
+            self._logAttempt(attempt, "refused", reason.value.refusal)
+        else:
+            # So that a ban strike does not tell an owner's key from another:
+            # a connection that asked and never logged in counts as refused.
+            self._markRefused()
+        self.transport.sendPacket(MSG_USERAUTH_PK_OK, NS(algorithm) + NS(blob))  # type: ignore[union-attr]
+        return Failure(IgnoreAuthentication())
 
     def _accepted(self, result: Any, attempt: _Attempt) -> Any:
         self._pending = None
@@ -239,7 +318,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     def _notAccepted(self, reason: Failure, attempt: _Attempt) -> Failure:
         self._pending = None
         if reason.check(IgnoreAuthentication):
-            # The key is an owner's and the client was asked to sign with it.
+            # A query, answered (and logged) by _answerQuery.
             return reason
         if reason.check(LoginRefused):
             self._refuse(reason.value, attempt)
@@ -259,6 +338,11 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         self._logAttempt(attempt, "refused", refusal.message)
         self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore
 
+    def _markRefused(self) -> None:
+        """The connection's outcome is "refused" (a ban strike) unless a login succeeds after all."""
+        if self.transport is not None:
+            self.transport.outcome = "refused"  # type: ignore[attr-defined]
+
     def _attempt(self, username: bytes, blob: bytes | None, signed: bool) -> _Attempt:
         peer = self.transport.transport.getPeer()  # type: ignore[union-attr]
         return _Attempt(
@@ -270,8 +354,8 @@ class GatewayUserAuthServer(SSHUserAuthServer):
 
     def _logAttempt(self, attempt: _Attempt, outcome: str, why: str = "") -> None:
         transport = self.transport
-        if outcome == "refused" and transport is not None:
-            transport.outcome = "refused"  # type: ignore[attr-defined]
+        if outcome == "refused":
+            self._markRefused()
         observer = getattr(getattr(transport, "factory", None), "observer", None)
         if observer is not None:
             observer.ssh_login(outcome)
@@ -289,6 +373,6 @@ class GatewayUserAuthServer(SSHUserAuthServer):
 
 
 __all__ = [
-    "ContainerKeyChecker", "GatewayLogin", "GatewayUserAuthServer", "LoginRefused", "fingerprint",
-    "is_owner_key", "key_blob", "lookup_refusal", "unavailable_reason",
+    "ContainerKeyChecker", "GatewayLogin", "GatewayUserAuthServer", "KeyOffered", "LoginRefused", "fingerprint",
+    "is_owner_key", "key_blob", "loading_refusal", "unavailable_reason",
 ]

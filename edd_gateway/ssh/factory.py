@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from itertools import chain
 from typing import Any, Sequence
 
 from twisted.conch.avatar import ConchUser
@@ -42,6 +41,7 @@ from edd_gateway.ssh.hostkey import load_host_keys, load_or_create_key
 from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
 from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, RunWatch
 from edd_gateway.ssh.pins import HostKeyPins
+from edd_gateway.ssh.signatures import SignaturePolicy, server_sig_algs
 from edd_gateway.ssh.upstream import ClientAddresses, UpstreamConnection, UpstreamConnector, UpstreamSettings
 from edd_gateway.state.model import ContainerDirectory
 
@@ -71,6 +71,8 @@ class SSHSettings:
         (L{edd_gateway.ssh.pinning}).
     @ivar forget_command: the operator command that clears a pin, named
         when a changed host key is refused (C{{container}}: the id).
+    @ivar allow_sha1_rsa: accept SHA-1 C{ssh-rsa} signatures from users'
+        RSA keys and offer C{ssh-rsa} for an RSA host key (C{--ssh-allow-sha1-rsa}).
     """
 
     ssh_port: int = 22
@@ -84,6 +86,7 @@ class SSHSettings:
     proxy_protocol: str | None = None
     host_key_policy: HostKeyPolicy = HostKeyPolicy.PIN_PER_RUN
     forget_command: str = FORGET_COMMAND
+    allow_sha1_rsa: bool = False
 
     def upstream(self) -> UpstreamSettings:
         return UpstreamSettings(port=self.ssh_port, timeout=self.connect_timeout,
@@ -154,6 +157,10 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
 
     _log = conch_logger()
     factory: GatewaySSHFactory
+    #: The product without a version (Conch's says Twisted's exact release).
+    #: RFC 4253, 4.2: the software version is printable ASCII without
+    #: spaces or '-', hence the underscore.
+    ourVersionString = b"SSH-2.0-edd_gateway"
     # CTR with HMAC only.  Conch has no strict key exchange, so offering
     # chacha20-poly1305 or an EtM MAC would expose users to Terrapin
     # (CVE-2023-48795); CBC and MD5 are left out as obsolete.  Every OpenSSH
@@ -218,6 +225,12 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         pass  # the client's goodbye ("disconnected by user") is no error
+
+    def sendExtInfo(self, extensions: list[tuple[bytes, bytes]]) -> None:
+        # Conch's SSHServerTransport._keySetup calls this after the first
+        # NEWKEYS with server-sig-algs set to supportedPublicKeys, the
+        # host-key algorithms; users' keys are verified with others.
+        super().sendExtInfo(server_sig_algs(extensions, self.factory.signatures.signature_algorithms))
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._stopGrace()
@@ -302,7 +315,9 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.runs = RunWatch(directory, pins) if settings.host_key_policy is HostKeyPolicy.PIN_PER_RUN else None
         self.connector = UpstreamConnector(reactor, client_key, pins, settings.upstream(), addressing=addressing,
                                            runs=self.runs)
-        self.checker = ContainerKeyChecker(directory, addressing)
+        #: The signature algorithms accepted from users and offered for host keys.
+        self.signatures = SignaturePolicy(settings.allow_sha1_rsa)
+        self.checker = ContainerKeyChecker(directory, addressing, self.signatures)
         self.portal = Portal(UpstreamRealm(self.connector), [self.checker])
 
     def portal_for(self, client: ClientAddresses) -> Portal:
@@ -313,8 +328,7 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         # SSHFactory's own logs a line per connection about the moduli file.
         ssh = self.protocol()
         ssh.factory = self
-        ssh.supportedPublicKeys = list(chain.from_iterable(
-            key.supportedSignatureAlgorithms() for key in self.privateKeys.values()))
+        ssh.supportedPublicKeys = self.signatures.host_key_algorithms(self.privateKeys.values())
         ssh.supportedKeyExchanges = [kex for kex in ssh.supportedKeyExchanges
                                      if not kex.startswith(b"diffie-hellman-group-exchange-")]
         return ssh
