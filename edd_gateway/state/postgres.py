@@ -26,7 +26,8 @@ from txpostgres import reconnection, retrying, txpostgres
 from txpostgres.psycopg2_impl import psycopg2
 
 from edd_gateway.routes.model import Route
-from edd_gateway.state._queries import BEGIN_SNAPSHOT, all_container_statements, build_containers, container_statements
+from edd_gateway.state._queries import BEGIN_SNAPSHOT, all_container_statements, build_containers, build_refreshed
+from edd_gateway.state._queries import refresh_statement
 from edd_gateway.state._schema import GATEWAY_SCHEMA
 from edd_gateway.state.model import Container, HostKeyPin
 from edd_gateway.state.routes_sync import (
@@ -255,7 +256,11 @@ class PostgresDatabase:
 
     def load_containers(self, ids: Collection[str]) -> Deferred[dict[str, Container]]:
         """The containers C{ids} that exist (a deleted one is simply absent)."""
-        return self._read_containers(container_statements(sorted(ids)))
+        pool = self._compute
+        if pool is None:
+            return fail(DatabaseUnavailable("not connected"))
+        query, params = refresh_statement(sorted(ids))
+        return self._timed(pool.runQuery(query, params)).addCallback(build_refreshed)
 
     def sync_file_routes(self, routes: Sequence[Route]) -> Deferred[None]:
         """Make C{static_routes} hold the routes file's C{routes} (see L{routes_sync})."""
