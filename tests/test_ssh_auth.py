@@ -1,6 +1,8 @@
 """
 Who may log in: the checker accepts a key only when it is one of the
-container owner's (compared as blobs) and the container runs with SSH on;
+container owner's (compared as blobs), signed with an algorithm the gateway
+verifies, and the container runs with SSH on; until an owner's key verified,
+an unknown container, a stopped one and another's key get the same answer;
 the userauth service refuses with messages the client prints, and logs
 every attempt.
 """
@@ -8,13 +10,16 @@ every attempt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport as ssh_transport
 from twisted.conch.ssh import userauth
 from twisted.conch.ssh.common import NS, getNS
+from twisted.conch.ssh.keys import Key
 from twisted.cred.credentials import SSHPrivateKey
 from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
@@ -26,12 +31,14 @@ from edd_gateway.ssh.auth import (
     ContainerKeyChecker,
     GatewayLogin,
     GatewayUserAuthServer,
+    KeyOffered,
     LoginRefused,
     fingerprint,
     is_owner_key,
     key_blob,
     unavailable_reason,
 )
+from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import SSHTarget
 from edd_gateway.state.model import ContainerSnapshot
 
@@ -39,13 +46,48 @@ from ._ssh_fakes import FakeFactory, RecordingSSH, attach, container, directory,
 
 SERVICE = b"ssh-connection"
 
+#: Every user key type the compute service accepts, with the signature
+#: algorithms the gateway verifies for it by default.
+USER_KEYS = {
+    "ed25519": (b"ssh-ed25519",),
+    "ecdsa-p256": (b"ecdsa-sha2-nistp256",),
+    "ecdsa-p384": (b"ecdsa-sha2-nistp384",),
+    "ecdsa-p521": (b"ecdsa-sha2-nistp521",),
+    "rsa": (b"rsa-sha2-256", b"rsa-sha2-512"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def typed_key(kind: str) -> Key:
+    """A private key of C{kind} (a L{USER_KEYS} name, or C{dsa}), the same one during a run."""
+    curves = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1, "ecdsa-p521": ec.SECP521R1}
+    if kind in curves:
+        return Key(ec.generate_private_key(curves[kind]()))
+    if kind == "rsa":
+        return Key(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    if kind == "dsa":
+        return Key(dsa.generate_private_key(key_size=1024))
+    assert kind == "ed25519"
+    return Key(ed25519.Ed25519PrivateKey.generate())
+
+
+def line_of(private: Key) -> str:
+    return private.public().toString("openssh", comment="someone@laptop").decode()
+
 
 def signed_credentials(username: bytes, name: str, session: bytes = b"session-id",
                        signer: str | None = None) -> SSHPrivateKey:
-    blob = key(name).public().blob()
-    algorithm = key(name).sshType()
+    return signed_with(username, key(name), key(signer or name), session=session)
+
+
+def signed_with(username: bytes, private: Key, signer: Key | None = None, algorithm: bytes | None = None,
+                signature_type: bytes | None = None, session: bytes = b"session-id") -> SSHPrivateKey:
+    """Credentials as Conch's userauth server makes them from a signed request."""
+    algorithm = algorithm or private.sshType()
+    blob = private.public().blob()
     data = _signed_data(session, username, algorithm, blob)
-    return SSHPrivateKey(username, algorithm, blob, data, key(signer or name).sign(data))
+    signature = (signer or private).sign(data, signatureType=signature_type or algorithm)
+    return SSHPrivateKey(username, algorithm, blob, data, signature)
 
 
 def _signed_data(session: bytes, username: bytes, algorithm: bytes, blob: bytes) -> bytes:
@@ -117,14 +159,32 @@ class CheckerTests(SynchronousTestCase):
     def check(self, credentials: Any) -> Deferred[Any]:
         return self.checker.requestAvatarId(credentials)
 
+    def offered(self, username: bytes, name: str) -> SSHPrivateKey:
+        return SSHPrivateKey(username, b"ssh-ed25519", key(name).public().blob(), None, None)
+
     def test_owner_key_signed_is_accepted(self) -> None:
         login = self.successResultOf(self.check(signed_credentials(b"www.abc123", "alice")))
         self.assertEqual(login, GatewayLogin(SSHTarget("abc123", "www"), self.containers.get("abc123"),
                                              fingerprint(key("alice").public().blob())))
 
     def test_owner_key_offered_asks_for_signature(self) -> None:
-        offered = SSHPrivateKey(b"abc123", b"ssh-ed25519", key("alice").public().blob(), None, None)
-        self.failureResultOf(self.check(offered), ValidPublicKey)
+        failure = self.failureResultOf(self.check(self.offered(b"abc123", "alice")), KeyOffered)
+        self.assertIsNone(failure.value.refusal)
+        self.assertIsInstance(failure.value, ValidPublicKey)
+
+    def test_any_key_offered_asks_for_signature(self) -> None:
+        # The same answer to a query whatever the container: the refusal
+        # comes after the signature, and only the log says why.
+        cases = {
+            b"abc123": "the key is not one of the container owner's keys",
+            b"stop1": "the key is not one of the container owner's keys (container stop1 is stopped)",
+            b"nossh1": ("the key is not one of the container owner's keys "
+                        "(SSH access is disabled for container nossh1)"),
+            b"nope": "container nope not found",
+        }
+        for username, refusal in cases.items():
+            failure = self.failureResultOf(self.check(self.offered(username, "mallory")), KeyOffered)
+            self.assertEqual(failure.value.refusal, refusal)
 
     def test_another_users_key_is_refused_even_signed(self) -> None:
         failure = self.failureResultOf(self.check(signed_credentials(b"abc123", "bob")), UnauthorizedLogin)
@@ -135,21 +195,33 @@ class CheckerTests(SynchronousTestCase):
         failure = self.failureResultOf(self.check(forged), UnauthorizedLogin)
         self.assertIn("signature", failure.getErrorMessage())
 
+    def test_garbage_signature_is_refused(self) -> None:
+        good = signed_credentials(b"abc123", "alice")
+        garbage = SSHPrivateKey(good.username, good.algName, good.blob, good.sigData, NS(b"ssh-ed25519") + b"\x00")
+        self.failureResultOf(self.check(garbage), UnauthorizedLogin)
+
     def test_stopped_container_told_to_the_owner(self) -> None:
         failure = self.failureResultOf(self.check(signed_credentials(b"stop1", "alice")), LoginRefused)
         self.assertEqual(str(failure.value), "container stop1 is stopped")
 
     def test_stopped_container_not_told_to_others(self) -> None:
-        self.failureResultOf(self.check(signed_credentials(b"stop1", "bob")), UnauthorizedLogin)
+        failure = self.failureResultOf(self.check(signed_credentials(b"stop1", "bob")), UnauthorizedLogin)
+        self.assertNotIsInstance(failure.value, LoginRefused)
+        self.assertIn("container stop1 is stopped", failure.getErrorMessage(), "the log says why")
+
+    def test_stopped_container_not_told_for_a_bad_signature(self) -> None:
+        forged = signed_credentials(b"stop1", "alice", signer="mallory")
+        failure = self.failureResultOf(self.check(forged), UnauthorizedLogin)
+        self.assertNotIsInstance(failure.value, LoginRefused)
 
     def test_ssh_disabled(self) -> None:
         failure = self.failureResultOf(self.check(signed_credentials(b"nossh1", "alice")), LoginRefused)
         self.assertIn("disabled", str(failure.value))
 
-    def test_unknown_container(self) -> None:
-        failure = self.failureResultOf(self.check(signed_credentials(b"nope", "alice")), LoginRefused)
-        self.assertEqual(str(failure.value), "container nope not found")
-        self.assertEqual(failure.value.code, ssh_transport.DISCONNECT_ILLEGAL_USER_NAME)
+    def test_unknown_container_is_permission_denied(self) -> None:
+        failure = self.failureResultOf(self.check(signed_credentials(b"nope", "alice")), UnauthorizedLogin)
+        self.assertNotIsInstance(failure.value, LoginRefused)
+        self.assertEqual(failure.getErrorMessage(), "container nope not found")
 
     def test_invalid_username(self) -> None:
         failure = self.failureResultOf(self.check(signed_credentials(b"bad!", "alice")), LoginRefused)
@@ -164,6 +236,73 @@ class CheckerTests(SynchronousTestCase):
         self.containers.replace("abc123", container("abc123", owner_keys=("alice-new",)))
         self.failureResultOf(self.check(signed_credentials(b"abc123", "alice")), UnauthorizedLogin)
         self.successResultOf(self.check(signed_credentials(b"abc123", "alice-new")))
+
+
+class KeyTypeTests(SynchronousTestCase):
+    """Every key type the compute service accepts, with the default configuration."""
+
+    def setUp(self) -> None:
+        lines = tuple(line_of(typed_key(kind)) for kind in (*USER_KEYS, "dsa"))
+        self.containers = directory(dataclasses.replace(container("abc123"), ssh_keys=lines))
+        self.checker = ContainerKeyChecker(self.containers)
+
+    def check(self, credentials: Any, checker: ContainerKeyChecker | None = None) -> Deferred[Any]:
+        return (checker or self.checker).requestAvatarId(credentials)
+
+    def test_each_key_type_and_algorithm_verifies(self) -> None:
+        for kind, algorithms in USER_KEYS.items():
+            for algorithm in algorithms:
+                login = self.successResultOf(self.check(signed_with(b"abc123", typed_key(kind),
+                                                                    algorithm=algorithm)))
+                self.assertEqual(login.fingerprint, fingerprint(typed_key(kind).public().blob()), kind)
+
+    def test_each_key_type_offered_asks_for_signature(self) -> None:
+        for kind, algorithms in USER_KEYS.items():
+            for algorithm in algorithms:
+                offered = SSHPrivateKey(b"abc123", algorithm, typed_key(kind).public().blob(), None, None)
+                self.assertIsNone(self.failureResultOf(self.check(offered), KeyOffered).value.refusal)
+
+    def test_sha1_rsa_signature_is_refused_by_default(self) -> None:
+        credentials = signed_with(b"abc123", typed_key("rsa"), algorithm=b"ssh-rsa")
+        failure = self.failureResultOf(self.check(credentials), UnauthorizedLogin)
+        self.assertIn("SHA-1 ssh-rsa", failure.getErrorMessage())
+        self.assertIn("--ssh-allow-sha1-rsa", failure.getErrorMessage())
+        offered = SSHPrivateKey(b"abc123", b"ssh-rsa", typed_key("rsa").public().blob(), None, None)
+        query = self.failureResultOf(self.check(offered), UnauthorizedLogin)
+        self.assertNotIsInstance(query.value, KeyOffered)  # the client is not asked to sign with SHA-1
+
+    def test_sha1_rsa_signature_when_allowed(self) -> None:
+        allowing = ContainerKeyChecker(self.containers, signatures=SignaturePolicy(allow_sha1_rsa=True))
+        self.successResultOf(self.check(signed_with(b"abc123", typed_key("rsa"), algorithm=b"ssh-rsa"), allowing))
+
+    def test_sha1_signature_under_a_sha2_name_is_refused(self) -> None:
+        # Conch's Key.verify hashes as the signature's own name says; the
+        # request's name must match it.
+        sneaky = signed_with(b"abc123", typed_key("rsa"), algorithm=b"rsa-sha2-256", signature_type=b"ssh-rsa")
+        failure = self.failureResultOf(self.check(sneaky), UnauthorizedLogin)
+        self.assertEqual(failure.getErrorMessage(), "the signature is ssh-rsa but the request names rsa-sha2-256")
+
+    def test_sha512_signature_under_the_sha256_name_is_refused(self) -> None:
+        mixed = signed_with(b"abc123", typed_key("rsa"), algorithm=b"rsa-sha2-256", signature_type=b"rsa-sha2-512")
+        self.failureResultOf(self.check(mixed), UnauthorizedLogin)
+
+    def test_algorithm_of_another_key_type_is_refused(self) -> None:
+        offered = SSHPrivateKey(b"abc123", b"ecdsa-sha2-nistp256", typed_key("ed25519").public().blob(), None, None)
+        failure = self.failureResultOf(self.check(offered), UnauthorizedLogin)
+        self.assertIn("not the signature algorithm of ssh-ed25519 keys", failure.getErrorMessage())
+        offered = SSHPrivateKey(b"abc123", b"ssh-ed25519", typed_key("rsa").public().blob(), None, None)
+        self.failureResultOf(self.check(offered), UnauthorizedLogin)
+
+    def test_dsa_is_refused(self) -> None:
+        failure = self.failureResultOf(self.check(signed_with(b"abc123", typed_key("dsa"))), UnauthorizedLogin)
+        self.assertEqual(failure.getErrorMessage(), "ssh-dss keys are not accepted")
+
+    def test_refusal_for_a_key_type_is_the_same_for_every_container(self) -> None:
+        answers = set()
+        for username in (b"abc123", b"nope"):
+            offered = SSHPrivateKey(username, b"ssh-dss", typed_key("dsa").public().blob(), None, None)
+            answers.add(self.failureResultOf(self.check(offered), UnauthorizedLogin).getErrorMessage())
+        self.assertEqual(answers, {"ssh-dss keys are not accepted"})
 
 
 class FakeRealm:
@@ -193,8 +332,13 @@ class StartedService:
 class UserAuthServerTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.containers = directory(container("abc123", owner_keys=("alice",)),
-                                    container("stop1", owner_keys=("alice",), status="stopped"))
+                                    container("stop1", owner_keys=("alice",), status="stopped"),
+                                    dataclasses.replace(container("rsa1"), ssh_keys=(line_of(typed_key("rsa")),)))
         self.realm = FakeRealm()
+        self.connect()
+
+    def connect(self) -> None:
+        """A new connection: C{self.ssh} and its userauth service C{self.server}."""
         factory = FakeFactory(self.containers, Portal(self.realm, [ContainerKeyChecker(self.containers)]))
         factory.services[SERVICE] = StartedService
         self.ssh = RecordingSSH(factory)
@@ -205,23 +349,96 @@ class UserAuthServerTests(SynchronousTestCase):
     def request(self, user: bytes, method: bytes, rest: bytes = b"") -> None:
         self.server.ssh_USERAUTH_REQUEST(NS(user) + NS(SERVICE) + NS(method) + rest)
 
-    def offer(self, user: bytes, name: str) -> None:
-        public = key(name).public()
-        self.request(user, b"publickey", b"\x00" + NS(public.sshType()) + NS(public.blob()))
+    def offer(self, user: bytes, name: str, algorithm: bytes | None = None, private: Key | None = None) -> None:
+        public = (private or key(name)).public()
+        self.request(user, b"publickey", b"\x00" + NS(algorithm or public.sshType()) + NS(public.blob()))
 
-    def sign(self, user: bytes, name: str) -> None:
-        public = key(name).public()
-        data = _signed_data(self.ssh.sessionID, user, public.sshType(), public.blob())
-        self.request(user, b"publickey",
-                     b"\x01" + NS(public.sshType()) + NS(public.blob()) + NS(key(name).sign(data)))
+    def sign(self, user: bytes, name: str, algorithm: bytes | None = None, private: Key | None = None) -> None:
+        private = private or key(name)
+        public = private.public()
+        algorithm = algorithm or public.sshType()
+        data = _signed_data(self.ssh.sessionID, user, algorithm, public.blob())
+        self.request(user, b"publickey", b"\x01" + NS(algorithm) + NS(public.blob())
+                     + NS(private.sign(data, signatureType=algorithm)))
 
-    def test_unknown_container_is_told_at_once(self) -> None:
+    def test_unknown_container_is_permission_denied(self) -> None:
         with capturedLogs() as events:
             self.request(b"nope", b"none")
-        self.assertEqual(self.ssh.disconnected, (ssh_transport.DISCONNECT_ILLEGAL_USER_NAME,
-                                                 b"container nope not found"))
-        self.assertTrue(any("refused" in str(e.get("outcome")) and e.get("client") == "203.0.113.7:50123"
-                            for e in events))
+            self.offer(b"nope", "alice")
+            self.sign(b"nope", "alice")
+        self.assertIsNone(self.ssh.disconnected)
+        self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_PK_OK,
+                                                  userauth.MSG_USERAUTH_FAILURE])
+        refused = [e for e in events if e.get("outcome") == "refused"]
+        self.assertEqual([(e["client"], e["why"], e["offered"]) for e in refused],
+                         [("203.0.113.7:50123", ": container nope not found", " (offered)"),
+                          ("203.0.113.7:50123", ": container nope not found", "")])
+
+    def refusal_seen_by_the_client(self, user: bytes) -> list[tuple[int, bytes]]:
+        """What a client offering, then signing with, mallory's key to C{user} receives on a new connection."""
+        self.connect()
+        self.request(user, b"none")
+        self.offer(user, "mallory")
+        self.sign(user, "mallory")
+        self.assertIsNone(self.ssh.disconnected)
+        return self.ssh.take()
+
+    def test_unknown_stopped_and_another_key_look_the_same(self) -> None:
+        with capturedLogs() as events:
+            seen = {user: self.refusal_seen_by_the_client(user) for user in (b"nope", b"stop1", b"abc123")}
+        self.assertEqual(seen[b"nope"], seen[b"stop1"])
+        self.assertEqual(seen[b"nope"], seen[b"abc123"])
+        self.assertEqual(kinds(seen[b"nope"]), [userauth.MSG_USERAUTH_FAILURE, userauth.MSG_USERAUTH_PK_OK,
+                                                userauth.MSG_USERAUTH_FAILURE])
+        why = {(e["container"], e["why"]) for e in events if e.get("outcome") == "refused"}
+        self.assertEqual(why, {
+            ("nope", ": container nope not found"),
+            ("stop1", ": the key is not one of the container owner's keys (container stop1 is stopped)"),
+            ("abc123", ": the key is not one of the container owner's keys"),
+        })
+        self.assertEqual(self.realm.logins, [])
+
+    def test_the_owner_is_told_the_container_is_stopped_after_signing(self) -> None:
+        self.offer(b"stop1", "alice")
+        self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_PK_OK])
+        self.assertIsNone(self.ssh.disconnected)
+        self.sign(b"stop1", "alice")
+        self.assertEqual(self.ssh.disconnected, (ssh_transport.DISCONNECT_SERVICE_NOT_AVAILABLE,
+                                                 b"container stop1 is stopped"))
+
+    def test_every_refusal_is_a_strike(self) -> None:
+        # The transport's outcome "refused" is what strikes when the
+        # connection ends (GatewayServerTransport.connectionLost).
+        for user, name in ((b"nope", "alice"), (b"stop1", "mallory"), (b"abc123", "mallory"),
+                           (b"stop1", "alice")):
+            self.connect()
+            self.offer(user, name)
+            self.assertEqual(getattr(self.ssh, "outcome", None), "refused", (user, name))
+
+    def test_an_owner_query_left_unsigned_is_a_strike_too(self) -> None:
+        # Otherwise ban strikes would tell an owner's key from another's.
+        self.offer(b"abc123", "alice")
+        self.assertEqual(getattr(self.ssh, "outcome", None), "refused")
+
+    def test_rsa_sha2_signatures_log_in(self) -> None:
+        for algorithm in (b"rsa-sha2-256", b"rsa-sha2-512"):
+            self.connect()
+            self.offer(b"rsa1", "", algorithm, typed_key("rsa"))
+            self.sign(b"rsa1", "", algorithm, typed_key("rsa"))
+            self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_PK_OK, userauth.MSG_USERAUTH_SUCCESS])
+
+    def test_sha1_rsa_signature_is_refused_and_logged(self) -> None:
+        with capturedLogs() as events:
+            self.sign(b"rsa1", "", b"ssh-rsa", typed_key("rsa"))
+        self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_FAILURE])
+        self.assertEqual(self.realm.logins, [])
+        [event] = [e for e in events if e.get("outcome") == "refused"]
+        self.assertEqual(event["client"], "203.0.113.7:50123")
+        self.assertIn("SHA-1 ssh-rsa signature algorithm is refused", event["why"])
+
+    def test_sha1_rsa_query_is_refused(self) -> None:
+        self.offer(b"rsa1", "", b"ssh-rsa", typed_key("rsa"))
+        self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_FAILURE])
 
     def test_invalid_name_is_told_at_once(self) -> None:
         self.request(b"a b", b"none")
@@ -243,10 +460,11 @@ class UserAuthServerTests(SynchronousTestCase):
         self.offer(b"abc123", "alice")
         self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_PK_OK])
 
-    def test_other_key_offer_fails_and_is_logged(self) -> None:
+    def test_other_key_offer_is_logged_as_refused(self) -> None:
         with capturedLogs() as events:
             self.offer(b"abc123", "mallory")
-        self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_FAILURE])
+        public = key("mallory").public()
+        self.assertEqual(self.ssh.take(), [(userauth.MSG_USERAUTH_PK_OK, NS(b"ssh-ed25519") + NS(public.blob()))])
         [event] = [e for e in events if e.get("outcome") == "refused"]
         self.assertEqual(event["container"], "abc123")
         self.assertEqual(event["fingerprint"], fingerprint(key("mallory").public().blob()))

@@ -8,14 +8,20 @@ restarts; keepalives give up silent peers.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
 from twisted.conch.interfaces import IConchUser
+from twisted.conch.ssh.connection import SSHConnection
+from twisted.conch.ssh.keys import Key
+from twisted.conch.ssh.transport import DISCONNECT_SERVICE_NOT_AVAILABLE, SSHClientTransport
+from twisted.conch.ssh.userauth import MSG_USERAUTH_FAILURE, MSG_USERAUTH_PK_OK, SSHUserAuthClient
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.sniff import SniffingFactory, Verdict
@@ -26,6 +32,7 @@ from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.username import SSHTarget
 
 from ._ssh_fakes import container, directory, key
+from .test_ssh_auth import line_of, typed_key
 
 PEER = IPv4Address("TCP", "198.51.100.9", 40000)
 
@@ -87,6 +94,16 @@ class FactoryTests(SynchronousTestCase):
         self.assertRaises(ValueError, GatewaySSHFactory, directory(), MemoryHostKeyPins(), [], key("client"),
                           self.reactor)
 
+    def test_rsa_host_key_signs_with_sha2_only(self) -> None:
+        keys = [key("host"), typed_key("rsa")]
+        default = GatewaySSHFactory(directory(), MemoryHostKeyPins(), keys, key("client"), self.reactor)
+        self.assertEqual(default.buildProtocol(PEER).supportedPublicKeys,
+                         [b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256"])
+        allowing = GatewaySSHFactory(directory(), MemoryHostKeyPins(), keys, key("client"), self.reactor,
+                                     SSHSettings(allow_sha1_rsa=True))
+        self.assertEqual(allowing.buildProtocol(PEER).supportedPublicKeys,
+                         [b"ssh-ed25519", b"rsa-sha2-512", b"rsa-sha2-256", b"ssh-rsa"])
+
     def test_offers_its_keys_and_fixed_groups(self) -> None:
         ssh = self.factory.buildProtocol(PEER)
         self.assertEqual(ssh.supportedPublicKeys, [b"ssh-ed25519"])
@@ -112,7 +129,8 @@ class FactoryTests(SynchronousTestCase):
 
     def test_handed_over_by_the_sniffer(self) -> None:
         ssh, wire = self.sniffed(b"SSH-2.0-OpenSSH_9.2\r\n")
-        self.assertTrue(wire.value().startswith(b"SSH-2.0-Twisted"))
+        # The product, without the gateway's or Twisted's version.
+        self.assertTrue(wire.value().startswith(b"SSH-2.0-edd_gateway\r\n"))
         self.assertEqual(ssh.otherVersionString, b"SSH-2.0-OpenSSH_9.2")
 
     def test_silent_client_gets_the_server_version(self) -> None:
@@ -154,6 +172,104 @@ class FactoryTests(SynchronousTestCase):
         target = replace(container(external_ip=None), namespace="compute-u1-abc123")
         ssh.avatar = SimpleNamespace(login=GatewayLogin(SSHTarget("abc123", "root"), target, "SHA256:x"))
         self.assertEqual(ssh._record().backend, "lb.compute-u1-abc123.svc.cluster.local:2022")
+
+
+class ConchUserAuth(SSHUserAuthClient):
+    """A client's ssh-userauth offering one key; records every packet it receives."""
+
+    def __init__(self, user: bytes, private: Key) -> None:
+        super().__init__(user, SSHConnection())
+        self.private = private
+        self.received: list[tuple[int, bytes]] = []
+
+    def packetReceived(self, messageNum: int, packet: bytes) -> Any:
+        self.received.append((messageNum, packet))
+        return super().packetReceived(messageNum, packet)
+
+    def getPublicKey(self) -> Key | None:
+        return None if self.triedPublicKeys else self.private.public()
+
+    def getPrivateKey(self) -> Any:
+        return succeed(self.private)
+
+
+class ConchClient(SSHClientTransport):
+    """A raw Conch client: trusts any host key, asks for ssh-userauth, records the server's goodbye."""
+
+    def __init__(self, auth: ConchUserAuth) -> None:
+        self.auth = auth
+        self.goodbye: tuple[int, bytes] | None = None
+
+    def verifyHostKey(self, hostKey: bytes, fingerprint: bytes) -> Any:
+        return succeed(True)
+
+    def connectionSecure(self) -> None:
+        self.requestService(self.auth)
+
+    def receiveError(self, reasonCode: int, description: bytes) -> None:
+        self.goodbye = (reasonCode, description)
+
+
+class Strikes:
+    def __init__(self) -> None:
+        self.hosts: list[str] = []
+
+    def ssh_login_refused(self, host: str) -> None:
+        self.hosts.append(host)
+
+
+class ConchClientTests(SynchronousTestCase):
+    """A real (Conch) client against the gateway's transport, in memory."""
+
+    def setUp(self) -> None:
+        self.reactor = MemoryReactorClock()
+        owned = (line_of(key("alice")),)
+        self.containers = directory(replace(container("abc123"), ssh_keys=owned),
+                                    replace(container("stop01", status="stopped"), ssh_keys=owned))
+
+    def login(self, user: bytes, private: Key, settings: SSHSettings = SSHSettings(),
+              host_keys: tuple[Key, ...] = ()) -> ConchClient:
+        factory = GatewaySSHFactory(self.containers, MemoryHostKeyPins(), list(host_keys) or [key("host")],
+                                    key("client"), self.reactor, settings)
+        factory.admission = self.strikes = Strikes()
+        server = factory.buildProtocol(PEER)
+        client = ConchClient(ConchUserAuth(user, private))
+        pump = iosim.connect(server, iosim.FakeTransport(server, isServer=True, peerAddress=PEER),
+                             client, iosim.FakeTransport(client, isServer=False), greet=False)
+        pump.flush()
+        self.addCleanup(server.connectionLost, None)
+        return client
+
+    def test_server_sig_algs_lists_the_verified_algorithms(self) -> None:
+        expected = (b"ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,"
+                    b"rsa-sha2-512,rsa-sha2-256")
+        for host_keys in ((key("host"),), (key("host"), typed_key("rsa"))):
+            client = self.login(b"abc123", key("alice"), host_keys=host_keys)
+            self.assertEqual(client.peerExtensions, {b"server-sig-algs": expected})
+        allowing = self.login(b"abc123", key("alice"), SSHSettings(allow_sha1_rsa=True))
+        self.assertEqual(allowing.peerExtensions, {b"server-sig-algs": expected + b",ssh-rsa"})
+
+    def test_banner(self) -> None:
+        self.assertEqual(self.login(b"abc123", key("alice")).otherVersionString, b"SSH-2.0-edd_gateway")
+
+    def test_unknown_stopped_and_another_key_get_the_same_bytes(self) -> None:
+        seen = {}
+        for user in (b"nope99", b"stop01", b"abc123"):
+            client = self.login(user, key("mallory"))
+            seen[user] = client.auth.received
+            self.assertIsNone(client.goodbye, user)
+            self.assertEqual(self.strikes.hosts, [PEER.host], user)
+        self.assertEqual(seen[b"nope99"], seen[b"stop01"])
+        self.assertEqual(seen[b"nope99"], seen[b"abc123"])
+        # none, then the query, then the signature.
+        self.assertEqual([kind for kind, _ in seen[b"nope99"]], [MSG_USERAUTH_FAILURE, MSG_USERAUTH_PK_OK,
+                                                                 MSG_USERAUTH_FAILURE])
+
+    def test_the_owner_is_told(self) -> None:
+        client = self.login(b"stop01", key("alice"))
+        self.assertEqual([kind for kind, _ in client.auth.received], [MSG_USERAUTH_FAILURE, MSG_USERAUTH_PK_OK])
+        self.assertEqual(client.goodbye, (DISCONNECT_SERVICE_NOT_AVAILABLE, b"container stop01 is stopped"))
+        self.assertEqual(self.strikes.hosts, [PEER.host])
 
 
 class RealmTests(SynchronousTestCase):

@@ -100,6 +100,10 @@ class OptionsTests(SynchronousTestCase):
         settings = options.ssh_settings()
         self.assertEqual((settings.ssh_port, settings.connect_timeout, settings.login_grace_time), (2022, 3.0, 7.0))
 
+    def test_sha1_rsa_is_off_unless_asked(self) -> None:
+        self.assertFalse(parse().ssh_settings().allow_sha1_rsa)
+        self.assertTrue(parse("--ssh-allow-sha1-rsa").ssh_settings().allow_sha1_rsa)
+
 
 class ServiceTreeTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -119,6 +123,15 @@ class ServiceTreeTests(SynchronousTestCase):
     def listeners(self, services: list[Any]) -> list[Any]:
         """The client-facing listeners (not the admin endpoint)."""
         return [s for s in services if isinstance(s, StreamServerEndpointService) and not isinstance(s.factory, Site)]
+
+    def test_sha1_rsa_allowed_is_logged_at_start(self) -> None:
+        from twisted.logger import capturedLogs
+
+        with capturedLogs() as events:
+            _, services = self.build("--ssh-allow-sha1-rsa")
+        ssh = self.listeners(services)[0].factory.handlers[Verdict.SSH]
+        self.assertTrue(ssh.signatures.allow_sha1_rsa)
+        self.assertTrue(any("--ssh-allow-sha1-rsa" in e.get("log_format", "") for e in events))
 
     def test_embedded_default(self) -> None:
         _, services = self.build()
