@@ -327,9 +327,12 @@ class SSHEndToEndTests(TestCase):
         self.assertEqual(done.exit_code, 255)
         self.assertIn(b"container stop1 is stopped", bytes(done.err))
 
-    async def test_unknown_container_message(self) -> None:
+    async def test_unknown_container_is_permission_denied(self) -> None:
+        # As for another's key: which containers exist is not told.
         done = await self.ssh(f"{self.user('nope42')}@127.0.0.1", "true")
-        self.assertIn(b"container nope42 not found", bytes(done.err))
+        self.assertEqual(done.exit_code, 255)
+        self.assertIn(b"Permission denied (publickey)", bytes(done.err))
+        self.assertNotIn(b"not found", bytes(done.err))
 
     async def test_container_without_the_gateway_key(self) -> None:
         (self.work / "authorized_keys").write_text("")
