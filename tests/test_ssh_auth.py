@@ -423,9 +423,12 @@ class UserAuthServerTests(SynchronousTestCase):
     def test_rsa_sha2_signatures_log_in(self) -> None:
         for algorithm in (b"rsa-sha2-256", b"rsa-sha2-512"):
             self.connect()
-            self.offer(b"rsa1", "", algorithm, typed_key("rsa"))
-            self.sign(b"rsa1", "", algorithm, typed_key("rsa"))
+            with capturedLogs() as events:
+                self.offer(b"rsa1", "", algorithm, typed_key("rsa"))
+                self.sign(b"rsa1", "", algorithm, typed_key("rsa"))
             self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_PK_OK, userauth.MSG_USERAUTH_SUCCESS])
+            [accepted] = [e for e in events if e.get("outcome") == "accepted"]
+            self.assertEqual(accepted["algorithm"], algorithm.decode() + " ")
 
     def test_sha1_rsa_signature_is_refused_and_logged(self) -> None:
         with capturedLogs() as events:
@@ -433,7 +436,7 @@ class UserAuthServerTests(SynchronousTestCase):
         self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_FAILURE])
         self.assertEqual(self.realm.logins, [])
         [event] = [e for e in events if e.get("outcome") == "refused"]
-        self.assertEqual(event["client"], "203.0.113.7:50123")
+        self.assertEqual((event["client"], event["algorithm"]), ("203.0.113.7:50123", "ssh-rsa "))
         self.assertIn("SHA-1 ssh-rsa signature algorithm is refused", event["why"])
 
     def test_sha1_rsa_query_is_refused(self) -> None:

@@ -220,6 +220,8 @@ class _Attempt:
     username: str
     fingerprint: str
     signed: bool
+    #: The signature algorithm the request names (shown, "" when none).
+    algorithm: str = ""
 
 
 class GatewayUserAuthServer(SSHUserAuthServer):
@@ -274,7 +276,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             algorithm, blob = getNS(packet[1:], 2)[:2]
         except (IndexError, ValueError, TypeError, struct.error):
             algorithm, blob = b"", b""
-        attempt = self._attempt(self.user, blob, signed)
+        attempt = self._attempt(self.user, blob, signed, algorithm)
         if attempt.fingerprint == UNREADABLE_KEY:
             # Conch's own parsing lets malformed blobs raise out of the
             # packet handler; refuse them here instead.
@@ -343,13 +345,15 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         if self.transport is not None:
             self.transport.outcome = "refused"  # type: ignore[attr-defined]
 
-    def _attempt(self, username: bytes, blob: bytes | None, signed: bool) -> _Attempt:
+    def _attempt(self, username: bytes, blob: bytes | None, signed: bool, algorithm: bytes = b"") -> _Attempt:
         peer = self.transport.transport.getPeer()  # type: ignore[union-attr]
         return _Attempt(
             client=describe_peer(peer),
             username=username.decode("ascii", "backslashreplace"),
             fingerprint="-" if blob is None else fingerprint(blob),
             signed=signed,
+            # Escaped (a client's bytes), without quotes: names are plain ASCII.
+            algorithm=repr(algorithm[:64].decode("ascii", "backslashreplace"))[1:-1],
         )
 
     def _logAttempt(self, attempt: _Attempt, outcome: str, why: str = "") -> None:
@@ -364,9 +368,10 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         except InvalidUsername:
             container = "-"
         _log.info(
-            "ssh: login {outcome} from {client} user {username} container {container} key {fingerprint}"
+            "ssh: login {outcome} from {client} user {username} container {container} key {algorithm}{fingerprint}"
             "{offered}{why}",
             outcome=outcome, client=attempt.client, username=shown(attempt.username), container=container,
+            algorithm=f"{attempt.algorithm} " if attempt.algorithm else "",
             fingerprint=attempt.fingerprint, offered="" if attempt.signed else " (offered)",
             why=f": {why}" if why else "",
         )
