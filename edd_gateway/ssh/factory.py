@@ -35,6 +35,8 @@ from edd_gateway.containers import ContainerAddressing
 from edd_gateway.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh._transport_crypto import ServerTransportCrypto
+from edd_gateway.ssh.algorithms import Algorithms
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserAuthServer
 from edd_gateway.ssh.connection import DownstreamConnection
 from edd_gateway.ssh.hostkey import load_host_keys, load_or_create_key
@@ -87,13 +89,16 @@ class SSHSettings:
     host_key_policy: HostKeyPolicy = HostKeyPolicy.PIN_PER_RUN
     forget_command: str = FORGET_COMMAND
     allow_sha1_rsa: bool = False
+    #: Key exchanges, ciphers and MACs offered on both sides (C{--ssh-kex},
+    #: C{--ssh-ciphers}, C{--ssh-macs}; L{edd_gateway.ssh.algorithms}).
+    algorithms: Algorithms = Algorithms()
 
     def upstream(self) -> UpstreamSettings:
         return UpstreamSettings(port=self.ssh_port, timeout=self.connect_timeout,
                                 keepalive_interval=self.keepalive_interval,
                                 keepalive_max_missed=self.keepalive_max_missed,
                                 proxy_protocol=self.proxy_protocol, host_key_policy=self.host_key_policy,
-                                forget_command=self.forget_command)
+                                forget_command=self.forget_command, algorithms=self.algorithms)
 
 
 class GatewayAvatar(ConchUser):
@@ -147,7 +152,7 @@ class UpstreamRealm:
         return connecting.addCallback(ready)
 
 
-class GatewayServerTransport(ssh_transport.SSHServerTransport):
+class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTransport):
     """
     The user's SSH transport: login grace time from the first byte, dead-peer
     keepalives after login.  It copes with being handed a connection by the
@@ -161,12 +166,8 @@ class GatewayServerTransport(ssh_transport.SSHServerTransport):
     #: RFC 4253, 4.2: the software version is printable ASCII without
     #: spaces or '-', hence the underscore.
     ourVersionString = b"SSH-2.0-edd_gateway"
-    # CTR with HMAC only.  Conch has no strict key exchange, so offering
-    # chacha20-poly1305 or an EtM MAC would expose users to Terrapin
-    # (CVE-2023-48795); CBC and MD5 are left out as obsolete.  Every OpenSSH
-    # client since 5.x offers these.
-    supportedCiphers = [b"aes128-ctr", b"aes192-ctr", b"aes256-ctr"]
-    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512", b"hmac-sha1"]
+    # Ciphers, MACs, key exchanges, strict kex and the packet framing:
+    # ServerTransportCrypto (edd_gateway.ssh._transport_crypto).
     supportedCompressions = [b"none"]
     #: Set by an C{--ssh-listen haproxy:} listener: admission waits for the
     #: client's first bytes, the first that come after the PROXY header
@@ -309,8 +310,8 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.admission: Any = None
         self.privateKeys = {key.sshType(): key for key in host_keys}
         self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}
-        # No moduli file: the fixed groups and elliptic curves serve every
-        # OpenSSH release of the last decade.
+        # No moduli file: no Diffie-Hellman group exchange is offered
+        # (edd_gateway.ssh.algorithms.KEX).
         self.primes = None
         self.runs = RunWatch(directory, pins) if settings.host_key_policy is HostKeyPolicy.PIN_PER_RUN else None
         self.connector = UpstreamConnector(reactor, client_key, pins, settings.upstream(), addressing=addressing,
@@ -329,8 +330,7 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         ssh = self.protocol()
         ssh.factory = self
         ssh.supportedPublicKeys = self.signatures.host_key_algorithms(self.privateKeys.values())
-        ssh.supportedKeyExchanges = [kex for kex in ssh.supportedKeyExchanges
-                                     if not kex.startswith(b"diffie-hellman-group-exchange-")]
+        ssh.useAlgorithms(self.settings.algorithms)
         return ssh
 
 

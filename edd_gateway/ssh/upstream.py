@@ -37,6 +37,8 @@ from edd_gateway._transport import set_no_delay
 from edd_gateway.containers import ContainerAddressing
 from edd_gateway.proxyprotocol import header as proxy_header
 from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh._transport_crypto import ClientTransportCrypto
+from edd_gateway.ssh.algorithms import Algorithms
 from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
 from edd_gateway.ssh.connection import RelayConnection
 from edd_gateway.ssh.hostkey import public_text
@@ -65,6 +67,8 @@ class UpstreamSettings:
     proxy_protocol: str | None = None
     host_key_policy: HostKeyPolicy = HostKeyPolicy.PIN_PER_RUN
     forget_command: str = FORGET_COMMAND
+    #: Key exchanges, ciphers and MACs offered to containers.
+    algorithms: Algorithms = Algorithms()
 
 #: The user's connection to the gateway, as (client address, address the
 #: client connected to): what a PROXY protocol header says.
@@ -270,23 +274,19 @@ class _Attempt:
         self._deadline = None
 
 
-class UpstreamTransport(ssh_transport.SSHClientTransport):
-    """The SSH client transport to one container."""
+class UpstreamTransport(ClientTransportCrypto, ssh_transport.SSHClientTransport):
+    """
+    The SSH client transport to one container.  Algorithms, strict kex and
+    packet framing: L{ClientTransportCrypto}; host key algorithms:
+    L{edd_gateway.ssh.algorithms.CONTAINER_HOST_KEYS} (Ed25519 first, the
+    key pinned when a container has one).
+    """
 
     _log = conch_logger()
-    # Fastest first among what OpenSSH's sshd accepts by default (AES-CTR is
-    # AES-NI fast; the MAC is most of the cost per byte), and only modes that
-    # Terrapin cannot reach without strict key exchange, which Conch lacks.
-    supportedCiphers = [b"aes128-ctr", b"aes256-ctr", b"aes192-ctr"]
-    supportedMACs = [b"hmac-sha2-256", b"hmac-sha2-512", b"hmac-sha1"]
-    supportedCompressions = [b"none"]
-    # Pin the Ed25519 key when the container has one: it is what OpenSSH
-    # generates first and it never changes with the signature algorithm.
-    supportedPublicKeys = [b"ssh-ed25519", *(k for k in ssh_transport.SSHClientTransport.supportedPublicKeys
-                                             if k != b"ssh-ed25519")]
 
     def __init__(self, attempt: _Attempt) -> None:
         self.attempt = attempt
+        self.useAlgorithms(attempt.connector.settings.algorithms)
         self.goodbye: str | None = None
         self.keepalive: Keepalive | None = None
 
@@ -343,6 +343,11 @@ class UpstreamTransport(ssh_transport.SSHClientTransport):
 
     def receiveError(self, reasonCode: int, description: bytes) -> None:
         self.goodbye = description.decode("utf-8", "replace")[:200]
+
+    def algorithmsRefused(self, description: str) -> None:
+        super().algorithmsRefused(description)
+        self.attempt.refuse(f"container {self.attempt.container.id}'s sshd offers no SSH algorithms the gateway "
+                            f"accepts ({description})")
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         if self.keepalive is not None:

@@ -1,0 +1,380 @@
+"""
+SSH binary packet protection (RFC 4253, section 6) for every cipher and MAC
+the gateway speaks, on top of C{cryptography}'s primitives: no Conch, no
+transport.  For one direction of one connection, an L{Outgoing} turns a
+message into the bytes on the wire (L{Outgoing.seal}) and an L{Incoming}
+takes the next message off the bytes received (L{Incoming.open}), raising
+L{PacketError} (with the SSH disconnect reason) for a packet that must end
+the connection.
+
+The constructions:
+
+ - C{none} before the first key exchange (L{Plain});
+ - C{chacha20-poly1305@openssh.com} (OpenSSH's PROTOCOL.chacha20poly1305,
+   L{ChaChaPoly}): 64 bytes of key, the first 32 (K_2) for the payload and
+   the Poly1305 key, the last 32 (K_1) for the 4-byte length, each ChaCha20
+   instance with the sequence number as its 64-bit nonce;
+ - C{aes128-gcm@openssh.com}, C{aes256-gcm@openssh.com} (RFC 5647,
+   L{AESGCM}): the length in clear as the associated data, a 12-byte nonce
+   of 4 fixed bytes and an 8-byte invocation counter that counts packets;
+ - AES-CTR with HMAC-SHA2, encrypt-and-MAC (RFC 4253, RFC 6668) or OpenSSH's
+   encrypt-then-MAC C{-etm@openssh.com} variants (L{CTR}): EtM sends the
+   length in clear and MACs the sequence number and the whole encrypted
+   packet, so nothing is decrypted before it is authenticated.
+
+Every construction but E&M checks the MAC or tag before it decrypts a byte
+of payload.  Cipher contexts are kept where the construction allows it (the
+CTR streams, the AES-GCM key); ChaCha20 needs new contexts per packet, as
+its nonce is the sequence number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from dataclasses import dataclass
+from hmac import compare_digest
+from typing import Callable
+
+from cryptography.exceptions import InvalidSignature, InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM as _AESGCM
+from cryptography.hazmat.primitives.poly1305 import Poly1305
+
+#: The largest packet accepted (OpenSSH's PACKET_MAX_SIZE): RFC 4253 asks for
+#: 35000 bytes at least; every peer sends what the other's channel allows.
+MAX_PACKET = 256 * 1024
+
+#: RFC 4253, section 11.1.
+DISCONNECT_PROTOCOL_ERROR = 2
+DISCONNECT_MAC_ERROR = 5
+
+_LENGTH = struct.Struct(">L")
+_HEAD = struct.Struct(">LB")
+_HEAD_TYPE = struct.Struct(">LBB")
+_PAD_TYPE = struct.Struct(">BB")
+_ZEROS = bytes(64)
+_random: Callable[[int], bytes] = os.urandom
+
+
+class PacketError(Exception):
+    """A packet that ends the connection: C{code} is the SSH disconnect reason."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _padding(covered: int, block: int) -> int:
+    """Padding bytes so that C{covered} plus them is a multiple of C{block}, at least 4 (RFC 4253, 6)."""
+    pad = block - covered % block
+    return pad + block if pad < 4 else pad
+
+
+def _check_length(length: int, block: int, covered_extra: int) -> None:
+    """
+    A packet length read off the wire: bounded, and aligned to the cipher's
+    block (C{covered_extra} is 4 where the length field itself is encrypted
+    as part of the first block, 0 where it travels apart).
+    """
+    if length < 5 or length > MAX_PACKET:
+        raise PacketError(DISCONNECT_PROTOCOL_ERROR, f"bad packet length {length}")
+    if (length + covered_extra) % block:
+        raise PacketError(DISCONNECT_PROTOCOL_ERROR, f"bad packet length {length} (not a multiple of {block})")
+
+
+def _payload(packet: bytes | memoryview, start: int, end: int) -> bytes:
+    """The payload of C{packet[start:end]}, the padding length byte first (RFC 4253, 6)."""
+    pad = packet[start]
+    if pad < 4 or end - start - 1 - pad < 1:
+        raise PacketError(DISCONNECT_PROTOCOL_ERROR, f"bad padding length {pad}")
+    return bytes(packet[start + 1:end - pad])
+
+
+class Outgoing:
+    """Seals messages for the wire, one direction of one connection."""
+
+    #: The cipher's block size (what Conch's C{encBlockSize} says).
+    block = 8
+
+    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
+        """The packet for message C{message_type} with C{payload}, as sequence number C{seq}."""
+        raise NotImplementedError
+
+
+class Incoming:
+    """Takes messages off the bytes received, one direction of one connection."""
+
+    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+        """
+        The next message in C{buf} (its type byte first), as sequence number
+        C{seq}, and how many bytes of C{buf} it took; None until the whole
+        packet is there.  The same C{buf} prefix and C{seq} come back on the
+        next call while it returns None.
+        """
+        raise NotImplementedError
+
+
+class Plain(Outgoing, Incoming):
+    """No cipher and no MAC: the packets of the first key exchange."""
+
+    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
+        pad = _padding(6 + len(payload), 8)
+        return _HEAD_TYPE.pack(2 + len(payload) + pad, pad, message_type) + payload + _random(pad)
+
+    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+        if len(buf) < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buf)
+        _check_length(length, 8, 4)
+        if len(buf) < 4 + length:
+            return None
+        return _payload(buf, 4, 4 + length), 4 + length
+
+
+class _HMAC:
+    """HMAC (RFC 2104) with the keyed inner and outer states computed once, copied per packet."""
+
+    __slots__ = ("_inner", "_outer", "size")
+
+    def __init__(self, hash_name: str, key: bytes) -> None:
+        inner = hashlib.new(hash_name)
+        self.size = inner.digest_size
+        key = key[:self.size].ljust(inner.block_size, b"\0")
+        inner.update(bytes(b ^ 0x36 for b in key))
+        outer = hashlib.new(hash_name)
+        outer.update(bytes(b ^ 0x5C for b in key))
+        self._inner, self._outer = inner, outer
+
+    def digest(self, seq: int, *parts: bytes | memoryview) -> bytes:
+        inner = self._inner.copy()
+        inner.update(_LENGTH.pack(seq))
+        for part in parts:
+            inner.update(part)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
+class CTROut(Outgoing):
+    """AES-CTR with HMAC-SHA2, encrypt-and-MAC or (C{etm}) encrypt-then-MAC."""
+
+    block = 16
+
+    def __init__(self, key: bytes, iv: bytes, mac: _HMAC, etm: bool) -> None:
+        self._encrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update
+        self._mac = mac
+        self._etm = etm
+
+    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
+        if self._etm:
+            pad = _padding(2 + len(payload), 16)
+            head = _LENGTH.pack(2 + len(payload) + pad)
+            body = self._encrypt(_PAD_TYPE.pack(pad, message_type) + payload + _random(pad))
+            return b"".join((head, body, self._mac.digest(seq, head, body)))
+        pad = _padding(6 + len(payload), 16)
+        packet = _HEAD_TYPE.pack(2 + len(payload) + pad, pad, message_type) + payload + _random(pad)
+        return self._encrypt(packet) + self._mac.digest(seq, packet)
+
+
+class CTRIn(Incoming):
+    """See L{CTROut}.  E&M decrypts the first block to learn the length, and keeps it until the packet is whole."""
+
+    def __init__(self, key: bytes, iv: bytes, mac: _HMAC, etm: bool) -> None:
+        self._decrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor().update
+        self._mac = mac
+        self._etm = etm
+        self._first: bytes | None = None
+
+    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+        if self._etm:
+            return self._openEtM(buf, seq)
+        first = self._first
+        if first is None:
+            if len(buf) < 16:
+                return None
+            first = self._first = self._decrypt(buf[:16])
+        (length,) = _LENGTH.unpack_from(first)
+        _check_length(length, 16, 4)
+        end = 4 + length
+        if len(buf) < end + self._mac.size:
+            return None
+        self._first = None
+        packet = first + self._decrypt(memoryview(buf)[16:end])
+        if not compare_digest(self._mac.digest(seq, packet), buf[end:end + self._mac.size]):
+            raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC")
+        return _payload(packet, 4, end), end + self._mac.size
+
+    def _openEtM(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+        if len(buf) < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buf)
+        _check_length(length, 16, 0)
+        end = 4 + length
+        if len(buf) < end + self._mac.size:
+            return None
+        view = memoryview(buf)
+        if not compare_digest(self._mac.digest(seq, view[:end]), buf[end:end + self._mac.size]):
+            raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC")
+        return _payload(self._decrypt(view[4:end]), 0, length), end + self._mac.size
+
+
+class AESGCMOut(Outgoing):
+    """AES-GCM as RFC 5647 has it: the length as associated data, a per-packet invocation counter."""
+
+    block = 16
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aead = _AESGCM(key)
+        self._fixed = iv[:4]
+        self._counter = int.from_bytes(iv[4:12], "big")
+
+    def _nonce(self) -> bytes:
+        counter = self._counter
+        self._counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
+        return self._fixed + counter.to_bytes(8, "big")
+
+    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
+        pad = _padding(2 + len(payload), 16)
+        head = _LENGTH.pack(2 + len(payload) + pad)
+        return head + self._aead.encrypt(self._nonce(), _PAD_TYPE.pack(pad, message_type) + payload
+                                         + _random(pad), head)
+
+
+class AESGCMIn(Incoming):
+    """See L{AESGCMOut}; a packet whose tag does not verify is a MAC error."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._aead = _AESGCM(key)
+        self._fixed = iv[:4]
+        self._counter = int.from_bytes(iv[4:12], "big")
+
+    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+        if len(buf) < 4:
+            return None
+        (length,) = _LENGTH.unpack_from(buf)
+        _check_length(length, 16, 0)
+        end = 4 + length + 16
+        if len(buf) < end:
+            return None
+        counter = self._counter
+        view = memoryview(buf)
+        try:
+            plain = self._aead.decrypt(self._fixed + counter.to_bytes(8, "big"), view[4:end], view[:4])
+        except InvalidTag:
+            raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC") from None
+        self._counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
+        return _payload(plain, 0, length), end
+
+
+def _chacha(key: bytes, seq: int) -> Callable[[bytes | memoryview], bytes]:
+    """A ChaCha20 keystream XOR under C{key}, nonce C{seq}, from block counter 0."""
+    # cryptography's 16-byte nonce is the whole counter-and-nonce block:
+    # OpenSSH's 64-bit little-endian counter (0), then its 64-bit nonce.
+    return Cipher(algorithms.ChaCha20(key, b"\0\0\0\0\0\0\0\0" + seq.to_bytes(8, "big")), None).encryptor().update
+
+
+class ChaChaPolyOut(Outgoing):
+    """C{chacha20-poly1305@openssh.com}: see the module docstring."""
+
+    block = 8
+
+    def __init__(self, key: bytes) -> None:
+        self._main, self._header = key[:32], key[32:64]
+
+    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
+        pad = _padding(2 + len(payload), 8)
+        head = _chacha(self._header, seq)(_LENGTH.pack(2 + len(payload) + pad))
+        main = _chacha(self._main, seq)
+        poly = Poly1305(main(_ZEROS)[:32])  # block 0 keys Poly1305; the payload starts at block 1
+        body = main(_PAD_TYPE.pack(pad, message_type) + payload + _random(pad))
+        poly.update(head)
+        poly.update(body)
+        return b"".join((head, body, poly.finalize()))
+
+
+class ChaChaPolyIn(Incoming):
+    """See L{ChaChaPolyOut}; the length is decrypted once per packet, the tag checked before the payload is."""
+
+    def __init__(self, key: bytes) -> None:
+        self._main, self._header = key[:32], key[32:64]
+        self._length: int | None = None
+
+    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+        length = self._length
+        if length is None:
+            if len(buf) < 4:
+                return None
+            (length,) = _LENGTH.unpack(_chacha(self._header, seq)(buf[:4]))
+            _check_length(length, 8, 0)
+            self._length = length
+        end = 4 + length + 16
+        if len(buf) < end:
+            return None
+        self._length = None
+        main = _chacha(self._main, seq)
+        view = memoryview(buf)
+        try:
+            Poly1305.verify_tag(main(_ZEROS)[:32], view[:4 + length], buf[4 + length:end])
+        except InvalidSignature:
+            raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC") from None
+        return _payload(main(view[4:4 + length]), 0, length), end
+
+
+@dataclass(frozen=True, slots=True)
+class CipherSpec:
+    """What a cipher takes from the key exchange, and whether it authenticates packets itself."""
+
+    key_size: int
+    iv_size: int
+    block: int
+    aead: bool
+
+
+CIPHERS: dict[bytes, CipherSpec] = {
+    b"chacha20-poly1305@openssh.com": CipherSpec(64, 0, 8, True),
+    b"aes256-gcm@openssh.com": CipherSpec(32, 12, 16, True),
+    b"aes128-gcm@openssh.com": CipherSpec(16, 12, 16, True),
+    b"aes256-ctr": CipherSpec(32, 16, 16, False),
+    b"aes192-ctr": CipherSpec(24, 16, 16, False),
+    b"aes128-ctr": CipherSpec(16, 16, 16, False),
+}
+#: MAC name: (hashlib name, encrypt-then-MAC).
+MACS: dict[bytes, tuple[str, bool]] = {
+    b"hmac-sha2-512-etm@openssh.com": ("sha512", True),
+    b"hmac-sha2-256-etm@openssh.com": ("sha256", True),
+    b"hmac-sha2-512": ("sha512", False),
+    b"hmac-sha2-256": ("sha256", False),
+}
+
+
+def outgoing(cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> Outgoing:
+    """The sealing side for C{cipher} (and C{mac}, unless the cipher is AEAD) with the key exchange's keys."""
+    spec = CIPHERS[cipher]
+    key = key[:spec.key_size]
+    if cipher.startswith(b"chacha20"):
+        return ChaChaPolyOut(key)
+    if spec.aead:
+        return AESGCMOut(key, iv[:spec.iv_size])
+    hash_name, etm = MACS[mac]
+    return CTROut(key, iv[:spec.iv_size], _HMAC(hash_name, integrity), etm)
+
+
+def incoming(cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> Incoming:
+    """The opening side; see L{outgoing}."""
+    spec = CIPHERS[cipher]
+    key = key[:spec.key_size]
+    if cipher.startswith(b"chacha20"):
+        return ChaChaPolyIn(key)
+    if spec.aead:
+        return AESGCMIn(key, iv[:spec.iv_size])
+    hash_name, etm = MACS[mac]
+    return CTRIn(key, iv[:spec.iv_size], _HMAC(hash_name, integrity), etm)
+
+
+__all__ = [
+    "CIPHERS", "MACS", "MAX_PACKET", "AESGCMIn", "AESGCMOut", "CTRIn", "CTROut", "ChaChaPolyIn", "ChaChaPolyOut",
+    "CipherSpec", "Incoming", "Outgoing", "PacketError", "Plain", "incoming", "outgoing",
+]
