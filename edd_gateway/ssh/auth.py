@@ -179,9 +179,9 @@ class ContainerKeyChecker:
             key = Key.fromString(credentials.blob)
         except _KEY_PARSE_ERRORS:
             raise UnauthorizedLogin("the key could not be read") from None
-        problem = self.signatures.refusal(key, credentials.algName, credentials.signature)
-        if problem is not None:
-            raise UnauthorizedLogin(problem)
+        unverifiable = self.signatures.refusal(key, credentials.algName, credentials.signature)
+        if unverifiable is not None:
+            raise UnauthorizedLogin(unverifiable)
         if credentials.signature is None:
             raise KeyOffered(self._denial(target, credentials.blob))
         if not self._verifies(key, credentials.signature, credentials.sigData):
