@@ -415,6 +415,13 @@ class UserAuthServerTests(SynchronousTestCase):
             self.offer(user, name)
             self.assertEqual(getattr(self.ssh, "outcome", None), "refused", (user, name))
 
+    def test_a_refused_key_is_one_attempt_in_the_metrics(self) -> None:
+        counted: list[str] = []
+        self.ssh.factory.observer = type("Observer", (), {"ssh_login": lambda _, outcome: counted.append(outcome)})()
+        self.offer(b"abc123", "mallory")
+        self.sign(b"abc123", "mallory")
+        self.assertEqual(counted, ["refused"])
+
     def test_an_owner_query_left_unsigned_is_a_strike_too(self) -> None:
         # Otherwise ban strikes would tell an owner's key from another's.
         self.offer(b"abc123", "alice")

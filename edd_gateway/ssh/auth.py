@@ -304,7 +304,8 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     def _answerQuery(self, reason: Failure, algorithm: bytes, blob: bytes, attempt: _Attempt) -> Failure:
         reason.trap(KeyOffered)
         if reason.value.refusal is not None:
-            self._logAttempt(attempt, "refused", reason.value.refusal)
+            # Counted (metrics) when the signature is refused, as one attempt.
+            self._logAttempt(attempt, "refused", reason.value.refusal, count=False)
         else:
             # So that a ban strike does not tell an owner's key from another:
             # a connection that asked and never logged in counts as refused.
@@ -356,12 +357,12 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             algorithm=repr(algorithm[:64].decode("ascii", "backslashreplace"))[1:-1],
         )
 
-    def _logAttempt(self, attempt: _Attempt, outcome: str, why: str = "") -> None:
+    def _logAttempt(self, attempt: _Attempt, outcome: str, why: str = "", count: bool = True) -> None:
         transport = self.transport
         if outcome == "refused":
             self._markRefused()
         observer = getattr(getattr(transport, "factory", None), "observer", None)
-        if observer is not None:
+        if observer is not None and count:
             observer.ssh_login(outcome)
         try:
             container = parse_ssh_username(attempt.username).container_id
