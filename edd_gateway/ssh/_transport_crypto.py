@@ -56,7 +56,10 @@ fallback to Conch's own framing or algorithms):
    outInteg, inInteg)} and sends NEWKEYS; C{_newKeys()} moves
    C{nextEncryptions} to C{currentEncryptions}; the client's C{ssh_NEWKEYS}
    waits (C{_gotNewKeys}) while C{nextEncryptions.encBlockSize} is 0.
-   C{isEncrypted} reads C{currentEncryptions.inCipType}.
+   C{isEncrypted} reads C{currentEncryptions.inCipType}.  The client's
+   C{ssh_NEWKEYS} is replaced (Conch's calls C{connectionSecure} again at
+   every rekey and never clears C{_gotNewKeys}); C{_keySetup} calls it
+   while C{_gotNewKeys} is set.
  - The server's ML-KEM reply: C{ssh_KEX_DH_GEX_REQUEST_OLD} hands
    C{mlkem768x25519-sha256} to C{_ssh_KEX_HYBRID_INIT}; the client gets the
    reply (message 31) in C{ssh_KEX_DH_GEX_GROUP}, and checks host keys with
@@ -365,7 +368,7 @@ class TransportCrypto:
             return
         first = self._kexInitsReceived == 0 and self.sessionID is None
         self._kexInitsReceived += 1
-        if first and self._peerStrictMarker in lists[0]:
+        if first and self._peerStrictMarker in lists[0] and self._saidStrict():
             self.strictKex = True
             if self._currentSequence != 0:
                 self._protocolError("strict KEX violation: KEXINIT was not the first packet")
@@ -380,6 +383,12 @@ class TransportCrypto:
         if chosen is not before and isinstance(chosen, _conch.SSHCiphers):
             self.nextEncryptions = KeySet(chosen.outCipType, chosen.inCipType, chosen.outMACType,
                                           chosen.inMACType)
+
+    def _saidStrict(self) -> bool:
+        """Whether our first KEXINIT carried our strict kex marker."""
+        ours = algorithms.STRICT_KEX_CLIENT if self.isClient else algorithms.STRICT_KEX_SERVER
+        sent = getattr(self, "ourKexInitPayload", b"")
+        return bool(sent) and ours in getNS(sent[17:])[0].split(b",")
 
     def _negotiate(self, packet: bytes) -> None:
         """Conch's negotiation (and, for a client, its first key exchange packet)."""
@@ -444,6 +453,8 @@ class ClientTransportCrypto(TransportCrypto):
     _x25519Private: Any = None
     _clientInit = b""
     _kexReplied = False
+    _secured = False
+    _gotNewKeys = 0
 
     def _keysReady(self) -> bool:
         # The server's NEWKEYS may come while the host key is checked, but
@@ -529,6 +540,22 @@ class ClientTransportCrypto(TransportCrypto):
             self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")  # type: ignore[attr-defined]
             return
         self._keySetup(secret, exchange_hash)  # type: ignore[attr-defined]
+
+    def ssh_NEWKEYS(self, packet: bytes) -> None:
+        # Conch's client never clears _gotNewKeys (so a rekey switched keys
+        # before the server's NEWKEYS came) and calls connectionSecure at
+        # every NEWKEYS (so a rekey asked for ssh-userauth again).
+        if packet != b"":
+            self._protocolError("NEWKEYS takes no data")
+            return
+        if not self.nextEncryptions.encBlockSize:
+            self._gotNewKeys = 1  # the keys wait on the host key check; _keySetup comes back here
+            return
+        self._gotNewKeys = 0
+        self._newKeys()  # type: ignore[attr-defined]
+        if not self._secured:
+            self._secured = True
+            self.connectionSecure()  # type: ignore[attr-defined]
 
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
         super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]
