@@ -57,6 +57,7 @@ from edd_gateway.proxyprotocol import parse_version as proxy_protocol_version  #
 from edd_gateway.ssh import DEFAULT_CLIENT_KEY, DEFAULT_HOST_KEY, KeyFileError, SSHSettings  # noqa: E402
 from edd_gateway.ssh import GatewaySSHFactory, HostKeyPins, build_ssh_factory  # noqa: E402
 from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, parse_host_key_policy  # noqa: E402
+from edd_gateway.ssh import algorithms as ssh_algorithms  # noqa: E402
 from edd_gateway.state.changefeed import ChangeFeedListener  # noqa: E402
 from edd_gateway.state.localfile import ContainersFileError, LocalContainersSource  # noqa: E402
 from edd_gateway.state.localfile import LocalPinStore, load_containers_file  # noqa: E402
@@ -149,6 +150,12 @@ class Options(usage.Options):
          float],
         ["container-proxy-protocol", None, None, "PROXY protocol header (none, v1 or v2; default none) first on "
          "TLS passed through to containers.", proxy_protocol_version],
+        ["ssh-kex", None, None, "SSH key exchanges offered, comma-separated, preferred first (a subset of "
+         + ",".join(n.decode() for n in ssh_algorithms.KEX) + ")."],
+        ["ssh-ciphers", None, None, "SSH ciphers offered, comma-separated, preferred first (a subset of "
+         + ",".join(n.decode() for n in ssh_algorithms.CIPHERS) + ")."],
+        ["ssh-macs", None, None, "SSH MACs offered with the CTR ciphers, comma-separated, preferred first (a "
+         "subset of " + ",".join(n.decode() for n in ssh_algorithms.MACS) + ")."],
         ["ssh-proxy-protocol", None, None, "PROXY protocol header (none, v1 or v2; default none) first on the "
          "connection to containers' sshd (stock OpenSSH reads none).", proxy_protocol_version],
         *_admission.OPTIONS,
@@ -217,6 +224,12 @@ class Options(usage.Options):
             self["ssh-host-key-policy"] = parse_host_key_policy(self["ssh-host-key-policy"])
         except ValueError as problem:
             raise usage.UsageError(f"--ssh-host-key-policy: {problem}") from None
+        for name, kind in (("ssh-kex", "kex"), ("ssh-ciphers", "cipher"), ("ssh-macs", "mac")):
+            if isinstance(self[name], str):
+                try:
+                    self[name] = ssh_algorithms.parse_algorithm_list(kind, self[name])
+                except ValueError as problem:
+                    raise usage.UsageError(str(problem)) from None
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must not be negative")
         if self["admin"].lower() == "none":
@@ -281,7 +294,14 @@ class Options(usage.Options):
                            connect_timeout=self["ssh-connect-timeout"],
                            proxy_protocol=self["ssh-proxy-protocol"],
                            host_key_policy=self["ssh-host-key-policy"], forget_command=self.forget_command(),
-                           allow_sha1_rsa=bool(self["ssh-allow-sha1-rsa"]))
+                           allow_sha1_rsa=bool(self["ssh-allow-sha1-rsa"]), algorithms=self.ssh_algorithms())
+
+    def ssh_algorithms(self) -> ssh_algorithms.Algorithms:
+        """C{--ssh-kex}, C{--ssh-ciphers}, C{--ssh-macs}: the defaults unless narrowed."""
+        default = ssh_algorithms.Algorithms()
+        return ssh_algorithms.Algorithms(kex=self["ssh-kex"] or default.kex,
+                                         ciphers=self["ssh-ciphers"] or default.ciphers,
+                                         macs=self["ssh-macs"] or default.macs)
 
     def addressing(self) -> ContainerAddressing:
         """Where containers are dialled (HTTP, TLS passthrough, raw TCP, SSH)."""

@@ -649,3 +649,58 @@ class ImportCheckTests(SynchronousTestCase):
 
     def test_the_installed_conch_passes(self) -> None:
         _transport_crypto._check_conch()
+
+
+class OptionTests(SynchronousTestCase):
+    def options(self, *argv: str) -> Any:
+        from edd_gateway.tap import Options
+
+        options = Options()
+        options.parseOptions(list(argv))
+        return options
+
+    def test_defaults(self) -> None:
+        self.assertEqual(self.options().ssh_settings().algorithms, Algorithms())
+
+    def test_narrowed_in_the_order_given(self) -> None:
+        settings = self.options("--ssh-kex", "curve25519-sha256,mlkem768x25519-sha256",
+                                "--ssh-ciphers", "aes256-gcm@openssh.com,chacha20-poly1305@openssh.com",
+                                "--ssh-macs", "hmac-sha2-256-etm@openssh.com").ssh_settings()
+        expected = Algorithms(kex=(b"curve25519-sha256", b"mlkem768x25519-sha256"),
+                              ciphers=(b"aes256-gcm@openssh.com", b"chacha20-poly1305@openssh.com"),
+                              macs=(b"hmac-sha2-256-etm@openssh.com",))
+        self.assertEqual(settings.algorithms, expected)
+        self.assertEqual(settings.upstream().algorithms, expected)
+
+    def test_weak_or_unknown_names_are_usage_errors(self) -> None:
+        from twisted.python.usage import UsageError
+
+        for option, value, words in (("--ssh-ciphers", "aes128-cbc", "CBC ciphers are refused"),
+                                     ("--ssh-macs", "hmac-md5", "MD5 MACs are refused"),
+                                     ("--ssh-kex", "ecdh-sha2-nistp256", "NIST-curve ECDH is not offered"),
+                                     ("--ssh-kex", "nonsense", "nonsense is not supported")):
+            with self.assertRaises(UsageError) as raised:
+                self.options(option, value)
+            self.assertIn(f"{option}: ", str(raised.exception))
+            self.assertIn(words, str(raised.exception))
+            self.assertIn("choose from ", str(raised.exception))
+
+    def test_both_transports_offer_the_policy(self) -> None:
+        from twisted.internet.testing import MemoryReactorClock
+
+        from edd_gateway.ssh.factory import GatewaySSHFactory, SSHSettings
+        from edd_gateway.ssh.pins import MemoryHostKeyPins
+        from edd_gateway.ssh.upstream import UpstreamTransport
+        from tests._ssh_fakes import container, directory
+
+        policy = Algorithms(kex=(b"curve25519-sha256",), ciphers=(b"aes128-gcm@openssh.com",),
+                            macs=(b"hmac-sha2-512",))
+        factory = GatewaySSHFactory(directory(container()), MemoryHostKeyPins(), [key("host")], key("client"),
+                                    MemoryReactorClock(), SSHSettings(algorithms=policy))
+        server = factory.buildProtocol(PEER)
+        attempt: Any = type("Attempt", (), {"connector": factory.connector})()
+        client = UpstreamTransport(attempt)
+        for transport in (server, client):
+            self.assertEqual((transport.supportedKeyExchanges, transport.supportedCiphers, transport.supportedMACs),
+                             ([b"curve25519-sha256"], [b"aes128-gcm@openssh.com"], [b"hmac-sha2-512"]))
+        self.assertEqual(client.supportedPublicKeys, list(algorithms.CONTAINER_HOST_KEYS))
