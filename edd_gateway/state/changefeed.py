@@ -225,6 +225,9 @@ class ChangeFeedListener:
         self._on_listening: Callable[[], object] = _ignore
         self._on_stopped: Callable[[str], object] = _ignore
         self._connection: Any = None
+        # Whether the connection is up: a query on one still connecting
+        # would wait for ever (and txpostgres cannot cancel it).
+        self._connected = False
         self._listening = False
         #: "not connected", "listening", "not installed" or "down": for /readyz and the start-up log.
         self.state = "not connected"
@@ -257,6 +260,7 @@ class ChangeFeedListener:
             self._connecting = None
         if self._stopped:
             return
+        self._connected = True
         connection.detector.armed = True
         connection.addNotifyObserver(self._notified)
         await self.check()
@@ -306,15 +310,15 @@ class ChangeFeedListener:
 
     async def _check(self) -> bool:
         connection = self._connection
-        if connection is None or self._stopped or connection.detector.connectionIsDead:
+        if connection is None or self._stopped or not self._connected or connection.detector.connectionIsDead:
             return False
         try:
-            rows = await connection.runQuery(PRESENT_QUERY, (TRIGGER,)).addTimeout(self._query_timeout, self._clock)
+            rows = await self._bounded(connection.runQuery(PRESENT_QUERY, (TRIGGER,)))
             present = rows[0][0] == len(FEED_TABLES)
             if present and not self._listening:
                 # LISTEN before the owner's full read: a change committed
                 # after that read started is then always announced.
-                await connection.runOperation(f"LISTEN {CHANNEL}").addTimeout(self._query_timeout, self._clock)
+                await self._bounded(connection.runOperation(f"LISTEN {CHANNEL}"))
                 self._listening, self.state = True, "listening"
                 _log.info("change feed: listening on {channel} (triggers on {tables})", channel=CHANNEL,
                           tables=", ".join(FEED_TABLES))
@@ -324,8 +328,7 @@ class ChangeFeedListener:
                     _log.warn("change feed: only {count} of the {total} triggers are present; not using the feed "
                               "(run install-change-feed again)", count=rows[0][0], total=len(FEED_TABLES))
                 if self._listening:
-                    await connection.runOperation(f"UNLISTEN {CHANNEL}").addTimeout(self._query_timeout,
-                                                                                    self._clock)
+                    await self._bounded(connection.runOperation(f"UNLISTEN {CHANNEL}"))
                     self._listening = False
                     _log.warn("change feed: the triggers were removed; polling instead")
                     self._notify(self._on_stopped, "triggers removed")
@@ -334,6 +337,28 @@ class ChangeFeedListener:
             if not self._stopped:
                 _log.warn("change feed: checking the triggers failed: {error}", error=_first_line(error))
         return self._listening
+
+    def _bounded(self, operation: Deferred[Any]) -> Deferred[Any]:
+        """
+        C{operation}'s result, or a TimeoutError after the query timeout.
+        Not Deferred.addTimeout: cancelling a txpostgres query raises in
+        the reactor and leaves the Deferred unfired until the server
+        answers; the query is left to finish (or to fail, with the
+        connection) on its own.
+        """
+        bounded: Deferred[Any] = Deferred()
+        timer = self._clock.callLater(
+            self._query_timeout, lambda: bounded.called or bounded.errback(
+                TimeoutError(f"no answer within {self._query_timeout} s")))
+
+        def settled(result: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not bounded.called:
+                bounded.callback(result)  # a Failure errbacks
+
+        operation.addBoth(settled)
+        return bounded
 
     def _new_connection(self) -> Any:
         if self._connection_factory is not None:
@@ -346,6 +371,7 @@ class ChangeFeedListener:
     def _lost(self) -> None:
         if self._stopped:
             return
+        self._connected = False
         was = self._listening
         self._listening, self.state = False, "down"
         if was:
@@ -355,6 +381,7 @@ class ChangeFeedListener:
         # A new server connection has no LISTEN: check (and LISTEN) again,
         # which tells the owner to read everything.
         _log.info("change feed: connection re-established")
+        self._connected = True
         return self.check()
 
     def _notified(self, notify: Any) -> None:
