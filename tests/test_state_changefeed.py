@@ -93,6 +93,18 @@ class ServiceTests(SynchronousTestCase):
         harness.feed.notify(payload("ssh_keys", "u9", "DELETE"))
         self.assertEqual(len(harness.reads("load_containers")), 1)
 
+    def test_a_key_change_during_a_full_read_finds_the_containers_that_read_brings(self) -> None:
+        harness = Harness(self, MemoryChangeFeed(), container("a1"))
+        harness.database.put(container("n2", user="u7"))
+        harness.database.paused = True
+        harness.service.request_full_resync("test")  # takes its answer now: n2 without the key
+        harness.database.put(Container(**{**_fields(container("n2", user="u7")), "ssh_keys": ("ssh-ed25519 AAAA k",)}))
+        harness.feed.notify(payload("ssh_keys", "u7", "INSERT"))
+        while harness.database.held:
+            harness.database.release()
+        self.assertEqual(harness.reads("load_containers"), ["load_containers n2"])
+        self.assertEqual(harness.directory.get("n2").ssh_keys, ("ssh-ed25519 AAAA k",))  # type: ignore[union-attr]
+
     def test_truncate_reads_everything(self) -> None:
         harness = Harness(self, MemoryChangeFeed())
         before = len(harness.reads("load_all"))

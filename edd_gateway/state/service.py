@@ -171,6 +171,9 @@ class StateService(Service):
         self._want_full: str | None = None
         self._want_routes = False
         self._pending: set[str] = set()
+        # Users whose SSH keys changed: resolved to their containers when
+        # the read starts, from the snapshot every earlier read left.
+        self._pending_users: set[str] = set()
         self._poller: LoopingCall | None = None
         self._last_full: float | None = None
         self._last_error: str | None = None
@@ -266,21 +269,31 @@ class StateService(Service):
         SSH keys changed); fires once a read that started after this call
         has been applied (never, if the service stops first).
         """
-        ids = self._ids_to_read(container_ids, user_ids)
-        if not ids:
+        if not container_ids and not user_ids:
             return succeed(None)
-        return self._wait(lambda: self._pending.update(ids))
+        return self._wait(lambda: self._asked(container_ids, user_ids))
 
-    def _ids_to_read(self, container_ids: Collection[str], user_ids: Collection[str]) -> set[str]:
-        ids = set(container_ids)
-        if user_ids:
-            # Keys are read per container (its owner's), so a user's keys
-            # are re-read through the containers the gateway holds for
-            # them; a container not held yet gets its keys when its own
-            # change is read.
-            users = set(user_ids)
+    def _asked(self, container_ids: Collection[str], user_ids: Collection[str]) -> None:
+        self._pending.update(container_ids)
+        self._pending_users.update(user_ids)
+
+    def _take_pending(self) -> set[str]:
+        """
+        The containers asked for, those of the users asked for included.
+        Keys are read per container (its owner's), so a user's keys are
+        re-read through the containers the gateway holds for them, looked
+        up only now: a read still running when the hint came (the first
+        full read, say) may bring the user's containers, and its snapshot
+        may predate the key's change.
+        """
+        ids, self._pending = self._pending, set()
+        users, self._pending_users = self._pending_users, set()
+        if users:
             ids.update(c.id for c in self.directory.current.containers.values() if c.user_id in users)
         return ids
+
+    def _wanted(self) -> bool:
+        return bool(self._want_full or self._pending or self._pending_users or self._want_routes)
 
     def _wait(self, request: Callable[[], object]) -> Deferred[None]:
         # The waiter goes first: with a database that answers at once, the
@@ -357,7 +370,7 @@ class StateService(Service):
         if change.full_resync:
             self._request_full_resync_soon(f"a change to {change.table}")
         else:
-            self._pending.update(self._ids_to_read(change.container_ids, change.user_ids))
+            self._asked(change.container_ids, change.user_ids)
             self._kick_soon()
 
     def _changes_listening(self) -> None:
@@ -399,7 +412,7 @@ class StateService(Service):
 
     def _kick(self) -> None:
         if self.running and self._connected and self._in_flight is None and self._retry is None:
-            if self._want_full or self._pending or self._want_routes:
+            if self._wanted():
                 draining = ensureDeferred(self._drain())
                 # With a database that answers synchronously the drain is
                 # already over; only a pending one is in flight.
@@ -408,7 +421,7 @@ class StateService(Service):
 
     async def _drain(self) -> None:
         try:
-            while self.running and (self._want_full or self._pending or self._want_routes):
+            while self.running and self._wanted():
                 arrived, self._events_since = self._events_since, []
                 await self._step()
                 now = self._clock.seconds()
@@ -437,7 +450,7 @@ class StateService(Service):
         if self._want_full:
             reason, self._want_full = self._want_full, None
             # A full read started now covers every id asked for until now.
-            announced, self._pending = self._pending, set()
+            announced = self._take_pending()
             try:
                 await self._resync_containers(reason, announced)
                 await self._resync_routes()
@@ -446,8 +459,11 @@ class StateService(Service):
                 raise
             self._publish_refreshed(reason)
             self._report_feeds()
-        elif self._pending:
-            ids, self._pending = self._pending, set()
+        elif self._pending or self._pending_users:
+            ids = self._take_pending()
+            if not ids:
+                # Users the gateway holds no container of: nothing to read.
+                return
             try:
                 await self._refresh(ids)
             except BaseException:
@@ -472,7 +488,9 @@ class StateService(Service):
         containers = await self.database.load_all()
         if audited:
             # Hints that arrived while the read ran may name changes it saw.
-            self._count_unannounced(containers, announced | self._pending)
+            users = self._pending_users
+            arrived = {cid for cid, c in containers.items() if c.user_id in users} if users else set()
+            self._count_unannounced(containers, announced | self._pending | arrived)
         self.directory.swap(ContainerSnapshot(containers, ready=True))
         self._forget_pins(self.database.prune_pins(containers.keys()))
         self._last_full = self._clock.seconds()
@@ -500,13 +518,14 @@ class StateService(Service):
             return
         self._feeds_reported = feeds
         if feeds:
-            _log.info("state: following {feeds}; a full read every {interval} s as a net",
-                      feeds=" and ".join(feeds), interval=self._resync_interval)
+            net = (f"a full read every {self._resync_interval:g} s as a net" if self._resync_interval
+                   else "no periodic full read (--resync-interval 0)")
+            _log.info("state: following {feeds}; {net}", feeds=" and ".join(feeds), net=net)
         else:
             detail = ""
             if self.changes is not None and self.changes.state == "not installed":
                 detail = " (the change feed is not installed: python -m edd_gateway install-change-feed DSN)"
-            _log.info("state: no feed active{detail}; polling PostgreSQL every {interval} s",
+            _log.info("state: no feed active{detail}; polling PostgreSQL every {interval:g} s",
                       detail=detail, interval=self._poll_interval)
 
     async def _refresh(self, ids: set[str]) -> None:
