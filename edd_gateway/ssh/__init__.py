@@ -11,7 +11,10 @@ files), C{pins} (host key pins), C{pinning} (C{--ssh-host-key-policy}: how
 long a pin holds), C{signatures} (the signature algorithms accepted and
 offered), C{auth} (who may log in), C{upstream} (the container
 side), C{connection} and C{relay} (channels), C{keepalive}, C{factory}
-(wiring).
+(wiring), C{algorithms} (the key exchanges, ciphers and MACs both sides
+offer, and C{--ssh-kex}/C{--ssh-ciphers}/C{--ssh-macs}), C{_packet} (the
+packet protection) and C{_transport_crypto} (the seam that puts it, strict
+key exchange and the hybrid key exchange's client side under Conch).
 """
 
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, LoginRefused
