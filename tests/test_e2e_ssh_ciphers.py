@@ -11,7 +11,9 @@ exchanges or SHA-1 MACs is refused, with the gateway's log naming it; the
 real ``twistd -n edd-gateway`` narrows its offer with ``--ssh-ciphers``.
 
 OpenSSH 9.2 has no mlkem768x25519-sha256 (9.9 has): that key exchange is
-tested between the gateway's own transports (tests/test_ssh_crypto.py).
+tested with AsyncSSH (an independent implementation, on cryptography's
+ML-KEM) as the user's client and as the container's sshd, for every cipher,
+and between the gateway's own transports (tests/test_ssh_crypto.py).
 """
 
 from __future__ import annotations
@@ -318,3 +320,113 @@ class GatewayOptionTests(Setup, EndToEndMixin, TestCase):
                                  path=str(self.work)).result()
         self.assertNotEqual(done.exit_code, 0)
         self.assertIn(b"--ssh-macs: hmac-sha1 is refused (SHA-1 MACs are refused); choose from", bytes(done.out + done.err))
+
+
+def aio(coroutine: Any) -> Any:
+    """An asyncio coroutine as a Deferred (the tests run on the asyncio reactor)."""
+    import asyncio
+
+    from twisted.internet.defer import Deferred
+
+    return Deferred.fromFuture(asyncio.ensure_future(coroutine))
+
+
+class AsyncSSHInteropTests(Setup, TestCase):
+    """
+    mlkem768x25519-sha256 (and every cipher and MAC, under strict kex) with
+    another implementation of it: AsyncSSH, as the user's client and as the
+    container's sshd.  OpenSSH 9.2 here has no ML-KEM.
+    """
+
+    def setUp(self) -> Any:
+        try:
+            import asyncssh  # noqa: F401
+        except ImportError:
+            from unittest import SkipTest
+
+            from edd_gateway.testing import integration_required
+
+            if integration_required():
+                raise AssertionError("asyncssh is not installed (pip install -e .[test])") from None
+            raise SkipTest("asyncssh is not installed (pip install -e .[test])") from None
+        return ensureDeferred(self._setUp())
+
+    async def _setUp(self) -> None:
+        await self.prepare()
+        directory = ContainerDirectory(ContainerSnapshot({
+            CID: Container(CID, "alice", "running", "127.0.0.1", ssh_enabled=True, ssh_keys=(self.alice,)),
+        }, ready=True))
+        factory = build_ssh_factory(directory, MemoryHostKeyPins(), host_key_path=str(self.work / "host"),
+                                    client_key_path=str(self.work / "client"), reactor=reactor,
+                                    settings=SSHSettings(ssh_port=self.sshd_port))
+        server = start_backend(SniffingFactory({Verdict.SSH: factory}, clock=reactor, listener_name="e2e-asyncssh"))
+        self.addCleanup(server.stop)
+        self.gateway_port = server.port
+
+    async def asyncssh_client(self, **offered: Any) -> tuple[bytes, dict[str, Any]]:
+        """C{cat} of the data file through the gateway by an AsyncSSH client; the output and what it agreed."""
+        import asyncssh
+
+        connection = await aio(asyncssh.connect(
+            "127.0.0.1", self.gateway_port, username=self.user(), client_keys=[str(self.work / "alice")],
+            known_hosts=None, agent_path=None, **offered))
+        try:
+            result = await aio(connection.run(f"cat {shlex.quote(str(self.work / 'data'))}", encoding=None,
+                                              check=True))
+            agreed = {name: connection.get_extra_info(name) for name in ("send_cipher", "recv_cipher", "send_mac")}
+        finally:
+            connection.close()
+            await aio(connection.wait_closed())
+        return result.stdout, agreed
+
+    async def test_asyncssh_client_with_mlkem_and_every_cipher(self) -> None:
+        await self.start_sshd()
+        for cipher in algorithms.CIPHERS:
+            macs = [mac.decode() for mac in algorithms.MACS] if cipher.endswith(b"-ctr") else ["hmac-sha2-256"]
+            for mac in macs:
+                out, agreed = await self.asyncssh_client(kex_algs=["mlkem768x25519-sha256"],
+                                                         encryption_algs=[cipher.decode()], mac_algs=[mac])
+                self.assertEqual(out, self.data, (cipher, mac))
+                self.assertEqual(agreed["send_cipher"], cipher.decode(), agreed)
+
+    async def asyncssh_sshd(self, **offered: Any) -> tuple[Any, list[Any]]:
+        """An AsyncSSH server standing in for the container: C{sha256} of stdin, or C{produce} the data file."""
+        import asyncssh
+
+        connections: list[Any] = []
+        data = self.data
+
+        class Server(asyncssh.SSHServer):  # type: ignore[misc]
+            def connection_made(self, conn: Any) -> None:
+                connections.append(conn)
+
+        async def handle(process: Any) -> None:
+            if process.command == "sha256":
+                received = await process.stdin.read()
+                process.stdout.write(hashlib.sha256(received).hexdigest().encode())
+            else:
+                process.stdout.write(data)
+            process.exit(0)
+
+        server = await aio(asyncssh.create_server(
+            Server, "127.0.0.1", self.sshd_port, server_host_keys=[str(self.work / "sshd_host_key")],
+            authorized_client_keys=str(self.work / "authorized_keys"), process_factory=handle, encoding=None,
+            **offered))
+        return server, connections
+
+    async def test_gateway_client_with_mlkem_to_an_asyncssh_sshd(self) -> None:
+        for cipher in algorithms.CIPHERS:
+            server, connections = await self.asyncssh_sshd(kex_algs=["mlkem768x25519-sha256"],
+                                                           encryption_algs=[cipher.decode()])
+            target = f"{self.user()}@127.0.0.1"
+            up = await self.run_tool(self.ssh_argv(self.gateway_port, target, "sha256"),
+                                     stdin_from=str(self.work / "data"))
+            self.assertEqual((up.exit_code, bytes(up.out).decode()), (0, hashlib.sha256(self.data).hexdigest()),
+                             (cipher, bytes(up.err)[-2000:]))
+            down = await self.run_tool(self.ssh_argv(self.gateway_port, target, "produce"))
+            self.assertEqual(down.exit_code, 0, bytes(down.err)[-2000:])
+            self.assertEqual(bytes(down.out), self.data, cipher)
+            self.assertEqual({c.get_extra_info("recv_cipher") for c in connections}, {cipher.decode()})
+            # The next cipher's server takes the same port.
+            server.close()
+            await aio(server.wait_closed())
