@@ -143,7 +143,7 @@ def _check_conch() -> None:
 
 def _check_sources() -> list[str]:
     """Where Conch's source is installed, the calls this module's overrides stand in for."""
-    expected = [
+    expected: list[tuple[Any, str]] = [
         (_conch.SSHTransportBase.dataReceived, "self.getPacket()"),
         (_conch.SSHTransportBase.dataReceived, "self.dispatchMessage("),
         (_conch.SSHTransportBase._keySetup, "self.nextEncryptions.setKeys("),
