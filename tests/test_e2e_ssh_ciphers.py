@@ -268,6 +268,13 @@ class CipherTests(Setup, TestCase):
         self.assertIn("no common MAC: the gateway offers hmac-sha2-512-etm@openssh.com", event["reason"])
         self.assertIn("SHA-1 MACs are refused", event["reason"])
 
+    async def test_dsa_is_refused(self) -> None:
+        said = await self.refused("-o", "HostKeyAlgorithms=ssh-dss")
+        self.assertRegex(said, rb"no matching host key type found|no common host key algorithm")
+        (event,) = self.refusals()
+        self.assertIn("no common host key algorithm: the gateway offers ssh-ed25519", event["reason"])
+        self.assertIn("DSA keys are refused", event["reason"])
+
     async def test_a_container_with_only_weak_algorithms(self) -> None:
         await self.start_sshd("Ciphers aes128-cbc,3des-cbc")
         done = await self.run_tool(self.ssh_argv(self.gateway_port, f"{self.user()}@127.0.0.1", "true"))

@@ -65,7 +65,9 @@ fallback to Conch's own framing or algorithms):
    reply (message 31) in C{ssh_KEX_DH_GEX_GROUP}, and checks host keys with
    C{verifyHostKey(blob, fingerprint)}; C{ourVersionString},
    C{otherVersionString}, C{ourKexInitPayload}, C{otherKexInitPayload}
-   feed the exchange hash; C{_kex.isPQHybrid}.
+   feed the exchange hash; C{kexAlg}, C{keyAlg}; C{_kex.isPQHybrid}.
+ - C{sendUnimplemented} is replaced (Conch names the packet after the one
+   not understood); C{sendDisconnect(reason, description)} is called.
 """
 
 from __future__ import annotations
@@ -117,9 +119,10 @@ def _check_conch() -> None:
                "sendUnimplemented", "isEncrypted", "buf", "outgoingPacketSequence", "incomingPacketSequence",
                "_keyExchangeState", "_KEY_EXCHANGE_NONE", "_blockedByKeyExchange", "supportedCiphers",
                "supportedMACs", "supportedKeyExchanges", "supportedPublicKeys", "supportedCompressions",
-               "sessionID", "ourVersionString", "_EXT_INFO_C", "_EXT_INFO_S"),
+               "sessionID", "ourVersionString", "kexAlg", "_EXT_INFO_C", "_EXT_INFO_S"),
         server: ("ssh_KEX_DH_GEX_REQUEST_OLD", "_ssh_KEX_HYBRID_INIT", "ssh_NEWKEYS", "_keySetup"),
-        client: ("ssh_KEX_DH_GEX_GROUP", "ssh_NEWKEYS", "verifyHostKey", "_keySetup", "ssh_KEXINIT"),
+        client: ("ssh_KEX_DH_GEX_GROUP", "ssh_NEWKEYS", "verifyHostKey", "connectionSecure", "_keySetup",
+                 "ssh_KEXINIT"),
         _conch: ("SSHCiphers", "DISCONNECT_KEY_EXCHANGE_FAILED", "DISCONNECT_PROTOCOL_ERROR",
                  "DISCONNECT_HOST_KEY_NOT_VERIFIABLE", "MSG_KEXINIT", "MSG_NEWKEYS"),
         _kex: ("isPQHybrid", "getHashProcessor"),
