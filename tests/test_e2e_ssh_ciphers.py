@@ -230,6 +230,13 @@ class CipherTests(Setup, TestCase):
         self.assertEqual(kex_algorithm(sshd), {"curve25519-sha256"})
         self.assertIn(b"host key algorithm: ssh-ed25519", sshd + client)
 
+    async def test_rekeys_on_both_sides(self) -> None:
+        # Every MiB, as OpenSSH does every GiB or so by itself: the user's
+        # ssh rekeys with the gateway, the sshd with the gateway's client.
+        client, sshd = await self.through(["-o", "RekeyLimit=1M"], ["RekeyLimit 1M"])
+        self.assertGreaterEqual(client.count(b"kex: algorithm: "), 4, client[-3000:])
+        self.assertGreaterEqual(sshd.count(b"kex: algorithm: "), 4, sshd[-3000:])
+
     # Refusals.
 
     async def refused(self, *options: str) -> bytes:
