@@ -120,7 +120,9 @@ class JetStreamFeedTests(TestCase):
         self.assertEqual(feed.mode, "core")
         subject, body = compute_message("container", "web1", "started")
         await as_deferred(client.publish(subject, body))
-        await poll_until(lambda: handler.events, "the event")
+        # At the server once flushed: a timeout below is the feed's.
+        await as_deferred(client.flush())
+        await poll_until(lambda: handler.events, "the event", timeout=20)
         self.assertEqual(handler.events[0].container_ids, ("web1",))
 
     async def test_core_without_jetstream(self) -> None:
@@ -129,7 +131,8 @@ class JetStreamFeedTests(TestCase):
         feed, handler = await self.feed(server)
         self.assertEqual(feed.mode, "core")
         await as_deferred(client.publish("compute.sshkey.3.deleted", b'{"userId": "42"}'))
-        await poll_until(lambda: handler.events, "the event")
+        await as_deferred(client.flush())
+        await poll_until(lambda: handler.events, "the event", timeout=20)
         self.assertEqual(handler.events[0].user_ids, ("42",))
 
     async def test_the_stream_is_found_at_a_reconnection_and_nothing_comes_twice(self) -> None:
