@@ -20,6 +20,7 @@ import os
 import pwd
 import re
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
+from edd_gateway.ssh import algorithms
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
 from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
 
@@ -66,7 +68,7 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
 
     async def _setUp(self) -> None:
         self.tools = {name: require_tool(name) for name in ("ssh", "scp", "sftp", "rsync", "git")}
-        sshd = find_sshd()
+        sshd = self.sshd_path = find_sshd()
         privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
@@ -84,15 +86,17 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
              "ssh_enabled": True, "ssh_keys": owner_keys},
         ]}))
 
-    async def start_sshd(self, sshd: str) -> None:
+    async def start_sshd(self, sshd: str, *extra: str) -> None:
+        """The container's sshd, with C{extra} configuration lines (its algorithms)."""
         host_key = self.work / "sshd_host_key"
-        write_user_key(host_key)
+        if not host_key.exists():
+            write_user_key(host_key)
         config = self.work / "sshd_config"
         config.write_text("\n".join([
             f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PidFile none",
             f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
             "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "Subsystem sftp internal-sftp", "PrintMotd no", "LogLevel VERBOSE", "",
+            "Subsystem sftp internal-sftp", "PrintMotd no", "LogLevel VERBOSE", *extra, "",
         ]))
         self.sshd = run_process([sshd, "-D", "-e", "-f", str(config)], timeout=self.timeout)
         self.addCleanup(self.sshd.stop)
@@ -139,30 +143,32 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
 
     # Every tool, every key type.
 
-    async def every_tool(self, key: str) -> None:
-        """ssh, scp both ways, sftp, rsync and git clone, each logging in with C{key}."""
-        await self.start()
+    async def every_tool(self, key: str, *options: str) -> None:
+        """ssh, scp both ways, sftp, rsync and git clone, each logging in with C{key} (and ssh C{options})."""
         work, remote = self.work, f"{self.user()}@127.0.0.1"
-        done = await self.ssh(key, "echo hi")
+        logins = self.gateway.log_text().count("ssh: login accepted from 127.0.0.1:")
+        done = await self.ssh(key, "echo hi", *options)
         self.assertWorked(done, "ssh")
         self.assertEqual(bytes(done.out), b"hi\n")
 
         payload = os.urandom(256 * 1024)
         (work / "payload").write_bytes(payload)
-        scp = [self.tools["scp"], *self.ssh_options(key), "-P", str(self.ssh_port)]
+        scp = [self.tools["scp"], *self.ssh_options(key, *options), "-P", str(self.ssh_port)]
+        for name in ("scp-up", "scp-down", "sftp-up", "rsynced", "tree", "clone", "repository"):
+            shutil.rmtree(work / name, ignore_errors=True) if (work / name).is_dir() else (work / name).unlink(True)
         self.assertWorked(await self.run_tool([*scp, str(work / "payload"), f"{remote}:{work / 'scp-up'}"]), "scp up")
         self.assertWorked(await self.run_tool([*scp, f"{remote}:{work / 'scp-up'}", str(work / "scp-down")]), "scp down")
         self.assertEqual((work / "scp-down").read_bytes(), payload)
 
         (work / "batch").write_text(f"put {work / 'payload'} {work / 'sftp-up'}\nls {work}\n")
-        sftp = [self.tools["sftp"], *self.ssh_options(key), "-P", str(self.ssh_port), "-b", str(work / "batch")]
+        sftp = [self.tools["sftp"], *self.ssh_options(key, *options), "-P", str(self.ssh_port), "-b", str(work / "batch")]
         done = await self.run_tool([*sftp, remote])
         self.assertWorked(done, "sftp")
         self.assertEqual((work / "sftp-up").read_bytes(), payload)
 
         (work / "tree" / "sub").mkdir(parents=True)
         (work / "tree" / "sub" / "file").write_bytes(payload)
-        ssh_command = shlex.join([self.tools["ssh"], *self.ssh_options(key), "-p", str(self.ssh_port)])
+        ssh_command = shlex.join([self.tools["ssh"], *self.ssh_options(key, *options), "-p", str(self.ssh_port)])
         done = await self.run_tool([self.tools["rsync"], "-a", "-e", ssh_command, f"{work / 'tree'}/",
                                f"{remote}:{work / 'rsynced'}/"])
         self.assertWorked(done, "rsync")
@@ -176,7 +182,7 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
         self.assertEqual((work / "clone" / "README").read_text(), "in the container\n")
 
         log = self.gateway.log_text()
-        self.assertEqual(log.count("ssh: login accepted from 127.0.0.1:"), 6, log[-3000:])
+        self.assertEqual(log.count("ssh: login accepted from 127.0.0.1:") - logins, 6, log[-3000:])
 
     async def git_repository(self) -> Path:
         """A repository with one commit, in the container's filesystem (this machine's)."""
@@ -192,19 +198,44 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
         return repository
 
     async def test_rsa_3072(self) -> None:
+        await self.start()
         await self.every_tool("rsa")
 
     async def test_ecdsa_p256(self) -> None:
+        await self.start()
         await self.every_tool("ecdsa-p256")
 
     async def test_ecdsa_p384(self) -> None:
+        await self.start()
         await self.every_tool("ecdsa-p384")
 
     async def test_ecdsa_p521(self) -> None:
+        await self.start()
         await self.every_tool("ecdsa-p521")
 
     async def test_ed25519(self) -> None:
+        await self.start()
         await self.every_tool("ed25519")
+
+    # Every cipher on both sides, with every key type.
+
+    async def test_every_cipher_with_every_key_type(self) -> None:
+        """
+        For each cipher, the container's sshd offers it alone and the user's
+        ssh asks for it alone (C{-c}): a login with each key type, then every
+        tool with one of them (a different one for each cipher).
+        """
+        await self.start()
+        kinds = list(KEY_TYPES)
+        for n, cipher in enumerate(name.decode() for name in algorithms.CIPHERS):
+            await self.sshd.stop()
+            await self.start_sshd(self.sshd_path, f"Ciphers {cipher}")
+            for kind in kinds:
+                done = await self.ssh(kind, "echo $SSH_CONNECTION", f"Ciphers={cipher}", verbose="-v")
+                self.assertWorked(done, f"{kind} with {cipher}")
+                self.assertIn(f"kex: server->client cipher: {cipher} ".encode(), bytes(done.err))
+            # sshd offers nothing else: the gateway's side agreed it too.
+            await self.every_tool(kinds[n % len(kinds)], f"Ciphers={cipher}")
 
     # RSA signature algorithms.
 

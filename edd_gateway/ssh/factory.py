@@ -36,7 +36,7 @@ from edd_gateway.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh._transport_crypto import ServerTransportCrypto
-from edd_gateway.ssh.algorithms import Algorithms
+from edd_gateway.ssh.algorithms import VERSION_STRING, Algorithms
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserAuthServer
 from edd_gateway.ssh.connection import DownstreamConnection
 from edd_gateway.ssh.hostkey import load_host_keys, load_or_create_key
@@ -162,10 +162,7 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
 
     _log = conch_logger()
     factory: GatewaySSHFactory
-    #: The product without a version (Conch's says Twisted's exact release).
-    #: RFC 4253, 4.2: the software version is printable ASCII without
-    #: spaces or '-', hence the underscore.
-    ourVersionString = b"SSH-2.0-edd_gateway"
+    ourVersionString = VERSION_STRING
     # Ciphers, MACs, key exchanges, strict kex and the packet framing:
     # ServerTransportCrypto (edd_gateway.ssh._transport_crypto).
     supportedCompressions = [b"none"]

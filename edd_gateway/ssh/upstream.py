@@ -38,7 +38,7 @@ from edd_gateway.containers import ContainerAddressing
 from edd_gateway.proxyprotocol import header as proxy_header
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh._transport_crypto import ClientTransportCrypto
-from edd_gateway.ssh.algorithms import Algorithms
+from edd_gateway.ssh.algorithms import VERSION_STRING, Algorithms
 from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
 from edd_gateway.ssh.connection import RelayConnection
 from edd_gateway.ssh.hostkey import public_text
@@ -283,6 +283,8 @@ class UpstreamTransport(ClientTransportCrypto, ssh_transport.SSHClientTransport)
     """
 
     _log = conch_logger()
+    #: Containers' logs name the product, not Twisted's release.
+    ourVersionString = VERSION_STRING
 
     def __init__(self, attempt: _Attempt) -> None:
         self.attempt = attempt
