@@ -102,7 +102,7 @@ def login_name(peer: str) -> str:
 
 def forced(cipher: str) -> list[str]:
     """The user's ssh options that force C{cipher} (and, for CTR, the MAC the gateway offers)."""
-    return ["-c", cipher] + (["-m", CTR_MAC] if cipher.endswith("-ctr") else [])
+    return ["-c", cipher] + (["-o", f"MACs={CTR_MAC}"] if cipher.endswith("-ctr") else [])
 
 
 def run(argv: list[str], what: str, cpus: Sequence[int] | None, stdin: Any = None, stdout: Any = None) -> float:
