@@ -56,7 +56,7 @@ REFUSAL_REASONS = ("banned", "max-connections", "max-connections-per-ip", "rate"
 LIMITS = (
     "max-connections", "max-connections-per-ip", "rate",
     "sniff-timeout", "tls-hello-timeout", "tls-handshake-timeout",
-    "header-timeout", "request-line", "header-size", "header-count", "body-size",
+    "header-timeout", "request-line", "header-size", "header-count", "body-size", "body-timeout", "body-streams",
     "idle", "stream-idle", "websocket-idle", "tcp-idle",
     "backend-connect-timeout", "backend-response-timeout", "ssh-login-grace",
 )  # fmt: skip
@@ -67,7 +67,7 @@ LIMITS = (
 #: timeouts (not the client's doing) and the global cap (everyone's) are not.
 STRIKING_LIMITS = frozenset({
     "max-connections-per-ip", "rate", "sniff-timeout", "tls-hello-timeout", "tls-handshake-timeout",
-    "header-timeout", "request-line", "header-size", "header-count",
+    "header-timeout", "request-line", "header-size", "header-count", "body-timeout",
 })  # fmt: skip
 
 #: Seconds between two refusal log lines for one client (the lines between

@@ -110,6 +110,11 @@ class Options(usage.Options):
         ["pool-max-idle", None, 64, "Idle keep-alive connections kept per backend.", int],
         ["pool-max-per-backend", None, 512, "Connections (busy and idle) per backend.", int],
         ["pool-idle-timeout", None, 60.0, "Seconds an idle backend connection is kept.", float],
+        ["body-buffer-size", None, 65536, "Request bodies up to this many bytes are read whole before a backend "
+         "connection is taken; 0 streams every body.", int],
+        ["body-timeout", None, 30.0, "Seconds a request body may go without a byte before it gets 408.", float],
+        ["body-streams-per-client", None, 8, "Backend connections one client address may hold per backend while "
+         "its larger request bodies are still arriving (429 beyond); 0 is no cap.", int],
         ["default-cert", None, None, "The name whose certificate TLS clients without SNI or with an unknown one get."],
         ["dev-cert-dir", None, DEFAULT_DEV_CERT_DIR,
          "Without --tls-dir: where the self-signed development certificate is kept (made on first start)."],
@@ -232,6 +237,11 @@ class Options(usage.Options):
                     raise usage.UsageError(str(problem)) from None
         if self["drain-timeout"] < 0:
             raise usage.UsageError("--drain-timeout must not be negative")
+        for name in ("body-buffer-size", "body-streams-per-client"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
+        if self["body-timeout"] <= 0:
+            raise usage.UsageError("--body-timeout must be more than 0 seconds")
         if self["admin"].lower() == "none":
             self["admin"] = None
         _admission.check_options(self)
@@ -286,6 +296,9 @@ class Options(usage.Options):
             pool_max_idle=self["pool-max-idle"],
             pool_max_per_backend=self["pool-max-per-backend"],
             pool_idle_timeout=self["pool-idle-timeout"],
+            body_buffer_size=self["body-buffer-size"],
+            body_timeout=self["body-timeout"],
+            body_streams_per_client=self["body-streams-per-client"],
             trusted_proxies=self["trusted-proxy"],
         )
 
@@ -457,7 +470,8 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
         containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"],
                                      config.addressing())
     pool = UpstreamPool(reactor, reactor, max_idle=settings.pool_max_idle,
-                        max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout)
+                        max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout,
+                        max_streams_per_client=settings.body_streams_per_client)
     PoolService(pool).setServiceParent(top)
     http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http", main_site=config["main-site"],
                             containers=containers, observer=observer)

@@ -7,6 +7,8 @@ memory reactor's C{tcpClients}, time moved by the test.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.internet import error
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -50,15 +52,18 @@ def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
 class ProxyTestCase(SynchronousTestCase):
     """A harness with L{ROUTES}; C{settings} may be overridden per test."""
 
-    settings = ProxySettings()
+    #: Bodies stream as they come (as with --body-buffer-size 0), so that
+    #: each test sees what reaches the backend when; BodyBufferingTests
+    #: has the default.
+    settings = ProxySettings(body_buffer_size=0)
 
     def setUp(self) -> None:
         self.harness = ProxyHarness(ROUTES, self.settings)
         self.client = self.harness.connect_client(CLIENT_IP)
 
     def with_settings(self, **changes: object) -> ClientConnection:
-        """A new harness and client with C{changes} to the default settings."""
-        self.harness = ProxyHarness(ROUTES, ProxySettings(**changes))  # type: ignore[arg-type]
+        """A new harness and client with C{changes} to this class's settings."""
+        self.harness = ProxyHarness(ROUTES, replace(self.settings, **changes))  # type: ignore[arg-type]
         self.client = self.harness.connect_client(CLIENT_IP)
         return self.client
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness, backend_route
 
 ROUTES = [backend_route("app.test", "/", "10.0.0.5:8080")]
@@ -126,6 +127,9 @@ class SmugglingTests(SynchronousTestCase):
             self.assertEqual(backend.received(), b"", "refused bytes reached a backend")
 
     def check_body_problem_after_the_head_was_sent(self, body: bytes) -> None:
+        # Streamed bodies (no buffering): the head is at the backend first.
+        self.harness = ProxyHarness(ROUTES, ProxySettings(body_buffer_size=0))
+        self.client = self.harness.connect_client()
         self.client.send(CHUNKED_HEAD)
         backend = self.harness.accept()
         self.client.send(body)

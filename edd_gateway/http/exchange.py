@@ -41,6 +41,11 @@ if TYPE_CHECKING:
 log = Logger()
 
 _CHUNK_END = b"0\r\n\r\n"
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+#: RFC 9110 9.2.2: methods whose repetition has the effect of one, which
+#: may be sent again when a backend connection fails before answering.
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class Exchange(RequestRecordFields):
@@ -60,12 +65,25 @@ class Exchange(RequestRecordFields):
         self.info = info
         self.route = route
         self.target = route.target
+        self.request_done = info.body == BODY_NONE
+        #: The body is read (up to --body-buffer-size) before a backend
+        #: connection is taken, so that a slow client holds none.
+        self._buffer_first = (not self.request_done and server.settings.body_buffer_size > 0
+                              and not info.upgrade)
+        # The gateway answers 100 Continue itself when it reads the body
+        # first, so the backend is not asked (it would answer a second one).
+        self._continue_ourselves = self._buffer_first and info.expect_continue and info.http11
         self.head = upstream_request_head(
-            info, path_and_query, server.client_ip, server.scheme, server.trusted_peer
+            info, path_and_query, server.client_ip, server.scheme, server.trusted_peer,
+            keep_expect=not self._continue_ourselves,
         )
         self.upstream: UpstreamProtocol | None = None
         self.pending_body: list[bytes] = []
-        self.request_done = info.body == BODY_NONE
+        self._buffered = 0
+        self._buffering = False
+        #: The body as sent, when it was sent whole: what a retry sends again.
+        self._replay: list[bytes] | None = None
+        self._stream_held = False
         self.response_started = False
         self.finished = False
         self.retried = False
@@ -86,15 +104,37 @@ class Exchange(RequestRecordFields):
     # Start: find a backend connection
 
     def start(self) -> None:
-        pool = self.server.pool
-        connection = pool.checkout(self.target)
+        if self._buffer_first and not self.request_done and self._buffered < self.server.settings.body_buffer_size:
+            self._buffering = True
+            if self._continue_ourselves and not self._buffered:
+                self.server.write(_CONTINUE)
+            return
+        self._take_connection()
+
+    def _take_connection(self, fresh: bool = False) -> None:
+        """A pooled connection (unless C{fresh}), or a new one; a slot first while the body still arrives."""
+        server = self.server
+        pool = server.pool
+        if not self.request_done and not self._stream_held:
+            if not pool.take_stream(server.client_ip, self.target):
+                server.limit_hit("body-streams")
+                self.fail(429, f"Too many request bodies from {server.client_ip} are on their way to "
+                               f"{self.target} at once; try again when one has arrived.")
+                return
+            self._stream_held = True
+        connection = None if fresh else pool.checkout(self.target)
         if connection is not None:
             self._attach(connection)
             return
-        timeout = self.route.connect_timeout or self.server.settings.connect_timeout
+        timeout = self.route.connect_timeout or server.settings.connect_timeout
         pool.connect(self.target, timeout).addCallbacks(
             self._connected, self._connect_failed
         )
+
+    def _release_stream(self) -> None:
+        if self._stream_held:
+            self._stream_held = False
+            self.server.pool.release_stream(self.server.client_ip, self.target)
 
     def _connected(self, connection: UpstreamProtocol) -> None:
         if self.finished:
@@ -132,12 +172,20 @@ class Exchange(RequestRecordFields):
         if server.tcp_connection is None:
             self._throttle_backend = Throttle(transport)
             server.transport.registerProducer(self._throttle_backend, True)
-        if self.pending_body:
-            transport.writeSequence([self.head, *self.pending_body])
-            self.pending_body = []
-            server.resume_reading()
-        else:
-            write_now(transport, self.head)
+        try:
+            if self.pending_body:
+                if self.request_done:
+                    self._replay = self.pending_body
+                transport.writeSequence([self.head, *self.pending_body])
+                self.pending_body = []
+                server.resume_reading()
+            else:
+                write_now(transport, self.head)
+        except RuntimeError as problem:
+            # uvloop refuses to write on a socket it closed before Twisted
+            # saw the close (the idle backend hung up): as if lost unanswered.
+            self.upstream_lost(Failure(error.ConnectionLost(str(problem))))
+            return
         if self.request_done:
             self._awaiting = True
             server.awaiting_response(self._response_timeout())
@@ -154,8 +202,17 @@ class Exchange(RequestRecordFields):
         if self.info.body == BODY_CHUNKED:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self.upstream is None:
+            if self.finished:
+                return
             self.pending_body.append(data)
-            self.server.pause_reading()
+            self._buffered += len(data)
+            if not self._buffering:
+                self.server.pause_reading()  # until connected
+            elif self._buffered >= self.server.settings.body_buffer_size:
+                # Larger than the buffer: the rest streams.
+                self._buffering = False
+                self.server.pause_reading()
+                self._take_connection()
         else:
             self.upstream.write(data)
 
@@ -166,6 +223,12 @@ class Exchange(RequestRecordFields):
                 self.pending_body.append(_CHUNK_END)
             else:
                 self.upstream.write(_CHUNK_END)
+        self._release_stream()
+        self.server.body_complete()
+        if self._buffering:
+            self._buffering = False
+            self._take_connection()
+            return
         if self.upstream is not None and not self.response_started and not self._awaiting:
             self._awaiting = True
             self.server.awaiting_response(self._response_timeout())
@@ -296,19 +359,34 @@ class Exchange(RequestRecordFields):
             self._report()
             self.server.abort()
             return
-        if (
-            upstream is not None
-            and upstream.requests > 1
-            and upstream.received == 0
-            and self.info.body == BODY_NONE
-            and not self.retried
-        ):
-            # A pooled connection the backend closed while it sat idle: the
-            # request never reached it, so one fresh attempt is safe.
+        if self._may_retry(upstream):
+            # Most often a pooled connection the backend closed while it
+            # sat idle (the race every keep-alive proxy meets): sent again,
+            # once, on a new connection, when sending twice is harmless.
+            log.info("http: backend {target} closed the connection before answering {method} from {client} "
+                     "({reason}); sending it again on a new connection", target=str(self.target),
+                     method=self.info.method.decode("latin-1"), client=self.server.client_ip,
+                     reason=reason.getErrorMessage())
             self.retried = True
-            self.start()
+            self._awaiting = False
+            if self._replay is not None:
+                self.pending_body = list(self._replay)
+            self._take_connection(fresh=True)
             return
         self.fail(502, f"The backend {self.target} closed the connection before answering.")
+
+    def _may_retry(self, upstream: UpstreamProtocol | None) -> bool:
+        """Whether a request whose backend connection failed unanswered may be sent again."""
+        if self.retried or upstream is None or upstream.received or not self.request_done:
+            return False
+        if upstream.requests < 2:
+            return False  # a new connection closed unanswered: the backend failed on this request
+        if self.info.body != BODY_NONE and self._replay is None:
+            return False  # streamed: what was sent is gone
+        if self.info.method in IDEMPOTENT:
+            return True
+        # draft-ietf-httpapi-idempotency-key-header: the client says so.
+        return any(name.lower() == b"idempotency-key" for name, _ in self.info.headers)
 
     # Ending
 
@@ -318,6 +396,8 @@ class Exchange(RequestRecordFields):
             return
         upstream = self.upstream
         self._detach()
+        self._release_stream()
+        self.pending_body = []
         if upstream is not None:
             self.server.pool.discard(upstream)
         if self.response_started:
@@ -347,6 +427,8 @@ class Exchange(RequestRecordFields):
         self.completed = False
         upstream = self.upstream
         self._detach()
+        self._release_stream()
+        self.pending_body = []
         if upstream is not None:
             self.server.pool.discard(upstream)
         self._report()
@@ -380,6 +462,7 @@ class Exchange(RequestRecordFields):
     def _finish(self) -> None:
         if self.finished:
             return
+        self._release_stream()
         self.finished = True
         self._report()
         self.server.exchange_finished(self)

@@ -190,9 +190,11 @@ def upstream_request_head(
     client_ip: str,
     scheme: str,
     trusted: bool,
+    keep_expect: bool = True,
 ) -> bytes:
     """
-    The request head sent to the backend.
+    The request head sent to the backend; without C{Expect} unless
+    C{keep_expect} (when the gateway answered 100 Continue itself).
 
     Hop-by-hop headers and those the client's Connection header names are
     dropped (an upgrade keeps Upgrade and asks for it again); the forwarding
@@ -206,7 +208,7 @@ def upstream_request_head(
     for raw_name, value in info.headers:
         name = raw_name.lower()
         if name not in _REQUEST_SPECIAL:
-            if not named or name not in named:
+            if (not named or name not in named) and (keep_expect or name != b"expect"):
                 append(raw_name + b": " + value)
             continue
         if name == b"upgrade":

@@ -24,7 +24,7 @@ from edd_gateway._transport import is_plain_tcp, set_no_delay, socket_below, wri
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.answer import LocalAnswer
 from edd_gateway.http.exchange import Exchange
-from edd_gateway.http.headers import RequestInfo, analyse_request, new_request_id
+from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.http.upstream import UpstreamProtocol
 from edd_gateway.observe import tunnel_reporter
@@ -37,7 +37,7 @@ log = Logger()
 
 Job = Union[Exchange, LocalAnswer]
 
-_IDLE, _HEAD, _WAITING, _BUSY, _STREAMING = range(5)
+_IDLE, _HEAD, _WAITING, _BUSY, _STREAMING, _BODY = range(6)
 
 #: Seconds a closed connection's client gets to take the bytes still queued
 #: for it (the last response) before the connection is cut.
@@ -75,6 +75,7 @@ class HTTPServerProtocol(Protocol):
         self._unaccounted = 0
         self._header_bytes = 0
         self._body_size = 0
+        self._body_moved = False
         self._upgrade_rest: list[bytes] = []
         self.client_ip = ""
         self.trusted_peer = False
@@ -192,6 +193,11 @@ class HTTPServerProtocol(Protocol):
         limit = self.settings.max_body_size
         if limit and info.content_length > limit:
             raise GatewayError(413, f"The request body is larger than {limit} bytes.")
+        if info.upgrade and info.body != BODY_NONE:
+            # llhttp hands over whatever follows an upgrade head as the new
+            # protocol's bytes, body included: the backend would wait for a
+            # body that never comes.  WebSocket handshakes have none.
+            raise GatewayError(400, "An upgrade request cannot carry a body.")
         job = self._job_for(info)
         self.receiving = job
         self.jobs.append(job)
@@ -200,6 +206,7 @@ class HTTPServerProtocol(Protocol):
 
     def on_body(self, data: bytes) -> None:
         self._unaccounted = 0
+        self._body_moved = True
         limit = self.settings.max_body_size
         if limit:
             self._body_size += len(data)
@@ -236,9 +243,21 @@ class HTTPServerProtocol(Protocol):
     # Jobs
 
     def _start(self, job: Job) -> None:
-        self._phase = _BUSY
-        self.deadline.clear()
+        if isinstance(job, Exchange) and not job.request_done:
+            # Its body is on its way: it must keep coming (--body-timeout).
+            self._phase = _BODY
+            self._body_moved = False
+            self.deadline.set(self.settings.body_timeout)
+        else:
+            self._phase = _BUSY
+            self.deadline.clear()
         job.start()
+
+    def body_complete(self) -> None:
+        """The request body of the exchange being answered has all arrived."""
+        if self._phase == _BODY:
+            self._phase = _BUSY
+            self.deadline.clear()
 
     def exchange_finished(self, job: Job) -> None:
         if self.jobs and self.jobs[0] is job:
@@ -290,6 +309,14 @@ class HTTPServerProtocol(Protocol):
             self._close()
         elif self._phase == _HEAD:
             self._refuse(408, "The request head did not arrive in time.")
+        elif self._phase == _BODY and self._body_moved:
+            self._body_moved = False
+            self.deadline.set(self.settings.body_timeout)
+        elif self._phase == _BODY and self.jobs:
+            job = self.jobs[0]
+            self.limit_hit("body-timeout")
+            if isinstance(job, Exchange):
+                job.fail(408, f"The request body stopped arriving ({self.settings.body_timeout:g}s without a byte).")
         elif self._phase == _WAITING and self.jobs:
             job = self.jobs[0]
             if isinstance(job, Exchange):

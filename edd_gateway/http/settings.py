@@ -33,6 +33,15 @@ class ProxySettings:
     pool_max_idle: int = 64
     pool_max_per_backend: int = 512
     pool_idle_timeout: float = 60.0
+    #: Request bodies up to this size are read whole before a backend
+    #: connection is taken (HAProxy's http-buffer-request, nginx's body
+    #: buffer): a slow client then holds none.  0 streams every body.
+    body_buffer_size: int = 65536
+    #: Seconds a request body may go without a byte before it gets 408.
+    body_timeout: float = 30.0
+    #: Backend connections one client address may hold, per backend, while
+    #: its (larger) request bodies are still arriving; 0 is no cap.
+    body_streams_per_client: int = 8
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = field(default=())
 
     def is_trusted(self, address: str) -> bool:

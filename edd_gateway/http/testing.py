@@ -181,6 +181,7 @@ class ProxyHarness:
             max_idle=self.settings.pool_max_idle,
             max_per_backend=self.settings.pool_max_per_backend,
             idle_timeout=self.settings.pool_idle_timeout,
+            max_streams_per_client=self.settings.body_streams_per_client,
         )
         self.routes = LiveRouteTable(RouteTable(routes))
         self.factory = HTTPProxyFactory(self.routes, self.pool, self.settings, self.reactor, scheme)

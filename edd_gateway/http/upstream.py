@@ -11,6 +11,7 @@ connections one backend gets; requests over the bound wait for a free one.
 
 from __future__ import annotations
 
+import socket
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
@@ -205,8 +206,11 @@ class UpstreamPool:
         max_per_backend: int = 512,
         idle_timeout: float = 60.0,
         connect_timeout: float = 5.0,
+        max_streams_per_client: int = 0,
     ) -> None:
         self.reactor = reactor
+        self.max_streams_per_client = max_streams_per_client
+        self._streams: dict[tuple[str, str, int], int] = {}
         self.connect_timeout = connect_timeout
         self.clock = clock
         self.max_idle = max_idle
@@ -227,11 +231,53 @@ class UpstreamPool:
                 connection.transport.loseConnection()
 
     def checkout(self, target: Target) -> UpstreamProtocol | None:
-        """An idle connection to C{target}, or L{None}: the fast path."""
+        """
+        An idle connection to C{target} that is still open, or L{None}: the
+        fast path.  Backends close idle connections when they like (Node.js
+        after 5 s, Go's IdleTimeout): each is looked at before it is handed
+        out, and one the backend closed or spoke on is dropped.
+        """
         backend = self._backends.get((target.host, target.port))
-        if backend is not None and backend.idle:
-            return backend.idle.pop()
+        if backend is None:
+            return None
+        idle = backend.idle
+        while idle:
+            connection = idle.pop()
+            if still_open(connection):
+                return connection
+            connection.listener = None
+            if connection.transport is not None:
+                connection.transport.abortConnection()
         return None
+
+    # Request bodies that are still arriving (see Exchange._take_connection).
+
+    def take_stream(self, client: str, target: Target) -> bool:
+        """
+        Whether C{client} may hold one more connection to C{target} while its
+        request body arrives (C{max_streams_per_client}); taken if so.
+        """
+        if not self.max_streams_per_client:
+            return True
+        key = (client, target.host, target.port)
+        held = self._streams.get(key, 0)
+        if held >= self.max_streams_per_client:
+            return False
+        self._streams[key] = held + 1
+        return True
+
+    def release_stream(self, client: str, target: Target) -> None:
+        if not self.max_streams_per_client:
+            return
+        key = (client, target.host, target.port)
+        held = self._streams.get(key, 0) - 1
+        if held > 0:
+            self._streams[key] = held
+        else:
+            self._streams.pop(key, None)
+
+    def streams_held(self, client: str, target: Target) -> int:
+        return self._streams.get((client, target.host, target.port), 0)
 
     def connect(self, target: Target, timeout: float) -> defer.Deferred[UpstreamProtocol]:
         """A new connection to C{target} (or the next free one, when at the bound)."""
@@ -360,6 +406,30 @@ class _Connecting(ClientFactory):
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.protocol_instance.on_connected = None
         self.deferred.errback(reason)
+
+
+def still_open(connection: UpstreamProtocol) -> bool:
+    """
+    Whether an idle backend connection can carry a request: connected, and
+    nothing to read on its socket.  An idle backend has nothing to say, so a
+    readable socket means the close (or bytes no request asked for) is
+    already there, unseen by the reactor until its next turn.  One
+    non-blocking peek per reuse; nginx and HAProxy learn the same from
+    their event loop, which Twisted only tells at the next turn.
+    """
+    transport = connection.transport
+    if not connection.connected or connection._gone or transport is None or transport.disconnecting:
+        return False
+    sock = getattr(transport, "socket", None)
+    if sock is None:
+        return True  # not a plain TCP transport: nothing to peek at
+    try:
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+    return False
 
 
 def _is_ipv4(host: str) -> bool:
