@@ -10,6 +10,7 @@ bound and fails with the gateway's log attached (L{EndToEndMixin}).  The
 pieces live in private modules by concern; import them from here.
 """
 
+from ._attacks import AttackSettings, SlowAttack, start_attack
 from ._backends import (
     BackendServer,
     DownloadResource,
@@ -43,7 +44,7 @@ from ._tools import (
 )
 
 __all__ = [
-    "REQUIRE_INTEGRATION",
+    "REQUIRE_INTEGRATION", "AttackSettings", "SlowAttack", "start_attack",
     "BackendServer", "ComputeService", "CurlResponse", "MetricsScrape", "DownloadResource", "EchoResource",
     "EndToEndMixin", "EventStream", "EventStreamResource", "GatewayProcess", "NewContainer", "NewSSHKey",
     "ProcessRun", "RawConnection", "RawResponse", "WebSocketEcho",
