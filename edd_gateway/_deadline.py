@@ -30,6 +30,11 @@ class Deadline:
         self._call: IDelayedCall | None = None
         self._armed_for = 0.0
 
+    def release(self) -> None:
+        """Cancel, and forget the callback (its owner is done: no cycle through it is left)."""
+        self.cancel()
+        self._on_expiry = _nothing
+
     def set(self, seconds: float) -> None:
         """Expire C{seconds} from now (replacing any earlier deadline)."""
         due = self._clock.seconds() + seconds
@@ -75,3 +80,7 @@ class Deadline:
             return
         self._due = None
         self._on_expiry()
+
+
+def _nothing() -> None:
+    pass

@@ -151,6 +151,14 @@ class HTTPServerProtocol(Protocol):
         for job in self.jobs:
             job.client_lost()
         self.jobs.clear()
+        self.receiving = None
+        # The parser and the deadline call back into this protocol: cycles
+        # that only the cyclic collector would free, which the gateway runs
+        # seldom (edd_gateway._gc).  After an attack of thousands of
+        # connections that held megabytes until a full pass; broken here,
+        # reference counting frees each connection as it closes.
+        self.parser = None  # type: ignore[assignment]
+        self.deadline.release()
 
     # llhttp callbacks
 

@@ -114,6 +114,10 @@ class UpstreamProtocol(Protocol):
         if listener is not None:
             self.listener = None
             listener.upstream_lost(reason)
+        # The parser calls back into this protocol: a cycle (see
+        # HTTPServerProtocol.connectionLost).
+        self.parser = None  # type: ignore[assignment]
+        self._answered = None
 
     # Used by exchanges
 
