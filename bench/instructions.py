@@ -1,0 +1,125 @@
+"""
+Instructions per request, for comparing code changes: ``python
+bench/instructions.py REF [REF ...]`` runs, for each git ref (``HEAD``, a
+commit, a branch; the working tree as ``.``), the gateway of that ref under
+``valgrind --tool=callgrind`` in front of the bench's backend (nginx), warms
+it up with wrk, zeroes the counters, drives C{--seconds} of ``wrk -c10`` at
+C{--path} (``/small``: keep-alive GETs), dumps the counters and divides the
+instructions executed (user space) by wrk's request count.  Wall-clock
+figures move 2-3x between machines of this kind; instruction counts do not,
+so a change is judged by these.
+
+Each ref is checked out with ``git worktree`` into the run's temporary
+directory and run from there (PYTHONPATH), with this interpreter's
+packages.  Figures go to C{bench/results/<timestamp>-instructions.json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+sys.path[:0] = [str(BENCH_DIR), str(ROOT)]
+
+from _procs import ProcessSet, free_port, log_tail, wait_listening  # noqa: E402
+from backend import start_backend  # noqa: E402
+
+HOST = "bench.test"
+
+
+def wrk(port: int, path: str, seconds: float) -> int:
+    """Requests wrk completed in C{seconds}."""
+    out = subprocess.run(["wrk", "-t1", "-c10", f"-d{seconds:g}s", "-H", f"Host: {HOST}",
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 120)
+    match = re.search(r"(\d+) requests in", out.stdout)
+    if not match:
+        raise RuntimeError(f"wrk printed no request count: {out.stdout} {out.stderr}")
+    return int(match.group(1))
+
+
+def checkout(ref: str, into: Path) -> Path:
+    if ref == ".":
+        return ROOT
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(into), ref], check=True)
+    return into
+
+
+def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port: int, path: str,
+            seconds: float) -> dict[str, Any]:
+    port = free_port()
+    routes = work / f"routes-{port}.yaml"
+    routes.write_text(json.dumps({"routes": [{"host": HOST, "path": "/", "target": f"127.0.0.1:{backend_port}"}]}))
+    out = work / f"callgrind-{port}.out"
+    env = {**os.environ, "PYTHONPATH": str(source)}
+    twistd = [sys.executable, "-c", "import sys; from twisted.scripts.twistd import run; sys.argv[0] = 'twistd'; run()"]
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *twistd, "-n", "--pidfile=",
+            "edd-gateway", "--routes", str(routes), "--listen", f"tcp:{port}:interface=127.0.0.1",
+            "--admin", "none", "--no-access-log", "--state-file", str(work / f"pins-{port}.json")]
+    gateway = procs.start(f"gateway-{port}", argv, env=env, cwd=source)
+    wait_listening(gateway, port, timeout=300)
+    wrk(port, path, 10)  # warm-up
+    subprocess.run(["callgrind_control", "-z", str(gateway.pid)], check=True, capture_output=True)
+    requests = wrk(port, path, seconds)
+    subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True)
+    procs.stop(gateway)
+    dumps = sorted(work.glob(f"callgrind-{port}.out*"), key=lambda p: p.stat().st_mtime)
+    total = 0
+    for dump in dumps:
+        match = re.search(r"^summary: (\d+)", dump.read_text(errors="replace"), re.M)
+        if match and ".out." in dump.name:
+            total = int(match.group(1))  # the dump after zeroing
+    if not total:
+        raise RuntimeError(f"no callgrind dump for {ref}:\n{log_tail(gateway.log_path)}")
+    return {"ref": ref, "commit": subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+                                                 capture_output=True, text=True).stdout.strip(),
+            "requests": requests, "instructions": total, "per_request": round(total / requests)}
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("refs", nargs="+")
+    parser.add_argument("--path", default="/small")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
+    args = parser.parse_args(argv)
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (Debian: valgrind, wrk)")
+    work = Path(tempfile.mkdtemp(prefix="edd-bench-instructions-"))
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    rows = []
+    try:
+        with ProcessSet(work) as procs:
+            backend = start_backend(procs, work, "auto", 1 << 20, None)
+            for number, ref in enumerate(args.refs):
+                source = checkout(ref, work / f"tree-{number}")
+                rows.append(measure(ref, source, work, procs, backend.port, args.path, args.seconds))
+                print(f"{ref} ({rows[-1]['commit']}): {rows[-1]['per_request']:,} instructions per request "
+                      f"({rows[-1]['requests']} requests)", flush=True)
+    finally:
+        for number in range(len(args.refs)):
+            tree = work / f"tree-{number}"
+            if tree.exists():
+                subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)],
+                               capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    path = args.results_dir / f"{stamp}-instructions.json"
+    path.write_text(json.dumps({"path": args.path, "seconds": args.seconds, "runs": rows}, indent=2) + "\n")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
