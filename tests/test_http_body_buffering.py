@@ -10,10 +10,14 @@ reused connection fails unanswered is sent again once when that is safe.
 
 from __future__ import annotations
 
+import socket
+from types import SimpleNamespace
+
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness
+from edd_gateway.http.upstream import UpstreamProtocol, still_open
 from edd_gateway.routes.model import Target
 from tests.test_http_server import CLIENT_IP, GET, OK, ROUTES, get, ok
 
@@ -182,3 +186,35 @@ class KeepAliveRaceTests(SynchronousTestCase):
         self.harness.accept().close()
         self.assertEqual(self.harness.pending_attempts(), [])
         self.assertEqual([r.status for r in client.responses()], [502])
+
+
+class StillOpenTests(SynchronousTestCase):
+    """L{still_open} on a real socket pair: what an idle pooled connection shows before reuse."""
+
+    def connection(self) -> tuple[UpstreamProtocol, socket.socket]:
+        ours, backend = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(backend.close)
+        protocol = UpstreamProtocol(ProxyHarness(ROUTES).pool, ("10.0.0.5", 8080))
+        protocol.connected = 1
+        protocol.transport = SimpleNamespace(socket=ours, disconnecting=False)  # type: ignore[assignment]
+        return protocol, backend
+
+    def test_quiet_is_open(self) -> None:
+        protocol, _ = self.connection()
+        self.assertTrue(still_open(protocol))
+
+    def test_closed_by_the_backend(self) -> None:
+        protocol, backend = self.connection()
+        backend.close()
+        self.assertFalse(still_open(protocol))
+
+    def test_bytes_nobody_asked_for(self) -> None:
+        protocol, backend = self.connection()
+        backend.send(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        self.assertFalse(still_open(protocol))
+
+    def test_disconnecting(self) -> None:
+        protocol, _ = self.connection()
+        protocol.transport.disconnecting = True
+        self.assertFalse(still_open(protocol))

@@ -223,8 +223,10 @@ class Exchange(RequestRecordFields):
                 self.pending_body.append(_CHUNK_END)
             else:
                 self.upstream.write(_CHUNK_END)
-        self._release_stream()
-        self.server.body_complete()
+        if self.info.body != BODY_NONE:
+            if self._stream_held:
+                self._release_stream()
+            self.server.body_complete()
         if self._buffering:
             self._buffering = False
             self._take_connection()
@@ -462,7 +464,8 @@ class Exchange(RequestRecordFields):
     def _finish(self) -> None:
         if self.finished:
             return
-        self._release_stream()
+        if self._stream_held:
+            self._release_stream()
         self.finished = True
         self._report()
         self.server.exchange_finished(self)
