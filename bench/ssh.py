@@ -13,7 +13,7 @@ C{--ciphers}):
    one warm-up round, the median of C{--repeats}: MB/s (10^6 bytes/s), the
    gateway's ratio to direct (issue 13's target: at least 0.9), its CPU
    seconds per GiB and peak RSS; every scp copy is checked by SHA-256.  The
-   CTR ciphers use the first MAC (hmac-sha2-512-etm) everywhere;
+   CTR ciphers use hmac-sha2-256-etm everywhere (L{CTR_MAC});
  - 50 concurrent ``ssh ... true`` logins through the gateway in its default
    configuration, and directly for reference: how many succeeded, the wall
    time, each login's median and slowest time.
@@ -51,7 +51,10 @@ CONTAINER = "bench1"
 TARGET_RATIO = 0.9
 CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com", "aes128-gcm@openssh.com", "aes256-ctr",
            "aes192-ctr", "aes128-ctr")
-CTR_MAC = "hmac-sha2-512-etm@openssh.com"
+#: The MAC of the CTR runs, on every hop (the user's ssh, the gateway's two
+#: sides, direct): the one a stock OpenSSH client agrees with the gateway
+#: (its preference puts SHA-256 before SHA-512, and it has no umac here).
+CTR_MAC = "hmac-sha2-256-etm@openssh.com"
 KINDS = ("scp", "stream")
 
 
