@@ -163,6 +163,8 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [
         ["no-access-log", None, "Log no line per HTTP request, tunnel and SSH session."],
+        ["allow-underscore-headers", None, "Pass request header names with an underscore to backends "
+         "(dropped by default: CGI/WSGI backends read Transfer_Encoding as Transfer-Encoding)."],
         ["ssh-allow-sha1-rsa", None, "Accept SHA-1 ssh-rsa signatures from users' RSA keys, and offer ssh-rsa "
          "for an RSA host key (off: rsa-sha2-256/512 only)."],
     ]
@@ -287,6 +289,7 @@ class Options(usage.Options):
             pool_max_per_backend=self["pool-max-per-backend"],
             pool_idle_timeout=self["pool-idle-timeout"],
             trusted_proxies=self["trusted-proxy"],
+            allow_underscore_headers=bool(self["allow-underscore-headers"]),
         )
 
     def ssh_settings(self) -> SSHSettings:

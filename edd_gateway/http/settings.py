@@ -34,6 +34,9 @@ class ProxySettings:
     pool_max_per_backend: int = 512
     pool_idle_timeout: float = 60.0
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = field(default=())
+    #: Pass request field names with an underscore on (dropped otherwise:
+    #: CGI/WSGI backends read C{_} as C{-}; see headers.analyse_request).
+    allow_underscore_headers: bool = False
 
     def is_trusted(self, address: str) -> bool:
         """Whether a peer at C{address} may set X-Forwarded-* for its clients."""
