@@ -75,8 +75,8 @@ class EdgeHeadersTests(EndToEndMixin, TestCase):
 
     async def test_underscore_header_dropped(self) -> None:
         await self.start()
-        response = await self.curl(self.gateway.url("/"), "-H", "Host: app.cloud.test", "-H", "Transfer_Encoding: chunked",
-                                   "-H", "X-Kept: 1")
+        response = await self.curl(self.gateway.url("/"), "-H", "Host: app.cloud.test",
+                                   "-H", "Transfer_Encoding: chunked", "-H", "X-Kept: 1")
         self.assertEqual(response.status, 200, response.describe())
         seen = response.json()
         self.assertEqual(echo_header(seen, "transfer_encoding"), [])
