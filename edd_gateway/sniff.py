@@ -14,6 +14,7 @@ from the start.  The sniffer stays out of the data path afterwards.
 from __future__ import annotations
 
 import collections
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -76,18 +77,30 @@ _OPENINGS: tuple[tuple[bytes, Verdict], ...] = (
 SNIFF_MAX_BYTES = 16
 assert max(len(opening) for opening, _ in _OPENINGS) <= SNIFF_MAX_BYTES
 
+# A method-shaped word (RFC 9112 3: method SP), loosely: any visible ASCII,
+# so that a method that is not a token still gets its 400.  Checked for a
+# space right after it in classify.
+_REQUEST_WORD = re.compile(rb"[\x21-\x7e]*")
+
 #: Seconds a client may stay silent (or stall mid-opening) before the
 #: sniffer decides for it.
 DEFAULT_SNIFF_TIMEOUT = 5.0
 
 
-def classify(prefix: bytes) -> Verdict:
+def classify(prefix: bytes, *, request_lines: bool = False) -> Verdict:
     """
     Classify the first bytes a client sent.
 
     Works on any prefix, byte by byte: L{Verdict.NEED_MORE} while C{prefix}
     could still become more than one thing (the empty prefix included), then
     the verdict, which every extension of C{prefix} keeps.
+
+    With C{request_lines}, any word of visible ASCII followed by a space is
+    HTTP too, whatever the method (C{FOO /}, C{get /}, the HTTP/2 preface's
+    C{PRI *}): the HTTP side then answers what it cannot serve with 501, 400
+    or an HTTP/2 GOAWAY, where a silent close would tell the client nothing.
+    Container ports do without: their unknown bytes are the container's
+    (C{SET key value} is Redis, not HTTP).
     """
     could_grow = False
     for opening, verdict in _OPENINGS:
@@ -95,6 +108,14 @@ def classify(prefix: bytes) -> Verdict:
             return verdict
         if opening.startswith(prefix):
             could_grow = True
+    if request_lines:
+        end = _REQUEST_WORD.match(prefix).end()  # type: ignore[union-attr]
+        if end == len(prefix):
+            # Never decisive before the openings are: SSH- and the methods
+            # share their first letters with longer words.
+            could_grow = could_grow or len(prefix) < SNIFF_MAX_BYTES
+        elif end > 0 and prefix[end] == 0x20:
+            return Verdict.HTTP
     return Verdict.NEED_MORE if could_grow else Verdict.UNKNOWN
 
 
@@ -176,12 +197,13 @@ class SniffingProtocol(Protocol):
         if not self._admitted and not self._admit():
             return
         self._buffer += data
-        verdict = classify(self._buffer[:SNIFF_MAX_BYTES])
+        verdict = classify(self._buffer[:SNIFF_MAX_BYTES], request_lines=self._factory.raw is None)
         if verdict is Verdict.NEED_MORE:
             if len(self._buffer) < SNIFF_MAX_BYTES:
                 return
-            # Unreachable with today's openings (all shorter than the bound),
-            # kept so the bound holds whatever openings are added.
+            # Unreachable with today's openings (all shorter than the bound;
+            # classify itself gives up on a longer word), kept so the bound
+            # holds whatever openings are added.
             verdict = Verdict.UNKNOWN
         self._decide()
         if verdict is Verdict.UNKNOWN and self._factory.raw is not None:

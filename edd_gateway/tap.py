@@ -168,6 +168,8 @@ class Options(usage.Options):
 
     optFlags: list[list[Any]] = [
         ["no-access-log", None, "Log no line per HTTP request, tunnel and SSH session."],
+        ["allow-underscore-headers", None, "Pass request header names with an underscore to backends "
+         "(dropped by default: CGI/WSGI backends read Transfer_Encoding as Transfer-Encoding)."],
         ["ssh-allow-sha1-rsa", None, "Accept SHA-1 ssh-rsa signatures from users' RSA keys, and offer ssh-rsa "
          "for an RSA host key (off: rsa-sha2-256/512 only)."],
     ]
@@ -300,6 +302,7 @@ class Options(usage.Options):
             body_timeout=self["body-timeout"],
             body_streams_per_client=self["body-streams-per-client"],
             trusted_proxies=self["trusted-proxy"],
+            allow_underscore_headers=bool(self["allow-underscore-headers"]),
         )
 
     def ssh_settings(self) -> SSHSettings:

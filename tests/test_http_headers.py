@@ -24,6 +24,7 @@ from edd_gateway.http.headers import (
     response_body_kind,
     upstream_request_head,
 )
+from edd_gateway.routes.model import HeaderEdits
 
 
 def analyse(headers: Headers, method: bytes = b"GET", version: str = "1.1", target: bytes = b"/") -> RequestInfo:
@@ -447,3 +448,94 @@ class ClientResponseHeadTests(SynchronousTestCase):
         self.assertEqual(values(head, b"connection"), [b"upgrade"])
         self.assertEqual(values(head, b"upgrade"), [b"websocket"])
         self.assertEqual(values(head, b"sec-websocket-accept"), [b"x"])
+
+
+class UnderscoreNameTests(SynchronousTestCase):
+    """Issue 14 item 4: CGI/WSGI stacks read C{_} as C{-}, so names with one are dropped."""
+
+    def test_dropped_and_listed(self) -> None:
+        info = analyse([(b"Host", b"a"), (b"Transfer_Encoding", b"chunked"), (b"X_Real_IP", b"1.2.3.4"),
+                        (b"Accept", b"*/*")])
+        self.assertEqual(info.headers, [(b"Host", b"a"), (b"Accept", b"*/*")])
+        self.assertEqual(info.dropped, (b"Transfer_Encoding", b"X_Real_IP"))
+        # The dropped field is not read either: no chunked framing.
+        self.assertEqual(info.body, BODY_NONE)
+        head = upstream_request_head(info, b"/", "203.0.113.7", "http", False)
+        self.assertNotIn(b"_", b"".join(name for name, _ in fields(head)))
+
+    def test_allowed_when_asked(self) -> None:
+        info = analyse_request(b"GET", b"/", "1.1", [(b"Host", b"a"), (b"X_Custom", b"1")], allow_underscores=True)
+        self.assertEqual(info.headers, [(b"Host", b"a"), (b"X_Custom", b"1")])
+        self.assertEqual(info.dropped, ())
+
+    def test_none_dropped_keeps_the_list(self) -> None:
+        headers = [(b"Host", b"a"), (b"X-Custom", b"1")]
+        info = analyse(headers)
+        self.assertIs(info.headers, headers)
+        self.assertEqual(info.dropped, ())
+
+
+class Http2UpgradeTests(SynchronousTestCase):
+    """HTTP2-Settings is hop-by-hop; Upgrade: h2c is never passed on (h2c smuggling)."""
+
+    CURL_H2C = [(b"Host", b"a"), (b"Connection", b"Upgrade, HTTP2-Settings"), (b"Upgrade", b"h2c"),
+                (b"HTTP2-Settings", b"AAMAAABkAAQCAAAAAAIAAAAA")]
+
+    def test_http2_settings_is_hop_by_hop(self) -> None:
+        self.assertIn(b"http2-settings", HOP_BY_HOP)
+        info = analyse([(b"Host", b"a"), (b"HTTP2-Settings", b"AAMA")])
+        head = upstream_request_head(info, b"/", "203.0.113.7", "http", False)
+        self.assertEqual(values(head, b"http2-settings"), [])
+
+    def test_h2c_is_no_upgrade(self) -> None:
+        info = analyse(self.CURL_H2C)
+        self.assertFalse(info.upgrade)
+        # llhttp stops after this head anyway: the connection ends with it.
+        self.assertFalse(info.keep_alive)
+        head = upstream_request_head(info, b"/", "203.0.113.7", "http", False)
+        for name in (b"upgrade", b"connection", b"http2-settings"):
+            self.assertEqual(values(head, name), [], name)
+
+    def test_h2c_with_a_body_refused(self) -> None:
+        error = self.assertRaises(GatewayError, analyse, [*self.CURL_H2C, (b"Content-Length", b"3")], b"POST")
+        self.assertEqual(error.status, 400)
+        self.assertIn("h2c", error.detail)
+
+    def test_other_protocols_kept(self) -> None:
+        info = analyse([(b"Host", b"a"), (b"Connection", b"upgrade"), (b"Upgrade", b"h2c, websocket")])
+        self.assertTrue(info.upgrade)
+        self.assertTrue(info.keep_alive)
+        head = upstream_request_head(info, b"/", "203.0.113.7", "http", False)
+        self.assertEqual(values(head, b"upgrade"), [b"websocket"])
+
+    def test_websocket_unchanged(self) -> None:
+        info = analyse([(b"Host", b"a"), (b"Connection", b"keep-alive, Upgrade"), (b"Upgrade", b"websocket")])
+        self.assertTrue(info.upgrade)
+        self.assertEqual(info.upgrade_value, b"websocket")
+
+
+class ResponseEditTests(SynchronousTestCase):
+    """A route's response header edits (see routes.model.HeaderEdits), applied in client_head."""
+
+    def head(self, headers: Headers, edits: HeaderEdits | None) -> bytes:
+        return client_response_head(b"HTTP/1.1 200 OK", headers, BODY_LENGTH, 0, False, True, True, "rid",
+                                    edits=edits)
+
+    def test_removed_set_and_replaced(self) -> None:
+        edits = HeaderEdits(drop=frozenset({b"server", b"x-frame-options"}),
+                            add=(b"X-Frame-Options: DENY",))
+        head = self.head([(b"Server", b"nginx/1.22"), (b"x-frame-options", b"ALLOW"), (b"Vary", b"Accept")], edits)
+        self.assertEqual(values(head, b"server"), [])
+        self.assertEqual(values(head, b"x-frame-options"), [b"DENY"])
+        self.assertEqual(values(head, b"vary"), [b"Accept"])
+        self.assertEqual(values(head, b"x-request-id"), [b"rid"])
+
+    def test_backend_cannot_name_an_edge_field_away(self) -> None:
+        edits = HeaderEdits(drop=frozenset({b"x-edge"}), add=(b"X-Edge: 1",))
+        head = self.head([(b"Connection", b"X-Edge")], edits)
+        self.assertEqual(values(head, b"x-edge"), [b"1"])
+
+    def test_none_changes_nothing(self) -> None:
+        headers = [(b"Server", b"s")]
+        self.assertEqual(self.head(headers, None), client_response_head(
+            b"HTTP/1.1 200 OK", headers, BODY_LENGTH, 0, False, True, True, "rid"))

@@ -20,7 +20,7 @@ from edd_gateway.routes.loader import (
     load_routes_text,
     parse_duration,
 )
-from edd_gateway.routes.model import MatchKind, Route, Target
+from edd_gateway.routes.model import Hsts, MatchKind, ResponseHeaders, Route, Target
 
 ORIGINALS = os.path.join(os.path.dirname(__file__), "fixtures", "original")
 
@@ -385,3 +385,108 @@ class RobustnessTests(SynchronousTestCase):
                 self.assertTrue(0 <= problem.line <= text.count("\n") + 2, problem)
         else:
             self.assertTrue(all(route.source.startswith("routes.yaml:") for route in routes))
+
+
+class ResponseHeadersKeyTests(ProblemsMixin, SynchronousTestCase):
+    """C{response_headers} and C{hsts} (issue 14 item 7)."""
+
+    def test_loaded(self) -> None:
+        [route] = load_routes_text(routesFile("""\
+            - host: a.com
+              path: /
+              target: web:80
+              response_headers:
+                set:
+                  X-Frame-Options: DENY
+                  X-Count: 10
+                  X-Empty: ""
+                remove: [Server, X-Powered-By]
+              hsts: {max_age: 31536000, include_subdomains: true}
+            """), "routes.yaml")
+        self.assertEqual(route.response_headers, ResponseHeaders(
+            set=(("X-Frame-Options", "DENY"), ("X-Count", "10"), ("X-Empty", "")),
+            remove=("Server", "X-Powered-By")))
+        self.assertEqual(route.hsts, Hsts(31536000, True))
+        self.assertEqual(route.own_answer_headers("https"),
+                         (("Strict-Transport-Security", "max-age=31536000; includeSubDomains"),))
+        self.assertEqual(route.own_answer_headers("http"), ())
+        plain, tls = route.edits_for("http"), route.edits_for("https")
+        assert plain is not None and tls is not None
+        self.assertNotIn(b"Strict-Transport-Security: max-age=31536000; includeSubDomains", plain.add)
+        self.assertIn(b"Strict-Transport-Security: max-age=31536000; includeSubDomains", tls.add)
+        self.assertIn(b"server", plain.drop)
+
+    def test_defaults(self) -> None:
+        [route] = load_routes_text(routesFile("""\
+            - host: a.com
+              path: /
+              target: web:80
+              response_headers: {}
+              hsts: {max_age: 0}
+            """), "routes.yaml")
+        self.assertIsNone(route.response_headers)
+        self.assertEqual(route.hsts, Hsts(0, False))
+        self.assertEqual(route.own_answer_headers("https"), (("Strict-Transport-Security", "max-age=0"),))
+
+    def test_absent_changes_nothing(self) -> None:
+        [route] = load_routes_text(routesFile("""\
+            - host: a.com
+              path: /
+              target: web:80
+            """), "routes.yaml")
+        self.assertIsNone(route.edits_for("https"))
+        self.assertEqual(route.own_answer_headers("https"), ())
+
+    def test_problems_name_their_lines(self) -> None:
+        self.assertEqual(self.problems(routesFile("""\
+            - host: a.com
+              path: /
+              target: web:80
+              response_headers:
+                set:
+                  Content-Length: "5"
+                  "X Bad": a
+                  X-Lead: " a"
+                  Strict-Transport-Security: max-age=1
+                  X-Null:
+                remove: [x-lead, Transfer-Encoding]
+                add: {}
+              hsts: {max_age: -5, preload: true}
+            - host: b.com
+              path: /
+              target: web:443
+              tls: passthrough
+              hsts: {max_age: 60}
+            - host: c.com
+              path: /
+              target: web:80
+              hsts: 60
+              response_headers: [Server]
+            - host: d.com
+              path: /
+              target: web:80
+              hsts: {include_subdomains: true}
+              response_headers: {remove: Server}
+            """)), [
+            "routes.yaml:7: header 'Content-Length' is the gateway's own (framing, hop-by-hop or the request id): "
+            "it cannot be set or removed",
+            "routes.yaml:8: header name 'X Bad' is not a token (letters, digits and !#$%&'*+-.^_`|~)",
+            "routes.yaml:9: header value ' a' must be visible ASCII, with spaces or tabs only inside "
+            "(no control characters, line breaks or leading/trailing spaces)",
+            "routes.yaml:10: Strict-Transport-Security is set with the route's hsts key, "
+            "which sends it over terminated TLS only",
+            "routes.yaml:11: the value of header X-Null must not be empty",
+            "routes.yaml:12: header 'x-lead' given twice in response_headers (first on line 9)",
+            "routes.yaml:12: header 'Transfer-Encoding' is the gateway's own (framing, hop-by-hop or the request "
+            "id): it cannot be set or removed",
+            "routes.yaml:13: unknown response_headers key 'add' (allowed: set, remove)",
+            "routes.yaml:14: unknown hsts key 'preload' (allowed: max_age, include_subdomains)",
+            "routes.yaml:14: hsts max_age must be a whole number of seconds, 0 or more, got '-5'",
+            "routes.yaml:19: hsts needs tls: terminate (with passthrough the backend's TLS answers are not the "
+            "gateway's to change; set HSTS on the backend)",
+            "routes.yaml:23: hsts must be a mapping with max_age (seconds) and optionally include_subdomains, "
+            "got '60'",
+            "routes.yaml:24: response_headers must be a mapping with set and/or remove, got a list",
+            "routes.yaml:28: hsts is missing max_age (seconds; 0 tells browsers to forget the policy)",
+            "routes.yaml:29: response_headers remove must be a list of header names, got 'Server'",
+        ])

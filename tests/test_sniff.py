@@ -168,6 +168,43 @@ class ClassifyTests(SynchronousTestCase):
         self.assertIs(classify(stream), verdict)
 
 
+class RequestLineClassifyTests(SynchronousTestCase):
+    """
+    C{request_lines=True} (every listener but container ports): any word
+    then a space is HTTP, so the HTTP side can answer 501, 400 or GOAWAY.
+    """
+
+    def test_method_shaped_words_are_http(self) -> None:
+        for opening in (b"FOO /a HTTP/1.1\r\n", b"get /a HTTP/1.1\r\n", b"G@T /a HTTP/1.1\r\n",
+                        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"SSH /", b"A" * 15 + b" "):
+            self.assertIs(classify(opening, request_lines=True), Verdict.HTTP, repr(opening))
+            self.assertIs(classify(opening), Verdict.UNKNOWN, repr(opening))
+
+    def test_known_openings_unchanged(self) -> None:
+        for opening, verdict in openings():
+            self.assertIs(classify(opening, request_lines=True), verdict, repr(opening))
+
+    def test_words_need_more_until_the_space(self) -> None:
+        for partial in (b"F", b"FOO", b"get", b"SSH", b"A" * 15):
+            self.assertIs(classify(partial, request_lines=True), Verdict.NEED_MORE, repr(partial))
+
+    def test_still_unknown(self) -> None:
+        for garbage in (b"\x00", b" GET /", b"hello\r\n", b"A" * 16, b"\r\nGET / HTTP/1.1\r\n", b"\x16\x02"):
+            self.assertIs(classify(garbage, request_lines=True), Verdict.UNKNOWN, repr(garbage))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=24), st.binary(max_size=24))
+    def test_decisions_are_final(self, prefix: bytes, more: bytes) -> None:
+        verdict = classify(prefix, request_lines=True)
+        if verdict is not Verdict.NEED_MORE:
+            self.assertIs(classify(prefix + more, request_lines=True), verdict)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(min_size=SNIFF_MAX_BYTES, max_size=64))
+    def test_decisive_within_the_bound(self, data: bytes) -> None:
+        self.assertIsNot(classify(data[:SNIFF_MAX_BYTES], request_lines=True), Verdict.NEED_MORE)
+
+
 class DescribePeerTests(SynchronousTestCase):
     def test_ipv4(self) -> None:
         self.assertEqual(describe_peer(CLIENT), "203.0.113.7:51234")
@@ -285,6 +322,27 @@ class SniffingProtocolTests(SynchronousTestCase):
             "not TLS, HTTP or SSH; closing"
         )
         self.assertIn(expected, [formatEvent(e) for e in events])
+
+    def test_unknown_method_handed_to_http(self) -> None:
+        """The HTTP side, not the sniffer, answers a method it does not know."""
+        factory, transport = self.sniffer()
+        self.deliver(transport, b"FOO /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        [http] = self.http.built
+        self.assertEqual(http.received(), b"FOO /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertEqual(factory.stats.unknown, 0)
+
+    def test_unknown_method_on_a_container_port_is_raw(self) -> None:
+        raw = RecordingFactory()
+        factory = SniffingFactory({Verdict.HTTP: self.http}, clock=self.clock, listener_name="tcp:8000",
+                                  timeout=5.0, raw=raw)
+        sniffing = factory.buildProtocol(CLIENT)
+        transport = HandoverTransport(peerAddress=CLIENT)
+        transport.protocol = sniffing
+        sniffing.makeConnection(transport)
+        self.deliver(transport, b"SET key value\r\n")
+        self.assertEqual(self.http.built, [])
+        [relayed] = raw.built
+        self.assertEqual(relayed.received(), b"SET key value\r\n")
 
     def test_unsupported_kind_closes_and_logs(self) -> None:
         with capturedLogs() as events:

@@ -280,6 +280,7 @@ class Exchange(RequestRecordFields):
         self._out.append(client_head(
             status_line, plain, special, body, length, self._chunk_to_client,
             self.keep_alive, self.info.http11, self.info.request_id,
+            edits=self.route.edits_for(server.scheme),
         ))
 
     def response_body(self, data: bytes) -> None:
@@ -417,7 +418,8 @@ class Exchange(RequestRecordFields):
         )
         # A body still on its way cannot be skipped safely: close after.
         self.keep_alive = self.keep_alive and self.request_done and not self.server.closing
-        self.server.write(render_error(status, detail, self.info.request_id, close=not self.keep_alive))
+        self.server.write(render_error(status, detail, self.info.request_id, close=not self.keep_alive,
+                                       extra_headers=self.route.own_answer_headers(self.server.scheme)))
         self.response_started = True
         self._finish()
 

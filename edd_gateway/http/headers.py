@@ -6,7 +6,10 @@ headers that carry the client's address.
 llhttp already refuses most malformed heads; the checks here are those it
 leaves to the application (one Host, exactly ``chunked`` as the only
 transfer coding, control bytes in values), kept together so that request
-smuggling has one place to be reviewed.
+smuggling has one place to be reviewed.  Field names with an underscore
+are dropped here too (unless the operator allows them): CGI and WSGI stacks
+read C{Transfer_Encoding} as C{Transfer-Encoding}, so a backend could see a
+framing the gateway never saw.
 """
 
 from __future__ import annotations
@@ -16,13 +19,17 @@ import re
 from dataclasses import dataclass
 
 from edd_gateway.http.errors import GatewayError
+from edd_gateway.routes.model import HeaderEdits
 
 Headers = list[tuple[bytes, bytes]]
 
 # RFC 9110 7.6.1: hop-by-hop fields, plus those a Connection header names.
+# HTTP2-Settings (RFC 7540 3.2.1) belongs to the h2c upgrade, which the
+# gateway never passes on: hop-by-hop even when Connection does not name it.
 HOP_BY_HOP = frozenset(
     {
         b"connection",
+        b"http2-settings",
         b"keep-alive",
         b"proxy-connection",
         b"te",
@@ -67,6 +74,10 @@ class RequestInfo:
     expect_continue: bool
     request_id: str
     connection_tokens: frozenset[bytes]
+    #: The protocols of the Upgrade header passed on (HTTP/2's removed).
+    upgrade_value: bytes = b""
+    #: Field names dropped from the request (underscores), for the log line.
+    dropped: tuple[bytes, ...] = ()
 
 
 def new_request_id() -> str:
@@ -90,16 +101,38 @@ def _tokens(value: bytes) -> frozenset[bytes]:
     return tokens
 
 
+# RFC 7540 3.2: the cleartext upgrade to HTTP/2 ("h2" is never valid in
+# Upgrade, "h2c" is).  Passed on, a backend speaking h2c would take the whole
+# connection, and every later request on it would dodge the routes
+# ("h2c smuggling"); the gateway serves HTTP/1.1 only, so it ignores them.
+_HTTP2_UPGRADES = frozenset({b"h2c", b"h2"})
+
+
+def _without_http2(value: bytes) -> bytes:
+    """An Upgrade header's protocols less HTTP/2's, as one value."""
+    kept = [p.strip() for p in value.split(b",") if p.strip() and p.strip().lower() not in _HTTP2_UPGRADES]
+    return b", ".join(kept)
+
+
+def _drop_names(headers: Headers, dropped: list[bytes]) -> Headers:
+    names = set(dropped)
+    return [(name, value) for name, value in headers if name not in names]
+
+
 _MEANINGFUL = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"expect", b"x-request-id"}
 )
 
 
 def analyse_request(
-    method: bytes, target: bytes, version: str, headers: Headers
+    method: bytes, target: bytes, version: str, headers: Headers, *, allow_underscores: bool = False
 ) -> RequestInfo:
     """
     Validate a parsed request head and say what it means.
+
+    Field names with an underscore are left out of C{info.headers} and
+    listed in C{info.dropped}, unless C{allow_underscores}.  llhttp has
+    already refused every other name that is not an RFC 9110 token (400).
 
     @raise GatewayError: 400 for anything that could be read two ways.
     """
@@ -110,11 +143,18 @@ def analyse_request(
     upgrade_header = False
     expect_continue = False
     request_id = ""
+    upgrade_value = b""
+    dropped: list[bytes] = []
     for raw_name, value in headers:
         # llhttp already refuses these; checked again because a request
         # head that could be read two ways must never reach a backend.
         if _BAD_VALUE_BYTES.search(value):
             raise GatewayError(400, "A header value holds a control character.")
+        if b"_" in raw_name and not allow_underscores:
+            # Dropped, not refused: nginx's default (ignore_invalid_headers),
+            # which clients sending such names already live with.
+            dropped.append(raw_name)
+            continue
         name = raw_name.lower()
         if name not in _MEANINGFUL:
             continue
@@ -134,6 +174,7 @@ def analyse_request(
             connection |= _tokens(value)
         elif name == b"upgrade":
             upgrade_header = True
+            upgrade_value = upgrade_value + b", " + value if upgrade_value else value
         elif name == b"expect":
             if value.strip().lower() == b"100-continue":
                 expect_continue = True
@@ -165,19 +206,31 @@ def analyse_request(
     # The Host header is never a connection option (a client naming it in
     # Connection must not strip it from the forwarded request).
     connection.discard(b"host")
+    parser_upgrade = upgrade_header and b"upgrade" in connection
+    upgrade_value = _without_http2(upgrade_value) if parser_upgrade else b""
+    if parser_upgrade and not upgrade_value:
+        # llhttp stopped parsing after this head all the same (it saw an
+        # upgrade): the connection ends with the answer, and a body it left
+        # unread cannot be passed on.
+        keep_alive = False
+        if body != BODY_NONE:
+            raise GatewayError(400, "The gateway does not upgrade to HTTP/2 (Upgrade: h2c): send a request "
+                                    "with a body without asking for the upgrade.")
     return RequestInfo(
         method=method,
         target=target,
         http11=http11,
-        headers=headers,
+        headers=_drop_names(headers, dropped) if dropped else headers,
         host=host,
         body=body,
         content_length=length,
         keep_alive=keep_alive,
-        upgrade=upgrade_header and b"upgrade" in connection,
+        upgrade=bool(upgrade_value),
         expect_continue=expect_continue,
         request_id=request_id or new_request_id(),
         connection_tokens=frozenset(connection),
+        upgrade_value=upgrade_value,
+        dropped=tuple(dropped),
     )
 
 
@@ -204,16 +257,14 @@ def upstream_request_head(
     named = info.connection_tokens
     lines = [info.method + b" " + path_and_query + b" HTTP/1.1"]
     append = lines.append
-    forwarded_for = real_ip = proto = forwarded_host = upgrade = b""
+    forwarded_for = real_ip = proto = forwarded_host = b""
     for raw_name, value in info.headers:
         name = raw_name.lower()
         if name not in _REQUEST_SPECIAL:
             if (not named or name not in named) and (keep_expect or name != b"expect"):
                 append(raw_name + b": " + value)
             continue
-        if name == b"upgrade":
-            upgrade = value
-        elif not trusted or name in named:
+        if not trusted or name in named:
             continue
         elif name == b"x-forwarded-for":
             forwarded_for = forwarded_for + b", " + value if forwarded_for else value
@@ -234,7 +285,7 @@ def upstream_request_head(
     append(b"X-Request-ID: " + info.request_id.encode("ascii"))
     if info.upgrade:
         append(b"Connection: upgrade")
-        append(b"Upgrade: " + upgrade)
+        append(b"Upgrade: " + info.upgrade_value)
     if info.body == BODY_LENGTH:
         append(b"Content-Length: %d" % info.content_length)
     elif info.body == BODY_CHUNKED:
@@ -307,16 +358,17 @@ def client_response_head(
     http11_client: bool,
     request_id: str,
     upgrade: bool = False,
+    edits: HeaderEdits | None = None,
 ) -> bytes:
     """
     The response head sent to the client: the backend's status line and
-    end-to-end headers, the framing the gateway uses towards the client, and
-    the request id.
+    end-to-end headers (less and plus the route's C{edits}), the framing the
+    gateway uses towards the client, and the request id.
     """
     plain, special = split_response_headers(headers)
     return client_head(
         status_line, plain, special, body, content_length, chunk_to_client,
-        keep_alive, http11_client, request_id, upgrade,
+        keep_alive, http11_client, request_id, upgrade, edits,
     )
 
 
@@ -331,10 +383,16 @@ def client_head(
     http11_client: bool,
     request_id: str,
     upgrade: bool = False,
+    edits: HeaderEdits | None = None,
 ) -> bytes:
     """L{client_response_head} over headers L{split_response_headers} split."""
     lines = [status_line]
-    lines += plain
+    if edits is None:
+        lines += plain
+    else:
+        # Only routes that edit headers pay for looking at each name.
+        drop = edits.drop
+        lines += [line for line in plain if line.split(b":", 1)[0].strip().lower() not in drop]
     append = lines.append
     named: set[bytes] | None = None
     upgrade_value = transfer_codings = b""
@@ -360,6 +418,10 @@ def client_head(
             line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named
         ]
         append = lines.append
+    if edits is not None:
+        # After the Connection-named removal: a backend cannot take away
+        # what the edge sets.
+        lines += edits.add
     if upgrade:
         append(b"Connection: upgrade")
         append(b"Upgrade: " + upgrade_value)

@@ -99,7 +99,18 @@ def route_request(server: HTTPServerProtocol, info: RequestInfo) -> Exchange | L
 
 def _local(server: HTTPServerProtocol, info: RequestInfo, status: int, response: bytes,
            route: Route | None = None) -> LocalAnswer:
+    if route is not None:
+        response = with_fields(response, route.own_answer_headers(server.scheme))
     return LocalAnswer(server, info, response, may_keep_alive(info), status, route=route)
+
+
+def with_fields(response: bytes, fields: tuple[tuple[str, str], ...]) -> bytes:
+    """C{response} (a whole rendered answer) with C{fields} added after its status line."""
+    if not fields:
+        return response
+    end = response.index(b"\r\n") + 2
+    lines = b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in fields)
+    return response[:end] + lines + response[end:]
 
 
 def may_keep_alive(info: RequestInfo) -> bool:

@@ -13,7 +13,13 @@ from __future__ import annotations
 from collections import deque
 from typing import TYPE_CHECKING, Any, Callable, Union
 
-from httptools import HttpParserCallbackError, HttpParserError, HttpParserUpgrade, HttpRequestParser
+from httptools import (
+    HttpParserCallbackError,
+    HttpParserError,
+    HttpParserInvalidMethodError,
+    HttpParserUpgrade,
+    HttpRequestParser,
+)
 from twisted.internet import error
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -25,6 +31,7 @@ from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.answer import LocalAnswer
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
+from edd_gateway.http.requestline import HTTP2_REFUSAL, is_h2_preface, method_refusal
 from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.http.upstream import UpstreamProtocol
 from edd_gateway.observe import tunnel_reporter
@@ -77,6 +84,9 @@ class HTTPServerProtocol(Protocol):
         self._body_size = 0
         self._body_moved = False
         self._upgrade_rest: list[bytes] = []
+        #: Messages begun plus messages completed: tells whether the message
+        #: llhttp refused began at the start of the bytes just fed.
+        self._message_events = 0
         self.client_ip = ""
         self.trusted_peer = False
         self._moved = False
@@ -118,6 +128,7 @@ class HTTPServerProtocol(Protocol):
         # chunk, a message end) are held inside httptools: an endless
         # header or trailer line must meet a bound.
         self._unaccounted += len(data)
+        events = self._message_events
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
@@ -133,7 +144,19 @@ class HTTPServerProtocol(Protocol):
                 log.failure("http: unexpected error", Failure(cause) if cause else None)
                 self._refuse(500, "The gateway failed to handle this request.")
             return
+        except HttpParserInvalidMethodError as problem:
+            if self._message_events == events + 1:
+                # Only the refused message began in these bytes, so they
+                # start with its method (always so for the sniffer's replay).
+                refusal = method_refusal(data)
+                self._refuse(refusal.status, refusal.detail)
+            else:
+                self._refuse(400, f"The request is malformed ({_llhttp_reason(problem)}).")
+            return
         except HttpParserError as problem:
+            if is_h2_preface(self.parser.get_method(), b"".join(self._url)) and not self.jobs:
+                self._refuse_http2()
+                return
             self._refuse(400, f"The request is malformed ({_llhttp_reason(problem)}).")
             return
         if self._unaccounted > self.settings.max_header_bytes:
@@ -163,6 +186,7 @@ class HTTPServerProtocol(Protocol):
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
+        self._message_events += 1
         self._unaccounted = 0
         self._url = []
         self._url_size = 0
@@ -196,8 +220,15 @@ class HTTPServerProtocol(Protocol):
         self._unaccounted = 0
         parser = self.parser
         info = analyse_request(
-            parser.get_method(), b"".join(self._url), parser.get_http_version(), self._headers
+            parser.get_method(), b"".join(self._url), parser.get_http_version(), self._headers,
+            allow_underscores=self.settings.allow_underscore_headers,
         )
+        if info.dropped:
+            log.info(
+                "http: dropped header {names} from {client}: a name with an underscore "
+                "(--allow-underscore-headers passes them)",
+                names=", ".join(name.decode("latin-1") for name in info.dropped), client=self.client_ip,
+            )
         limit = self.settings.max_body_size
         if limit and info.content_length > limit:
             raise GatewayError(413, f"The request body is larger than {limit} bytes.")
@@ -225,6 +256,7 @@ class HTTPServerProtocol(Protocol):
             job.request_body(data)
 
     def on_message_complete(self) -> None:
+        self._message_events += 1
         self._unaccounted = 0
         job = self.receiving
         self.receiving = None
@@ -403,6 +435,22 @@ class HTTPServerProtocol(Protocol):
         self.jobs.clear()
         self.jobs.append(answer)
         self._start(answer)
+
+    def _refuse_http2(self) -> None:
+        """
+        The client assumed HTTP/2 ("prior knowledge"): tell it, in HTTP/2,
+        that HTTP/1.1 is required, then close.  An HTTP/1.1 error page would
+        read to it as a broken frame.
+        """
+        log.info(
+            "http: {client} sent the HTTP/2 connection preface on an HTTP/1.1 ({scheme}) listener; "
+            "answered GOAWAY HTTP_1_1_REQUIRED and closing",
+            client=self.client_ip, scheme=self.scheme,
+        )
+        self.receiving = None
+        self.parser = None  # type: ignore[assignment]
+        self.write(HTTP2_REFUSAL)
+        self._close()
 
     def _close(self) -> None:
         if not self.closing:

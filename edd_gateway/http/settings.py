@@ -43,6 +43,9 @@ class ProxySettings:
     #: its (larger) request bodies are still arriving; 0 is no cap.
     body_streams_per_client: int = 8
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = field(default=())
+    #: Pass request field names with an underscore on (dropped otherwise:
+    #: CGI/WSGI backends read C{_} as C{-}; see headers.analyse_request).
+    allow_underscore_headers: bool = False
 
     def is_trusted(self, address: str) -> bool:
         """Whether a peer at C{address} may set X-Forwarded-* for its clients."""

@@ -1,6 +1,6 @@
 """
 Pure parsers for the values of a route's fields (host, path, target,
-durations), each returning the normalised value or raising L{ValueError}
+durations, response header names and values), each returning the normalised value or raising L{ValueError}
 whose message is the reason shown after C{file:line:}.  The loader owns the
 YAML walking; these own what a valid value is.
 """
@@ -21,6 +21,8 @@ from edd_gateway.routes.normalize import (
 __all__ = [
     "INTERNAL_TARGETS",
     "parse_duration",
+    "parse_header_name",
+    "parse_header_value",
     "parse_proxy_protocol",
     "parse_route_host",
     "parse_route_path",
@@ -33,6 +35,16 @@ _DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|h)?\s*")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 _DURATION_HINT = "a duration like 30, 30s, 500ms, 2m or 1h"
 _PATH_FORBIDDEN = re.compile(r"[\x00-\x20\x7f]")
+# RFC 9110 5.1 and 5.6.2: a field name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# RFC 9110 5.5, less obs-text: visible ASCII, spaces and tabs inside.
+_FIELD_VALUE = re.compile(r"(?:[\x21-\x7e](?:[\x20\x21-\x7e\t]*[\x21-\x7e])?)?")
+#: Response fields the gateway itself owns: framing, hop-by-hop, its request
+#: id.  The edge neither sets nor removes them.
+GATEWAY_RESPONSE_FIELDS = frozenset({
+    "connection", "content-length", "http2-settings", "keep-alive", "proxy-connection", "te", "trailer",
+    "transfer-encoding", "upgrade", "x-request-id",
+})
 
 
 def parse_duration(value: object) -> float:
@@ -136,3 +148,27 @@ def _split_target(text: str) -> tuple[str, str | None]:
     if not colon or ":" in host:
         return text, None
     return host, port
+
+
+def parse_header_name(text: str) -> str:
+    """
+    A response field name for C{response_headers}: an RFC 9110 token that
+    is not one of L{GATEWAY_RESPONSE_FIELDS}.  Kept as written.
+    """
+    if not _TOKEN.fullmatch(text):
+        raise ValueError(f"header name {text!r} is not a token (letters, digits and !#$%&'*+-.^_`|~)")
+    if text.lower() in GATEWAY_RESPONSE_FIELDS:
+        raise ValueError(f"header {text!r} is the gateway's own (framing, hop-by-hop or the request id): "
+                         "it cannot be set or removed")
+    return text
+
+
+def parse_header_value(text: str) -> str:
+    """
+    A response field value for C{response_headers}: visible ASCII with
+    spaces or tabs inside, possibly empty.
+    """
+    if not _FIELD_VALUE.fullmatch(text):
+        raise ValueError(f"header value {text!r} must be visible ASCII, with spaces or tabs only inside "
+                         "(no control characters, line breaks or leading/trailing spaces)")
+    return text

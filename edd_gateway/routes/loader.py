@@ -23,6 +23,8 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from edd_gateway.routes.fields import (
     INTERNAL_TARGETS,
     parse_duration,
+    parse_header_name,
+    parse_header_value,
     parse_proxy_protocol,
     parse_route_host,
     parse_route_path,
@@ -38,7 +40,7 @@ from edd_gateway._yamlfile import (
     kind,
     read_utf8,
 )
-from edd_gateway.routes.model import MatchKind, Route, Target
+from edd_gateway.routes.model import Hsts, MatchKind, ResponseHeaders, Route, Target
 
 __all__ = [
     "DEFAULT_ROUTES_FILE",
@@ -55,10 +57,14 @@ __all__ = [
 ROUTE_KEYS = (
     "host", "path", "target", "strip_prefix", "match",
     "connect_timeout", "response_timeout", "redirect_https", "tls", "proxy_protocol",
+    "response_headers", "hsts",
 )
 _REQUIRED_KEYS = ("host", "path", "target")
 _TOP_LEVEL_KEYS = ("routes", "defaults")
 _DEFAULTS_KEYS = ("connect_timeout", "response_timeout")
+_RESPONSE_HEADERS_KEYS = ("set", "remove")
+_HSTS_KEYS = ("max_age", "include_subdomains")
+_STS = "strict-transport-security"
 DEFAULT_ROUTES_FILE = "default-routes.yaml"
 
 @dataclass(frozen=True, slots=True)
@@ -225,10 +231,18 @@ class _Reader(NodeReader):
             "response_timeout": self._duration(values.get("response_timeout"), "response_timeout",
                                                defaults.get("response_timeout")),
         }
-        parts = [match, tls, host, path, target, proxy_protocol, *settings.values()]
+        response_headers = self._response_headers(values.get("response_headers"))
+        hsts = self._hsts(values.get("hsts"))
+        parts = [match, tls, host, path, target, proxy_protocol, response_headers, hsts, *settings.values()]
         if missing or any(part is INVALID for part in parts):
             return None
         passthrough = tls == "passthrough"
+        if hsts is not None and passthrough:
+            # The backend's own TLS answers pass undecrypted: the gateway
+            # cannot add to them, and plain HTTP must never carry HSTS.
+            self.problem(values["hsts"], "hsts needs tls: terminate (with passthrough the backend's TLS "
+                         "answers are not the gateway's to change; set HSTS on the backend)")
+            return None
         if passthrough and not self._passthrough_ok(values["tls"], path, match, target):
             return None
         if proxy_protocol is not None and not passthrough:
@@ -239,7 +253,92 @@ class _Reader(NodeReader):
             return None
         return Route(host=host, path=path, target=target, match=MatchKind(match),
                      tls_passthrough=passthrough, source=f"{self.source_name}:{self.line(node)}",
-                     proxy_protocol=proxy_protocol, **settings)
+                     proxy_protocol=proxy_protocol, response_headers=response_headers, hsts=hsts, **settings)
+
+    def _response_headers(self, node: Node | None) -> ResponseHeaders | None:
+        """C{response_headers: {set: {Name: value}, remove: [Name]}}; L{None} when absent or empty."""
+        if node is None or is_null(node):
+            return None
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"response_headers must be a mapping with set and/or remove, got {kind(node)}")
+            return INVALID
+        fields = self.fields(node, _RESPONSE_HEADERS_KEYS, "response_headers")
+        before = len(self.problems)
+        seen: dict[str, int] = {}
+        pairs = self._header_set(fields["set"][1], seen) if "set" in fields else ()
+        removed = self._header_remove(fields["remove"][1], seen) if "remove" in fields else ()
+        if len(self.problems) > before:
+            return INVALID
+        if not pairs and not removed:
+            return None
+        return ResponseHeaders(set=pairs, remove=removed)
+
+    def _header_set(self, node: Node, seen: dict[str, int]) -> tuple[tuple[str, str], ...]:
+        if is_null(node):
+            return ()
+        if not isinstance(node, MappingNode):
+            self.problem(node, f"response_headers set must be a mapping of header names to values, got {kind(node)}")
+            return ()
+        pairs: list[tuple[str, str]] = []
+        for key, value in node.value:
+            name = self._header_name(key, seen)
+            if name is INVALID:
+                continue
+            if name.lower() == _STS:
+                self.problem(key, "Strict-Transport-Security is set with the route's hsts key, "
+                             "which sends it over terminated TLS only")
+                continue
+            text = self._parsed(value, f"the value of header {name}", parse_header_value)
+            if text is not INVALID:
+                pairs.append((name, text))
+        return tuple(pairs)
+
+    def _header_remove(self, node: Node, seen: dict[str, int]) -> tuple[str, ...]:
+        if is_null(node):
+            return ()
+        if not isinstance(node, SequenceNode):
+            self.problem(node, f"response_headers remove must be a list of header names, got {kind(node)}")
+            return ()
+        names = [self._header_name(item, seen) for item in node.value]
+        return tuple(name for name in names if name is not INVALID)
+
+    def _header_name(self, node: Node, seen: dict[str, int]) -> str:
+        """A header name of set or remove; one name may appear once in both together."""
+        name = self._parsed(node, "a header name", parse_header_name)
+        if name is INVALID:
+            return INVALID
+        lower = name.lower()
+        if lower in seen:
+            self.problem(node, f"header {name!r} given twice in response_headers (first on line {seen[lower]})")
+            return INVALID
+        seen[lower] = self.line(node)
+        return str(name)
+
+    def _hsts(self, node: Node | None) -> Hsts | None:
+        """C{hsts: {max_age: SECONDS, include_subdomains: BOOL}}."""
+        if node is None:
+            return None
+        if not isinstance(node, MappingNode):
+            self.problem(node, "hsts must be a mapping with max_age (seconds) and optionally include_subdomains, "
+                         f"got {kind(node)}")
+            return INVALID
+        fields = self.fields(node, _HSTS_KEYS, "hsts")
+        include = self.boolean(fields["include_subdomains"][1] if "include_subdomains" in fields else None,
+                               "include_subdomains")
+        if "max_age" not in fields:
+            self.problem(node, "hsts is missing max_age (seconds; 0 tells browsers to forget the policy)")
+            return INVALID
+        age_node = fields["max_age"][1]
+        age = self.construct(age_node)
+        if age is INVALID:
+            return INVALID
+        if isinstance(age, bool) or not isinstance(age, int) or age < 0:
+            self.problem(age_node, f"hsts max_age must be a whole number of seconds, 0 or more, "
+                         f"got {getattr(age_node, 'value', age)!r}")
+            return INVALID
+        if include is INVALID:
+            return INVALID
+        return Hsts(max_age=age, include_subdomains=include)
 
     def _passthrough_ok(self, node: Node, path: str, match: str, target: Target) -> bool:
         # TLS passthrough is chosen by SNI alone, before any path is known.
