@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness
-from edd_gateway.http.upstream import UpstreamProtocol, still_open
+from edd_gateway.http.upstream import RECHECK_AFTER, UpstreamProtocol, _Backend, still_open
 from edd_gateway.routes.model import Target
 from tests.test_http_server import CLIENT_IP, GET, OK, ROUTES, get, ok
 
@@ -218,3 +218,17 @@ class StillOpenTests(SynchronousTestCase):
         protocol, _ = self.connection()
         protocol.transport.disconnecting = True
         self.assertFalse(still_open(protocol))
+
+    def test_the_pool_looks_only_at_connections_idle_a_while(self) -> None:
+        harness = ProxyHarness(ROUTES)
+        protocol, backend = self.connection()
+        protocol.pool = harness.pool
+        protocol.transport.abortConnection = lambda: setattr(protocol, "aborted", True)  # type: ignore[attr-defined]
+        harness.pool._backends[("10.0.0.5", 8080)] = _Backend(idle=[protocol], count=1)
+        backend.close()
+        protocol.idle_since = harness.clock.seconds()
+        self.assertIs(harness.pool.checkout(BACKEND), protocol, "released this instant: handed out unchecked")
+        harness.pool._backends[("10.0.0.5", 8080)].idle.append(protocol)
+        harness.clock.advance(RECHECK_AFTER)
+        self.assertIsNone(harness.pool.checkout(BACKEND))
+        self.assertTrue(getattr(protocol, "aborted", False), "the closed connection was not dropped")

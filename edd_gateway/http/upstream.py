@@ -33,6 +33,10 @@ from edd_gateway.http.headers import RESPONSE_SPECIAL, Special
 from edd_gateway.routes.model import Target
 
 BackendKey = tuple[str, int]
+#: Seconds idle after which a pooled connection is looked at before reuse
+#: (L{still_open}): far below any backend's keep-alive timeout (Node.js 5 s,
+#: nginx 75 s), far above the gap between requests of a busy connection.
+RECHECK_AFTER = 0.01
 log = Logger()
 
 
@@ -247,7 +251,9 @@ class UpstreamPool:
         idle = backend.idle
         while idle:
             connection = idle.pop()
-            if still_open(connection):
+            # Released this instant (keep-alive under load): no backend's
+            # idle timer is that short, and the look costs a system call.
+            if self.clock.seconds() - connection.idle_since < RECHECK_AFTER or still_open(connection):
                 return connection
             connection.listener = None
             if connection.transport is not None:
