@@ -15,6 +15,15 @@ import sys
 from contextlib import redirect_stderr, redirect_stdout
 from typing import TextIO
 
+try:
+    import twisted.logger  # noqa: F401
+except ImportError:
+    # Outside the gateway's venv, from a checkout, the repository's own
+    # twisted/plugins directory is found as "twisted" and hides the real
+    # one (or there is no Twisted at all): say what to run instead.
+    sys.exit("edd-gateway: Twisted is not importable here (outside the venv, the checkout's twisted/plugins "
+             "directory hides it); run .venv/bin/python -m edd_gateway, after the README's install command")
+
 from edd_gateway import __version__
 from edd_gateway.routes.explain import ExplainInputError, explain_request, explain_url
 from edd_gateway.routes.loader import RoutesFileError, load_default_routes, load_routes_file
@@ -154,8 +163,25 @@ def main(argv: list[str] | None = None, stdout: TextIO | None = None,
             args = _parser().parse_args(argv)
     except SystemExit as exit:
         return exit.code if isinstance(exit.code, int) else EXIT_USAGE
-    status: int = args.run(args, out, err)
+    try:
+        status: int = args.run(args, out, err)
+        out.flush()
+    except BrokenPipeError:
+        # The reader went away (``explain ... | head``): nothing more to say.
+        # stdout is pointed at /dev/null so that the interpreter's own
+        # flush at exit does not fail on it once more.
+        if stdout is None:
+            _quiet_stdout()
+        return EXIT_OK
     return status
+
+
+def _quiet_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def install_reactor() -> None:
 install_reactor()
 
 from edd_gateway.logs import AccessLog  # noqa: E402
+from edd_gateway._listeners import check_endpoint, install_start_failure_hook, listener_service  # noqa: E402
 from edd_gateway.admin import Readiness, admin_site  # noqa: E402
 from edd_gateway import admission as _admission  # noqa: E402
 from edd_gateway._gc import settle_heap  # noqa: E402
@@ -183,9 +184,25 @@ class Options(usage.Options):
         self["port-map"] = []
         self["ban-allow"] = []
 
+    _refused = False
+
+    def parseOptions(self, options: Sequence[str] | None = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError:
+            # twistd prints the options' usage before the error: for a bad
+            # value that is a screenful hiding the one line that matters.
+            self._refused = True
+            raise
+
+    def getUsage(self, width: int | None = None) -> str:
+        if self._refused:
+            return "(twistd edd-gateway --help lists every option)"
+        return super().getUsage(width)
+
     def opt_listen(self, endpoint: str) -> None:
         """A server endpoint string to listen on, e.g. tcp:80 (repeatable; every listener sniffs)."""
-        self["listen"].append(endpoint)
+        self["listen"].append(check_endpoint("--listen", endpoint))
 
     def opt_trusted_proxy(self, network: str) -> None:
         """An address or CIDR whose X-Forwarded-* headers are kept (repeatable)."""
@@ -197,7 +214,7 @@ class Options(usage.Options):
 
     def opt_ssh_listen(self, endpoint: str) -> None:
         """A server endpoint string for SSH alone, e.g. tcp:2222 (repeatable)."""
-        self["ssh-listen"].append(endpoint)
+        self["ssh-listen"].append(check_endpoint("--ssh-listen", endpoint))
 
     def opt_port_map(self, mapping: str) -> None:
         """BIND=EXTERNAL: a listener on port BIND is reached by clients on EXTERNAL (repeatable)."""
@@ -246,17 +263,21 @@ class Options(usage.Options):
             raise usage.UsageError("--body-timeout must be more than 0 seconds")
         if self["admin"].lower() == "none":
             self["admin"] = None
+        else:
+            check_endpoint("--admin", self["admin"])
         _admission.check_options(self)
         for name in ("websocket-idle-timeout", "tcp-idle-timeout"):
             if self[name] is None:
                 self[name] = self["tunnel-idle-timeout"] if self["tunnel-idle-timeout"] is not None else 3600.0
 
     def _check_state_options(self) -> None:
+        source = {"database": "--database", "compute-database": "--compute-database"}
         if self["database"] is None:
             self["database"] = os.environ.get("DATABASE_URL") or None
+            source["database"] = "DATABASE_URL"
         for name in ("database", "compute-database"):
             if self[name] is not None:
-                _check_dsn(name, self[name])
+                _check_dsn(source[name], self[name])
         if self["database"] is None:
             for name in ("compute-database", "nats"):
                 if self[name] is not None:
@@ -339,14 +360,32 @@ class Options(usage.Options):
         return [*self["listen"], *self.container_endpoints()]
 
 
-def _check_dsn(name: str, dsn: str) -> None:
+#: libpq's values the gateway can check before connecting (the rest libpq
+#: checks at the first connection): what each must be.
+_DSN_INTEGERS = {"port": (1, 65535), "connect_timeout": (0, 2**31 - 1), "keepalives_idle": (0, 2**31 - 1)}
+_DSN_CHOICES = {"sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")}
+
+
+def _check_dsn(source: str, dsn: str) -> None:
+    """
+    Refuse a DSN libpq would only refuse at the first connection, and go on
+    retrying: C{source} (C{--database}, C{DATABASE_URL}) and the key at fault
+    in the message, never the value of another key (the password).
+    """
     from psycopg2.extensions import parse_dsn
 
     try:
-        parse_dsn(dsn)
+        keys = parse_dsn(dsn)
     except Exception:
         # libpq's reason quotes pieces of the DSN, which may hold a password.
-        raise usage.UsageError(f"--{name} is not a PostgreSQL DSN (key=value ...) or postgresql:// URL") from None
+        raise usage.UsageError(f"{source} is not a PostgreSQL DSN (key=value ...) or postgresql:// URL") from None
+    for key, (low, high) in _DSN_INTEGERS.items():
+        for value in keys.get(key, "").split(",") if key in keys else ():
+            if not (value.isdigit() and low <= int(value) <= high):
+                raise usage.UsageError(f"{source}: {key} {value!r} is not a number from {low} to {high}")
+    for key, choices in _DSN_CHOICES.items():
+        if key in keys and keys[key] not in choices:
+            raise usage.UsageError(f"{source}: {key} {keys[key]!r} is not one of {', '.join(choices)}")
 
 
 def load_initial_routes(path: str) -> RouteTable:
@@ -448,6 +487,7 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
         # signal sent in that gap waits for the next one to be handled).
         reactor = installed_asyncio_reactor()
         reactor.callWhenRunning(reactor.callLater, 0, settle_heap)
+    install_start_failure_hook()
     settings = config.settings()
     live = LiveRouteTable(load_initial_routes(config["routes"]))
     log.info("routes: loaded {count} routes from {path}", count=len(live.current), path=config["routes"])
@@ -508,16 +548,17 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
         factory = SniffingFactory(handlers, default=default, timeout=config["sniff-timeout"], clock=reactor,
                                   listener_name=endpoint, admission=admission,
                                   raw=raw if endpoint in container_endpoints else None)
-        top.add_listener(strports.service(endpoint, factory, reactor=reactor), factory.tracker)
+        option = "--container-ports" if endpoint in container_endpoints else "--listen"
+        top.add_listener(listener_service(option, endpoint, factory, reactor), factory.tracker)
         monitoring.listener(factory)
     for endpoint in config["ssh-listen"]:
         tracker = ConnectionTracker(endpoint)
         tracked = TrackedFactory(ssh, tracker, admission, behind_proxy=endpoint.startswith("haproxy:"))
-        top.add_listener(strports.service(endpoint, tracked, reactor=reactor), tracker)
+        top.add_listener(listener_service("--ssh-listen", endpoint, tracked, reactor), tracker)
         monitoring.plain_listener(tracker, "ssh")
     if config["admin"] is not None:
         # A plain child, not a listener: probes and scrapes go on while draining.
-        strports.service(config["admin"], admin_site(metrics.registry, readiness), reactor=reactor
+        listener_service("--admin", config["admin"], admin_site(metrics.registry, readiness), reactor
                          ).setServiceParent(top)
     return top
 
