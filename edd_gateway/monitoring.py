@@ -21,6 +21,7 @@ from edd_gateway.sniff import SniffingFactory, Verdict
 from edd_gateway.state.service import StateService
 from edd_gateway.tls.service import CertificateRenewalService
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore
+from edd_gateway.tls.tickets import RotatingTicketKeys, TicketKeyRing, TicketKeysFile
 
 __all__ = ["Monitoring", "ReloadCounts"]
 
@@ -126,6 +127,22 @@ class Monitoring:
             return Part(OK, f"{len(certificates)} certificates")
 
         self.readiness.parts["certificates"] = part
+
+    def tickets(self, ring: TicketKeyRing | None, keeper: RotatingTicketKeys | TicketKeysFile | None) -> None:
+        """Session tickets by outcome, and the key file's reloads (nothing when tickets use no keys of ours)."""
+        if ring is None:
+            return
+        self.metrics.add_counter(
+            "edd_gateway_tls_tickets", "TLS session tickets: issued, resumed (encrypting key), renewed (an older "
+            "key), unknown_key (presented, not resumed).",
+            lambda: [({"outcome": o}, float(ring.tickets[o])) for o in ("issued", "resumed", "renewed", "unknown_key")])
+        if isinstance(keeper, TicketKeysFile):
+            self.metrics.add_counter(
+                "edd_gateway_tls_ticket_key_reloads", "Reads of the --tls-ticket-keys file, by result.",
+                lambda: [({"result": r}, float(keeper.reloads[r])) for r in ("ok", "failed")])
+        elif isinstance(keeper, RotatingTicketKeys):
+            self.metrics.add_counter("edd_gateway_tls_ticket_key_rotations", "In-memory ticket keys drawn.",
+                                     lambda: [({}, float(keeper.rotations))])
 
     def state(self, state: StateService | None, directory_ready: Any) -> None:
         """The database and NATS (C{state}), or the local containers file (C{directory_ready()})."""

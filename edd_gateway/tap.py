@@ -68,7 +68,8 @@ from edd_gateway.state.nats import NatsEventFeed  # noqa: E402
 from edd_gateway.state.postgres import PostgresDatabase  # noqa: E402
 from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService  # noqa: E402
 from edd_gateway.tls.authority import misdirected_check  # noqa: E402
-from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tls  # noqa: E402
+from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tickets, build_tls  # noqa: E402
+from edd_gateway.tls.tickets import DEFAULT_ROTATION as DEFAULT_TICKET_ROTATION  # noqa: E402
 
 log = Logger()
 
@@ -122,6 +123,10 @@ class Options(usage.Options):
         ["cert-check-interval", None, DEFAULT_CHECK_INTERVAL,
          "Seconds between checks of the --tls-dir directories for renewed certificates.", float],
         ["tls-hello-timeout", None, 10.0, "Seconds for a TLS client to send its whole ClientHello.", float],
+        ["tls-ticket-keys", None, None, "A file of TLS session ticket keys shared by the replicas (HAProxy's "
+         "tls-ticket-keys format: base64 48- or 80-byte keys, one a line, oldest first), re-read when it changes."],
+        ["tls-ticket-rotation", None, DEFAULT_TICKET_ROTATION, "Without --tls-ticket-keys: seconds between two "
+         "in-memory ticket keys (the 2 previous ones still decrypt).", float],
         ["tls-handshake-timeout", None, 10.0, "Seconds for a terminated TLS client to finish the handshake "
          "after its ClientHello.", float],
         ["main-site", None, None, "A URL where requests whose Host is an IP address no route names are redirected."],
@@ -171,6 +176,8 @@ class Options(usage.Options):
         ["no-access-log", None, "Log no line per HTTP request, tunnel and SSH session."],
         ["allow-underscore-headers", None, "Pass request header names with an underscore to backends "
          "(dropped by default: CGI/WSGI backends read Transfer_Encoding as Transfer-Encoding)."],
+        ["no-tls-tickets", None, "Issue no TLS session tickets (TLS 1.2 resumes by session id, TLS 1.3 by "
+         "stateful tickets, on this replica only)."],
         ["ssh-allow-sha1-rsa", None, "Accept SHA-1 ssh-rsa signatures from users' RSA keys, and offer ssh-rsa "
          "for an RSA host key (off: rsa-sha2-256/512 only)."],
     ]
@@ -261,6 +268,10 @@ class Options(usage.Options):
                 raise usage.UsageError(f"--{name} must not be negative")
         if self["body-timeout"] <= 0:
             raise usage.UsageError("--body-timeout must be more than 0 seconds")
+        if self["tls-ticket-rotation"] <= 0:
+            raise usage.UsageError("--tls-ticket-rotation must be positive")
+        if self["no-tls-tickets"] and self["tls-ticket-keys"] is not None:
+            raise usage.UsageError("--no-tls-tickets and --tls-ticket-keys: give one or the other")
         if self["admin"].lower() == "none":
             self["admin"] = None
         else:
@@ -523,16 +534,21 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
                              misdirected=misdirected_check(live), containers=containers, observer=observer)
     top.http_factories = [http, https]
     http.admission = https.admission = admission
+    tickets = build_tickets(reactor, enabled=not config["no-tls-tickets"], keys_file=config["tls-ticket-keys"],
+                            rotation=config["tls-ticket-rotation"], check_interval=config["cert-check-interval"])
+    if tickets.service is not None:
+        tickets.service.setServiceParent(top)
     tls = build_tls(live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
                     dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=settings.connect_timeout,
                     idle_timeout=config["tcp-idle-timeout"], handshake_timeout=config["tls-handshake-timeout"],
                     containers=containers,
-                    container_proxy_protocol=config["container-proxy-protocol"])
+                    container_proxy_protocol=config["container-proxy-protocol"], tickets=tickets)
     tls.factory.observer = observer
     tls.factory.admission = admission
     tls.service.setServiceParent(top)
     monitoring.tls(tls.store, tls.service, tls.factory.stats)
+    monitoring.tickets(tickets.ring, tickets.service)
     ssh = build_ssh(config, state, reactor)
     ssh.observer = observer
     ssh.admission = admission

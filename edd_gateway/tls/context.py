@@ -20,6 +20,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from edd_gateway.tls import _openssl
 from edd_gateway.tls.store import CertificateStore, LoadedCertificate
 
 __all__ = [
@@ -59,18 +60,20 @@ def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | ob
     return SSL.NO_OVERLAPPING_PROTOCOLS
 
 
-def _policy_context(certificate: LoadedCertificate | None) -> _CertificateContext:
+def _policy_context(certificate: LoadedCertificate | None, tickets: bool = True) -> _CertificateContext:
     """
     A context with the gateway's TLS policy.  OpenSSL takes protocol
     versions, ciphers and options from the connection's first context but the
     ALPN callback and session id context from the switched one, so every
-    context gets the whole policy.
+    context gets the whole policy.  Without C{tickets}, TLS 1.2 resumes by
+    session id only and TLS 1.3 gets stateful tickets (an id into this
+    process's session cache, no encrypted session).
     """
     context = _CertificateContext(SSL.TLS_SERVER_METHOD)
     context.set_min_proto_version(SSL.TLS1_2_VERSION)
     context.set_max_proto_version(SSL.TLS1_3_VERSION)
     context.set_cipher_list(TLS12_CIPHERS)
-    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION)
+    context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | (0 if tickets else SSL.OP_NO_TICKET))
     context.set_session_id(_SESSION_ID_CONTEXT)
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
     context.set_alpn_select_callback(_select_alpn)
@@ -103,17 +106,38 @@ class SNIConnectionCreator:
     certificate during its handshake from the store's current index, so a
     reload serves new connections while open ones keep the context they
     hold.
+
+    Session tickets: with C{ticket_keys}, OpenSSL encrypts and decrypts them
+    with the keys it holds at each ticket (L{edd_gateway.tls.tickets});
+    without, with the key OpenSSL drew for this creator; C{tickets=False}
+    issues none.
     """
 
-    def __init__(self, store: CertificateStore, log: Logger | None = None) -> None:
+    def __init__(
+        self,
+        store: CertificateStore,
+        log: Logger | None = None,
+        ticket_keys: _openssl.TicketKeyLookup | None = None,
+        tickets: bool = True,
+    ) -> None:
         self._store = store
         self._log = Logger() if log is None else log
         self._contexts: dict[LoadedCertificate, _CertificateContext] = {}
         self._generation = store.generation
+        self._tickets = tickets
         # The first context carries the policy, the session cache and the
-        # ticket keys for every connection; certificates come from the switch.
-        self._base = _policy_context(None)
+        # ticket keys for every connection (OpenSSL uses the connection's
+        # first context for both); certificates come from the switch.
+        self._base = _policy_context(None, tickets)
         self._base.set_tlsext_servername_callback(self._choose_certificate)
+        if tickets and ticket_keys is not None:
+            _openssl.set_ticket_key_callback(self._base, ticket_keys, self._ticket_callback_failed)
+
+    def _ticket_callback_failed(self, problem: BaseException) -> None:
+        # Inside OpenSSL's handshake: the callback answered "no ticket" or
+        # "unknown key" (a full handshake); say why, once per occurrence.
+        self._log.error("tls: the session ticket callback failed ({problem}); that handshake went without "
+                        "its ticket", problem=repr(problem))
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
         return SSL.Connection(self._base, None)
@@ -128,7 +152,7 @@ class SNIConnectionCreator:
             self._generation = self._store.generation
         context = self._contexts.get(certificate)
         if context is None:
-            context = self._contexts[certificate] = _policy_context(certificate)
+            context = self._contexts[certificate] = _policy_context(certificate, self._tickets)
         return context
 
     def _choose_certificate(self, connection: SSL.Connection) -> None:
@@ -146,10 +170,13 @@ class SNIConnectionCreator:
 
 
 def server_connection_creator(
-    store: CertificateStore, log: Logger | None = None
+    store: CertificateStore,
+    log: Logger | None = None,
+    ticket_keys: _openssl.TicketKeyLookup | None = None,
+    tickets: bool = True,
 ) -> SNIConnectionCreator:
-    """The connection creator terminating TLS with C{store}'s certificates."""
-    return SNIConnectionCreator(store, log=log)
+    """The connection creator terminating TLS with C{store}'s certificates (and C{ticket_keys}' keys)."""
+    return SNIConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets)
 
 
 def negotiated_server_name(connection: SSL.Connection) -> str | None:

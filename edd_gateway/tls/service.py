@@ -22,21 +22,28 @@ from datetime import datetime, timezone
 from typing import Any
 
 from twisted.application.internet import TimerService
+from twisted.application.service import Service
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES
 from edd_gateway.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
+from edd_gateway.tls import _openssl
+from edd_gateway.tls.context import server_connection_creator
 from edd_gateway.tls.devcert import ensure_dev_certificate
 from edd_gateway.tls.listener import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, TLSListenerFactory
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore
+from edd_gateway.tls.tickets import DEFAULT_ROTATION, RotatingTicketKeys, TicketKeyRing, TicketKeysError
+from edd_gateway.tls.tickets import TicketKeysFile
 
 __all__ = [
     "DEFAULT_CHECK_INTERVAL",
     "DEFAULT_DEV_CERT_DIR",
     "CertificateRenewalService",
     "TLSSetup",
+    "TicketSetup",
+    "build_tickets",
     "build_tls",
 ]
 
@@ -125,12 +132,70 @@ class CertificateRenewalService(TimerService):
 
 
 @dataclass
+class TicketSetup:
+    """
+    How session tickets are made: C{ring} holds the keys OpenSSL asks for
+    (None: OpenSSL's own key, or no tickets), C{service} keeps them (rotation
+    or the key file's watcher; parent it), C{enabled} is false with
+    C{--no-tls-tickets}.
+    """
+
+    enabled: bool
+    ring: TicketKeyRing | None = None
+    service: RotatingTicketKeys | TicketKeysFile | None = None
+
+
+def build_tickets(
+    reactor: IReactorTime,
+    *,
+    enabled: bool = True,
+    keys_file: str | None = None,
+    rotation: float = DEFAULT_ROTATION,
+    check_interval: float = DEFAULT_CHECK_INTERVAL,
+) -> TicketSetup:
+    """
+    Session tickets as the command line asks, logged in one line.  Keys come
+    from C{keys_file} when given (re-read every C{check_interval} seconds
+    when it changed), else are drawn in memory every C{rotation} seconds.
+
+    @raise SystemExit: when C{keys_file} is bad, or cannot be used because
+        OpenSSL's ticket callback is out of reach.
+    """
+    log = Logger()
+    if not enabled:
+        log.info("tls: session tickets off (--no-tls-tickets): TLS 1.2 resumes by session id, TLS 1.3 by "
+                 "stateful tickets, both only on this replica")
+        return TicketSetup(False)
+    problem = _openssl.ticket_keys_unavailable()
+    if problem is not None:
+        if keys_file is not None:
+            raise SystemExit(f"edd-gateway: --tls-ticket-keys: this pyOpenSSL/cryptography build gives no way to "
+                             f"set TLS ticket keys ({problem})")
+        log.warn("tls: session tickets use OpenSSL's own key, drawn once for the process and never rotated: "
+                 "ticket keys cannot be set here ({problem}); --no-tls-tickets turns tickets off",
+                 problem=problem)
+        return TicketSetup(True)
+    ring = TicketKeyRing()
+    service: RotatingTicketKeys | TicketKeysFile
+    if keys_file is not None:
+        try:
+            service = TicketKeysFile(keys_file, ring, reactor, check_interval)
+        except TicketKeysError as error:
+            raise SystemExit(f"edd-gateway: --tls-ticket-keys: {error}") from None
+    else:
+        service = RotatingTicketKeys(ring, reactor, rotation)
+    log.info("tls: session tickets: {description}", description=service.describe())
+    return TicketSetup(True, ring, service)
+
+
+@dataclass
 class TLSSetup:
     """What L{build_tls} made: the listeners' TLS handler and its keepers."""
 
     store: CertificateStore
     factory: TLSListenerFactory
     service: CertificateRenewalService
+    tickets: TicketSetup
 
 
 def load_store(
@@ -187,6 +252,7 @@ def build_tls(
     handshake_timeout: float | None = DEFAULT_HANDSHAKE_TIMEOUT,
     containers: ContainerRouter | None = None,
     container_proxy_protocol: str | None = None,
+    tickets: TicketSetup | None = None,
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to
@@ -194,8 +260,13 @@ def build_tls(
     C{containers} passes container names no certificate covers through to
     their containers, with a PROXY protocol header of
     C{container_proxy_protocol}'s version first when it is given.
+    C{tickets} (L{build_tickets}; OpenSSL's own key when not given): parent
+    its C{service} too.
     """
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
+    if tickets is None:
+        tickets = TicketSetup(True)
+    creator = server_connection_creator(store, ticket_keys=tickets.ring, tickets=tickets.enabled)
     factory = TLSListenerFactory(
         routes,
         store,
@@ -208,6 +279,7 @@ def build_tls(
         handshake_timeout=handshake_timeout,
         containers=containers,
         container_proxy_protocol=container_proxy_protocol,
+        creator=creator,
     )
     service = CertificateRenewalService(store, reactor, check_interval)
-    return TLSSetup(store, factory, service)
+    return TLSSetup(store, factory, service, tickets)
