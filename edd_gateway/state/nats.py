@@ -31,7 +31,7 @@ from edd_gateway.state._events_pb import DecodeError, message_class
 
 __all__ = [
     "CONTAINER_ACTIONS", "ContainerEvent", "DURABLE", "EventRejected", "INGRESS_ACTIONS", "NatsEventFeed",
-    "REFRESHED_SUBJECT", "SSHKEY_ACTIONS", "STREAM", "SUBJECTS", "parse_event", "refreshed_message",
+    "REFRESHED_SUBJECT", "SSHKEY_ACTIONS", "STREAM", "SUBJECTS", "parse_event", "refreshed_message", "registered",
 ]
 
 SUBJECTS = ("compute.container.*.*", "compute.ingress.*.*", "compute.sshkey.*.*")
@@ -380,7 +380,7 @@ class NatsEventFeed:
             # The subscriptions are registered before anyone reads the
             # database, so no change made after the resync that follows can
             # go unheard.
-            await client.flush()
+            await registered(client)
             previous, self._mode = self._mode, "core" if config is None else "jetstream"
             if previous is not None and previous != self._mode:
                 _log.info("nats: now hearing events through {how}", how=self._how())
@@ -539,6 +539,22 @@ class NatsEventFeed:
             callback(*args)
         except Exception:
             _log.failure("nats: handler failed")
+
+
+async def registered(client: Any) -> None:
+    """
+    Return once the server has every command C{client} was asked to send.
+
+    One C{flush()} does not prove it: nats-py (2.16) writes the flush's PING
+    straight to the socket, ahead of the SUBs still waiting for its flusher
+    task, so the PONG can come back before the server has seen them and a
+    message published meanwhile is lost (seen: about one start in five on a
+    loaded machine).  The first flush wakes the flusher, which writes what
+    was pending before the PONG can arrive; the second PING goes out after
+    it, so its PONG means the server has read the lot.
+    """
+    await client.flush()
+    await client.flush()
 
 
 async def _settle(acknowledgement: Coroutine[Any, Any, Any]) -> None:
