@@ -298,6 +298,21 @@ class PinTests(SynchronousTestCase):
         self.feed.deliver("compute.container.a1.deleted")
         self.assertEqual(self.database.pins, {})
 
+    def test_stopping_waits_for_a_pin_deletion(self) -> None:
+        # Routing does not wait for it, so the container is gone while the
+        # deletion is still at the database; closing then would leave the
+        # query's socket behind.
+        self.database.remove("a1")
+        self.database.paused = True
+        self.feed.deliver("compute.container.a1.deleted")
+        self.database.release()
+        self.assertIsNone(self.harness.directory.get("a1"))
+        self.assertEqual((self.database.calls[-1], self.database.held), ("clear_pin", 1))
+        stopped = self.harness.service.stopService()
+        self.assertEqual((self.database.closed, stopped.called), (0, False))
+        self.database.release()
+        self.assertEqual((self.database.closed, stopped.called, self.database.pins), (1, True, {}))
+
     def test_pins_of_live_containers_stay(self) -> None:
         self.feed.deliver("compute.container.a1.stopped")
         self.assertIn("a1", self.database.pins)

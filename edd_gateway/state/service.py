@@ -168,6 +168,8 @@ class StateService(Service):
         self._failures = 0
         self._retry: IDelayedCall | None = None
         self._in_flight: Deferred[Any] | None = None
+        # Pin deletions, which routing does not wait for; stopping does.
+        self._forgetting: set[Deferred[Any]] = set()
         self._want_full: str | None = None
         self._want_routes = False
         self._pending: set[str] = set()
@@ -234,6 +236,8 @@ class StateService(Service):
         # half rolled back.
         if self._in_flight is not None:
             await _settled(self._in_flight)
+        for forgetting in list(self._forgetting):
+            await _settled(forgetting)
         self.database.close()
         self._connected = False
         # Waiters still waiting are left unanswered: their events are not
@@ -562,8 +566,10 @@ class StateService(Service):
             if isinstance(count, int) and count:
                 _log.info("state: dropped the SSH host-key pins of {count} deleted containers", count=count)
 
+        self._forgetting.add(forgetting)
         forgetting.addCallbacks(forgotten, lambda failure: _log.warn(
             "state: cannot drop SSH pins of deleted containers: {error}", error=failure.getErrorMessage()))
+        forgetting.addBoth(lambda _: self._forgetting.discard(forgetting))
 
     def _publish_routes(self) -> None:
         if self._on_routes is None:
