@@ -55,8 +55,10 @@ class RecordingSSH:
         self.sessionID = b"session-id"
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", *peer))
 
-    def sendPacket(self, message: int, payload: bytes) -> None:
-        self.packets.append((message, payload))
+    def sendPacket(self, message: int, payload: bytes, tail: bytes | memoryview = b"") -> None:
+        # The relay passes channel data apart from its header (see
+        # TransportCrypto.sendPacket): recorded as the packet it becomes.
+        self.packets.append((message, payload + tail))
 
     def sendDisconnect(self, code: int, description: bytes) -> None:
         self.disconnected = (code, description)

@@ -85,12 +85,21 @@ def _check_length(length: int, block: int, covered_extra: int) -> None:
         raise PacketError(DISCONNECT_PROTOCOL_ERROR, f"bad packet length {length} (not a multiple of {block})")
 
 
-def _payload(packet: bytes | memoryview, start: int, end: int) -> bytes:
-    """The payload of C{packet[start:end]}, the padding length byte first (RFC 4253, 6)."""
+#: An opened packet: C{data[start:stop]} is the message, its type byte first,
+#: and C{used} bytes of the buffer were taken.  The message is left in the
+#: decrypted bytes rather than copied out, so that channel data can be
+#: relayed from a view of it.
+Opened = tuple[bytes, int, int, int]
+
+Buffer = bytes | bytearray | memoryview
+
+
+def _bounds(packet: bytes, start: int, end: int) -> tuple[int, int]:
+    """Where the message of C{packet[start:end]} lies, the padding length byte first (RFC 4253, 6)."""
     pad = packet[start]
     if pad < 4 or end - start - 1 - pad < 1:
         raise PacketError(DISCONNECT_PROTOCOL_ERROR, f"bad padding length {pad}")
-    return bytes(packet[start + 1:end - pad])
+    return start + 1, end - pad
 
 
 class Outgoing:
@@ -99,20 +108,36 @@ class Outgoing:
     #: The cipher's block size (what Conch's C{encBlockSize} says).
     block = 8
 
-    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
-        """The packet for message C{message_type} with C{payload}, as sequence number C{seq}."""
+    def seal(self, seq: int, message_type: int, payload: Buffer, tail: Buffer = b"") -> bytes:
+        """
+        The packet for message C{message_type} with C{payload} (followed by
+        C{tail}, which saves the caller joining them), as sequence number
+        C{seq}.
+        """
         raise NotImplementedError
 
 
 class Incoming:
     """Takes messages off the bytes received, one direction of one connection."""
 
-    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+    def open(self, buf: Buffer, seq: int) -> tuple[bytes, int] | None:
         """
         The next message in C{buf} (its type byte first), as sequence number
         C{seq}, and how many bytes of C{buf} it took; None until the whole
-        packet is there.  The same C{buf} prefix and C{seq} come back on the
-        next call while it returns None.
+        packet is there.
+        """
+        opened = self.open_at(buf, 0, seq)
+        if opened is None:
+            return None
+        data, start, stop, used = opened
+        return data[start:stop], used
+
+    def open_at(self, buf: Buffer, offset: int, seq: int) -> Opened | None:
+        """
+        The next packet in C{buf} from C{offset} on (see L{Opened}), as
+        sequence number C{seq}; None until the whole packet is there.  The
+        same bytes from C{offset} and C{seq} come back on the next call while
+        it returns None.
         """
         raise NotImplementedError
 
@@ -120,18 +145,21 @@ class Incoming:
 class Plain(Outgoing, Incoming):
     """No cipher and no MAC: the packets of the first key exchange."""
 
-    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
-        pad = _padding(6 + len(payload), 8)
-        return _HEAD_TYPE.pack(2 + len(payload) + pad, pad, message_type) + payload + _random(pad)
+    def seal(self, seq: int, message_type: int, payload: Buffer, tail: Buffer = b"") -> bytes:
+        size = len(payload) + len(tail)
+        pad = _padding(6 + size, 8)
+        return b"".join((_HEAD_TYPE.pack(2 + size + pad, pad, message_type), payload, tail, _random(pad)))
 
-    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
-        if len(buf) < 4:
+    def open_at(self, buf: Buffer, offset: int, seq: int) -> Opened | None:
+        if len(buf) - offset < 4:
             return None
-        (length,) = _LENGTH.unpack_from(buf)
+        (length,) = _LENGTH.unpack_from(buf, offset)
         _check_length(length, 8, 4)
-        if len(buf) < 4 + length:
+        if len(buf) - offset < 4 + length:
             return None
-        return _payload(buf, 4, 4 + length), 4 + length
+        # A copy: the buffer is the transport's, and changes.
+        packet = bytes(memoryview(buf)[offset + 4:offset + 4 + length])
+        return packet, *_bounds(packet, 0, length), 4 + length
 
 
 class _HMAC:
@@ -168,14 +196,15 @@ class CTROut(Outgoing):
         self._mac = mac
         self._etm = etm
 
-    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
+    def seal(self, seq: int, message_type: int, payload: Buffer, tail: Buffer = b"") -> bytes:
+        size = len(payload) + len(tail)
         if self._etm:
-            pad = _padding(2 + len(payload), 16)
-            head = _LENGTH.pack(2 + len(payload) + pad)
-            body = self._encrypt(_PAD_TYPE.pack(pad, message_type) + payload + _random(pad))
+            pad = _padding(2 + size, 16)
+            head = _LENGTH.pack(2 + size + pad)
+            body = self._encrypt(b"".join((_PAD_TYPE.pack(pad, message_type), payload, tail, _random(pad))))
             return b"".join((head, body, self._mac.digest(seq, head, body)))
-        pad = _padding(6 + len(payload), 16)
-        packet = _HEAD_TYPE.pack(2 + len(payload) + pad, pad, message_type) + payload + _random(pad)
+        pad = _padding(6 + size, 16)
+        packet = b"".join((_HEAD_TYPE.pack(2 + size + pad, pad, message_type), payload, tail, _random(pad)))
         return self._encrypt(packet) + self._mac.digest(seq, packet)
 
 
@@ -188,37 +217,41 @@ class CTRIn(Incoming):
         self._etm = etm
         self._first: bytes | None = None
 
-    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+    def open_at(self, buf: Buffer, offset: int, seq: int) -> Opened | None:
         if self._etm:
-            return self._openEtM(buf, seq)
+            return self._openEtM(buf, offset, seq)
         first = self._first
         if first is None:
-            if len(buf) < 16:
+            if len(buf) - offset < 16:
                 return None
-            first = self._first = self._decrypt(buf[:16])
+            first = self._first = self._decrypt(memoryview(buf)[offset:offset + 16])
         (length,) = _LENGTH.unpack_from(first)
         _check_length(length, 16, 4)
         end = 4 + length
-        if len(buf) < end + self._mac.size:
+        mac_size = self._mac.size
+        if len(buf) - offset < end + mac_size:
             return None
         self._first = None
-        packet = first + self._decrypt(memoryview(buf)[16:end])
-        if not compare_digest(self._mac.digest(seq, packet), buf[end:end + self._mac.size]):
+        view = memoryview(buf)[offset:]
+        packet = first + self._decrypt(view[16:end])
+        if not compare_digest(self._mac.digest(seq, packet), view[end:end + mac_size]):
             raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC")
-        return _payload(packet, 4, end), end + self._mac.size
+        return packet, *_bounds(packet, 4, end), end + mac_size
 
-    def _openEtM(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
-        if len(buf) < 4:
+    def _openEtM(self, buf: Buffer, offset: int, seq: int) -> Opened | None:
+        if len(buf) - offset < 4:
             return None
-        (length,) = _LENGTH.unpack_from(buf)
+        (length,) = _LENGTH.unpack_from(buf, offset)
         _check_length(length, 16, 0)
         end = 4 + length
-        if len(buf) < end + self._mac.size:
+        mac_size = self._mac.size
+        if len(buf) - offset < end + mac_size:
             return None
-        view = memoryview(buf)
-        if not compare_digest(self._mac.digest(seq, view[:end]), buf[end:end + self._mac.size]):
+        view = memoryview(buf)[offset:]
+        if not compare_digest(self._mac.digest(seq, view[:end]), view[end:end + mac_size]):
             raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC")
-        return _payload(self._decrypt(view[4:end]), 0, length), end + self._mac.size
+        packet = self._decrypt(view[4:end])
+        return packet, *_bounds(packet, 0, length), end + mac_size
 
 
 class AESGCMOut(Outgoing):
@@ -236,11 +269,12 @@ class AESGCMOut(Outgoing):
         self._counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
         return self._fixed + counter.to_bytes(8, "big")
 
-    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
-        pad = _padding(2 + len(payload), 16)
-        head = _LENGTH.pack(2 + len(payload) + pad)
-        return head + self._aead.encrypt(self._nonce(), _PAD_TYPE.pack(pad, message_type) + payload
-                                         + _random(pad), head)
+    def seal(self, seq: int, message_type: int, payload: Buffer, tail: Buffer = b"") -> bytes:
+        size = len(payload) + len(tail)
+        pad = _padding(2 + size, 16)
+        head = _LENGTH.pack(2 + size + pad)
+        plain = b"".join((_PAD_TYPE.pack(pad, message_type), payload, tail, _random(pad)))
+        return head + self._aead.encrypt(self._nonce(), plain, head)
 
 
 class AESGCMIn(Incoming):
@@ -251,22 +285,22 @@ class AESGCMIn(Incoming):
         self._fixed = iv[:4]
         self._counter = int.from_bytes(iv[4:12], "big")
 
-    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
-        if len(buf) < 4:
+    def open_at(self, buf: Buffer, offset: int, seq: int) -> Opened | None:
+        if len(buf) - offset < 4:
             return None
-        (length,) = _LENGTH.unpack_from(buf)
+        (length,) = _LENGTH.unpack_from(buf, offset)
         _check_length(length, 16, 0)
         end = 4 + length + 16
-        if len(buf) < end:
+        if len(buf) - offset < end:
             return None
         counter = self._counter
-        view = memoryview(buf)
+        view = memoryview(buf)[offset:]
         try:
             plain = self._aead.decrypt(self._fixed + counter.to_bytes(8, "big"), view[4:end], view[:4])
         except InvalidTag:
             raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC") from None
         self._counter = (counter + 1) & 0xFFFFFFFFFFFFFFFF
-        return _payload(plain, 0, length), end
+        return plain, *_bounds(plain, 0, length), end
 
 
 class _ChaCha20:
@@ -297,12 +331,13 @@ class ChaChaPolyOut(Outgoing):
     def __init__(self, key: bytes) -> None:
         self._main, self._header = _ChaCha20(key[:32]), _ChaCha20(key[32:64])
 
-    def seal(self, seq: int, message_type: int, payload: bytes) -> bytes:
-        pad = _padding(2 + len(payload), 8)
-        head = self._header.at(seq)(_LENGTH.pack(2 + len(payload) + pad))
+    def seal(self, seq: int, message_type: int, payload: Buffer, tail: Buffer = b"") -> bytes:
+        size = len(payload) + len(tail)
+        pad = _padding(2 + size, 8)
+        head = self._header.at(seq)(_LENGTH.pack(2 + size + pad))
         main = self._main.at(seq)
         poly = Poly1305(main(_ZEROS)[:32])  # block 0 keys Poly1305; the payload starts at block 1
-        body = main(_PAD_TYPE.pack(pad, message_type) + payload + _random(pad))
+        body = main(b"".join((_PAD_TYPE.pack(pad, message_type), payload, tail, _random(pad))))
         poly.update(head)
         poly.update(body)
         return b"".join((head, body, poly.finalize()))
@@ -315,25 +350,26 @@ class ChaChaPolyIn(Incoming):
         self._main, self._header = _ChaCha20(key[:32]), _ChaCha20(key[32:64])
         self._length: int | None = None
 
-    def open(self, buf: bytes, seq: int) -> tuple[bytes, int] | None:
+    def open_at(self, buf: Buffer, offset: int, seq: int) -> Opened | None:
         length = self._length
         if length is None:
-            if len(buf) < 4:
+            if len(buf) - offset < 4:
                 return None
-            (length,) = _LENGTH.unpack(self._header.at(seq)(buf[:4]))
+            (length,) = _LENGTH.unpack(self._header.at(seq)(memoryview(buf)[offset:offset + 4]))
             _check_length(length, 8, 0)
             self._length = length
         end = 4 + length + 16
-        if len(buf) < end:
+        if len(buf) - offset < end:
             return None
         self._length = None
         main = self._main.at(seq)
-        view = memoryview(buf)
+        view = memoryview(buf)[offset:]
         try:
-            Poly1305.verify_tag(main(_ZEROS)[:32], view[:4 + length], buf[4 + length:end])
+            Poly1305.verify_tag(main(_ZEROS)[:32], view[:4 + length], bytes(view[4 + length:end]))
         except InvalidSignature:
             raise PacketError(DISCONNECT_MAC_ERROR, "bad MAC") from None
-        return _payload(main(view[4:4 + length]), 0, length), end
+        packet = main(view[4:4 + length])
+        return packet, *_bounds(packet, 0, length), end
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,5 +425,5 @@ def incoming(cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes)
 
 __all__ = [
     "CIPHERS", "MACS", "MAX_PACKET", "AESGCMIn", "AESGCMOut", "CTRIn", "CTROut", "ChaChaPolyIn", "ChaChaPolyOut",
-    "CipherSpec", "Incoming", "Outgoing", "PacketError", "Plain", "incoming", "outgoing",
+    "CipherSpec", "Incoming", "Opened", "Outgoing", "PacketError", "Plain", "incoming", "outgoing",
 ]

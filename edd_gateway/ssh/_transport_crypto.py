@@ -96,6 +96,7 @@ MSG_UNIMPLEMENTED = 3
 MSG_DEBUG = 4
 MSG_KEXINIT = 20
 MSG_NEWKEYS = 21
+MSG_CHANNEL_DATA = 94
 #: KEXDH_INIT / KEX_ECDH_INIT / KEX_HYBRID_INIT, and their replies: every
 #: method the gateway speaks is one message each way (RFC 5656, 4).
 MSG_KEX_INIT = 30
@@ -255,16 +256,17 @@ class TransportCrypto:
 
     # Packets.
 
-    def sendPacket(self, messageType: int, payload: bytes) -> None:
+    def sendPacket(self, messageType: int, payload: bytes, tail: _packet.Buffer = b"") -> None:
+        """Send message C{messageType} with C{payload} followed by C{tail} (channel data, unjoined)."""
         if self._keyExchangeState != self._KEY_EXCHANGE_NONE:  # type: ignore[attr-defined]
             if not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]
-                self._blockedByKeyExchange.append((messageType, payload))  # type: ignore[attr-defined]
+                self._blockedByKeyExchange.append((messageType, payload + tail))  # type: ignore[attr-defined]
                 return
         outgoing = self._outgoing
         if outgoing is None:
             outgoing = self._outgoing = _packet.Plain()
         sequence = self.outgoingPacketSequence
-        self.transport.write(outgoing.seal(sequence, messageType, payload))
+        self.transport.write(outgoing.seal(sequence, messageType, payload, tail))
         self.outgoingPacketSequence = (sequence + 1) & _SEQ
         if messageType == MSG_NEWKEYS:
             # Conch calls setKeys before it sends NEWKEYS (RFC 4253, 7.3:
@@ -275,7 +277,48 @@ class TransportCrypto:
             if self.strictKex:
                 self.outgoingPacketSequence = 0
 
+    # Receiving.  Conch keeps the bytes received in C{self.buf}, appends with
+    # C{buf + data} and cuts each packet off with C{buf[used:]}: two copies
+    # of everything waiting, per read and per packet, then three more of
+    # each message on its way to the channel.  Once the version exchange is
+    # over, C{buf} is a bytearray read from C{_offset} on (packets are
+    # opened in place and the consumed bytes dropped once per read), and
+    # channel data reaches the connection as a view of the decrypted packet.
+
+    _offset = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined]
+            super().dataReceived(data)  # type: ignore[misc]  # the version, and what came with it
+            return
+        if self._broken:
+            return  # disconnecting: nothing more is read
+        self.buf += data
+        self._drain()
+
     def getPacket(self) -> bytes | None:
+        opened = self._nextPacket()
+        if opened is None:
+            return None
+        data, start, stop = opened
+        return data[start:stop]
+
+    def _drain(self) -> None:
+        """Dispatch the packets waiting in C{buf} (as Conch's C{dataReceived} does for new bytes)."""
+        opened = self._nextPacket()
+        while opened is not None:
+            data, start, stop = opened
+            kind = data[start]
+            service = self.service  # type: ignore[attr-defined]
+            if kind == MSG_CHANNEL_DATA and not self._initialKex and getattr(service, "takes_views", False):
+                # What Conch's dispatch would do, minus the copies.
+                service.ssh_CHANNEL_DATA(memoryview(data)[start + 1:stop])
+            else:
+                self.dispatchMessage(kind, data[start + 1:stop])
+            opened = self._nextPacket()
+
+    def _nextPacket(self) -> tuple[bytes, int, int] | None:
+        """The next packet's plaintext and where its message lies in it, or None (the rest kept)."""
         if self._broken:
             return None
         if self._incomingSwitch:
@@ -288,29 +331,41 @@ class TransportCrypto:
             incoming = self._incoming = _packet.Plain()
         sequence = self.incomingPacketSequence
         try:
-            opened = incoming.open(self.buf, sequence)
+            opened = incoming.open_at(self.buf, self._offset, sequence)
         except _packet.PacketError as problem:
             self._broken = True
             self.sendDisconnect(problem.code, problem.message.encode())  # type: ignore[attr-defined]
             return None
         if opened is None:
+            self._compact()
             return None
-        payload, used = opened
-        self.buf = self.buf[used:]
+        data, start, stop, used = opened
+        self._offset += used
         self._currentSequence = sequence
         self.incomingPacketSequence = (sequence + 1) & _SEQ
-        if payload[0] == MSG_NEWKEYS:
+        if data[start] == MSG_NEWKEYS:
             self._incomingSwitch = True
             if self.strictKex:
                 self.incomingPacketSequence = 0
-        return payload
+        return data, start, stop
 
-    def _drain(self) -> None:
-        """Take the packets waiting in C{buf} (as Conch's C{dataReceived} does for new bytes)."""
-        packet = self.getPacket()
-        while packet:
-            self.dispatchMessage(packet[0], packet[1:])
-            packet = self.getPacket()
+    def _compact(self) -> None:
+        """Drop the bytes already taken; C{buf} becomes the bytearray later reads append to."""
+        buf, offset = self.buf, self._offset
+        if type(buf) is bytearray:
+            del buf[:offset]  # from the front: CPython moves the start, not the bytes
+        else:
+            self.buf = bytearray(memoryview(buf)[offset:])
+        self._offset = 0
+
+    def _takeUnread(self) -> bytes:
+        """The bytes received and not yet taken as packets, removed from C{buf}."""
+        unread = bytes(memoryview(self.buf)[self._offset:])
+        self.buf, self._offset = bytearray(), 0
+        return unread
+
+    def _unread(self) -> bool:
+        return len(self.buf) > self._offset
 
     def sendUnimplemented(self) -> None:
         # Conch names the packet after the one not understood.
@@ -562,7 +617,7 @@ class ClientTransportCrypto(TransportCrypto):
 
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
         super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]
-        if self._incomingSwitch and self.buf:
+        if self._incomingSwitch and self._unread():
             # The server's NEWKEYS came while the host key was being checked,
             # and packets under the new keys after it: read them now.
             self._drain()

@@ -18,6 +18,7 @@ forwarding among them) are refused by the avatar.
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection as ssh_connection
@@ -29,6 +30,10 @@ from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.relay import RelayChannel, pair
 
 _log = Logger()
+
+MSG_CHANNEL_DATA = 94
+#: The recipient channel and the data's length (RFC 4254, 5.2).
+_DATA_HEAD = struct.Struct(">2L")
 
 #: Channel types a user may open through the gateway.
 RELAYED_CHANNEL_TYPES = frozenset({b"session", b"direct-tcpip"})
@@ -44,6 +49,10 @@ class RelayConnection(ssh_connection.SSHConnection):
     _log = conch_logger()
     #: True while the TCP transport's send buffer is full.
     paused = False
+    #: The transport may hand C{ssh_CHANNEL_DATA} a memoryview of the
+    #: decrypted packet: the data goes on as a view of it, and out through
+    #: L{sendData} without being joined to its header first.
+    takes_views = True
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
@@ -67,7 +76,7 @@ class RelayConnection(ssh_connection.SSHConnection):
 
     # Messages, reworked for the relay.
 
-    def ssh_CHANNEL_DATA(self, packet: bytes) -> None:
+    def ssh_CHANNEL_DATA(self, packet: bytes | memoryview) -> None:
         local_id, length = struct.unpack(">2L", packet[:8])
         channel = self.channels[local_id]
         if not self._within_limits(channel, length):
@@ -75,6 +84,12 @@ class RelayConnection(ssh_connection.SSHConnection):
         channel.localWindowLeft -= length
         channel.dataReceived(packet[8:8 + length])
         channel.maybe_grant_window()
+
+    def sendData(self, channel: Any, data: bytes | memoryview) -> None:
+        if channel.localClosed:
+            return
+        self.transport.sendPacket(  # type: ignore[union-attr]
+            MSG_CHANNEL_DATA, _DATA_HEAD.pack(self.channelsToRemoteChannel[channel], len(data)), data)
 
     def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
         local_id, data_type, length = struct.unpack(">3L", packet[:12])

@@ -35,6 +35,7 @@ from edd_gateway.containers import ContainerAddressing
 from edd_gateway.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
+from edd_gateway.ssh._packet import Buffer
 from edd_gateway.ssh._transport_crypto import ServerTransportCrypto
 from edd_gateway.ssh.algorithms import VERSION_STRING, Algorithms
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserAuthServer
@@ -201,9 +202,9 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
             self.keepalive.heard()
         super().dataReceived(data)
 
-    def sendPacket(self, messageType: int, payload: bytes) -> None:
-        self.bytes_down += len(payload) + 1
-        super().sendPacket(messageType, payload)
+    def sendPacket(self, messageType: int, payload: bytes, tail: Buffer = b"") -> None:
+        self.bytes_down += len(payload) + len(tail) + 1
+        super().sendPacket(messageType, payload, tail)
 
     def setService(self, service: Any) -> None:
         super().setService(service)

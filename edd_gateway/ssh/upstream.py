@@ -326,7 +326,7 @@ class UpstreamTransport(ClientTransportCrypto, ssh_transport.SSHClientTransport)
         # are in place.
         super().ssh_NEWKEYS(packet)
         if self._gotNewKeys and not self.nextEncryptions.encBlockSize:
-            self._held, self.buf = self.buf, b""
+            self._held = self._takeUnread()
 
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
         super()._keySetup(sharedSecret, exchangeHash)
