@@ -410,6 +410,47 @@ class TransportTests(SynchronousTestCase):
         self.echo(server, client, pump, [b"after", b"y" * 70000])
         self.assertEqual(client.outgoingPacketSequence, 2)
 
+    def wire(self, client: Any, payloads: list[tuple[int, bytes]]) -> bytes:
+        """The bytes C{client} puts on the wire for C{payloads}, caught instead of sent."""
+        wire, real = StringTransport(), client.transport
+        client.transport = wire
+        for message, payload in payloads:
+            client.sendPacket(message, payload)
+        client.transport = real
+        return wire.value()
+
+    def test_packets_split_anyhow_across_reads(self) -> None:
+        # The receive buffer is read from an offset and compacted once per
+        # read: a packet cut anywhere, or many in one read, comes out whole.
+        payloads = [b"a", b"x" * 40000, bytes(range(256)), b"", b"z" * 33000]
+        for cipher, mac in COMBINATIONS:
+            server, client, pump = self.connect(client_algorithms=Algorithms(ciphers=(cipher,), macs=(mac,)))
+            wire = self.wire(client, [(ECHO, payload) for payload in payloads * 2])
+            service = server.service
+            for byte in range(len(wire) // 2):
+                server.dataReceived(wire[byte:byte + 1])
+            server.dataReceived(wire[len(wire) // 2:])
+            self.assertEqual(service.received[-len(payloads) * 2:], payloads * 2, (cipher, mac))
+            self.assertEqual((len(server.buf), server.incomingPacketSequence), (0, client.outgoingPacketSequence))
+
+    def test_channel_data_reaches_a_service_that_takes_views_as_one(self) -> None:
+        class ViewTaker(EchoService):
+            takes_views = True
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.views: list[tuple[type, bytes]] = []
+
+            def ssh_CHANNEL_DATA(self, packet: memoryview) -> None:
+                self.views.append((type(packet), bytes(packet)))
+
+        server, client, pump = self.connect()
+        service = ViewTaker()
+        server.setService(service)
+        data = struct.pack(">2L", 0, 5) + b"hello"
+        server.dataReceived(self.wire(client, [(94, data), (ECHO, b"not channel data")]))
+        self.assertEqual((service.views, service.received), ([(memoryview, data)], [b"not channel data"]))
+
     def test_a_rekey_the_server_starts(self) -> None:
         server, client, pump = self.connect()
         service = client.service_instance
