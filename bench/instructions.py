@@ -5,7 +5,12 @@ commit, a branch; the working tree as ``.``), the gateway of that ref under
 ``valgrind --tool=callgrind`` in front of the bench's backend (nginx), warms
 it up with wrk, zeroes the counters, drives C{--seconds} of ``wrk -c10`` at
 C{--path} (``/small``: keep-alive GETs), dumps the counters and divides the
-instructions executed (user space) by wrk's request count.  Wall-clock
+instructions executed (user space) by wrk's request count, for each of
+C{--modes}: C{plain} (keep-alive HTTP), C{https} (keep-alive HTTPS, the
+gateway terminating TLS with a P-256 certificate of its own helper) and
+C{resumed} (HTTPS with C{Connection: close}: wrk keeps its TLS session, so
+every request after the first is a new connection and a resumed TLS 1.3
+handshake).  Wall-clock
 figures move 2-3x between machines of this kind; instruction counts do not,
 so a change is judged by these.
 
@@ -25,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,10 +44,15 @@ from backend import start_backend  # noqa: E402
 HOST = "bench.test"
 
 
-def wrk(port: int, path: str, seconds: float) -> int:
+MODES = ("plain", "https", "resumed")
+
+
+def wrk(port: int, path: str, seconds: float, mode: str = "plain") -> int:
     """Requests wrk completed in C{seconds}."""
-    out = subprocess.run(["wrk", "-t1", "-c10", f"-d{seconds:g}s", "-H", f"Host: {HOST}",
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 120)
+    scheme = "http" if mode == "plain" else "https"
+    close = ["-H", "Connection: close"] if mode == "resumed" else []
+    out = subprocess.run(["wrk", "-t1", "-c10", f"-d{seconds:g}s", "-H", f"Host: {HOST}", *close,
+                          f"{scheme}://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 120)
     match = re.search(r"(\d+) requests in", out.stdout)
     if not match:
         raise RuntimeError(f"wrk printed no request count: {out.stdout} {out.stderr}")
@@ -55,8 +66,19 @@ def checkout(ref: str, into: Path) -> Path:
     return into
 
 
+def write_certificate(directory: Path) -> Path:
+    """A certificate for the bench's host and 127.0.0.1 (wrk's SNI), in a Kubernetes-style secret directory."""
+    from edd_gateway.tls.devcert import self_signed_certificate, write_secret_directory
+
+    now = datetime.now(timezone.utc)
+    certificate, key = self_signed_certificate([HOST, "127.0.0.1"], now - timedelta(hours=1), now + timedelta(days=7))
+    directory.mkdir(parents=True, exist_ok=True)
+    write_secret_directory(str(directory), [certificate], key)
+    return directory
+
+
 def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port: int, path: str,
-            seconds: float) -> dict[str, Any]:
+            seconds: float, mode: str = "plain") -> dict[str, Any]:
     port = free_port()
     routes = work / f"routes-{port}.yaml"
     routes.write_text(json.dumps({"routes": [{"host": HOST, "path": "/", "target": f"127.0.0.1:{backend_port}"}]}))
@@ -66,11 +88,13 @@ def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port:
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *twistd, "-n", "--pidfile=",
             "edd-gateway", "--routes", str(routes), "--listen", f"tcp:{port}:interface=127.0.0.1",
             "--admin", "none", "--no-access-log", "--state-file", str(work / f"pins-{port}.json")]
+    if mode != "plain":
+        argv += ["--tls-dir", str(write_certificate(work / "tls"))]
     gateway = procs.start(f"gateway-{port}", argv, env=env, cwd=source)
     wait_listening(gateway, port, timeout=300)
-    wrk(port, path, 10)  # warm-up
+    wrk(port, path, 10, mode)  # warm-up
     subprocess.run(["callgrind_control", "-z", str(gateway.pid)], check=True, capture_output=True)
-    requests = wrk(port, path, seconds)
+    requests = wrk(port, path, seconds, mode)
     subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True)
     procs.stop(gateway)
     dumps = sorted(work.glob(f"callgrind-{port}.out*"), key=lambda p: p.stat().st_mtime)
@@ -81,7 +105,7 @@ def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port:
             total = int(match.group(1))  # the dump after zeroing
     if not total:
         raise RuntimeError(f"no callgrind dump for {ref}:\n{log_tail(gateway.log_path)}")
-    return {"ref": ref, "commit": subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+    return {"ref": ref, "mode": mode, "commit": subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
                                                  capture_output=True, text=True).stdout.strip(),
             "requests": requests, "instructions": total, "per_request": round(total / requests)}
 
@@ -91,6 +115,7 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("refs", nargs="+")
     parser.add_argument("--path", default="/small")
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
     for tool in ("valgrind", "callgrind_control", "wrk"):
@@ -102,11 +127,12 @@ def main(argv: Sequence[str]) -> int:
     try:
         with ProcessSet(work) as procs:
             backend = start_backend(procs, work, "auto", 1 << 20, None)
-            for number, ref in enumerate(args.refs):
-                source = checkout(ref, work / f"tree-{number}")
-                rows.append(measure(ref, source, work, procs, backend.port, args.path, args.seconds))
-                print(f"{ref} ({rows[-1]['commit']}): {rows[-1]['per_request']:,} instructions per request "
-                      f"({rows[-1]['requests']} requests)", flush=True)
+            sources = [checkout(ref, work / f"tree-{number}") for number, ref in enumerate(args.refs)]
+            for mode in args.modes.split(","):
+                for ref, source in zip(args.refs, sources):
+                    rows.append(measure(ref, source, work, procs, backend.port, args.path, args.seconds, mode))
+                    print(f"{mode:8} {ref} ({rows[-1]['commit']}): {rows[-1]['per_request']:,} instructions per "
+                          f"request ({rows[-1]['requests']} requests)", flush=True)
     finally:
         for number in range(len(args.refs)):
             tree = work / f"tree-{number}"
