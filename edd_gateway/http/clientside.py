@@ -21,13 +21,15 @@ from edd_gateway.http.settings import ProxySettings
 
 if TYPE_CHECKING:
     from edd_gateway.containers import ContainerRouter
-    from edd_gateway.http.flow import Throttle
-    from edd_gateway.http.record import RequestRecordFields
+    from edd_gateway.http.flow import FlowTransport, Throttle
     from edd_gateway.http.upstream import UpstreamPool
     from edd_gateway.observe import GatewayObserver
     from edd_gateway.routes.table import LiveRouteTable
 
-__all__ = ["AdmissionHooks", "ClientContext", "ClientSide", "Flow", "Job", "Listener", "NoAdmission", "NO_ADMISSION"]
+__all__ = [
+    "AdmissionHooks", "ClientContext", "ClientSide", "ContextSource", "Flow", "Job", "Listener", "NoAdmission",
+    "NO_ADMISSION", "TunnelledRequest",
+]
 
 
 class Listener(Protocol):
@@ -97,9 +99,9 @@ class Flow(Protocol):
 
     def write(self, data: bytes) -> None: ...
     def queued(self) -> bool: ...
-    def throttle_backend(self, backend: ITransport) -> Throttle: ...
-    def throttle_client(self, backend: ITransport) -> Throttle: ...
-    def release(self, backend: ITransport, backend_throttle: Throttle | None,
+    def throttle_backend(self, backend: FlowTransport) -> Throttle: ...
+    def throttle_client(self, backend: FlowTransport) -> Throttle: ...
+    def release(self, backend: FlowTransport, backend_throttle: Throttle | None,
                 client_throttle: Throttle | None) -> None: ...
 
 
@@ -116,6 +118,26 @@ class Job(Protocol):
     def client_lost(self) -> None: ...
 
 
+class TunnelledRequest(Protocol):
+    """What the tunnel's record (metrics, the access log) names of the request that opened it."""
+
+    @property
+    def route_label(self) -> str: ...
+    @property
+    def backend(self) -> str: ...
+    @property
+    def request_id(self) -> str: ...
+
+
+class ContextSource(Protocol):
+    """What a client connection is built from: its listener (L{edd_gateway.http.factory.HTTPProxyFactory})."""
+
+    settings: ProxySettings
+    scheme: str
+
+    def context_for(self, transport: Any, client_ip: str) -> ClientContext: ...
+
+
 class ClientSide(Protocol):
     """
     What a request's job may ask of the client side that carries it: one
@@ -123,8 +145,10 @@ class ClientSide(Protocol):
     request or per event, never per byte beyond L{Flow.write}.
     """
 
-    context: ClientContext
-    flow: Flow
+    @property
+    def context(self) -> ClientContext: ...
+    @property
+    def flow(self) -> Flow: ...
 
     def write(self, data: bytes) -> None:
         """Bytes of the response (the gateway's own answers; exchanges write through L{flow})."""
@@ -159,7 +183,7 @@ class ClientSide(Protocol):
     def limit_hit(self, limit: str) -> None:
         """Count a limit hit (and its strike) with admission."""
 
-    def start_tunnel(self, request: RequestRecordFields, backend: ITransport, head: bytes, rest: bytes) -> None:
+    def start_tunnel(self, request: TunnelledRequest, backend: ITransport, head: bytes, rest: bytes) -> None:
         """
         The backend switched protocols: write C{head}, then relay bytes both
         ways between the client and C{backend} (which the pool no longer

@@ -13,14 +13,25 @@ spent stream window, not a full socket buffer.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
 from edd_gateway._transport import is_plain_tcp, queued, socket_below, write_now
 
-__all__ = ["ConnectionFlow", "Throttle"]
+__all__ = ["ConnectionFlow", "FlowTransport", "Throttle"]
+
+
+class FlowTransport(Protocol):
+    """What flow control uses of a transport (Twisted's TCP and TLS transports have it all)."""
+
+    producer: Any
+
+    def pauseProducing(self) -> None: ...
+    def resumeProducing(self) -> None: ...
+    def registerProducer(self, producer: Any, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
 
 
 @implementer(IPushProducer)
@@ -33,7 +44,7 @@ class Throttle:
 
     __slots__ = ("transport", "paused")
 
-    def __init__(self, transport: ITransport) -> None:
+    def __init__(self, transport: FlowTransport) -> None:
         self.transport = transport
         self.paused = False
 
@@ -101,19 +112,19 @@ class ConnectionFlow:
 
     # Producers
 
-    def throttle_backend(self, backend: ITransport) -> Throttle:
+    def throttle_backend(self, backend: FlowTransport) -> Throttle:
         """Let the client's full buffer pause C{backend}."""
         throttle = Throttle(backend)
         self.transport.registerProducer(throttle, True)
         return throttle
 
-    def throttle_client(self, backend: ITransport) -> Throttle:
+    def throttle_client(self, backend: FlowTransport) -> Throttle:
         """Let C{backend}'s full buffer pause reading from the client."""
         throttle = Throttle(self.transport)
         backend.registerProducer(throttle, True)
         return throttle
 
-    def release(self, backend: ITransport, backend_throttle: Throttle | None,
+    def release(self, backend: FlowTransport, backend_throttle: Throttle | None,
                 client_throttle: Throttle | None) -> None:
         """Unregister what an exchange registered, and resume whatever it paused."""
         # Unregister whatever the transports report as their producer (TLS
@@ -133,6 +144,6 @@ class ConnectionFlow:
                 self.transport.resumeProducing()
 
 
-def _unregister(transport: ITransport | None) -> None:
+def _unregister(transport: FlowTransport | None) -> None:
     if transport is not None and getattr(transport, "producer", None) is not None:
         transport.unregisterProducer()

@@ -37,7 +37,8 @@ class RequestRecordFields:
         context = self.context
         observer = context.observer
         if observer is not None:
-            observer.http_request(self, context.clock.seconds())
+            # Subclasses supply the rest of HTTPRequestRecord (status, bytes_in, ...).
+            observer.http_request(self, context.clock.seconds())  # type: ignore[arg-type]
 
     @property
     def client_ip(self) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 from enum import Enum
-from typing import TYPE_CHECKING, Callable, Union
+from typing import Callable, Union
 
 from httptools import (
     HttpParserCallbackError,
@@ -33,7 +33,8 @@ from twisted.python.failure import Failure
 from edd_gateway._deadline import Deadline
 from edd_gateway._transport import set_no_delay
 from edd_gateway.http.answer import LocalAnswer
-from edd_gateway.http.clientside import ClientContext
+from edd_gateway.http.clientside import ClientContext, ContextSource, TunnelledRequest
+from edd_gateway.http.clientside import Job as AnyJob
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import ConnectionFlow
@@ -43,9 +44,6 @@ from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.observe import tunnel_reporter
 from edd_gateway.relay import splice
 
-if TYPE_CHECKING:
-    from edd_gateway.http.factory import HTTPProxyFactory
-    from edd_gateway.http.record import RequestRecordFields
 
 log = Logger()
 
@@ -119,7 +117,7 @@ class _LimitError(GatewayError):
 class HTTPServerProtocol(Protocol):
     """One client connection speaking HTTP/1.1 to the gateway."""
 
-    def __init__(self, factory: "HTTPProxyFactory") -> None:
+    def __init__(self, factory: ContextSource) -> None:
         self.factory = factory
         self.settings = factory.settings
         self.scheme = factory.scheme
@@ -343,7 +341,7 @@ class HTTPServerProtocol(Protocol):
             self._phase = _BUSY
             self.deadline.clear()
 
-    def job_finished(self, job: Job) -> None:
+    def job_finished(self, job: AnyJob) -> None:
         if self.jobs and self.jobs[0] is job:
             self.jobs.popleft()
         if self._link.ending:
@@ -508,7 +506,7 @@ class HTTPServerProtocol(Protocol):
 
     # Upgrades
 
-    def start_tunnel(self, request: RequestRecordFields, backend: ITransport, head: bytes, rest: bytes) -> None:
+    def start_tunnel(self, request: TunnelledRequest, backend: ITransport, head: bytes, rest: bytes) -> None:
         """Hand both connections to the byte relay after a 101."""
         self._end(Link.CLOSED)
         self.deadline.cancel()
@@ -526,7 +524,7 @@ class HTTPServerProtocol(Protocol):
         self.transport.resumeProducing()
         backend.resumeProducing()
 
-    def _tunnel_report(self, request: RequestRecordFields) -> Callable[[int, int], None] | None:
+    def _tunnel_report(self, request: TunnelledRequest) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""
         context = self.context
         return tunnel_reporter(context.observer, context.clock, "websocket", self.client_ip,
