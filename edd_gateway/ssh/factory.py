@@ -295,7 +295,8 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
 
     def __init__(self, directory: ContainerDirectory, pins: HostKeyPins, host_keys: Sequence[Key],
                  client_key: Key, reactor: Any, settings: SSHSettings = SSHSettings(),
-                 addressing: ContainerAddressing = ContainerAddressing()) -> None:
+                 addressing: ContainerAddressing = ContainerAddressing(), *,
+                 observer: GatewayObserver | None = None, admission: Any = None) -> None:
         if not host_keys:
             raise ValueError("the SSH side needs at least one host key")
         self.directory = directory
@@ -303,9 +304,9 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.addressing = addressing
         self.clock = reactor
         #: Told of every login attempt and every connection that ends.
-        self.observer: GatewayObserver | None = None
+        self.observer = observer
         #: Told of refused logins and login-grace hits (L{edd_gateway.admission.Admission}).
-        self.admission: Any = None
+        self.admission = admission
         self.privateKeys = {key.sshType(): key for key in host_keys}
         self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}
         # No moduli file: no Diffie-Hellman group exchange is offered
@@ -335,7 +336,8 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
 def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_key_path: str,
                       client_key_path: str, reactor: Any, rsa_host_key_path: str | None = None,
                       settings: SSHSettings = SSHSettings(),
-                      addressing: ContainerAddressing = ContainerAddressing()) -> GatewaySSHFactory:
+                      addressing: ContainerAddressing = ContainerAddressing(),
+                      observer: GatewayObserver | None = None, admission: Any = None) -> GatewaySSHFactory:
     """
     The SSH protocol factory for C{--ssh-listen} endpoints and for the
     sniffer's C{Verdict.SSH} handler (one factory can serve both).  Key files
@@ -344,7 +346,8 @@ def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_
     """
     host_keys = load_host_keys(host_key_path, rsa_host_key_path)
     client_key = load_or_create_key(client_key_path, "ed25519", comment="edd-gateway", write_public=True)
-    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings, addressing)
+    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings, addressing,
+                             observer=observer, admission=admission)
 
 
 __all__ = ["DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "GatewayAvatar", "GatewayServerTransport", "GatewaySSHFactory",

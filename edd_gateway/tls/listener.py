@@ -338,6 +338,9 @@ class TLSListenerFactory(Factory):
         through to the container when no certificate covers the name.
     @param container_proxy_protocol: C{"v1"} or C{"v2"}: those container
         connections start with a PROXY protocol header naming the client.
+    @param observer: told of every passthrough tunnel that ends.
+    @param admission: hears of limit hits and garbage
+        (L{edd_gateway.admission.Admission}); shared with the terminator.
     """
 
     noisy = False
@@ -357,6 +360,8 @@ class TLSListenerFactory(Factory):
         creator: IOpenSSLServerConnectionCreator | None = None,
         containers: ContainerRouter | None = None,
         container_proxy_protocol: str | None = None,
+        observer: GatewayObserver | None = None,
+        admission: Any = None,
     ) -> None:
         self.routes = routes
         self.containers = containers
@@ -369,14 +374,14 @@ class TLSListenerFactory(Factory):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stats = TLSStats()
-        #: Told of every passthrough tunnel that ends.
-        self.observer: GatewayObserver | None = None
+        self.observer = observer
         self.terminator = TerminatorFactory(
             creator if creator is not None else server_connection_creator(store),
             https,
             reactor,
             self.stats,
             handshake_timeout,
+            admission=admission,
         )
 
     @property

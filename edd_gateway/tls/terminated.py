@@ -238,9 +238,9 @@ class TerminatorFactory(TLSMemoryBIOFactory):
     protocol = TerminatedTLS
 
     def __init__(self, creator: IOpenSSLServerConnectionCreator, wrapped: IProtocolFactory, clock: IReactorTime,
-                 stats: Any, handshake_timeout: float | None) -> None:
+                 stats: Any, handshake_timeout: float | None, *, admission: Any = None) -> None:
         super().__init__(creator, False, wrapped, clock=clock)
         self.clock = clock
         self.stats = stats
         self.handshake_timeout = handshake_timeout
-        self.admission: Any = None
+        self.admission = admission
