@@ -201,11 +201,9 @@ class ClientHelloProtocol(Protocol):
         # see the TLS wrapper: without it a response written in two records
         # waits for the client's delayed ACK.
         set_no_delay(transport)
-        tls = self._factory.terminator.buildProtocol(self._peer)
         # Known here already: the HTTP side asks for both on every
         # connection (getPeer) or request (the 421 check).
-        tls.peer = self._peer
-        tls.server_name = hello.server_name
+        tls = self._factory.terminator.terminate(self._peer, hello.server_name)
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
         self.transport = None
