@@ -456,7 +456,8 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
 
 
 def build_ssh(config: Options, state: LiveState, reactor: Any, *, observer: GatewayObserver | None = None,
-              admission: _admission.Admission | None = None) -> GatewaySSHFactory:
+              admission: _admission.Admission | _admission.NoAdmission = _admission.NO_ADMISSION
+              ) -> GatewaySSHFactory:
     """The SSH factory (sniffed SSH and --ssh-listen); unusable key files stop the start."""
     if config["ssh-host-key-policy"] is HostKeyPolicy.IGNORE:
         log.warn("ssh: --ssh-host-key-policy ignore: containers' SSH host keys are NOT checked; anything that "

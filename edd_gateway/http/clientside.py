@@ -27,8 +27,7 @@ if TYPE_CHECKING:
     from edd_gateway.routes.table import LiveRouteTable
 
 __all__ = [
-    "AdmissionHooks", "ClientContext", "ClientSide", "ContextSource", "Flow", "Job", "Listener", "NoAdmission",
-    "NO_ADMISSION", "TunnelledRequest",
+    "AdmissionHooks", "ClientContext", "ClientSide", "ContextSource", "Flow", "Job", "Listener", "TunnelledRequest",
 ]
 
 
@@ -40,23 +39,13 @@ class Listener(Protocol):
 
 
 class AdmissionHooks(Protocol):
-    """What the HTTP side tells admission (L{edd_gateway.admission.Admission})."""
+    """
+    What the HTTP side tells admission (L{edd_gateway.admission.Admission};
+    L{edd_gateway.admission.NoAdmission} for a listener without one).
+    """
 
     def hit(self, limit: str, host: str | None = None) -> None: ...
     def garbage(self, host: str) -> None: ...
-
-
-class NoAdmission:
-    """Admission that counts nothing: for listeners built without one (tests, tools)."""
-
-    def hit(self, limit: str, host: str | None = None) -> None:
-        pass
-
-    def garbage(self, host: str) -> None:
-        pass
-
-
-NO_ADMISSION = NoAdmission()
 
 
 @dataclass(frozen=True, slots=True)

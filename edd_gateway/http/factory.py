@@ -12,8 +12,9 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.containers import ContainerRouter
-from edd_gateway.http.clientside import NO_ADMISSION, AdmissionHooks, ClientContext
+from edd_gateway.http.clientside import AdmissionHooks, ClientContext
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.upstream import UpstreamPool

@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay, swap_protocol
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.observe import GatewayObserver, route_label, tunnel_reporter
@@ -125,8 +126,7 @@ class ClientHelloProtocol(Protocol):
             hello = self._parser.feed(data)
         except ClientHelloError as problem:
             self._factory.stats.malformed += 1
-            if self._factory.admission is not None:
-                self._factory.admission.garbage(self.client_ip)
+            self._factory.admission.garbage(self.client_ip)
             self._refuse("sent a malformed ClientHello: {reason}", _ALERT_DECODE_ERROR, reason=problem.reason)
             return
         if hello is not None:
@@ -146,8 +146,7 @@ class ClientHelloProtocol(Protocol):
         if self._decided:
             return
         self._factory.stats.hello_timeouts += 1
-        if self._factory.admission is not None:
-            self._factory.admission.hit("tls-hello-timeout", self.client_ip)
+        self._factory.admission.hit("tls-hello-timeout", self.client_ip)
         self._refuse(
             "sent no complete ClientHello within {timeout}s ({count} bytes)",
             None,
@@ -260,10 +259,8 @@ class ClientHelloProtocol(Protocol):
             on_idle=self._limit_hit("tcp-idle"),
         )
 
-    def _limit_hit(self, limit: str) -> Callable[[], None] | None:
+    def _limit_hit(self, limit: str) -> Callable[[], None]:
         admission = self._factory.admission
-        if admission is None:
-            return None
         client = self.client_ip
         return lambda: admission.hit(limit, client)
 
@@ -278,8 +275,7 @@ class ClientHelloProtocol(Protocol):
             # The client left first and cancelled the attempt: nobody to tell.
             return
         self._factory.stats.backend_failures += 1
-        if self._factory.admission is not None and failure.check(
-                error.TimeoutError, defer.TimeoutError, defer.CancelledError):
+        if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
             self._factory.admission.hit("backend-connect-timeout", self.client_ip)
         self._refuse(
             "SNI {sni}: the passthrough backend {backend} ({source}) {problem}",
@@ -359,7 +355,7 @@ class TLSListenerFactory(Factory):
         containers: ContainerRouter | None = None,
         container_proxy_protocol: str | None = None,
         observer: GatewayObserver | None = None,
-        admission: Any = None,
+        admission: Any = NO_ADMISSION,
     ) -> None:
         self.routes = routes
         self.containers = containers

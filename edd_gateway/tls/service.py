@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES
 from edd_gateway.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
@@ -254,7 +255,7 @@ def build_tls(
     container_proxy_protocol: str | None = None,
     tickets: TicketSetup | None = None,
     observer: Any = None,
-    admission: Any = None,
+    admission: Any = NO_ADMISSION,
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to

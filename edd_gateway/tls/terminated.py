@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from edd_gateway._transport import write_now
+from edd_gateway.admission import NO_ADMISSION, NoAdmission
 from edd_gateway.tls import _openssl
 from edd_gateway.tls.context import chosen_certificate
 from edd_gateway.sniff import describe_peer
@@ -139,9 +140,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         peer = self.getPeer()
         _handshake_log.info("tls: {client} did not finish the TLS handshake within {timeout:g}s; closing",
                             client=describe_peer(peer), timeout=self.factory.handshake_timeout)
-        admission = self.factory.admission
-        if admission is not None:
-            admission.hit("tls-handshake-timeout", getattr(peer, "host", ""))
+        self.factory.admission.hit("tls-handshake-timeout", getattr(peer, "host", ""))
         self.abortConnection()
 
     def _stopHandshakeTimer(self) -> None:
@@ -257,13 +256,13 @@ class TerminatorFactory(TLSMemoryBIOFactory):
     @param handshake_timeout: seconds from the ClientHello to the end of the
         handshake; L{None} for no bound.
     @ivar admission: hears of handshake timeouts
-        (L{edd_gateway.admission.Admission}), when set.
+        (L{edd_gateway.admission.Admission}; L{NoAdmission} by default).
     """
 
     protocol = TerminatedTLS
 
     def __init__(self, creator: IOpenSSLServerConnectionCreator, wrapped: IProtocolFactory, clock: IReactorTime,
-                 stats: Any, handshake_timeout: float | None, *, admission: Any = None) -> None:
+                 stats: Any, handshake_timeout: float | None, *, admission: Any = NO_ADMISSION) -> None:
         super().__init__(creator, False, wrapped, clock=clock)
         self.clock = clock
         self.stats = stats
