@@ -110,6 +110,11 @@ class ConnectionFlow:
             self.paused = False
             self.transport.resumeProducing()
 
+    def hand_over(self) -> None:
+        """The byte relay reads the client from now on: nothing here pauses or resumes it."""
+        self.stopped = True
+        self.paused = False
+
     # Producers
 
     def throttle_backend(self, backend: FlowTransport) -> Throttle:

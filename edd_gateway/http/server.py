@@ -44,11 +44,9 @@ from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.observe import tunnel_reporter
 from edd_gateway.relay import splice
 
-
 log = Logger()
 
 Job = Union[Exchange, LocalAnswer]
-
 
 
 class Phase(Enum):
@@ -508,13 +506,13 @@ class HTTPServerProtocol(Protocol):
 
     def start_tunnel(self, request: TunnelledRequest, backend: ITransport, head: bytes, rest: bytes) -> None:
         """Hand both connections to the byte relay after a 101."""
-        self._end(Link.CLOSED)
+        self._link = Link.CLOSED
+        self.flow.hand_over()
         self.deadline.cancel()
         self.jobs.clear()
         self.write(head)
         client_bytes = b"".join(self._upgrade_rest)
         self._upgrade_rest = []
-        self.flow.paused = False
         splice(
             self.transport, backend,
             a_to_b_initial=client_bytes, b_to_a_initial=rest,
