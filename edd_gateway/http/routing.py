@@ -34,31 +34,7 @@ def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnsw
     @raise GatewayError: the status and reason of a request that cannot be
         routed (400, 404, 405, 421, or a container's 502/503).
     """
-    if info.method == b"CONNECT":
-        raise GatewayError(405, "CONNECT is not served: the gateway is not a forward proxy.")
-    target = info.target
-    host_value = info.host
-    if target[:1] != b"/":
-        try:
-            absolute = split_absolute_form(target)
-        except BadRequestTarget as problem:
-            raise GatewayError(400, f"The request target is invalid: {problem}.") from None
-        if absolute is None:
-            if target == b"*" and info.method == b"OPTIONS":
-                raise GatewayError(404, "OPTIONS * has no route.")
-            raise GatewayError(400, "The request target is not a path.")
-        host_value, target = absolute
-        # RFC 9112 3.2.2: the target's authority replaces the Host header.
-        info.host = host_value
-        info.headers = [h for h in info.headers if h[0].lower() != b"host"]
-        info.headers.append((b"Host", host_value))
-    host = normalize_host(host_value) if host_value is not None else None
-    if host is None:
-        raise GatewayError(400, "The Host header is missing or invalid.")
-    try:
-        path, query = normalize_request_target(target)
-    except BadRequestTarget as problem:
-        raise GatewayError(400, f"The request target is invalid: {problem}.") from None
+    host, path, query = _host_and_target(info)
     context = client.context
     containers = context.containers
     if containers is not None and containers.under_domain(host):
@@ -93,6 +69,41 @@ def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnsw
         return _local(client, info, status, response, route)
     upstream_path = match.upstream_path + ("?" + query if query else "")
     return Exchange(client, info, route, upstream_path.encode("latin-1"))
+
+
+def _host_and_target(info: RequestInfo) -> tuple[str, str, str]:
+    """
+    The request's normalised host, path and query; an absolute-form target's
+    authority replaces the Host header (in C{info}).
+
+    @raise GatewayError: 400, 404 (C{OPTIONS *}) or 405 (CONNECT).
+    """
+    if info.method == b"CONNECT":
+        raise GatewayError(405, "CONNECT is not served: the gateway is not a forward proxy.")
+    target = info.target
+    host_value = info.host
+    if target[:1] != b"/":
+        try:
+            absolute = split_absolute_form(target)
+        except BadRequestTarget as problem:
+            raise GatewayError(400, f"The request target is invalid: {problem}.") from None
+        if absolute is None:
+            if target == b"*" and info.method == b"OPTIONS":
+                raise GatewayError(404, "OPTIONS * has no route.")
+            raise GatewayError(400, "The request target is not a path.")
+        host_value, target = absolute
+        # RFC 9112 3.2.2: the target's authority replaces the Host header.
+        info.host = host_value
+        info.headers = [h for h in info.headers if h[0].lower() != b"host"]
+        info.headers.append((b"Host", host_value))
+    host = normalize_host(host_value) if host_value is not None else None
+    if host is None:
+        raise GatewayError(400, "The Host header is missing or invalid.")
+    try:
+        path, query = normalize_request_target(target)
+    except BadRequestTarget as problem:
+        raise GatewayError(400, f"The request target is invalid: {problem}.") from None
+    return host, path, query
 
 
 def _local(client: ClientSide, info: RequestInfo, status: int, response: bytes,
