@@ -40,6 +40,8 @@ __all__ = [
     "Admission",
     "AdmissionLimits",
     "AdmissionService",
+    "NO_ADMISSION",
+    "NoAdmission",
     "build_admission",
     "check_options",
     "peer_host",
@@ -286,6 +288,32 @@ class Admission:
     def tracked(self) -> int:
         """Clients with state held (open connections, a bucket refilling, a log throttle)."""
         return len(self._clients)
+
+
+class NoAdmission:
+    """
+    Admission for a listener built without one (tests, tools): every
+    connection admitted, nothing counted.  Given instead of L{None}, so that
+    no connection path checks for it.
+    """
+
+    def admit(self, host: str, connection: Any, listener: str = "") -> str | None:
+        return None
+
+    def admit_transport(self, transport: Any, listener: str = "") -> bool:
+        return True
+
+    def hit(self, limit: str, host: str | None = None) -> None:
+        pass
+
+    def garbage(self, host: str) -> None:
+        pass
+
+    def ssh_login_refused(self, host: str) -> None:
+        pass
+
+
+NO_ADMISSION = NoAdmission()
 
 
 class AdmissionService(TimerService):

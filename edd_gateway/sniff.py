@@ -28,11 +28,9 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._transport import swap_protocol
+from edd_gateway.admission import NO_ADMISSION, Admission, NoAdmission
 from edd_gateway.drain import ConnectionTracker
 from edd_gateway.proxyprotocol import awaiting_header
-
-if TYPE_CHECKING:
-    from edd_gateway.admission import Admission
 
 
 class Verdict(str, Enum):
@@ -170,7 +168,7 @@ class SniffingProtocol(Protocol):
         self._buffer = b""
         self._timer: IDelayedCall | None = None
         self._done = False
-        self._admitted = factory.admission is None
+        self._admitted = False
 
     def connectionMade(self) -> None:
         # Behind a PROXY-protocol wrapper the peer is the balancer's until
@@ -184,9 +182,7 @@ class SniffingProtocol(Protocol):
     def _admit(self) -> bool:
         """Ask admission; a refused connection is aborted and forgotten here."""
         self._admitted = True
-        admission = self._factory.admission
-        assert admission is not None
-        if admission.admit_transport(self.transport, self._factory.listener_name):
+        if self._factory.admission.admit_transport(self.transport, self._factory.listener_name):
             return True
         self._decide()
         return False
@@ -211,8 +207,7 @@ class SniffingProtocol(Protocol):
             return
         if verdict is Verdict.UNKNOWN:
             self._factory.stats.unknown += 1
-            if self._factory.admission is not None:
-                self._factory.admission.garbage(self._peerHost())
+            self._factory.admission.garbage(self._peerHost())
             # Abort: nothing was promised to a client speaking no known
             # protocol, and it may be hostile; no need to linger.
             self._giveUp(
@@ -273,9 +268,7 @@ class SniffingProtocol(Protocol):
         self._handOff(default)
 
     def _hit(self, host: str | None) -> None:
-        admission = self._factory.admission
-        if admission is not None:
-            admission.hit("sniff-timeout", host)
+        self._factory.admission.hit("sniff-timeout", host)
 
     def _refused_proxy_header(self, reason: Failure) -> bool:
         """
@@ -380,7 +373,7 @@ class SniffingFactory(Factory):
     @param listener_name: names the listener in log lines, e.g. C{tcp:8080}.
     @param admission: decides whether each new connection is served at all
         (limits, bans) and hears of the sniffer's limit hits and garbage;
-        L{None} admits everything.
+        L{NoAdmission} (the default) admits everything.
     @param raw: on container ports, the handler of connections that speak
         none of the three (or stay silent): relayed as raw TCP; L{None}
         closes them.
@@ -396,7 +389,7 @@ class SniffingFactory(Factory):
         listener_name: str,
         default: Verdict | None = None,
         timeout: float = DEFAULT_SNIFF_TIMEOUT,
-        admission: Admission | None = None,
+        admission: Admission | NoAdmission = NO_ADMISSION,
         raw: IProtocolFactory | None = None,
     ) -> None:
         wrong = set(handlers) - SERVED_KINDS

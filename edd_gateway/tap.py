@@ -69,6 +69,7 @@ from edd_gateway.state.postgres import PostgresDatabase  # noqa: E402
 from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService  # noqa: E402
 from edd_gateway.tls.authority import misdirected_check  # noqa: E402
 from edd_gateway.tls.service import DEFAULT_CHECK_INTERVAL, DEFAULT_DEV_CERT_DIR, build_tickets, build_tls  # noqa: E402
+from edd_gateway.tls.listener import TLSListenerFactory  # noqa: E402
 from edd_gateway.tls.tickets import DEFAULT_ROTATION as DEFAULT_TICKET_ROTATION  # noqa: E402
 
 log = Logger()
@@ -454,7 +455,9 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
     return LiveState(directory, pins, swap)
 
 
-def build_ssh(config: Options, state: LiveState, reactor: Any) -> GatewaySSHFactory:
+def build_ssh(config: Options, state: LiveState, reactor: Any, *, observer: GatewayObserver | None = None,
+              admission: _admission.Admission | _admission.NoAdmission = _admission.NO_ADMISSION
+              ) -> GatewaySSHFactory:
     """The SSH factory (sniffed SSH and --ssh-listen); unusable key files stop the start."""
     if config["ssh-host-key-policy"] is HostKeyPolicy.IGNORE:
         log.warn("ssh: --ssh-host-key-policy ignore: containers' SSH host keys are NOT checked; anything that "
@@ -466,7 +469,8 @@ def build_ssh(config: Options, state: LiveState, reactor: Any) -> GatewaySSHFact
         return build_ssh_factory(state.directory, state.pins, host_key_path=config["ssh-host-key"],
                                  client_key_path=config["ssh-client-key"],
                                  rsa_host_key_path=config["ssh-rsa-host-key"], reactor=reactor,
-                                 settings=config.ssh_settings(), addressing=config.addressing())
+                                 settings=config.ssh_settings(), addressing=config.addressing(),
+                                 observer=observer, admission=admission)
     except KeyFileError as problem:
         raise SystemExit(f"edd-gateway: {problem}") from None
 
@@ -489,6 +493,28 @@ def build_observer(config: Options, metrics: GatewayMetrics) -> GatewayObserver:
     return Observers([metrics, AccessLog()])
 
 
+@dataclass
+class Gateway:
+    """
+    What the builders of L{makeService} share: the options, the reactor, the
+    service tree they parent their services to, and the collaborators every
+    listener is given at construction.
+    """
+
+    config: Options
+    reactor: Any
+    top: GatewayService
+    metrics: GatewayMetrics
+    readiness: Readiness
+    monitoring: Monitoring
+    settings: ProxySettings
+    live: LiveRouteTable
+    admission: _admission.Admission
+    observer: GatewayObserver
+    state: LiveState
+    containers: ContainerRouter | None
+
+
 def makeService(config: Options, reactor: Any = None) -> GatewayService:
     """The service tree; C{reactor} is the installed (asyncio) one unless a test injects another."""
     if reactor is None:
@@ -499,6 +525,21 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
         reactor = installed_asyncio_reactor()
         reactor.callWhenRunning(reactor.callLater, 0, settle_heap)
     install_start_failure_hook()
+    gateway = build_core(config, reactor)
+    http, https = build_http(gateway)
+    tls = build_tls_side(gateway, https)
+    ssh = build_ssh(config, gateway.state, reactor, observer=gateway.observer, admission=gateway.admission)
+    gateway.monitoring.ssh_keys()
+    build_listeners(gateway, {Verdict.HTTP: http, Verdict.TLS: tls, Verdict.SSH: ssh}, ssh)
+    if config["admin"] is not None:
+        # A plain child, not a listener: probes and scrapes go on while draining.
+        listener_service("--admin", config["admin"], admin_site(gateway.metrics.registry, gateway.readiness),
+                         reactor).setServiceParent(gateway.top)
+    return gateway.top
+
+
+def build_core(config: Options, reactor: Any) -> Gateway:
+    """The routes, admission, observer, live state and container routing every listener shares."""
     settings = config.settings()
     live = LiveRouteTable(load_initial_routes(config["routes"]))
     log.info("routes: loaded {count} routes from {path}", count=len(live.current), path=config["routes"])
@@ -523,42 +564,54 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     if config["container-domain"] is not None:
         containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"],
                                      config.addressing())
+    return Gateway(config, reactor, top, metrics, readiness, monitoring, settings, live, admission, observer, state,
+                   containers)
+
+
+def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
+    """The backend pool and the HTTP proxy's two factories: plain (sniffed HTTP) and inside terminated TLS."""
+    config, reactor, settings = gateway.config, gateway.reactor, gateway.settings
     pool = UpstreamPool(reactor, reactor, max_idle=settings.pool_max_idle,
                         max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout,
                         max_streams_per_client=settings.body_streams_per_client)
-    PoolService(pool).setServiceParent(top)
-    http = HTTPProxyFactory(live, pool, settings, reactor, scheme="http", main_site=config["main-site"],
-                            containers=containers, observer=observer)
+    PoolService(pool).setServiceParent(gateway.top)
+    shared = dict(main_site=config["main-site"], containers=gateway.containers, observer=gateway.observer,
+                  admission=gateway.admission)
+    http = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="http", **shared)
     http.doStart()
-    https = HTTPProxyFactory(live, pool, settings, reactor, scheme="https", main_site=config["main-site"],
-                             misdirected=misdirected_check(live), containers=containers, observer=observer)
-    top.http_factories = [http, https]
-    http.admission = https.admission = admission
+    https = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="https",
+                             misdirected=misdirected_check(gateway.live), **shared)
+    gateway.top.http_factories = [http, https]
+    return http, https
+
+
+def build_tls_side(gateway: Gateway, https: HTTPProxyFactory) -> TLSListenerFactory:
+    """Certificates, session tickets and the TLS handler (passthrough or terminated into C{https})."""
+    config, reactor, top = gateway.config, gateway.reactor, gateway.top
     tickets = build_tickets(reactor, enabled=not config["no-tls-tickets"], keys_file=config["tls-ticket-keys"],
                             rotation=config["tls-ticket-rotation"], check_interval=config["cert-check-interval"])
     if tickets.service is not None:
         tickets.service.setServiceParent(top)
-    tls = build_tls(live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
+    tls = build_tls(gateway.live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
                     dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
-                    hello_timeout=config["tls-hello-timeout"], connect_timeout=settings.connect_timeout,
+                    hello_timeout=config["tls-hello-timeout"], connect_timeout=gateway.settings.connect_timeout,
                     idle_timeout=config["tcp-idle-timeout"], handshake_timeout=config["tls-handshake-timeout"],
-                    containers=containers,
-                    container_proxy_protocol=config["container-proxy-protocol"], tickets=tickets)
-    tls.factory.observer = observer
-    tls.factory.admission = admission
+                    containers=gateway.containers, container_proxy_protocol=config["container-proxy-protocol"],
+                    tickets=tickets, observer=gateway.observer, admission=gateway.admission)
     tls.service.setServiceParent(top)
-    monitoring.tls(tls.store, tls.service, tls.factory.stats)
-    monitoring.tickets(tickets.ring, tickets.service)
-    ssh = build_ssh(config, state, reactor)
-    ssh.observer = observer
-    ssh.admission = admission
-    monitoring.ssh_keys()
-    handlers = {Verdict.HTTP: http, Verdict.TLS: tls.factory, Verdict.SSH: ssh}
+    gateway.monitoring.tls(tls.store, tls.service, tls.factory.stats)
+    gateway.monitoring.tickets(tickets.ring, tickets.service)
+    return tls.factory
+
+
+def build_listeners(gateway: Gateway, handlers: dict[Verdict, Any], ssh: GatewaySSHFactory) -> None:
+    """The sniffing listeners (--listen, --container-ports) and the SSH-only ones (--ssh-listen)."""
+    config, reactor, top, admission = gateway.config, gateway.reactor, gateway.top, gateway.admission
     default = None if config["sniff-default"] == "close" else Verdict(config["sniff-default"].upper())
     raw = None
-    if containers is not None:
-        raw = RawTCPFactory(containers, reactor, connect_timeout=settings.connect_timeout,
-                            idle_timeout=config["tcp-idle-timeout"], observer=observer)
+    if gateway.containers is not None:
+        raw = RawTCPFactory(gateway.containers, reactor, connect_timeout=gateway.settings.connect_timeout,
+                            idle_timeout=config["tcp-idle-timeout"], observer=gateway.observer)
     container_endpoints = set(config.container_endpoints())
     for endpoint in config.sniffing_endpoints():
         factory = SniffingFactory(handlers, default=default, timeout=config["sniff-timeout"], clock=reactor,
@@ -566,17 +619,15 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
                                   raw=raw if endpoint in container_endpoints else None)
         option = "--container-ports" if endpoint in container_endpoints else "--listen"
         top.add_listener(listener_service(option, endpoint, factory, reactor), factory.tracker)
-        monitoring.listener(factory)
+        gateway.monitoring.listener(factory)
     for endpoint in config["ssh-listen"]:
         tracker = ConnectionTracker(endpoint)
         tracked = TrackedFactory(ssh, tracker, admission, behind_proxy=endpoint.startswith("haproxy:"))
         top.add_listener(listener_service("--ssh-listen", endpoint, tracked, reactor), tracker)
-        monitoring.plain_listener(tracker, "ssh")
-    if config["admin"] is not None:
-        # A plain child, not a listener: probes and scrapes go on while draining.
-        listener_service("--admin", config["admin"], admin_site(metrics.registry, readiness), reactor
-                         ).setServiceParent(top)
-    return top
+        gateway.monitoring.plain_listener(tracker, "ssh")
 
 
-__all__ = ["LiveState", "Options", "build_observer", "build_ssh", "build_state", "makeService", "install_reactor"]
+__all__ = [
+    "Gateway", "LiveState", "Options", "build_core", "build_http", "build_listeners", "build_observer", "build_ssh",
+    "build_state", "build_tls_side", "install_reactor", "makeService",
+]

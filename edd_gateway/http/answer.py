@@ -5,14 +5,10 @@ pages, redirects and internal targets.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.headers import BODY_NONE, RequestInfo
 from edd_gateway.http.record import RequestRecordFields
 from edd_gateway.routes.model import Route
-
-if TYPE_CHECKING:
-    from edd_gateway.http.server import HTTPServerProtocol
 
 __all__ = ["LocalAnswer"]
 
@@ -24,9 +20,10 @@ class LocalAnswer(RequestRecordFields):
     request body, if any, is dropped.
     """
 
-    def __init__(self, server: "HTTPServerProtocol", info: RequestInfo | None, response: bytes, keep_alive: bool,
+    def __init__(self, client: ClientSide, info: RequestInfo | None, response: bytes, keep_alive: bool,
                  status: int, request_id: str = "-", *, route: Route | None = None) -> None:
-        self.server = server
+        self.client = client
+        self.context = client.context
         self._request_id = request_id
         self.route = route
         self.info = info
@@ -35,15 +32,15 @@ class LocalAnswer(RequestRecordFields):
         self.status = status
         self.finished = False
         self.request_done = info is None or info.body == BODY_NONE
-        self.started = server.factory.clock.seconds()
+        self.started = self.context.clock.seconds()
         self.bytes_in = 0
 
     def start(self) -> None:
-        server = self.server
-        server.write(self.response)
+        client = self.client
+        client.write(self.response)
         self.finished = True
         self._report()
-        server.exchange_finished(self)
+        client.job_finished(self)
 
     # What observers read beyond RequestRecordFields.
     responded = None

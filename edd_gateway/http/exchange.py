@@ -11,15 +11,12 @@ gateway's own answer; errors after it can only close the client connection.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from twisted.internet import error
-from twisted.internet.interfaces import IPushProducer, ITransport
-from zope.interface import implementer
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import queued, write_now
+from edd_gateway._transport import write_now
+from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.headers import (
     BODY_CHUNKED,
@@ -31,12 +28,12 @@ from edd_gateway.http.headers import (
     client_head,
     upstream_request_head,
 )
-from edd_gateway.http.upstream import UpstreamProtocol, connect_error
+from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
+from edd_gateway.http.upstream import UpstreamProtocol, connect_error
 from edd_gateway.routes.model import Route
 
-if TYPE_CHECKING:
-    from edd_gateway.http.server import HTTPServerProtocol
+__all__ = ["IDEMPOTENT", "Exchange", "Throttle"]
 
 log = Logger()
 
@@ -50,31 +47,33 @@ IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"
 
 class Exchange(RequestRecordFields):
     """
-    A proxied request.  The server protocol feeds it the request; the
-    backend connection feeds it the response.
+    A proxied request.  Its client side (L{ClientSide}) feeds it the request;
+    the backend connection feeds it the response.
     """
 
     def __init__(
         self,
-        server: "HTTPServerProtocol",
+        client: ClientSide,
         info: RequestInfo,
         route: Route,
         path_and_query: bytes,
     ) -> None:
-        self.server = server
+        self.client = client
+        context = self.context = client.context
+        self.flow = client.flow
         self.info = info
         self.route = route
         self.target = route.target
         self.request_done = info.body == BODY_NONE
         #: The body is read (up to --body-buffer-size) before a backend
         #: connection is taken, so that a slow client holds none.
-        self._buffer_first = (not self.request_done and server.settings.body_buffer_size > 0
+        self._buffer_first = (not self.request_done and context.settings.body_buffer_size > 0
                               and not info.upgrade)
         # The gateway answers 100 Continue itself when it reads the body
         # first, so the backend is not asked (it would answer a second one).
         self._continue_ourselves = self._buffer_first and info.expect_continue and info.http11
         self.head = upstream_request_head(
-            info, path_and_query, server.client_ip, server.scheme, server.trusted_peer,
+            info, path_and_query, context.client_ip, context.scheme, context.trusted_peer,
             keep_expect=not self._continue_ourselves,
         )
         self.upstream: UpstreamProtocol | None = None
@@ -93,7 +92,7 @@ class Exchange(RequestRecordFields):
         self.keep_alive = info.keep_alive
         self.bytes_in = 0
         self.bytes_out = 0
-        self.started = server.factory.clock.seconds()
+        self.started = context.clock.seconds()
         self.responded: float | None = None
         self.completed = True
         self._out: list[bytes] = []
@@ -104,21 +103,21 @@ class Exchange(RequestRecordFields):
     # Start: find a backend connection
 
     def start(self) -> None:
-        if self._buffer_first and not self.request_done and self._buffered < self.server.settings.body_buffer_size:
+        if self._buffer_first and not self.request_done and self._buffered < self.context.settings.body_buffer_size:
             self._buffering = True
             if self._continue_ourselves and not self._buffered:
-                self.server.write(_CONTINUE)
+                self.client.write(_CONTINUE)
             return
         self._take_connection()
 
     def _take_connection(self, fresh: bool = False) -> None:
         """A pooled connection (unless C{fresh}), or a new one; a slot first while the body still arrives."""
-        server = self.server
-        pool = server.pool
+        context = self.context
+        pool = context.pool
         if not self.request_done and not self._stream_held:
-            if not pool.take_stream(server.client_ip, self.target):
-                server.limit_hit("body-streams")
-                self.fail(429, f"Too many request bodies from {server.client_ip} are on their way to "
+            if not pool.take_stream(context.client_ip, self.target):
+                self.client.limit_hit("body-streams")
+                self.fail(429, f"Too many request bodies from {context.client_ip} are on their way to "
                                f"{self.target} at once; try again when one has arrived.")
                 return
             self._stream_held = True
@@ -126,7 +125,7 @@ class Exchange(RequestRecordFields):
         if connection is not None:
             self._attach(connection)
             return
-        timeout = self.route.connect_timeout or server.settings.connect_timeout
+        timeout = self.route.connect_timeout or context.settings.connect_timeout
         pool.connect(self.target, timeout).addCallbacks(
             self._connected, self._connect_failed
         )
@@ -134,11 +133,11 @@ class Exchange(RequestRecordFields):
     def _release_stream(self) -> None:
         if self._stream_held:
             self._stream_held = False
-            self.server.pool.release_stream(self.server.client_ip, self.target)
+            self.context.pool.release_stream(self.context.client_ip, self.target)
 
     def _connected(self, connection: UpstreamProtocol) -> None:
         if self.finished:
-            self.server.pool.release(connection)
+            self.context.pool.release(connection)
             return
         self._attach(connection)
 
@@ -146,39 +145,30 @@ class Exchange(RequestRecordFields):
         if self.finished:
             return
         problem = failure.value if failure.check(GatewayError) else connect_error(
-            failure, self.target, self.server.settings.connect_timeout
+            failure, self.target, self.context.settings.connect_timeout
         )
         if problem.status == 504:  # type: ignore[union-attr]
-            self.server.limit_hit("backend-connect-timeout")
+            self.client.limit_hit("backend-connect-timeout")
         self.fail(problem.status, problem.detail)  # type: ignore[union-attr]
 
     def _attach(self, connection: UpstreamProtocol) -> None:
         self.upstream = connection
         connection.begin(self, self.info.method == b"HEAD")
-        server = self.server
         transport = connection.transport
-        # Each side is the producer of the other: a full write buffer on one
-        # pauses reading on the other.  Through a Throttle, because Twisted
-        # stops a registered producer when the consumer's connection is lost
-        # — which would close the client whenever a backend connection ends.
-        # Registered only where it can matter, since it costs on every
-        # request: the client throttles the backend when there is a request
-        # body to stream; the backend throttles the client as soon as a write
-        # to the client is left queued (see flush: TCP, or TLS over TCP), or
-        # at once when the client transport cannot say (other wrappers).
+        # Each side is the producer of the other (the flow's docstring says
+        # when each is registered).
+        flow = self.flow
         if self.info.body != BODY_NONE or self.info.upgrade:
-            self._throttle_client = Throttle(server.transport)
-            transport.registerProducer(self._throttle_client, True)
-        if server.tcp_connection is None:
-            self._throttle_backend = Throttle(transport)
-            server.transport.registerProducer(self._throttle_backend, True)
+            self._throttle_client = flow.throttle_client(transport)
+        if flow.register_at_once:
+            self._throttle_backend = flow.throttle_backend(transport)
         try:
             if self.pending_body:
                 if self.request_done:
                     self._replay = self.pending_body
                 transport.writeSequence([self.head, *self.pending_body])
                 self.pending_body = []
-                server.resume_reading()
+                self.client.resume_reading()
             else:
                 write_now(transport, self.head)
         except RuntimeError as problem:
@@ -188,17 +178,17 @@ class Exchange(RequestRecordFields):
             return
         if self.request_done:
             self._awaiting = True
-            server.awaiting_response(self._response_timeout())
+            self.client.awaiting_response(self._response_timeout())
 
     def _response_timeout(self) -> float:
-        return self.route.response_timeout or self.server.settings.response_timeout
+        return self.route.response_timeout or self.context.settings.response_timeout
 
-    # Request side, fed by the server protocol
+    # Request side, fed by the client side
 
     def request_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
         if self.response_started:
-            self.server.body_progress()
+            self.client.body_progress()
         if self.info.body == BODY_CHUNKED:
             data = b"%x\r\n%b\r\n" % (len(data), data)
         if self.upstream is None:
@@ -207,11 +197,11 @@ class Exchange(RequestRecordFields):
             self.pending_body.append(data)
             self._buffered += len(data)
             if not self._buffering:
-                self.server.pause_reading()  # until connected
-            elif self._buffered >= self.server.settings.body_buffer_size:
+                self.client.pause_reading()  # until connected
+            elif self._buffered >= self.context.settings.body_buffer_size:
                 # Larger than the buffer: the rest streams.
                 self._buffering = False
-                self.server.pause_reading()
+                self.client.pause_reading()
                 self._take_connection()
         else:
             self.upstream.write(data)
@@ -226,21 +216,20 @@ class Exchange(RequestRecordFields):
         if self.info.body != BODY_NONE:
             if self._stream_held:
                 self._release_stream()
-            self.server.body_complete()
+            self.client.body_complete()
         if self._buffering:
             self._buffering = False
             self._take_connection()
             return
         if self.upstream is not None and not self.response_started and not self._awaiting:
             self._awaiting = True
-            self.server.awaiting_response(self._response_timeout())
+            self.client.awaiting_response(self._response_timeout())
 
     # Response side, fed by the backend connection
 
     def response_head(
         self, status: int, reason: bytes, plain: list[bytes], special: Special
     ) -> None:
-        server = self.server
         status_line = b"HTTP/1.1 %d %b" % (status, reason)
         if status < 200:
             if status == 101:
@@ -256,7 +245,8 @@ class Exchange(RequestRecordFields):
                     status_line, plain, special, BODY_NONE, 0, False, True, True, self.info.request_id
                 ))
             return
-        self.responded = server.factory.clock.seconds()
+        client = self.client
+        self.responded = self.context.clock.seconds()
         if self.info.upgrade:
             # The backend declined the upgrade: the request's leftover bytes
             # were never HTTP, so this connection ends with the answer.
@@ -273,19 +263,19 @@ class Exchange(RequestRecordFields):
             # The backend answered before the body was all read (an early
             # 413, a redirect): the rest of the body cannot be skipped safely.
             self.keep_alive = False
-        if server.closing or server.factory.draining:
+        if client.closing or self.context.listener.draining:
             self.keep_alive = False
         self.response_started = True
-        server.response_started()
+        client.response_started()
         self._out.append(client_head(
             status_line, plain, special, body, length, self._chunk_to_client,
             self.keep_alive, self.info.http11, self.info.request_id,
-            edits=self.route.edits_for(server.scheme),
+            edits=self.route.edits_for(self.context.scheme),
         ))
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
-        self.server.body_progress()
+        self.client.body_progress()
         if self._chunk_to_client:
             self._out.append(b"%x\r\n%b\r\n" % (len(data), data))
         else:
@@ -299,13 +289,11 @@ class Exchange(RequestRecordFields):
         """
         out = self._out
         if out:
-            server = self.server
-            server.write(out[0] if len(out) == 1 else b"".join(out))
+            flow = self.flow
+            flow.write(out[0] if len(out) == 1 else b"".join(out))
             out.clear()
-            if (self._throttle_backend is None and self.upstream is not None
-                    and queued(server.transport, server.tcp_connection)):
-                self._throttle_backend = Throttle(self.upstream.transport)
-                server.transport.registerProducer(self._throttle_backend, True)
+            if self._throttle_backend is None and self.upstream is not None and flow.queued():
+                self._throttle_backend = flow.throttle_backend(self.upstream.transport)
 
     def response_complete(self, reusable: bool) -> None:
         if self._chunk_to_client:
@@ -315,9 +303,9 @@ class Exchange(RequestRecordFields):
         self._detach()
         if upstream is not None:
             if reusable and self.request_done:
-                self.server.pool.release(upstream)
+                self.context.pool.release(upstream)
             else:
-                self.server.pool.discard(upstream)
+                self.context.pool.discard(upstream)
         self._finish()
 
     def response_upgraded(self, rest: bytes) -> None:
@@ -328,15 +316,17 @@ class Exchange(RequestRecordFields):
         self._detach()
         self.flush()
         self.finished = True
-        self.responded = self.server.factory.clock.seconds()
+        self.responded = self.context.clock.seconds()
         self._report()
-        self.server.start_tunnel(self, upstream, self._pending_upgrade_head, rest)
+        # The backend connection leaves the pool's books: the relay owns it.
+        self.context.pool.lost(upstream)
+        self.client.start_tunnel(self, upstream.transport, self._pending_upgrade_head, rest)
 
     def upstream_failed(self, detail: str) -> None:
         upstream = self.upstream
         self._detach()
         if upstream is not None:
-            self.server.pool.discard(upstream)
+            self.context.pool.discard(upstream)
         self.fail(502, detail)
 
     def upstream_lost(self, reason: Failure) -> None:
@@ -354,13 +344,13 @@ class Exchange(RequestRecordFields):
                 return
             log.info(
                 "http: backend {target} closed mid-response to {client} ({reason})",
-                target=str(self.target), client=self.server.client_ip,
+                target=str(self.target), client=self.context.client_ip,
                 reason=reason.getErrorMessage(),
             )
             self.finished = True
             self.completed = False
             self._report()
-            self.server.abort()
+            self.client.abort()
             return
         if self._may_retry(upstream):
             # Most often a pooled connection the backend closed while it
@@ -368,7 +358,7 @@ class Exchange(RequestRecordFields):
             # once, on a new connection, when sending twice is harmless.
             log.info("http: backend {target} closed the connection before answering {method} from {client} "
                      "({reason}); sending it again on a new connection", target=str(self.target),
-                     method=self.info.method.decode("latin-1"), client=self.server.client_ip,
+                     method=self.info.method.decode("latin-1"), client=self.context.client_ip,
                      reason=reason.getErrorMessage())
             self.retried = True
             self._awaiting = False
@@ -402,24 +392,25 @@ class Exchange(RequestRecordFields):
         self._release_stream()
         self.pending_body = []
         if upstream is not None:
-            self.server.pool.discard(upstream)
+            self.context.pool.discard(upstream)
         if self.response_started:
             self.finished = True
             self.completed = False
             self._report()
-            self.server.abort()
+            self.client.abort()
             return
         self.status = status
         log.info(
             "http: {status} to {client} for {method} {host}: {detail}",
-            status=status, client=self.server.client_ip,
+            status=status, client=self.context.client_ip,
             method=self.info.method.decode("latin-1"),
             host=(self.info.host or b"-").decode("latin-1"), detail=detail,
         )
         # A body still on its way cannot be skipped safely: close after.
-        self.keep_alive = self.keep_alive and self.request_done and not self.server.closing
-        self.server.write(render_error(status, detail, self.info.request_id, close=not self.keep_alive,
-                                       extra_headers=self.route.own_answer_headers(self.server.scheme)))
+        client = self.client
+        self.keep_alive = self.keep_alive and self.request_done and not client.closing
+        client.write(render_error(status, detail, self.info.request_id, close=not self.keep_alive,
+                                  extra_headers=self.route.own_answer_headers(self.context.scheme)))
         self.response_started = True
         self._finish()
 
@@ -434,7 +425,7 @@ class Exchange(RequestRecordFields):
         self._release_stream()
         self.pending_body = []
         if upstream is not None:
-            self.server.pool.discard(upstream)
+            self.context.pool.discard(upstream)
         self._report()
 
     def _detach(self) -> None:
@@ -443,25 +434,8 @@ class Exchange(RequestRecordFields):
             return
         self.upstream = None
         upstream.listener = None
-        server = self.server
-        server_transport = server.transport
-        backend_throttle = self._throttle_backend
-        client_throttle = self._throttle_client
-        # Unregister what this exchange registered, whatever the transports
-        # report as their producer (TLS transports report their own).
-        if backend_throttle is not None:
-            _unregister(server_transport)
-        if client_throttle is not None:
-            _unregister(upstream.transport)
-        # Whatever this exchange paused must not stay paused: a parked
-        # backend connection has to notice its close, and the client has to
-        # send its next request.
-        if backend_throttle is not None and backend_throttle.paused:
-            backend_throttle.resumeProducing()
-        if client_throttle is not None and client_throttle.paused:
-            client_throttle.paused = False
-            if not server.paused and not server.closing:
-                server.transport.resumeProducing()
+        if self._throttle_backend is not None or self._throttle_client is not None:
+            self.flow.release(upstream.transport, self._throttle_backend, self._throttle_client)
 
     def _finish(self) -> None:
         if self.finished:
@@ -470,35 +444,5 @@ class Exchange(RequestRecordFields):
             self._release_stream()
         self.finished = True
         self._report()
-        self.server.exchange_finished(self)
+        self.client.job_finished(self)
 
-
-def _unregister(transport: ITransport | None) -> None:
-    if transport is not None and getattr(transport, "producer", None) is not None:
-        transport.unregisterProducer()
-
-
-@implementer(IPushProducer)
-class Throttle:
-    """
-    Registered as the producer of the other side of an exchange: passes
-    pause and resume to a transport, remembers whether it paused it, and
-    ignores stopProducing (the exchange handles a lost connection itself).
-    """
-
-    __slots__ = ("transport", "paused")
-
-    def __init__(self, transport: ITransport) -> None:
-        self.transport = transport
-        self.paused = False
-
-    def pauseProducing(self) -> None:
-        self.paused = True
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        self.paused = False
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        pass

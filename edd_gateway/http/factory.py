@@ -1,7 +1,8 @@
 """
 The factory of the HTTP proxy's client connections: what every connection
 of one listener shares (routes, backend pool, settings, clock, scheme and
-the optional TLS and container hooks).
+the optional TLS and container hooks, admission), and the frozen
+L{ClientContext} each connection is given from it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.containers import ContainerRouter
+from edd_gateway.http.clientside import AdmissionHooks, ClientContext
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.upstream import UpstreamPool
@@ -36,6 +39,7 @@ class HTTPProxyFactory(Factory):
         misdirected: Callable[[Any, str], bool] | None = None,
         containers: ContainerRouter | None = None,
         observer: GatewayObserver | None = None,
+        admission: AdmissionHooks = NO_ADMISSION,
     ) -> None:
         """
         @param main_site: where a request whose Host is an IP address that no
@@ -48,6 +52,8 @@ class HTTPProxyFactory(Factory):
             no container routing.
         @param observer: told of every request that ends (metrics, access
             log) and of every WebSocket tunnel.
+        @param admission: hears of limit hits and garbage
+            (L{edd_gateway.admission.Admission}); none counted by default.
         """
         self.routes = routes
         self.pool = pool
@@ -60,8 +66,16 @@ class HTTPProxyFactory(Factory):
         self.observer = observer
         #: Set when the gateway drains: no response keeps its connection.
         self.draining = False
-        #: Hears of limit hits and garbage (edd_gateway.admission.Admission), when set.
-        self.admission: Any = None
+        self.admission = admission
+
+    def context_for(self, transport: Any, client_ip: str) -> ClientContext:
+        """What a connection from C{client_ip} on C{transport} shares, fixed as it opens."""
+        settings = self.settings
+        return ClientContext(
+            client_ip, self.scheme, settings.is_trusted(client_ip), settings, self.pool, self.clock,
+            self.observer, self.admission, self, self.routes, self.containers, self.main_site,
+            self.misdirected, transport,
+        )
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:
         protocol = HTTPServerProtocol(self)

@@ -8,11 +8,12 @@ asks, so the request path pays nothing for them.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edd_gateway.observe import route_label
 
 if TYPE_CHECKING:
+    from edd_gateway.http.clientside import ClientContext
     from edd_gateway.http.headers import RequestInfo
     from edd_gateway.routes.model import Route
 
@@ -21,30 +22,31 @@ __all__ = ["RequestRecordFields"]
 
 class RequestRecordFields:
     """
-    Needs C{server} (the client connection), C{info} (the request head, or
+    Needs C{context} (the client connection's), C{info} (the request head, or
     L{None} when the head itself was refused) and C{route} (or L{None}).
     """
 
-    server: Any
+    context: ClientContext
     info: RequestInfo | None
     route: Route | None
     #: The id of a response to a head that could not be read (no C{info}).
     _request_id = "-"
 
     def _report(self) -> None:
-        """Tell the factory's observer (metrics, the access log) that this request ended."""
-        factory = self.server.factory
-        observer = factory.observer
+        """Tell the listener's observer (metrics, the access log) that this request ended."""
+        context = self.context
+        observer = context.observer
         if observer is not None:
-            observer.http_request(self, factory.clock.seconds())
+            # Subclasses supply the rest of HTTPRequestRecord (status, bytes_in, ...).
+            observer.http_request(self, context.clock.seconds())  # type: ignore[arg-type]
 
     @property
     def client_ip(self) -> str:
-        return self.server.client_ip  # type: ignore[no-any-return]
+        return self.context.client_ip
 
     @property
     def scheme(self) -> str:
-        return self.server.scheme  # type: ignore[no-any-return]
+        return self.context.scheme
 
     @property
     def method(self) -> bytes:

@@ -9,9 +9,8 @@ the TLS connection was not set up for.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from edd_gateway.http.answer import LocalAnswer
+from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.headers import BODY_NONE, RequestInfo
@@ -24,19 +23,60 @@ from edd_gateway.routes.normalize import (
     split_absolute_form,
 )
 
-if TYPE_CHECKING:
-    from edd_gateway.http.server import HTTPServerProtocol
-
 __all__ = ["may_keep_alive", "route_request"]
 
 
-def route_request(server: HTTPServerProtocol, info: RequestInfo) -> Exchange | LocalAnswer:
+def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnswer:
     """
     What answers one request head: an exchange with the route's backend, or
     the gateway's own answer (a redirect, an internal page).
 
     @raise GatewayError: the status and reason of a request that cannot be
         routed (400, 404, 405, 421, or a container's 502/503).
+    """
+    host, path, query = _host_and_target(info)
+    context = client.context
+    containers = context.containers
+    if containers is not None and containers.under_domain(host):
+        # Past the LRU: thousands of container hosts would evict the static routes' answers.
+        match = context.routes.current.lookup(host, path)
+    else:
+        match = context.routes.lookup(host, path)
+    main_site = context.main_site
+    if match is None and main_site is not None and _is_ip_address(host):
+        # A visitor who typed the cloud's address goes to its main site.
+        return _local(client, info, 301, render_error(
+            301, f"This address serves no site: {main_site}", info.request_id,
+            close=not may_keep_alive(info), extra_headers=(("Location", main_site),),
+        ))
+    misdirected = context.misdirected
+    if misdirected is not None and context.scheme == "https" and misdirected(context.transport, host):
+        raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
+    if match is None and containers is not None:
+        match = containers.http_match(host, path, context.transport)
+    if match is None:
+        raise GatewayError(404, f"No route for host {host} and path {path}.")
+    route = match.route
+    if route.redirect_https and context.scheme == "http":
+        authority = f"[{host}]" if ":" in host else host
+        location = f"https://{authority}{path}" + (f"?{query}" if query else "")
+        return _local(client, info, 301, render_error(
+            301, f"This site is served over HTTPS: {location}", info.request_id,
+            close=not may_keep_alive(info), extra_headers=(("Location", location),),
+        ), route)
+    if route.target.internal is not None:
+        status, response = internal_answer(route, info, host, path, context.client_ip)
+        return _local(client, info, status, response, route)
+    upstream_path = match.upstream_path + ("?" + query if query else "")
+    return Exchange(client, info, route, upstream_path.encode("latin-1"))
+
+
+def _host_and_target(info: RequestInfo) -> tuple[str, str, str]:
+    """
+    The request's normalised host, path and query; an absolute-form target's
+    authority replaces the Host header (in C{info}).
+
+    @raise GatewayError: 400, 404 (C{OPTIONS *}) or 405 (CONNECT).
     """
     if info.method == b"CONNECT":
         raise GatewayError(405, "CONNECT is not served: the gateway is not a forward proxy.")
@@ -63,45 +103,14 @@ def route_request(server: HTTPServerProtocol, info: RequestInfo) -> Exchange | L
         path, query = normalize_request_target(target)
     except BadRequestTarget as problem:
         raise GatewayError(400, f"The request target is invalid: {problem}.") from None
-    containers = server.factory.containers
-    if containers is not None and containers.under_domain(host):
-        # Past the LRU: thousands of container hosts would evict the static routes' answers.
-        match = server.factory.routes.current.lookup(host, path)
-    else:
-        match = server.factory.routes.lookup(host, path)
-    main_site = server.factory.main_site
-    if match is None and main_site is not None and _is_ip_address(host):
-        # A visitor who typed the cloud's address goes to its main site.
-        return _local(server, info, 301, render_error(
-            301, f"This address serves no site: {main_site}", info.request_id,
-            close=not may_keep_alive(info), extra_headers=(("Location", main_site),),
-        ))
-    misdirected = server.factory.misdirected
-    if misdirected is not None and server.scheme == "https" and misdirected(server.transport, host):
-        raise GatewayError(421, f"This TLS connection was not set up for {host}: open a new one for it.")
-    if match is None and containers is not None:
-        match = containers.http_match(host, path, server.transport)
-    if match is None:
-        raise GatewayError(404, f"No route for host {host} and path {path}.")
-    route = match.route
-    if route.redirect_https and server.scheme == "http":
-        authority = f"[{host}]" if ":" in host else host
-        location = f"https://{authority}{path}" + (f"?{query}" if query else "")
-        return _local(server, info, 301, render_error(
-            301, f"This site is served over HTTPS: {location}", info.request_id,
-            close=not may_keep_alive(info), extra_headers=(("Location", location),),
-        ), route)
-    if route.target.internal is not None:
-        status, response = internal_answer(route, info, host, path, server.client_ip)
-        return _local(server, info, status, response, route)
-    upstream_path = match.upstream_path + ("?" + query if query else "")
-    return Exchange(server, info, route, upstream_path.encode("latin-1"))
+    return host, path, query
 
-def _local(server: HTTPServerProtocol, info: RequestInfo, status: int, response: bytes,
+
+def _local(client: ClientSide, info: RequestInfo, status: int, response: bytes,
            route: Route | None = None) -> LocalAnswer:
     if route is not None:
-        response = with_fields(response, route.own_answer_headers(server.scheme))
-    return LocalAnswer(server, info, response, may_keep_alive(info), status, route=route)
+        response = with_fields(response, route.own_answer_headers(client.context.scheme))
+    return LocalAnswer(client, info, response, may_keep_alive(info), status, route=route)
 
 
 def with_fields(response: bytes, fields: tuple[tuple[str, str], ...]) -> bytes:

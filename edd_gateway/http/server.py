@@ -6,12 +6,16 @@ L{Exchange} (or the gateway's own answer) in a queue, so pipelined requests
 are answered in order while only the first talks to a backend.  A request
 received while another is being answered pauses reading: the gateway holds
 at most one socket read of a pipelined request, never a whole body.
+
+The connection is the L{ClientSide} of its exchanges: they see its frozen
+L{ClientContext} and its L{ConnectionFlow}, and call nothing else of it.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import TYPE_CHECKING, Any, Callable, Union
+from enum import Enum
+from typing import Callable, Union
 
 from httptools import (
     HttpParserCallbackError,
@@ -21,30 +25,76 @@ from httptools import (
     HttpRequestParser,
 )
 from twisted.internet import error
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway._deadline import Deadline
-from edd_gateway._transport import is_plain_tcp, set_no_delay, socket_below, write_now
-from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway._transport import set_no_delay
 from edd_gateway.http.answer import LocalAnswer
+from edd_gateway.http.clientside import ClientContext, ContextSource, TunnelledRequest
+from edd_gateway.http.clientside import Job as AnyJob
+from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange
+from edd_gateway.http.flow import ConnectionFlow
 from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.requestline import HTTP2_REFUSAL, is_h2_preface, method_refusal
 from edd_gateway.http.routing import may_keep_alive, route_request
-from edd_gateway.http.upstream import UpstreamProtocol
 from edd_gateway.observe import tunnel_reporter
 from edd_gateway.relay import splice
-
-if TYPE_CHECKING:
-    from edd_gateway.http.factory import HTTPProxyFactory
 
 log = Logger()
 
 Job = Union[Exchange, LocalAnswer]
 
-_IDLE, _HEAD, _WAITING, _BUSY, _STREAMING, _BODY = range(6)
+
+class Phase(Enum):
+    """
+    Where an open connection's request cycle is: each phase has its own
+    deadline (L{HTTPServerProtocol._deadline_passed}).
+    """
+
+    #: Between requests: --keepalive-timeout.
+    IDLE = "idle"
+    #: A request head arriving: --header-timeout.
+    HEAD = "head"
+    #: The body of the request being answered arriving: --body-timeout
+    #: between two bytes.
+    BODY = "body"
+    #: The request is all at the backend: the route's response timeout.
+    WAITING = "waiting"
+    #: No deadline of its own: a backend being connected, a local answer.
+    BUSY = "busy"
+    #: A response under way: --websocket-idle-timeout between two bytes.
+    STREAMING = "streaming"
+
+
+class Link(Enum):
+    """
+    What the connection does with the bytes it reads, and whether it is
+    ending (C{ending}: no response keeps it open; reading stays stopped).
+    """
+
+    #: Parsed as requests.
+    OPEN = ("open", False)
+    #: An upgrade head was read: what follows is the tunnel's, held until the 101.
+    UPGRADING = ("upgrading", False)
+    #: A fatal error is answered after the requests already read; later bytes are ignored.
+    REFUSED = ("refused", False)
+    #: Closed by the gateway: the client has LINGER_TIMEOUT to take the last bytes.
+    LINGERING = ("lingering", True)
+    #: Lost, aborted, or handed over to the byte relay.
+    CLOSED = ("closed", True)
+
+    def __init__(self, label: str, ending: bool) -> None:
+        self.label = label
+        self.ending = ending
+
+
+_OPEN = Link.OPEN
+_IDLE, _HEAD, _BODY, _WAITING, _BUSY, _STREAMING = (
+    Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.WAITING, Phase.BUSY, Phase.STREAMING)
 
 #: Seconds a closed connection's client gets to take the bytes still queued
 #: for it (the last response) before the connection is cut.
@@ -65,16 +115,13 @@ class _LimitError(GatewayError):
 class HTTPServerProtocol(Protocol):
     """One client connection speaking HTTP/1.1 to the gateway."""
 
-    def __init__(self, factory: "HTTPProxyFactory") -> None:
+    def __init__(self, factory: ContextSource) -> None:
         self.factory = factory
         self.settings = factory.settings
-        self.pool = factory.pool
         self.scheme = factory.scheme
         self.jobs: deque[Job] = deque()
         self.receiving: Job | None = None
-        self.closing = False
-        self.paused = False
-        self.tunnelled = False
+        self._link = _OPEN
         self._phase = _IDLE
         self._url: list[bytes] = []
         self._url_size = 0
@@ -82,18 +129,15 @@ class HTTPServerProtocol(Protocol):
         self._unaccounted = 0
         self._header_bytes = 0
         self._body_size = 0
-        self._body_moved = False
         self._upgrade_rest: list[bytes] = []
         #: Messages begun plus messages completed: tells whether the message
         #: llhttp refused began at the start of the bytes just fed.
         self._message_events = 0
         self.client_ip = ""
-        self.trusted_peer = False
+        #: Bytes moved since the BODY or STREAMING deadline was last set.
         self._moved = False
-        self._lingering = False
-        #: The TCP connection below the transport (see connectionMade).
-        self.tcp_connection: Any = None
-        self._direct_socket: Any = None
+        self.context: ClientContext
+        self.flow: ConnectionFlow
 
     # Connection
 
@@ -103,26 +147,22 @@ class HTTPServerProtocol(Protocol):
         if host.startswith("::ffff:"):
             host = host[7:]
         self.client_ip = host
-        self.trusted_peer = self.settings.is_trusted(host)
+        self.context = self.factory.context_for(self.transport, host)
+        self.flow = ConnectionFlow(self.transport)
         self.parser = HttpRequestParser(self)
-        self.deadline = Deadline(self.factory.clock, self._deadline_passed)
+        self.deadline = Deadline(self.context.clock, self._deadline_passed)
         # The first request is already under way (the sniffer saw its first
         # bytes; over TLS, the handshake has begun): the head's deadline, not
         # the idle one, which would be replaced at once by a second timer.
         self.deadline.set(self.settings.header_timeout)
         set_no_delay(self.transport)
-        # Asked of the transport once, not per write: which TCP connection
-        # tells whether a write was left queued (None: none can), and
-        # whether writes can go to that socket at once (not through TLS).
-        self.tcp_connection = socket_below(self.transport)
-        self._direct_socket = self.tcp_connection if is_plain_tcp(self.transport) else None
 
     def dataReceived(self, data: bytes) -> None:
-        if self.closing:
-            return
-        if self.tunnelled:
-            self._upgrade_rest.append(data)
-            self.pause_reading()
+        link = self._link
+        if link is not _OPEN:
+            if link is Link.UPGRADING:
+                self._upgrade_rest.append(data)
+                self.pause_reading()
             return
         # Bytes that move the parser past no event (a header line, a body
         # chunk, a message end) are held inside httptools: an endless
@@ -133,7 +173,7 @@ class HTTPServerProtocol(Protocol):
             self.parser.feed_data(data)
         except HttpParserUpgrade as upgrade:
             self._upgrade_rest.append(data[upgrade.args[0]:])
-            self.tunnelled = True
+            self._link = Link.UPGRADING
             self.pause_reading()
             return
         except HttpParserCallbackError as problem:
@@ -169,7 +209,7 @@ class HTTPServerProtocol(Protocol):
             self.pause_reading()
 
     def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
-        self.closing = True
+        self._end(Link.CLOSED)
         self.deadline.cancel()
         for job in self.jobs:
             job.client_lost()
@@ -245,7 +285,7 @@ class HTTPServerProtocol(Protocol):
 
     def on_body(self, data: bytes) -> None:
         self._unaccounted = 0
-        self._body_moved = True
+        self._moved = True
         limit = self.settings.max_body_size
         if limit:
             self._body_size += len(data)
@@ -286,7 +326,7 @@ class HTTPServerProtocol(Protocol):
         if isinstance(job, Exchange) and not job.request_done:
             # Its body is on its way: it must keep coming (--body-timeout).
             self._phase = _BODY
-            self._body_moved = False
+            self._moved = False
             self.deadline.set(self.settings.body_timeout)
         else:
             self._phase = _BUSY
@@ -299,12 +339,12 @@ class HTTPServerProtocol(Protocol):
             self._phase = _BUSY
             self.deadline.clear()
 
-    def exchange_finished(self, job: Job) -> None:
+    def job_finished(self, job: AnyJob) -> None:
         if self.jobs and self.jobs[0] is job:
             self.jobs.popleft()
-        if self.closing:
+        if self._link.ending:
             return
-        if not job.keep_alive or not job.request_done and job is self.receiving or self.factory.draining:
+        if not job.keep_alive or not job.request_done and job is self.receiving or self.context.listener.draining:
             self._close()
             return
         if self.jobs:
@@ -312,12 +352,12 @@ class HTTPServerProtocol(Protocol):
         else:
             self._phase = _IDLE
             self.deadline.set(self.settings.keepalive_timeout)
-        if self.paused and (self.receiving is None or self.receiving is (self.jobs[0] if self.jobs else None)):
+        if self.flow.paused and (self.receiving is None or self.receiving is (self.jobs[0] if self.jobs else None)):
             self.resume_reading()
 
     def drain(self) -> None:
         """The gateway is stopping: close now if idle, else after the response in flight."""
-        if not self.closing and not self.jobs and self._phase == _IDLE:
+        if not self._link.ending and not self.jobs and self._phase is _IDLE:
             self._close()
 
     def awaiting_response(self, timeout: float) -> None:
@@ -338,8 +378,8 @@ class HTTPServerProtocol(Protocol):
         self._moved = True
 
     def _deadline_passed(self) -> None:
-        if self.closing:
-            if self._lingering:
+        if self._link.ending:
+            if self._link is Link.LINGERING:
                 log.info("http: {client} did not take the last bytes within {seconds:g}s of the close; cutting",
                          client=self.client_ip, seconds=LINGER_TIMEOUT)
                 self.transport.abortConnection()
@@ -349,8 +389,8 @@ class HTTPServerProtocol(Protocol):
             self._close()
         elif self._phase == _HEAD:
             self._refuse(408, "The request head did not arrive in time.")
-        elif self._phase == _BODY and self._body_moved:
-            self._body_moved = False
+        elif self._phase == _BODY and self._moved:
+            self._moved = False
             self.deadline.set(self.settings.body_timeout)
         elif self._phase == _BODY and self.jobs:
             job = self.jobs[0]
@@ -374,29 +414,24 @@ class HTTPServerProtocol(Protocol):
             self.jobs.clear()
             self.abort()
 
-    # Writing and flow control
+    # Writing and flow control (the flow's)
+
+    @property
+    def closing(self) -> bool:
+        return self._link.ending
 
     def write(self, data: bytes) -> None:
-        if self._direct_socket is not None:
-            write_now(self.transport, data, self._direct_socket)
-        else:
-            self.transport.write(data)
+        self.flow.write(data)
 
     def pause_reading(self) -> None:
-        if not self.paused:
-            self.paused = True
-            self.transport.pauseProducing()
+        self.flow.pause_reading()
 
     def resume_reading(self) -> None:
-        if self.paused and not self.closing:
-            self.paused = False
-            self.transport.resumeProducing()
+        self.flow.resume_reading()
 
     def limit_hit(self, limit: str) -> None:
-        """Count a limit hit (and its strike) with the listeners' admission, when there is one."""
-        admission = self.factory.admission
-        if admission is not None:
-            admission.hit(limit, self.client_ip)
+        """Count a limit hit (and its strike) with the listeners' admission."""
+        self.context.admission.hit(limit, self.client_ip)
 
     def _refuse(self, status: int, detail: str, limit: str | None = None) -> None:
         """A fatal error in the request stream: answer in turn, then close."""
@@ -405,9 +440,7 @@ class HTTPServerProtocol(Protocol):
         if limit is not None:
             self.limit_hit(limit)
         elif status == 400:
-            admission = self.factory.admission
-            if admission is not None:
-                admission.garbage(self.client_ip)
+            self.context.admission.garbage(self.client_ip)
         request_id = new_request_id()
         response = render_error(status, detail, request_id, close=True)
         answer = LocalAnswer(self, None, response, False, status, request_id)
@@ -428,7 +461,7 @@ class HTTPServerProtocol(Protocol):
                 self.jobs.pop().client_lost()
             self.jobs.append(answer)
             self.parser = None  # type: ignore[assignment]
-            self.dataReceived = _ignore  # type: ignore[method-assign]
+            self._link = Link.REFUSED
             return
         for job in self.jobs:
             job.client_lost()
@@ -453,50 +486,47 @@ class HTTPServerProtocol(Protocol):
         self._close()
 
     def _close(self) -> None:
-        if not self.closing:
-            self.closing = True
-            self._lingering = True
+        if not self._link.ending:
+            self._end(Link.LINGERING)
             # loseConnection waits for the client to take what is queued: a
             # client that stops reading would hold the connection for ever.
             self.deadline.set(LINGER_TIMEOUT)
             self.transport.loseConnection()
 
     def abort(self) -> None:
-        self.closing = True
+        self._end(Link.CLOSED)
         self.deadline.cancel()
         self.transport.abortConnection()
 
+    def _end(self, link: Link) -> None:
+        self._link = link
+        self.flow.stopped = True
+
     # Upgrades
 
-    def start_tunnel(self, exchange: Exchange, upstream: UpstreamProtocol, head: bytes, rest: bytes) -> None:
+    def start_tunnel(self, request: TunnelledRequest, backend: ITransport, head: bytes, rest: bytes) -> None:
         """Hand both connections to the byte relay after a 101."""
-        self.closing = True
+        self._link = Link.CLOSED
+        self.flow.hand_over()
         self.deadline.cancel()
         self.jobs.clear()
-        # The backend connection leaves the pool's books: the relay owns it.
-        self.pool.lost(upstream)
         self.write(head)
         client_bytes = b"".join(self._upgrade_rest)
         self._upgrade_rest = []
-        self.paused = False
         splice(
-            self.transport, upstream.transport,
+            self.transport, backend,
             a_to_b_initial=client_bytes, b_to_a_initial=rest,
-            idle_timeout=self.settings.websocket_idle_timeout, clock=self.factory.clock,
-            on_close=self._tunnel_report(exchange), on_idle=lambda: self.limit_hit("websocket-idle"),
+            idle_timeout=self.settings.websocket_idle_timeout, clock=self.context.clock,
+            on_close=self._tunnel_report(request), on_idle=lambda: self.limit_hit("websocket-idle"),
         )
         self.transport.resumeProducing()
-        upstream.transport.resumeProducing()
+        backend.resumeProducing()
 
-
-    def _tunnel_report(self, exchange: Exchange) -> Callable[[int, int], None] | None:
+    def _tunnel_report(self, request: TunnelledRequest) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""
-        return tunnel_reporter(self.factory.observer, self.factory.clock, "websocket", self.client_ip,
-                               exchange.route_label, exchange.backend, exchange.request_id)
-
-
-def _ignore(data: bytes) -> None:
-    pass
+        context = self.context
+        return tunnel_reporter(context.observer, context.clock, "websocket", self.client_ip,
+                               request.route_label, request.backend, request.request_id)
 
 
 def _llhttp_reason(problem: HttpParserError) -> str:

@@ -32,6 +32,7 @@ from zope.interface import implementer
 
 from edd_gateway._transport import set_no_delay
 from edd_gateway.containers import ContainerAddressing
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
@@ -236,10 +237,9 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
         if self.keepalive is not None:
             self.keepalive.stop()
         super().connectionLost(reason)
-        admission = getattr(self.factory, "admission", None)
-        if admission is not None and self.outcome == "refused" and self.transport is not None:
+        if self.outcome == "refused" and self.transport is not None:
             # One strike per connection, however many keys its agent offered.
-            admission.ssh_login_refused(getattr(self.transport.getPeer(), "host", ""))
+            self.factory.admission.ssh_login_refused(getattr(self.transport.getPeer(), "host", ""))
         observer = self.factory.observer
         if observer is not None:
             observer.ssh_session(self._record())
@@ -263,9 +263,7 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
         peer = self.transport.getPeer()
         _log.info("ssh: {client} did not log in within {grace:g} s; closing",
                   client=describe_peer(peer), grace=self.factory.settings.login_grace_time)
-        admission = getattr(self.factory, "admission", None)
-        if admission is not None:
-            admission.hit("ssh-login-grace", getattr(peer, "host", ""))
+        self.factory.admission.hit("ssh-login-grace", getattr(peer, "host", ""))
         abandon(self, b"login grace time exceeded")
 
     def _stopGrace(self) -> None:
@@ -295,7 +293,8 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
 
     def __init__(self, directory: ContainerDirectory, pins: HostKeyPins, host_keys: Sequence[Key],
                  client_key: Key, reactor: Any, settings: SSHSettings = SSHSettings(),
-                 addressing: ContainerAddressing = ContainerAddressing()) -> None:
+                 addressing: ContainerAddressing = ContainerAddressing(), *,
+                 observer: GatewayObserver | None = None, admission: Any = NO_ADMISSION) -> None:
         if not host_keys:
             raise ValueError("the SSH side needs at least one host key")
         self.directory = directory
@@ -303,9 +302,9 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.addressing = addressing
         self.clock = reactor
         #: Told of every login attempt and every connection that ends.
-        self.observer: GatewayObserver | None = None
+        self.observer = observer
         #: Told of refused logins and login-grace hits (L{edd_gateway.admission.Admission}).
-        self.admission: Any = None
+        self.admission = admission
         self.privateKeys = {key.sshType(): key for key in host_keys}
         self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}
         # No moduli file: no Diffie-Hellman group exchange is offered
@@ -335,7 +334,9 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
 def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_key_path: str,
                       client_key_path: str, reactor: Any, rsa_host_key_path: str | None = None,
                       settings: SSHSettings = SSHSettings(),
-                      addressing: ContainerAddressing = ContainerAddressing()) -> GatewaySSHFactory:
+                      addressing: ContainerAddressing = ContainerAddressing(),
+                      observer: GatewayObserver | None = None,
+                      admission: Any = NO_ADMISSION) -> GatewaySSHFactory:
     """
     The SSH protocol factory for C{--ssh-listen} endpoints and for the
     sniffer's C{Verdict.SSH} handler (one factory can serve both).  Key files
@@ -344,7 +345,8 @@ def build_ssh_factory(directory: ContainerDirectory, pins: HostKeyPins, *, host_
     """
     host_keys = load_host_keys(host_key_path, rsa_host_key_path)
     client_key = load_or_create_key(client_key_path, "ed25519", comment="edd-gateway", write_public=True)
-    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings, addressing)
+    return GatewaySSHFactory(directory, pins, host_keys, client_key, reactor, settings, addressing,
+                             observer=observer, admission=admission)
 
 
 __all__ = ["DEFAULT_CLIENT_KEY", "DEFAULT_HOST_KEY", "GatewayAvatar", "GatewayServerTransport", "GatewaySSHFactory",

@@ -19,6 +19,7 @@ from typing import Any
 
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.tls.context import chosen_certificate
+from edd_gateway.tls.terminated import TerminatedTLS
 
 __all__ = ["MisdirectedCheck", "misdirected_check"]
 
@@ -37,21 +38,13 @@ def misdirected_check(routes: LiveRouteTable) -> MisdirectedCheck:
     def misdirected(transport: Any, host: str) -> bool:
         if routes.current.tls_passthrough(host) is not None:
             return True
+        if isinstance(transport, TerminatedTLS):
+            # Knows its SNI and remembers its last answer.
+            return transport.misdirected(host)
         get_handle = getattr(transport, "getHandle", None)
         if get_handle is None:
             return False
-        # The SNI the listener read from the ClientHello (TerminatedTLS).
-        if getattr(transport, "server_name", None) == host:
-            return False
-        # The connection's certificate never changes either: remember the
-        # answer for the last host asked (a client sends the same one).
-        last = getattr(transport, "last_authority", None)
-        if last is not None and last[0] == host:
-            return last[1]
         certificate = chosen_certificate(get_handle())
-        answer = certificate is None or not certificate.covers(host)
-        if hasattr(transport, "last_authority"):
-            transport.last_authority = (host, answer)
-        return answer
+        return certificate is None or not certificate.covers(host)
 
     return misdirected

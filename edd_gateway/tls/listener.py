@@ -32,6 +32,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
 from edd_gateway._transport import set_no_delay, swap_protocol
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.observe import GatewayObserver, route_label, tunnel_reporter
@@ -125,8 +126,7 @@ class ClientHelloProtocol(Protocol):
             hello = self._parser.feed(data)
         except ClientHelloError as problem:
             self._factory.stats.malformed += 1
-            if self._factory.admission is not None:
-                self._factory.admission.garbage(self.client_ip)
+            self._factory.admission.garbage(self.client_ip)
             self._refuse("sent a malformed ClientHello: {reason}", _ALERT_DECODE_ERROR, reason=problem.reason)
             return
         if hello is not None:
@@ -146,8 +146,7 @@ class ClientHelloProtocol(Protocol):
         if self._decided:
             return
         self._factory.stats.hello_timeouts += 1
-        if self._factory.admission is not None:
-            self._factory.admission.hit("tls-hello-timeout", self.client_ip)
+        self._factory.admission.hit("tls-hello-timeout", self.client_ip)
         self._refuse(
             "sent no complete ClientHello within {timeout}s ({count} bytes)",
             None,
@@ -201,11 +200,9 @@ class ClientHelloProtocol(Protocol):
         # see the TLS wrapper: without it a response written in two records
         # waits for the client's delayed ACK.
         set_no_delay(transport)
-        tls = self._factory.terminator.buildProtocol(self._peer)
         # Known here already: the HTTP side asks for both on every
         # connection (getPeer) or request (the 421 check).
-        tls.peer = self._peer
-        tls.server_name = hello.server_name
+        tls = self._factory.terminator.terminate(self._peer, hello.server_name)
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
         self.transport = None
@@ -262,10 +259,8 @@ class ClientHelloProtocol(Protocol):
             on_idle=self._limit_hit("tcp-idle"),
         )
 
-    def _limit_hit(self, limit: str) -> Callable[[], None] | None:
+    def _limit_hit(self, limit: str) -> Callable[[], None]:
         admission = self._factory.admission
-        if admission is None:
-            return None
         client = self.client_ip
         return lambda: admission.hit(limit, client)
 
@@ -280,8 +275,7 @@ class ClientHelloProtocol(Protocol):
             # The client left first and cancelled the attempt: nobody to tell.
             return
         self._factory.stats.backend_failures += 1
-        if self._factory.admission is not None and failure.check(
-                error.TimeoutError, defer.TimeoutError, defer.CancelledError):
+        if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
             self._factory.admission.hit("backend-connect-timeout", self.client_ip)
         self._refuse(
             "SNI {sni}: the passthrough backend {backend} ({source}) {problem}",
@@ -338,6 +332,9 @@ class TLSListenerFactory(Factory):
         through to the container when no certificate covers the name.
     @param container_proxy_protocol: C{"v1"} or C{"v2"}: those container
         connections start with a PROXY protocol header naming the client.
+    @param observer: told of every passthrough tunnel that ends.
+    @param admission: hears of limit hits and garbage
+        (L{edd_gateway.admission.Admission}); shared with the terminator.
     """
 
     noisy = False
@@ -357,6 +354,8 @@ class TLSListenerFactory(Factory):
         creator: IOpenSSLServerConnectionCreator | None = None,
         containers: ContainerRouter | None = None,
         container_proxy_protocol: str | None = None,
+        observer: GatewayObserver | None = None,
+        admission: Any = NO_ADMISSION,
     ) -> None:
         self.routes = routes
         self.containers = containers
@@ -369,14 +368,14 @@ class TLSListenerFactory(Factory):
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.stats = TLSStats()
-        #: Told of every passthrough tunnel that ends.
-        self.observer: GatewayObserver | None = None
+        self.observer = observer
         self.terminator = TerminatorFactory(
             creator if creator is not None else server_connection_creator(store),
             https,
             reactor,
             self.stats,
             handshake_timeout,
+            admission=admission,
         )
 
     @property

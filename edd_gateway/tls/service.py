@@ -26,6 +26,7 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 
+from edd_gateway.admission import NO_ADMISSION
 from edd_gateway.clienthello import DEFAULT_MAX_BYTES
 from edd_gateway.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
@@ -253,6 +254,8 @@ def build_tls(
     containers: ContainerRouter | None = None,
     container_proxy_protocol: str | None = None,
     tickets: TicketSetup | None = None,
+    observer: Any = None,
+    admission: Any = NO_ADMISSION,
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to
@@ -261,7 +264,8 @@ def build_tls(
     their containers, with a PROXY protocol header of
     C{container_proxy_protocol}'s version first when it is given.
     C{tickets} (L{build_tickets}; OpenSSL's own key when not given): parent
-    its C{service} too.
+    its C{service} too.  C{observer} and C{admission}: the factory's
+    (L{TLSListenerFactory}).
     """
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
     if tickets is None:
@@ -280,6 +284,8 @@ def build_tls(
         containers=containers,
         container_proxy_protocol=container_proxy_protocol,
         creator=creator,
+        observer=observer,
+        admission=admission,
     )
     service = CertificateRenewalService(store, reactor, check_interval)
     return TLSSetup(store, factory, service, tickets)

@@ -24,7 +24,9 @@ from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
 from edd_gateway._transport import write_now
+from edd_gateway.admission import NO_ADMISSION, NoAdmission
 from edd_gateway.tls import _openssl
+from edd_gateway.tls.context import chosen_certificate
 from edd_gateway.sniff import describe_peer
 
 __all__ = ["TerminatedTLS", "TerminatorFactory"]
@@ -71,15 +73,39 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
     """
 
     producer: object = None
-    #: The client's SNI name as the listener parsed it from the ClientHello
-    #: (lower-case, no trailing dot; L{None} without SNI), for the 421
-    #: check (edd_gateway.tls.authority).
-    server_name: str | None = None
-    #: (host, misdirected?) for the last host the HTTP side asked about.
-    last_authority: tuple[str, bool] | None = None
     _handshake_timer: IDelayedCall | None = None
-    #: The client's address when the listener knew it already (see getPeer).
-    peer: IAddress | None = None
+
+    def __init__(self, factory: Any, wrappedProtocol: Any, _connectWrapped: bool = True, *,
+                 peer: IAddress | None = None, server_name: str | None = None) -> None:
+        """
+        @param peer: the client's address, when the listener knew it
+            already (see getPeer).
+        @param server_name: the client's SNI name as the listener parsed it
+            from the ClientHello (lower-case, no trailing dot; L{None}
+            without SNI), for the 421 check (L{misdirected}).
+        """
+        super().__init__(factory, wrappedProtocol, _connectWrapped)
+        self.peer = peer
+        self.server_name = server_name
+        #: (host, misdirected?) for the last host the HTTP side asked about.
+        self._last_authority: tuple[str, bool] | None = None
+
+    def misdirected(self, host: str) -> bool:
+        """
+        Whether this connection's certificate does not cover C{host}
+        (L{edd_gateway.tls.authority}): false for its own SNI name.
+        """
+        if self.server_name == host:
+            return False
+        # The connection's certificate never changes either: remember the
+        # answer for the last host asked (a client sends the same one).
+        last = self._last_authority
+        if last is not None and last[0] == host:
+            return last[1]
+        certificate = chosen_certificate(self.getHandle())
+        answer = certificate is None or not certificate.covers(host)
+        self._last_authority = (host, answer)
+        return answer
 
     def getPeer(self) -> IAddress:
         # The TCP transport builds a new address object at every call; the
@@ -114,9 +140,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         peer = self.getPeer()
         _handshake_log.info("tls: {client} did not finish the TLS handshake within {timeout:g}s; closing",
                             client=describe_peer(peer), timeout=self.factory.handshake_timeout)
-        admission = self.factory.admission
-        if admission is not None:
-            admission.hit("tls-handshake-timeout", getattr(peer, "host", ""))
+        self.factory.admission.hit("tls-handshake-timeout", getattr(peer, "host", ""))
         self.abortConnection()
 
     def _stopHandshakeTimer(self) -> None:
@@ -232,15 +256,19 @@ class TerminatorFactory(TLSMemoryBIOFactory):
     @param handshake_timeout: seconds from the ClientHello to the end of the
         handshake; L{None} for no bound.
     @ivar admission: hears of handshake timeouts
-        (L{edd_gateway.admission.Admission}), when set.
+        (L{edd_gateway.admission.Admission}; L{NoAdmission} by default).
     """
 
     protocol = TerminatedTLS
 
     def __init__(self, creator: IOpenSSLServerConnectionCreator, wrapped: IProtocolFactory, clock: IReactorTime,
-                 stats: Any, handshake_timeout: float | None) -> None:
+                 stats: Any, handshake_timeout: float | None, *, admission: Any = NO_ADMISSION) -> None:
         super().__init__(creator, False, wrapped, clock=clock)
         self.clock = clock
         self.stats = stats
         self.handshake_timeout = handshake_timeout
-        self.admission: Any = None
+        self.admission = admission
+
+    def terminate(self, peer: IAddress, server_name: str | None) -> TerminatedTLS:
+        """The transport for a connection whose ClientHello the listener read (its address and SNI known)."""
+        return TerminatedTLS(self, self.wrappedFactory.buildProtocol(peer), peer=peer, server_name=server_name)
