@@ -75,16 +75,16 @@ from twisted.internet.defer import Deferred, ensureDeferred  # noqa: E402
 from twisted.internet.endpoints import TCP4ClientEndpoint  # noqa: E402
 
 from _procs import ProcessSet, free_port, wait_listening  # noqa: E402
-from edd_gateway.containers import ContainerRouter  # noqa: E402
+from edd_gateway.routes.containers import ContainerRouter  # noqa: E402
 from edd_gateway.routes.loader import load_routes_file  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule  # noqa: E402
 from edd_gateway.state.nats import REFRESHED_SUBJECT  # noqa: E402
 from edd_gateway.tap import default_routes_path  # noqa: E402
 from edd_gateway.testing import ComputeService, GatewayProcess, as_deferred, poll_until, run_process  # noqa: E402
-from edd_gateway.testing._nats import ThrowawayNats  # noqa: E402
-from edd_gateway.testing._postgres import ThrowawayPostgres  # noqa: E402
-from edd_gateway.testing._replicas import KeepAliveProbe, connect_probe  # noqa: E402
+from edd_gateway.testing.nats import ThrowawayNats  # noqa: E402
+from edd_gateway.testing.postgres import ThrowawayPostgres  # noqa: E402
+from edd_gateway.testing.replicas import KeepAliveProbe, connect_probe  # noqa: E402
 
 DOMAIN = "bench.test"
 PARTS = ("events", "feed", "lookup")

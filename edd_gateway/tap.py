@@ -25,36 +25,36 @@ from twisted.python import usage
 
 def install_reactor() -> None:
     """Install the gateway's asyncio reactor (uvloop when available), if none is."""
-    from edd_gateway._reactor import install
+    from edd_gateway.runtime.reactor import install
 
     install()
 
 
 install_reactor()
 
-from edd_gateway.logs import AccessLog  # noqa: E402
-from edd_gateway._listeners import check_endpoint, install_start_failure_hook, listener_service  # noqa: E402
-from edd_gateway.admin import Readiness, admin_site  # noqa: E402
-from edd_gateway import admission as _admission  # noqa: E402
-from edd_gateway._gc import settle_heap  # noqa: E402
-from edd_gateway._rlimit import raise_open_file_limit  # noqa: E402
-from edd_gateway.containers import ContainerRouter, normalize_container_domain  # noqa: E402
-from edd_gateway.containers import ADDRESS_MODES, DEFAULT_SERVICE_DNS, EXTERNAL_IP, ContainerAddressing  # noqa: E402
-from edd_gateway.containers import parse_port_map, parse_port_range  # noqa: E402
-from edd_gateway.drain import ConnectionTracker, GatewayService, TrackedFactory  # noqa: E402
+from edd_gateway.ops.logs import AccessLog  # noqa: E402
+from edd_gateway.front.listeners import check_endpoint, install_start_failure_hook, listener_service  # noqa: E402
+from edd_gateway.ops.admin import Readiness, admin_site  # noqa: E402
+from edd_gateway.front import admission as _admission  # noqa: E402
+from edd_gateway.runtime.gc import settle_heap  # noqa: E402
+from edd_gateway.runtime.rlimit import raise_open_file_limit  # noqa: E402
+from edd_gateway.routes.containers import ContainerRouter, normalize_container_domain  # noqa: E402
+from edd_gateway.routes.containers import ADDRESS_MODES, DEFAULT_SERVICE_DNS, EXTERNAL_IP, ContainerAddressing  # noqa: E402
+from edd_gateway.routes.containers import parse_port_map, parse_port_range  # noqa: E402
+from edd_gateway.front.drain import ConnectionTracker, GatewayService, TrackedFactory  # noqa: E402
 from edd_gateway.http.factory import HTTPProxyFactory  # noqa: E402
 from edd_gateway.http.settings import ProxySettings, parse_networks  # noqa: E402
 from edd_gateway.http.upstream import PoolService, UpstreamPool  # noqa: E402
-from edd_gateway.metrics import GatewayMetrics  # noqa: E402
-from edd_gateway.monitoring import Monitoring  # noqa: E402
-from edd_gateway.observe import GatewayObserver, Observers  # noqa: E402
-from edd_gateway.rawtcp import RawTCPFactory  # noqa: E402
+from edd_gateway.ops.metrics import GatewayMetrics  # noqa: E402
+from edd_gateway.ops.monitoring import Monitoring  # noqa: E402
+from edd_gateway.ops.observe import GatewayObserver, Observers  # noqa: E402
+from edd_gateway.front.rawtcp import RawTCPFactory  # noqa: E402
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file  # noqa: E402
 from edd_gateway.routes.model import Route  # noqa: E402
 from edd_gateway.routes.service import RoutesService  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
-from edd_gateway.sniff import SniffingFactory, Verdict  # noqa: E402
-from edd_gateway.proxyprotocol import parse_version as proxy_protocol_version  # noqa: E402
+from edd_gateway.front.sniff import SniffingFactory, Verdict  # noqa: E402
+from edd_gateway.net.proxyprotocol import parse_version as proxy_protocol_version  # noqa: E402
 from edd_gateway.ssh import DEFAULT_CLIENT_KEY, DEFAULT_HOST_KEY, KeyFileError, SSHSettings  # noqa: E402
 from edd_gateway.ssh import GatewaySSHFactory, HostKeyPins, build_ssh_factory  # noqa: E402
 from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, parse_host_key_policy  # noqa: E402

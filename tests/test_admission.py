@@ -1,6 +1,6 @@
 """
-Unit tests of admission (L{edd_gateway.admission}) and bans
-(L{edd_gateway.bans}): every refusal reason, the pruning of closed
+Unit tests of admission (L{edd_gateway.front.admission}) and bans
+(L{edd_gateway.front.bans}): every refusal reason, the pruning of closed
 connections and the sweep, the token bucket on a memory clock, ban
 thresholds, windows, expiry and the allow-list, memory under a flood of
 distinct addresses, and the hooks in the sniffer, the C{--ssh-listen}
@@ -18,15 +18,15 @@ from twisted.logger import Logger, formatEvent
 from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway import admission as admission_module
-from edd_gateway import bans as bans_module
-from edd_gateway.admission import LIMITS, Admission, AdmissionLimits, AdmissionService, build_admission
-from edd_gateway.bans import BanList, BanSettings, client_key, parse_allow
-from edd_gateway.drain import ConnectionTracker, TrackedFactory
+from edd_gateway.front import admission as admission_module
+from edd_gateway.front import bans as bans_module
+from edd_gateway.front.admission import LIMITS, Admission, AdmissionLimits, AdmissionService, build_admission
+from edd_gateway.front.bans import BanList, BanSettings, client_key, parse_allow
+from edd_gateway.front.drain import ConnectionTracker, TrackedFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness
-from edd_gateway.metrics import GatewayMetrics
-from edd_gateway.sniff import SniffingFactory, Verdict
+from edd_gateway.ops.metrics import GatewayMetrics
+from edd_gateway.front.sniff import SniffingFactory, Verdict
 from edd_gateway.tap import Options
 from tests.test_sniff import RecordingFactory
 from tests.test_tls_listener import MemoryClient, _ListenerCase
@@ -343,9 +343,9 @@ class MetricsTests(SynchronousTestCase):
         Conn.alive = []
         from prometheus_client import generate_latest
 
-        from edd_gateway.admin import Readiness
-        from edd_gateway.drain import GatewayService
-        from edd_gateway.monitoring import Monitoring
+        from edd_gateway.ops.admin import Readiness
+        from edd_gateway.front.drain import GatewayService
+        from edd_gateway.ops.monitoring import Monitoring
 
         clock = Clock()
         metrics = GatewayMetrics()
@@ -490,7 +490,7 @@ class TLSHandshakeTimeoutTests(_ListenerCase):
 
 class RelayIdleTests(SynchronousTestCase):
     def test_on_idle_is_called_when_the_idle_timeout_closes(self) -> None:
-        from edd_gateway.relay import splice
+        from edd_gateway.net.relay import splice
         from tests.test_relay import HandoverTransport
 
         clock = MemoryReactorClock()

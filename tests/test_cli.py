@@ -237,7 +237,7 @@ class ForgetHostKeyPostgresTests(CommandLineMixin, TestCase):
         from twisted.internet import reactor
 
         from edd_gateway.state.postgres import PostgresDatabase
-        from edd_gateway.testing._postgres import start_postgres
+        from edd_gateway.testing.postgres import start_postgres
 
         server = await start_postgres(self)
         await server.create_compute_tables()
@@ -254,7 +254,7 @@ class ForgetHostKeyPostgresTests(CommandLineMixin, TestCase):
         self.assertEqual(self.runCommand("forget-host-key", "abc123"), (EXIT_OK, "no pin for container abc123\n", ""))
 
     async def test_a_database_no_gateway_used(self) -> None:
-        from edd_gateway.testing._postgres import start_postgres
+        from edd_gateway.testing.postgres import start_postgres
 
         server = await start_postgres(self)
         self.assertEqual(self.runCommand("forget-host-key", "abc123", "--database", server.dsn()),

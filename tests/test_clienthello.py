@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway.clienthello}: real ClientHellos from pyOpenSSL
+Tests for L{edd_gateway.tls.clienthello}: real ClientHellos from pyOpenSSL
 clients, split over segments and records, and malformed input of every kind.
 """
 
@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.clienthello import (
+from edd_gateway.tls.clienthello import (
     ClientHello,
     ClientHelloError,
     ClientHelloParser,

@@ -1,5 +1,5 @@
 """
-Tests for container routing: the pure decision (L{edd_gateway.containers}),
+Tests for container routing: the pure decision (L{edd_gateway.routes.containers}),
 the command line values it parses, and its use by the HTTP side (a request
 proxied to the container, or 503/502 pages) and by the TLS side (SNI passed
 through to the container unless a certificate covers the name), on memory
@@ -19,8 +19,8 @@ from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway import containers as containers_module
-from edd_gateway.containers import (
+from edd_gateway.routes import containers as containers_module
+from edd_gateway.routes.containers import (
     NO_INGRESS,
     NOT_READY,
     ContainerAddressing,
@@ -417,7 +417,7 @@ class AddressingTests(SynchronousTestCase):
         from twisted.internet.defer import Deferred
         from twisted.internet.testing import MemoryReactorClock
 
-        from edd_gateway import rawtcp
+        from edd_gateway.front import rawtcp
 
         dialled: list[Target] = []
 
@@ -493,7 +493,7 @@ class AddressOptionTests(SynchronousTestCase):
     def test_the_service_tree_shares_one_addressing(self) -> None:
         from twisted.internet.testing import MemoryReactorClock
 
-        from edd_gateway.sniff import Verdict
+        from edd_gateway.front.sniff import Verdict
         from edd_gateway.tap import makeService
 
         work = self.mktemp()

@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway._deadline.Deadline}: one lazily re-armed timer per
+Tests for L{edd_gateway.http.deadline.Deadline}: one lazily re-armed timer per
 connection, on a L{Clock}.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway._deadline import Deadline
+from edd_gateway.http.deadline import Deadline
 
 
 class DeadlineTests(SynchronousTestCase):

@@ -42,7 +42,7 @@ ORIGINAL_CONFIGMAP = os.path.join(REPOSITORY, "tests", "fixtures", "original", "
 #: The schemas the manifests are validated against (bundled by kubernetes-validate).
 KUBERNETES_VERSION = "1.29"
 #: The image's ENTRYPOINT, exactly.
-ENTRYPOINT = ["twistd", "--nodaemon", "--pidfile=", "--logger=edd_gateway.logs.json_to_stdout", "edd-gateway"]
+ENTRYPOINT = ["twistd", "--nodaemon", "--pidfile=", "--logger=edd_gateway.ops.logs.json_to_stdout", "edd-gateway"]
 #: What the networking page says the gateway serves on its VIP.
 VIP = "192.168.3.200"
 PUBLIC_PORTS = {80, 443, 2222, *range(8000, 9000)}

@@ -1,5 +1,5 @@
 """
-The graceful drain (L{edd_gateway.drain}) on a memory clock with fake
+The graceful drain (L{edd_gateway.front.drain}) on a memory clock with fake
 transports: the order of the steps, the grace period, and what is closed
 at its end.
 """
@@ -15,8 +15,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.drain import DRAIN_POLL_INTERVAL, FINAL_CLOSE_TIME, ConnectionTracker, GatewayService
-from edd_gateway.drain import TrackedFactory, innermost_protocol, is_open
+from edd_gateway.front.drain import DRAIN_POLL_INTERVAL, FINAL_CLOSE_TIME, ConnectionTracker, GatewayService
+from edd_gateway.front.drain import TrackedFactory, innermost_protocol, is_open
 
 
 class FakeTransport:

@@ -33,9 +33,9 @@ from edd_gateway.testing import (
     routes_yaml,
     web_factory,
 )
-from edd_gateway.testing._backends import _TrackingFactory
-from edd_gateway.testing._nats import ThrowawayNats, start_nats
-from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
+from edd_gateway.testing.backends import _TrackingFactory
+from edd_gateway.testing.nats import ThrowawayNats, start_nats
+from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
 from edd_gateway.tls.devcert import self_signed_certificate
 
 DOMAIN = "compute.test"

@@ -55,9 +55,9 @@ from twisted.python import log
 from edd_gateway.state.nats import DURABLE, STREAM
 from edd_gateway.testing import ComputeService, NewContainer, NewSSHKey, as_deferred, free_port, poll_until, \
     require_asyncio_reactor
-from edd_gateway.testing._nats import add_compute_stream, compute_message, start_nats
-from edd_gateway.testing._postgres import start_postgres
-from edd_gateway.testing._replicas import ProbeAnswer, ReplicaGateway
+from edd_gateway.testing.nats import add_compute_stream, compute_message, start_nats
+from edd_gateway.testing.postgres import start_postgres
+from edd_gateway.testing.replicas import ProbeAnswer, ReplicaGateway
 
 # The module, not its test case: a name bound here to LiveFeedTests would
 # have trial run the change feed's tests a second time from this module.

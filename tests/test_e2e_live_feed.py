@@ -68,9 +68,9 @@ from edd_gateway.testing import (
     start_compute,
     web_factory,
 )
-from edd_gateway.testing._backends import _TrackingFactory
-from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
-from edd_gateway.testing._replicas import KeepAliveProbe, ProbeAnswer, ReplicaGateway, connect_probe
+from edd_gateway.testing.backends import _TrackingFactory
+from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
+from edd_gateway.testing.replicas import KeepAliveProbe, ProbeAnswer, ReplicaGateway, connect_probe
 
 DOMAIN = "compute.test"
 #: Issue 4's propagation target: p99 of commit-to-served under 50 ms.

@@ -1,6 +1,6 @@
 """
 End-to-end test of the JSON log output: the real ``twistd --logger=
-edd_gateway.logs.json_to_stdout edd-gateway`` in a subprocess, real curl in
+edd_gateway.ops.logs.json_to_stdout edd-gateway`` in a subprocess, real curl in
 front of it, an echo backend behind it; every line the gateway writes is a
 JSON object, and the request shows up as one access event.
 """
@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from edd_gateway.testing import EndToEndMixin, GatewayProcess, poll_until, require_tool, routes_yaml
 
 HOST = "app.test"
-JSON_LOGGER = "--logger=edd_gateway.logs.json_to_stdout"
+JSON_LOGGER = "--logger=edd_gateway.ops.logs.json_to_stdout"
 
 
 class JSONLogTests(EndToEndMixin, TestCase):

@@ -27,7 +27,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
-from edd_gateway.proxyprotocol import header
+from edd_gateway.net.proxyprotocol import header
 from edd_gateway.testing import (
     EndToEndMixin,
     echo_header,

@@ -44,11 +44,11 @@ from edd_gateway.testing import (
     routes_yaml,
     web_factory,
 )
-from edd_gateway.testing._backends import BackendServer, _TrackingFactory
-from edd_gateway.testing._nats import start_nats
-from edd_gateway.testing._postgres import start_postgres
-from edd_gateway.testing._replicas import KeepAliveProbe, ProbeAnswer, ReplicaGateway, connect_probe, host_keys_seen
-from edd_gateway.testing._tools import run_process
+from edd_gateway.testing.backends import BackendServer, _TrackingFactory
+from edd_gateway.testing.nats import start_nats
+from edd_gateway.testing.postgres import start_postgres
+from edd_gateway.testing.replicas import KeepAliveProbe, ProbeAnswer, ReplicaGateway, connect_probe, host_keys_seen
+from edd_gateway.testing.tools import run_process
 from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
 
 DOMAIN = "compute.test"

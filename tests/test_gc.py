@@ -1,5 +1,5 @@
 """
-The collector tuning applied once the gateway runs (edd_gateway._gc).
+The collector tuning applied once the gateway runs (edd_gateway.runtime.gc).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import gc
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway._gc import YOUNG_THRESHOLD, settle_heap
+from edd_gateway.runtime.gc import YOUNG_THRESHOLD, settle_heap
 
 
 class SettleHeapTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from edd_gateway.http.server import LINGER_TIMEOUT
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import BackendConnection, ClientConnection, ProxyHarness, backend_route
-from edd_gateway.relay import RelayProtocol
+from edd_gateway.net.relay import RelayProtocol
 from edd_gateway.routes.model import MatchKind, Route, Target
 
 CLIENT_IP = "203.0.113.7"

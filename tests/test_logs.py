@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway.logs}: the JSON lines observer (fields, values JSON
+Tests for L{edd_gateway.ops.logs}: the JSON lines observer (fields, values JSON
 cannot hold, failures, legacy C{twisted.python.log} events) and the access
 log (the events' fields and their text lines, hostile request heads).
 """
@@ -17,8 +17,8 @@ from twisted.python import log as legacy_log
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.logs import ACCESS_NAMESPACE, AccessLog, json_observer, json_to_stdout
-from edd_gateway.observe import GatewayObserver, SSHSessionRecord, TunnelRecord
+from edd_gateway.ops.logs import ACCESS_NAMESPACE, AccessLog, json_observer, json_to_stdout
+from edd_gateway.ops.observe import GatewayObserver, SSHSessionRecord, TunnelRecord
 
 # 2024-05-01T12:34:56.789Z
 WHEN = 1714566896.789
@@ -152,7 +152,7 @@ class JSONObserverTests(SynchronousTestCase):
 
 
 def http_record(**overrides: Any) -> SimpleNamespace:
-    """The attributes of an L{edd_gateway.observe.HTTPRequestRecord}."""
+    """The attributes of an L{edd_gateway.ops.observe.HTTPRequestRecord}."""
     fields: dict[str, Any] = dict(
         client_ip="203.0.113.9", scheme="https", method=b"GET", host=b"app.test",
         request_target=b"/some/path?x=1", status=200, route_label="app.test/", backend="10.0.0.5:8000",

@@ -14,9 +14,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.test.requesthelper import DummyRequest
 
-from edd_gateway.admin import DEGRADED, DOWN, OK, Part, Readiness, admin_site
-from edd_gateway.metrics import GatewayMetrics, Histogram, ListenerStats
-from edd_gateway.observe import SSHSessionRecord, TunnelRecord
+from edd_gateway.ops.admin import DEGRADED, DOWN, OK, Part, Readiness, admin_site
+from edd_gateway.ops.metrics import GatewayMetrics, Histogram, ListenerStats
+from edd_gateway.ops.observe import SSHSessionRecord, TunnelRecord
 
 
 def request(route: str = "app.test/", status: int = 200, *, started: float = 10.0, responded: float | None = 10.02,

@@ -1,5 +1,5 @@
 """
-The PROXY protocol on both sides: L{edd_gateway.proxyprotocol}'s encoders
+The PROXY protocol on both sides: L{edd_gateway.net.proxyprotocol}'s encoders
 (byte-exact vectors from the specification, and a round trip through
 Twisted's own parsers and wrapper), the routes file's C{proxy_protocol} key,
 the header a TLS passthrough and an SSH upstream connection send first, and
@@ -30,12 +30,12 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWr
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway import _transport
-from edd_gateway.proxyprotocol import V2_SIGNATURE, awaiting_header, header, parse_version, v1_header, v2_header
+from edd_gateway.net import transport as _transport
+from edd_gateway.net.proxyprotocol import V2_SIGNATURE, awaiting_header, header, parse_version, v1_header, v2_header
 from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_text
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import RouteTable
-from edd_gateway.sniff import SniffingFactory, Verdict
+from edd_gateway.front.sniff import SniffingFactory, Verdict
 from edd_gateway.ssh.factory import GatewaySSHFactory, SSHSettings
 from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
@@ -279,7 +279,7 @@ class PassthroughHeaderTests(_ListenerCase):
         self.assertEqual(backend.value(), v2_header(CLIENT4, transport.hostAddr) + hello)
 
     def _router(self) -> Any:
-        from edd_gateway.containers import ContainerRouter
+        from edd_gateway.routes.containers import ContainerRouter
 
         return ContainerRouter(ContainerDirectory(snapshot(web(rules={443: 8443}))), DOMAIN, {18443: 443})
 

@@ -1,5 +1,5 @@
 """
-The gateway's reactor (edd_gateway._reactor.GatewayReactor): its timed calls
+The gateway's reactor (edd_gateway.runtime.reactor.GatewayReactor): its timed calls
 keep Twisted's semantics while leaving far-off calls off the timer heap
 until the loop's timer fires.
 """
@@ -10,7 +10,7 @@ import asyncio
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway._reactor import _NEW_CALLS_BOUND, GatewayReactor
+from edd_gateway.runtime.reactor import _NEW_CALLS_BOUND, GatewayReactor
 
 
 class TimedCallTests(SynchronousTestCase):

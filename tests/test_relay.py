@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway.relay}: forwarding, producer wiring, half and full
+Tests for L{edd_gateway.net.relay}: forwarding, producer wiring, half and full
 close and the idle timeout over in-memory transports; backpressure and
 half-close over real loopback TCP.
 """
@@ -21,7 +21,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
-from edd_gateway.relay import RelayProtocol, splice
+from edd_gateway.net.relay import RelayProtocol, splice
 
 CLIENT = IPv4Address("TCP", "203.0.113.7", 51234)
 BACKEND = IPv4Address("TCP", "10.1.2.3", 8080)

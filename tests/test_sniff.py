@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway.sniff}: the pure classifier, the sniffing protocol
+Tests for L{edd_gateway.front.sniff}: the pure classifier, the sniffing protocol
 over an in-memory transport with a fake clock, and one loopback connection.
 """
 
@@ -18,7 +18,7 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from edd_gateway.sniff import (
+from edd_gateway.front.sniff import (
     HTTP_METHODS,
     SNIFF_MAX_BYTES,
     SniffingFactory,

@@ -1,10 +1,10 @@
 """
 Tests for the gateway's SSH transport cryptography: the packet
-constructions of L{edd_gateway.ssh._packet} against known answers and in
+constructions of L{edd_gateway.ssh.packet} against known answers and in
 round trips (corruption is a MAC error), the algorithm lists and
 C{--ssh-kex}/C{--ssh-ciphers}/C{--ssh-macs} parsing
 (L{edd_gateway.ssh.algorithms}), and the seam over Conch
-(L{edd_gateway.ssh._transport_crypto}) with a gateway-style server
+(L{edd_gateway.ssh.transport_crypto}) with a gateway-style server
 transport and a gateway-style client transport talking in memory (iosim):
 every key exchange, cipher and MAC, strict key exchange (the sequence
 numbers restart at each NEWKEYS; an unexpected message in the first key
@@ -34,8 +34,8 @@ from twisted.logger import globalLogPublisher
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.ssh import _packet, _transport_crypto, algorithms
-from edd_gateway.ssh._transport_crypto import ClientTransportCrypto, ServerTransportCrypto
+from edd_gateway.ssh import algorithms, packet as _packet, transport_crypto as _transport_crypto
+from edd_gateway.ssh.transport_crypto import ClientTransportCrypto, ServerTransportCrypto
 from edd_gateway.ssh.algorithms import Algorithms, parse_algorithm_list
 from tests._ssh_fakes import key
 

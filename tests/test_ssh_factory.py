@@ -24,7 +24,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.sniff import SniffingFactory, Verdict
+from edd_gateway.front.sniff import SniffingFactory, Verdict
 from edd_gateway.ssh import algorithms
 from edd_gateway.ssh.auth import GatewayLogin
 from edd_gateway.ssh.factory import GatewayAvatar, GatewaySSHFactory, SSHSettings, UpstreamRealm, build_ssh_factory
@@ -161,7 +161,7 @@ class FactoryTests(SynchronousTestCase):
     def test_session_record_names_the_address_dialled(self) -> None:
         from dataclasses import replace
 
-        from edd_gateway.containers import ContainerAddressing
+        from edd_gateway.routes.containers import ContainerAddressing
 
         factory = GatewaySSHFactory(directory(container()), MemoryHostKeyPins(), [key("host")], key("client"),
                                     self.reactor, SSHSettings(ssh_port=2022), ContainerAddressing("service-dns"))

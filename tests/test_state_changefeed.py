@@ -22,7 +22,7 @@ from edd_gateway.state.memory import MemoryChangeFeed, MemoryDatabase, MemoryEve
 from edd_gateway.state.model import Container, ContainerDirectory
 from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService
 from edd_gateway.testing import poll_until
-from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
+from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
 
 
 def payload(table: str, key: str | None, op: str = "UPDATE") -> str:

@@ -24,7 +24,7 @@ from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from edd_gateway.state import nats as events
-from edd_gateway.state._events_pb import MESSAGES
+from edd_gateway.state.events_pb import MESSAGES
 from edd_gateway.state.nats import (
     SUBJECTS,
     ContainerEvent,
@@ -34,7 +34,7 @@ from edd_gateway.state.nats import (
     refreshed_message,
 )
 from edd_gateway.testing import as_deferred, poll_until
-from edd_gateway.testing._nats import compute_event, compute_message
+from edd_gateway.testing.nats import compute_event, compute_message
 
 # What the subject grammar allows as a token (an id or an action), encodable as UTF-8.
 _TOKENS = st.text(st.characters(codec="utf-8", exclude_characters=".*>"), min_size=1, max_size=20).filter(

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 
 from edd_gateway.state.nats import STREAM, ContainerEvent, NatsEventFeed
 from edd_gateway.testing import as_deferred, poll_until, require_asyncio_reactor
-from edd_gateway.testing._nats import ThrowawayNats, add_compute_stream, compute_message, start_nats
+from edd_gateway.testing.nats import ThrowawayNats, add_compute_stream, compute_message, start_nats
 
 
 class Handler:

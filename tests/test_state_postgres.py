@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from edd_gateway.state.model import Container, HostKeyPin, IngressRule
 from edd_gateway.state.postgres import DatabaseUnavailable, PostgresDatabase
 from edd_gateway.testing import md5_fingerprint, poll_until
-from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
+from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf dev@laptop"
 

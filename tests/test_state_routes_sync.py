@@ -20,7 +20,7 @@ from edd_gateway.state.routes_sync import (
     merge_routes,
     routes_from_rows,
 )
-from edd_gateway.testing._postgres import start_postgres
+from edd_gateway.testing.postgres import start_postgres
 
 FILE = """\
 routes:

@@ -17,8 +17,8 @@ from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
-from edd_gateway.containers import ContainerRouter
-from edd_gateway.sniff import SniffingFactory, Verdict
+from edd_gateway.routes.containers import ContainerRouter
+from edd_gateway.front.sniff import SniffingFactory, Verdict
 from edd_gateway.ssh import GatewaySSHFactory
 from edd_gateway.state.localfile import LocalContainersSource, LocalPinStore
 from edd_gateway.state.nats import NatsEventFeed

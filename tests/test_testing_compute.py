@@ -14,7 +14,7 @@ import time
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from edd_gateway.testing import ComputeService, md5_fingerprint, start_compute
-from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
+from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf dev@laptop"
 

@@ -30,7 +30,7 @@ from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import LiveRouteTable, RouteTable
-from edd_gateway.tls import _openssl
+from edd_gateway.tls import openssl as _openssl
 from edd_gateway.tls.authority import misdirected_check
 from edd_gateway.tls.devcert import self_signed_certificate, write_secret_directory
 from edd_gateway.tls.listener import ClientHelloProtocol, TLSListenerFactory
@@ -274,7 +274,7 @@ class Recorder(protocol.Protocol):
 
 class DataPathTests(_ListenerCase):
     """
-    Application bytes through terminated TLS: edd_gateway.tls._openssl's
+    Application bytes through terminated TLS: edd_gateway.tls.openssl's
     short way into OpenSSL (StockDataPathTests: pyOpenSSL's own calls).
     """
 

@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway.watch}: the file fingerprint and the polling
+Tests for L{edd_gateway.files.watch}: the file fingerprint and the polling
 watcher, driven by a fake clock over real files in a temporary directory,
 including a Kubernetes ConfigMap volume's symlink swap.
 """
@@ -11,7 +11,7 @@ import os
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.watch import MISSING, FileWatcher, file_fingerprint
+from edd_gateway.files.watch import MISSING, FileWatcher, file_fingerprint
 
 
 def write(path: str, text: str) -> None:

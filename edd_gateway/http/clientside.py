@@ -20,10 +20,10 @@ from twisted.internet.interfaces import IReactorTime, ITransport
 from edd_gateway.http.settings import ProxySettings
 
 if TYPE_CHECKING:
-    from edd_gateway.containers import ContainerRouter
+    from edd_gateway.routes.containers import ContainerRouter
     from edd_gateway.http.flow import FlowTransport, Throttle
     from edd_gateway.http.upstream import UpstreamPool
-    from edd_gateway.observe import GatewayObserver
+    from edd_gateway.ops.observe import GatewayObserver
     from edd_gateway.routes.table import LiveRouteTable
 
 __all__ = [
@@ -34,14 +34,14 @@ __all__ = [
 class Listener(Protocol):
     """What every connection of a listener shares and may change while they are open."""
 
-    #: Set when the gateway drains (edd_gateway.drain): no response keeps its connection.
+    #: Set when the gateway drains (edd_gateway.front.drain): no response keeps its connection.
     draining: bool
 
 
 class AdmissionHooks(Protocol):
     """
-    What the HTTP side tells admission (L{edd_gateway.admission.Admission};
-    L{edd_gateway.admission.NoAdmission} for a listener without one).
+    What the HTTP side tells admission (L{edd_gateway.front.admission.Admission};
+    L{edd_gateway.front.admission.NoAdmission} for a listener without one).
     """
 
     def hit(self, limit: str, host: str | None = None) -> None: ...

@@ -15,7 +15,7 @@ from twisted.internet import error
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import write_now
+from edd_gateway.net.transport import write_now
 from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.headers import (

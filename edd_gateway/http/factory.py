@@ -12,13 +12,13 @@ from typing import Any, Callable
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
-from edd_gateway.admission import NO_ADMISSION
-from edd_gateway.containers import ContainerRouter
+from edd_gateway.front.admission import NO_ADMISSION
+from edd_gateway.routes.containers import ContainerRouter
 from edd_gateway.http.clientside import AdmissionHooks, ClientContext
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.upstream import UpstreamPool
-from edd_gateway.observe import GatewayObserver
+from edd_gateway.ops.observe import GatewayObserver
 from edd_gateway.routes.table import LiveRouteTable
 
 
@@ -53,7 +53,7 @@ class HTTPProxyFactory(Factory):
         @param observer: told of every request that ends (metrics, access
             log) and of every WebSocket tunnel.
         @param admission: hears of limit hits and garbage
-            (L{edd_gateway.admission.Admission}); none counted by default.
+            (L{edd_gateway.front.admission.Admission}); none counted by default.
         """
         self.routes = routes
         self.pool = pool

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from twisted.internet.interfaces import IPushProducer
 from zope.interface import implementer
 
-from edd_gateway._transport import is_plain_tcp, queued, socket_below, write_now
+from edd_gateway.net.transport import is_plain_tcp, queued, socket_below, write_now
 
 __all__ = ["ConnectionFlow", "FlowTransport", "Throttle"]
 

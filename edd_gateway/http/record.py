@@ -1,6 +1,6 @@
 """
 What observers of endings read from an HTTP request
-(L{edd_gateway.observe.HTTPRequestRecord}), shared by the proxied
+(L{edd_gateway.ops.observe.HTTPRequestRecord}), shared by the proxied
 L{edd_gateway.http.exchange.Exchange} and the gateway's own
 L{edd_gateway.http.answer.LocalAnswer}: computed only when an observer
 asks, so the request path pays nothing for them.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from edd_gateway.observe import route_label
+from edd_gateway.ops.observe import route_label
 
 if TYPE_CHECKING:
     from edd_gateway.http.clientside import ClientContext

@@ -30,8 +30,8 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._deadline import Deadline
-from edd_gateway._transport import set_no_delay
+from edd_gateway.http.deadline import Deadline
+from edd_gateway.net.transport import set_no_delay
 from edd_gateway.http.answer import LocalAnswer
 from edd_gateway.http.clientside import ClientContext, ContextSource, TunnelledRequest
 from edd_gateway.http.clientside import Job as AnyJob
@@ -41,8 +41,8 @@ from edd_gateway.http.flow import ConnectionFlow
 from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.requestline import HTTP2_REFUSAL, is_h2_preface, method_refusal
 from edd_gateway.http.routing import may_keep_alive, route_request
-from edd_gateway.observe import tunnel_reporter
-from edd_gateway.relay import splice
+from edd_gateway.ops.observe import tunnel_reporter
+from edd_gateway.net.relay import splice
 
 log = Logger()
 
@@ -100,7 +100,7 @@ _IDLE, _HEAD, _BODY, _WAITING, _BUSY, _STREAMING = (
 #: for it (the last response) before the connection is cut.
 LINGER_TIMEOUT = 30.0
 
-# The limit (edd_gateway.admission.LIMITS) each fatal answer reports.
+# The limit (edd_gateway.front.admission.LIMITS) each fatal answer reports.
 _LIMIT_BY_STATUS = {408: "header-timeout", 413: "body-size", 414: "request-line", 431: "header-size"}
 
 
@@ -217,7 +217,7 @@ class HTTPServerProtocol(Protocol):
         self.receiving = None
         # The parser and the deadline call back into this protocol: cycles
         # that only the cyclic collector would free, which the gateway runs
-        # seldom (edd_gateway._gc).  After an attack of thousands of
+        # seldom (edd_gateway.runtime.gc).  After an attack of thousands of
         # connections that held megabytes until a full pass; broken here,
         # reference counting frees each connection as it closes.
         self.parser = None  # type: ignore[assignment]

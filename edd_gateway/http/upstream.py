@@ -26,8 +26,8 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._connect import OneProtocolFactory, backend_endpoint
-from edd_gateway._transport import set_no_delay, write_now
+from edd_gateway.net.connect import OneProtocolFactory, backend_endpoint
+from edd_gateway.net.transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.headers import RESPONSE_SPECIAL, Special
 from edd_gateway.routes.model import Target

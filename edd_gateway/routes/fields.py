@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 
-from edd_gateway.proxyprotocol import parse_version
+from edd_gateway.net.proxyprotocol import parse_version
 from edd_gateway.routes.model import MatchKind, Target
 from edd_gateway.routes.normalize import (
     BadRequestTarget,

@@ -30,7 +30,7 @@ from edd_gateway.routes.fields import (
     parse_route_path,
     parse_target,
 )
-from edd_gateway._yamlfile import (
+from edd_gateway.files.yamlfile import (
     INVALID,
     FileError,
     FileProblem,

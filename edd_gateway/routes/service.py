@@ -16,7 +16,7 @@ from twisted.logger import Logger
 
 from edd_gateway.routes.loader import RoutesFileError, load_routes_file
 from edd_gateway.routes.model import Route
-from edd_gateway.watch import FileWatcher
+from edd_gateway.files.watch import FileWatcher
 
 __all__ = ["RoutesService"]
 

@@ -47,8 +47,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edd_gateway.containers import ContainerAddressing
-from edd_gateway.sniff import describe_peer
+from edd_gateway.routes.containers import ContainerAddressing
+from edd_gateway.front.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username, shown

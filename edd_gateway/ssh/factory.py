@@ -30,14 +30,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from edd_gateway._transport import set_no_delay
-from edd_gateway.containers import ContainerAddressing
-from edd_gateway.admission import NO_ADMISSION
-from edd_gateway.observe import GatewayObserver, SSHSessionRecord
-from edd_gateway.sniff import describe_peer
+from edd_gateway.net.transport import set_no_delay
+from edd_gateway.routes.containers import ContainerAddressing
+from edd_gateway.front.admission import NO_ADMISSION
+from edd_gateway.ops.observe import GatewayObserver, SSHSessionRecord
+from edd_gateway.front.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
-from edd_gateway.ssh._packet import Buffer
-from edd_gateway.ssh._transport_crypto import ServerTransportCrypto
+from edd_gateway.ssh.packet import Buffer
+from edd_gateway.ssh.transport_crypto import ServerTransportCrypto
 from edd_gateway.ssh.algorithms import VERSION_STRING, Algorithms
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, GatewayUserAuthServer
 from edd_gateway.ssh.connection import DownstreamConnection
@@ -166,7 +166,7 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
     factory: GatewaySSHFactory
     ourVersionString = VERSION_STRING
     # Ciphers, MACs, key exchanges, strict kex and the packet framing:
-    # ServerTransportCrypto (edd_gateway.ssh._transport_crypto).
+    # ServerTransportCrypto (edd_gateway.ssh.transport_crypto).
     supportedCompressions = [b"none"]
     #: Set by an C{--ssh-listen haproxy:} listener: admission waits for the
     #: client's first bytes, the first that come after the PROXY header
@@ -303,7 +303,7 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         self.clock = reactor
         #: Told of every login attempt and every connection that ends.
         self.observer = observer
-        #: Told of refused logins and login-grace hits (L{edd_gateway.admission.Admission}).
+        #: Told of refused logins and login-grace hits (L{edd_gateway.front.admission.Admission}).
         self.admission = admission
         self.privateKeys = {key.sshType(): key for key in host_keys}
         self.publicKeys = {kind: key.public() for kind, key in self.privateKeys.items()}

@@ -33,11 +33,11 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import set_no_delay
-from edd_gateway.containers import ContainerAddressing
-from edd_gateway.proxyprotocol import header as proxy_header
+from edd_gateway.net.transport import set_no_delay
+from edd_gateway.routes.containers import ContainerAddressing
+from edd_gateway.net.proxyprotocol import header as proxy_header
 from edd_gateway.ssh._logging import conch_logger
-from edd_gateway.ssh._transport_crypto import ClientTransportCrypto
+from edd_gateway.ssh.transport_crypto import ClientTransportCrypto
 from edd_gateway.ssh.algorithms import VERSION_STRING, Algorithms
 from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
 from edd_gateway.ssh.connection import RelayConnection

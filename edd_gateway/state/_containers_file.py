@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from edd_gateway._yamlfile import (
+from edd_gateway.files.yamlfile import (
     INVALID,
     FileError,
     FileProblem,

@@ -36,7 +36,7 @@ from edd_gateway.state._containers_file import (
     load_containers_text,
 )
 from edd_gateway.state.model import ContainerDirectory, HostKeyPin
-from edd_gateway.watch import FileWatcher
+from edd_gateway.files.watch import FileWatcher
 
 __all__ = [
     "CONTAINER_KEYS", "DEFAULT_STATE_FILE", "ContainersFileError", "ContainersProblem", "LocalContainersSource",

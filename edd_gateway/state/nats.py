@@ -27,7 +27,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.state._events_pb import DecodeError, message_class
+from edd_gateway.state.events_pb import DecodeError, message_class
 
 __all__ = [
     "CONTAINER_ACTIONS", "ContainerEvent", "DURABLE", "EventRejected", "INGRESS_ACTIONS", "NatsEventFeed",

@@ -28,7 +28,7 @@ from txpostgres.psycopg2_impl import psycopg2
 from edd_gateway.routes.model import Route
 from edd_gateway.state._queries import BEGIN_SNAPSHOT, all_container_statements, build_containers, build_refreshed
 from edd_gateway.state._queries import refresh_statement
-from edd_gateway.state._schema import GATEWAY_SCHEMA
+from edd_gateway.state.schema import GATEWAY_SCHEMA
 from edd_gateway.state.model import Container, HostKeyPin
 from edd_gateway.state.routes_sync import (
     SELECT_STATIC_ROUTES,

@@ -32,7 +32,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.metrics import Histogram
+from edd_gateway.ops.metrics import Histogram
 from edd_gateway.routes.model import Route
 from edd_gateway.state.changefeed import Change
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot

@@ -11,7 +11,7 @@ pieces live in private modules by concern; import them from here.
 """
 
 from ._attacks import AttackSettings, SlowAttack, start_attack
-from ._backends import (
+from .backends import (
     BackendServer,
     DownloadResource,
     EchoResource,
@@ -27,10 +27,10 @@ from ._backends import (
     web_factory,
 )
 from ._clients import CurlResponse, MetricsScrape, RawConnection, RawResponse, curl, parse_responses
-from ._compute import ComputeService, NewContainer, NewSSHKey, md5_fingerprint, start_compute
+from .compute import ComputeService, NewContainer, NewSSHKey, md5_fingerprint, start_compute
 from ._gateway import GatewayProcess, routes_yaml
 from ._mixin import EndToEndMixin
-from ._tools import (
+from .tools import (
     REQUIRE_INTEGRATION,
     ProcessRun,
     as_deferred,

@@ -16,7 +16,7 @@ from httptools import HttpResponseParser
 from twisted.internet import protocol
 from twisted.python.failure import Failure
 
-from ._tools import poll_until, reactor_or_installed, require_module, require_tool, run_process
+from .tools import poll_until, reactor_or_installed, require_module, require_tool, run_process
 
 
 class _ResponseAccessors:

@@ -21,7 +21,7 @@ import yaml
 
 import edd_gateway
 
-from ._tools import free_port, poll_until, reactor_or_installed
+from .tools import free_port, poll_until, reactor_or_installed
 
 
 def routes_yaml(routes: Sequence[dict[str, Any]]) -> str:

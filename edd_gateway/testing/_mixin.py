@@ -17,10 +17,10 @@ from twisted.python.failure import Failure
 from twisted.trial.itrial import IReporter
 from zope.interface import implementer
 
-from ._backends import BackendServer, EchoResource, WebSocketEcho, start_backend, start_websocket_echo, web_factory
+from .backends import BackendServer, EchoResource, WebSocketEcho, start_backend, start_websocket_echo, web_factory
 from ._clients import CurlResponse, MetricsScrape, RawConnection, curl
 from ._gateway import GatewayProcess, routes_yaml
-from ._tools import require_module
+from .tools import require_module
 
 
 class _AnnotatedError(Exception):

@@ -20,7 +20,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from edd_gateway.tls import _openssl
+from edd_gateway.tls import openssl as _openssl
 from edd_gateway.tls.store import CertificateStore, LoadedCertificate
 
 __all__ = [

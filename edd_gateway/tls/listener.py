@@ -30,17 +30,17 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
-from edd_gateway._transport import set_no_delay, swap_protocol
-from edd_gateway.admission import NO_ADMISSION
-from edd_gateway.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
-from edd_gateway.containers import ContainerDecision, ContainerRefused, ContainerRouter
-from edd_gateway.observe import GatewayObserver, route_label, tunnel_reporter
-from edd_gateway.proxyprotocol import header as proxy_header
-from edd_gateway.relay import splice
+from edd_gateway.net.connect import HeldConnection, OneProtocolFactory, backend_endpoint
+from edd_gateway.net.transport import set_no_delay, swap_protocol
+from edd_gateway.front.admission import NO_ADMISSION
+from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.routes.containers import ContainerDecision, ContainerRefused, ContainerRouter
+from edd_gateway.ops.observe import GatewayObserver, route_label, tunnel_reporter
+from edd_gateway.net.proxyprotocol import header as proxy_header
+from edd_gateway.net.relay import splice
 from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.sniff import describe_peer
+from edd_gateway.front.sniff import describe_peer
 from edd_gateway.tls.context import server_connection_creator
 from edd_gateway.tls.store import CertificateStore
 from edd_gateway.tls.terminated import TerminatedTLS, TerminatorFactory
@@ -334,7 +334,7 @@ class TLSListenerFactory(Factory):
         connections start with a PROXY protocol header naming the client.
     @param observer: told of every passthrough tunnel that ends.
     @param admission: hears of limit hits and garbage
-        (L{edd_gateway.admission.Admission}); shared with the terminator.
+        (L{edd_gateway.front.admission.Admission}); shared with the terminator.
     """
 
     noisy = False
@@ -380,7 +380,7 @@ class TLSListenerFactory(Factory):
 
     @property
     def admission(self) -> Any:
-        """Hears of limit hits and garbage (L{edd_gateway.admission.Admission}); shared with the terminator."""
+        """Hears of limit hits and garbage (L{edd_gateway.front.admission.Admission}); shared with the terminator."""
         return self.terminator.admission
 
     @admission.setter

@@ -4,7 +4,7 @@ line (or the development certificate of the embedded default), the factory
 that sniffing listeners hand TLS connections to, and the service that keeps
 the store in step with its secret directories.
 
-Renewal is polled, like the routes file (see L{edd_gateway.watch} for why
+Renewal is polled, like the routes file (see L{edd_gateway.files.watch} for why
 not inotify): every C{interval} seconds the store compares the cheap
 fingerprints of its pairs, and only re-reads when one changed.  A reload
 swaps the store's index whole, so new handshakes see the new pair while open
@@ -26,11 +26,11 @@ from twisted.application.service import Service
 from twisted.internet.interfaces import IProtocolFactory, IReactorTime
 from twisted.logger import Logger
 
-from edd_gateway.admission import NO_ADMISSION
-from edd_gateway.clienthello import DEFAULT_MAX_BYTES
-from edd_gateway.containers import ContainerRouter
+from edd_gateway.front.admission import NO_ADMISSION
+from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES
+from edd_gateway.routes.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.tls import _openssl
+from edd_gateway.tls import openssl as _openssl
 from edd_gateway.tls.context import server_connection_creator
 from edd_gateway.tls.devcert import ensure_dev_certificate
 from edd_gateway.tls.listener import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, TLSListenerFactory

@@ -23,11 +23,11 @@ from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from twisted.python.failure import Failure
 from zope.interface import directlyProvides, providedBy
 
-from edd_gateway._transport import write_now
-from edd_gateway.admission import NO_ADMISSION, NoAdmission
-from edd_gateway.tls import _openssl
+from edd_gateway.net.transport import write_now
+from edd_gateway.front.admission import NO_ADMISSION, NoAdmission
+from edd_gateway.tls import openssl as _openssl
 from edd_gateway.tls.context import chosen_certificate
-from edd_gateway.sniff import describe_peer
+from edd_gateway.front.sniff import describe_peer
 
 __all__ = ["TerminatedTLS", "TerminatorFactory"]
 
@@ -153,7 +153,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
-        # TLSMemoryBIOProtocol.dataReceived, through edd_gateway.tls._openssl.
+        # TLSMemoryBIOProtocol.dataReceived, through edd_gateway.tls.openssl.
         _openssl.feed(self._tlsConnection, data)
         if not self._handshakeDone:
             self._checkHandshakeStatus()
@@ -164,7 +164,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         self._flushReceiveBIO()
 
     def _write(self, data: bytes) -> None:
-        # TLSMemoryBIOProtocol._write, through edd_gateway.tls._openssl.
+        # TLSMemoryBIOProtocol._write, through edd_gateway.tls.openssl.
         if self._lostTLSConnection:
             return
         connection = self._tlsConnection
@@ -256,7 +256,7 @@ class TerminatorFactory(TLSMemoryBIOFactory):
     @param handshake_timeout: seconds from the ClientHello to the end of the
         handshake; L{None} for no bound.
     @ivar admission: hears of handshake timeouts
-        (L{edd_gateway.admission.Admission}; L{NoAdmission} by default).
+        (L{edd_gateway.front.admission.Admission}; L{NoAdmission} by default).
     """
 
     protocol = TerminatedTLS

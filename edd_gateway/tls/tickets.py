@@ -19,7 +19,7 @@ served it first).  Two sources, as nginx and HAProxy have:
   L{parse_ticket_keys}), so a key file made for HAProxy works here.
 
 Both publish an immutable L{TicketKeySet} into a L{TicketKeyRing}, the
-object OpenSSL's ticket callback (L{edd_gateway.tls._openssl}) asks at each
+object OpenSSL's ticket callback (L{edd_gateway.tls.openssl}) asks at each
 ticket; swapping the set is one assignment, so a handshake never sees half a
 reload.
 """
@@ -37,8 +37,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from edd_gateway.tls._openssl import TicketKeyLookup
-from edd_gateway.watch import FileWatcher
+from edd_gateway.tls.openssl import TicketKeyLookup
+from edd_gateway.files.watch import FileWatcher
 
 __all__ = [
     "DEFAULT_KEEP",

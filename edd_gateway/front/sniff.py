@@ -27,10 +27,10 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._transport import swap_protocol
-from edd_gateway.admission import NO_ADMISSION, Admission, NoAdmission
-from edd_gateway.drain import ConnectionTracker
-from edd_gateway.proxyprotocol import awaiting_header
+from edd_gateway.net.transport import swap_protocol
+from edd_gateway.front.admission import NO_ADMISSION, Admission, NoAdmission
+from edd_gateway.front.drain import ConnectionTracker
+from edd_gateway.net.proxyprotocol import awaiting_header
 
 
 class Verdict(str, Enum):

@@ -103,7 +103,7 @@ def tunnel_reporter(
     backend: str, request_id: str = "-",
 ) -> Callable[[int, int], None] | None:
     """
-    A relay's C{on_close} (L{edd_gateway.relay.splice}): the tunnel it ends
+    A relay's C{on_close} (L{edd_gateway.net.relay.splice}): the tunnel it ends
     reported as one L{TunnelRecord}, timed from now; L{None} without an
     observer.
     """

@@ -3,7 +3,7 @@ The gateway's Prometheus metrics.
 
 Everything is read at scrape time from plain counters the connection paths
 already keep (the sniffers', TLS's, the state service's) or that
-L{GatewayMetrics} keeps as an observer of endings (L{edd_gateway.observe}).
+L{GatewayMetrics} keeps as an observer of endings (L{edd_gateway.ops.observe}).
 A custom collector rather than prometheus-client's own Counter and
 Histogram objects: their C{labels()} lookup and locking cost several
 microseconds per request on a path that spends about a hundred in all,
@@ -27,7 +27,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from edd_gateway.observe import HTTPRequestRecord, SSHSessionRecord, TunnelRecord
+from edd_gateway.ops.observe import HTTPRequestRecord, SSHSessionRecord, TunnelRecord
 
 __all__ = ["GatewayMetrics", "Histogram", "LATENCY_BUCKETS", "ListenerStats"]
 
@@ -74,7 +74,7 @@ class ListenerStats:
 
 class GatewayMetrics:
     """
-    An observer of endings (L{edd_gateway.observe.GatewayObserver}) and the
+    An observer of endings (L{edd_gateway.ops.observe.GatewayObserver}) and the
     collector of everything else.  Sources register zero-argument callables
     read at each scrape; nothing here runs between scrapes but the observer
     methods.

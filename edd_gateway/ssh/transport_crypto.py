@@ -1,6 +1,6 @@
 """
 The seam between Conch's SSH transport and the gateway's own packet
-protection (L{edd_gateway.ssh._packet}), key exchange additions and
+protection (L{edd_gateway.ssh.packet}), key exchange additions and
 strict key exchange: L{ServerTransportCrypto} and L{ClientTransportCrypto}
 are mixins placed before Conch's C{SSHServerTransport} and
 C{SSHClientTransport} in the gateway's transports (C{factory.py},
@@ -85,8 +85,8 @@ from twisted.conch.ssh import transport as _conch
 from twisted.conch.ssh.common import NS, getNS
 from twisted.logger import Logger
 
-from edd_gateway.sniff import describe_peer
-from edd_gateway.ssh import _packet, algorithms
+from edd_gateway.front.sniff import describe_peer
+from edd_gateway.ssh import algorithms, packet as _packet
 
 _log = Logger()
 
@@ -141,7 +141,7 @@ def _check_conch() -> None:
             missing.append("MSG_KEXINIT = 20, MSG_NEWKEYS = 21")
         missing += _check_sources()
     if missing:
-        raise ImportError("edd_gateway.ssh._transport_crypto: this Conch (Twisted) lacks internals the gateway's "
+        raise ImportError("edd_gateway.ssh.transport_crypto: this Conch (Twisted) lacks internals the gateway's "
                           "SSH transport relies on: " + "; ".join(missing))
 
 

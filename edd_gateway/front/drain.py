@@ -92,7 +92,7 @@ class TrackedFactory(Factory):
     tracker.  Not a WrappingFactory: that would put a wrapper in front of
     every read and write of the connection's life.
 
-    With C{admission} (L{edd_gateway.admission.Admission}) each connection
+    With C{admission} (L{edd_gateway.front.admission.Admission}) each connection
     is admitted first; a refused one gets no protocol, so Twisted closes
     its socket at once.  C{behind_proxy} (a C{haproxy:} listener): the
     address given here is the balancer's, so the protocol admits the

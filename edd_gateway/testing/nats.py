@@ -23,10 +23,10 @@ import time
 import uuid
 from typing import Any
 
-from edd_gateway.state._events_pb import MESSAGES, message_class
+from edd_gateway.state.events_pb import MESSAGES, message_class
 from edd_gateway.state.nats import STREAM
 
-from ._tools import ProcessRun, as_deferred, free_port, poll_until, reactor_or_installed, require_tool, run_process
+from .tools import ProcessRun, as_deferred, free_port, poll_until, reactor_or_installed, require_tool, run_process
 
 __all__ = ["ThrowawayNats", "add_compute_stream", "compute_event", "compute_message", "start_nats"]
 

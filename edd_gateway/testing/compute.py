@@ -24,7 +24,7 @@ from typing import Any, Awaitable, Callable
 
 from twisted.internet.defer import ensureDeferred
 
-from ._tools import reactor_or_installed
+from .tools import reactor_or_installed
 
 __all__ = ["STATUSES", "ComputeService", "NewContainer", "NewSSHKey", "md5_fingerprint", "start_compute"]
 

@@ -26,7 +26,7 @@ import tempfile
 from typing import Any
 from unittest import SkipTest
 
-from ._tools import REQUIRE_INTEGRATION, free_port, integration_required, reactor_or_installed, run_process
+from .tools import REQUIRE_INTEGRATION, free_port, integration_required, reactor_or_installed, run_process
 
 __all__ = ["ThrowawayPostgres", "start_postgres"]
 
@@ -168,7 +168,7 @@ class ThrowawayPostgres:
 
     async def create_compute_tables(self, dbname: str | None = None) -> None:
         """The compute service's tables (containers, ingress_rules, ssh_keys), as the gateway expects them."""
-        from edd_gateway.state._schema import COMPUTE_SCHEMA
+        from edd_gateway.state.schema import COMPUTE_SCHEMA
 
         for statement in COMPUTE_SCHEMA:
             await self.execute(statement, dbname=dbname)

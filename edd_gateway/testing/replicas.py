@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from ._gateway import GatewayProcess
-from ._tools import reactor_or_installed, require_tool, run_process
+from .tools import reactor_or_installed, require_tool, run_process
 
 __all__ = ["KeepAliveProbe", "ProbeAnswer", "ReplicaGateway", "connect_probe", "host_keys_seen"]
 

@@ -1,8 +1,8 @@
 """
 The gateway's logs: everything goes through C{twisted.logger}, to twistd's
-text log file by default or, with C{twistd --logger=edd_gateway.logs.json_to_stdout},
+text log file by default or, with C{twistd --logger=edd_gateway.ops.logs.json_to_stdout},
 as one JSON object per line on stdout (L{json_observer}); and the access
-log (L{AccessLog}), an observer of L{edd_gateway.observe} that turns every
+log (L{AccessLog}), an observer of L{edd_gateway.ops.observe} that turns every
 HTTP request, byte tunnel and SSH session into one event in the
 C{edd_gateway.access} namespace.  Field names and line formats are
 documented in docs/logging.md.
@@ -159,7 +159,7 @@ def json_observer(stream: IO[Any]) -> JSONLinesObserver:
 
 def json_to_stdout() -> JSONLinesObserver:
     """
-    For C{twistd --logger=edd_gateway.logs.json_to_stdout}: twistd calls it
+    For C{twistd --logger=edd_gateway.ops.logs.json_to_stdout}: twistd calls it
     with no arguments before it redirects C{sys.stdout} into the log, so the
     stream taken here is the process's real stdout.
     """
@@ -192,7 +192,7 @@ def _ms(seconds: float) -> float:
 class AccessLog:
     """
     One C{edd_gateway.access} event per HTTP request, tunnel and SSH session
-    (an L{edd_gateway.observe.GatewayObserver}).  Each event carries its
+    (an L{edd_gateway.ops.observe.GatewayObserver}).  Each event carries its
     fields for structured output and its text line, pre-rendered, as
     C{log_text} with the format C{"{log_text}"} (as Twisted itself does for
     legacy events): twistd's text log file shows the line, the JSON output

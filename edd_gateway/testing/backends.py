@@ -21,7 +21,7 @@ from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from ._tools import as_deferred, reactor_or_installed
+from .tools import as_deferred, reactor_or_installed
 
 _DOWNLOAD_CHUNK = 1 << 16
 _ECHOED_BODY_LIMIT = 1 << 16

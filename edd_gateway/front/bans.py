@@ -6,7 +6,7 @@ for a while.
 L{BanList} counts strikes per (client, kind) in a window that opens at the
 first strike, bans the client when a kind reaches its threshold, and lets
 the ban expire after its duration.  It never acts itself: admission
-(L{edd_gateway.admission}) asks L{BanList.banned} for every new connection
+(L{edd_gateway.front.admission}) asks L{BanList.banned} for every new connection
 and refuses the banned ones.  Clients are keyed by L{client_key}: an IPv4
 address, or an IPv6 client's /64 (one subscriber's allocation, which a
 client can spread over at will).  Everything is kept in memory per process

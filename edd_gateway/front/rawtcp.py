@@ -3,7 +3,7 @@ Raw TCP on the container ports: a connection to one of the 8000-8999
 listeners that speaks neither TLS, HTTP nor SSH (a database client, a game
 protocol, a server that speaks first) names no container, so it goes to the
 one container with an ingress rule for that port
-(L{edd_gateway.containers.ContainerRouter.port_owner}) and is relayed byte
+(L{edd_gateway.routes.containers.ContainerRouter.port_owner}) and is relayed byte
 for byte, with the bytes the sniffer read replayed first.
 """
 
@@ -16,12 +16,12 @@ from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway._connect import HeldConnection, OneProtocolFactory, backend_endpoint
-from edd_gateway._transport import set_no_delay
-from edd_gateway.containers import ContainerBackend, ContainerRouter
-from edd_gateway.observe import GatewayObserver, tunnel_reporter
-from edd_gateway.relay import splice
-from edd_gateway.sniff import describe_peer
+from edd_gateway.net.connect import HeldConnection, OneProtocolFactory, backend_endpoint
+from edd_gateway.net.transport import set_no_delay
+from edd_gateway.routes.containers import ContainerBackend, ContainerRouter
+from edd_gateway.ops.observe import GatewayObserver, tunnel_reporter
+from edd_gateway.net.relay import splice
+from edd_gateway.front.sniff import describe_peer
 
 __all__ = ["RawTCPFactory", "RawTCPProtocol"]
 

@@ -1,7 +1,7 @@
 """
 What C{/metrics} and C{/readyz} read from the running gateway: the sources
-of L{edd_gateway.metrics.GatewayMetrics} and the parts of
-L{edd_gateway.admin.Readiness}, wired to the pieces L{edd_gateway.tap}
+of L{edd_gateway.ops.metrics.GatewayMetrics} and the parts of
+L{edd_gateway.ops.admin.Readiness}, wired to the pieces L{edd_gateway.tap}
 builds.  Everything here runs at scrape or probe time only.
 """
 
@@ -11,13 +11,13 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
-from edd_gateway.admin import DEGRADED, DOWN, OK, Part, Readiness
-from edd_gateway.admission import LIMITS, REFUSAL_REASONS, Admission
-from edd_gateway.bans import BAN_KINDS
-from edd_gateway.drain import ConnectionTracker, GatewayService
-from edd_gateway.metrics import GatewayMetrics, ListenerStats
+from edd_gateway.ops.admin import DEGRADED, DOWN, OK, Part, Readiness
+from edd_gateway.front.admission import LIMITS, REFUSAL_REASONS, Admission
+from edd_gateway.front.bans import BAN_KINDS
+from edd_gateway.front.drain import ConnectionTracker, GatewayService
+from edd_gateway.ops.metrics import GatewayMetrics, ListenerStats
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.sniff import SniffingFactory, Verdict
+from edd_gateway.front.sniff import SniffingFactory, Verdict
 from edd_gateway.state.service import StateService
 from edd_gateway.tls.service import CertificateRenewalService
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore

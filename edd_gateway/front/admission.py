@@ -4,7 +4,7 @@ connection before anything reads from it, and the count of every limit the
 gateway enforces.
 
 L{Admission} is shared by every listener.  L{Admission.admit} checks, in
-order: the allow-list (never refused), the ban list (L{edd_gateway.bans}),
+order: the allow-list (never refused), the ban list (L{edd_gateway.front.bans}),
 the global cap on open connections, the per-client cap, and the per-client
 rate of new connections (a token bucket).  A refused connection is aborted
 at once: nothing has been read from it yet, so no protocol is known in
@@ -29,8 +29,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
-from edd_gateway.bans import DEFAULT_ALLOW, BanList, BanSettings, client_key, parse_allow
-from edd_gateway.drain import is_open
+from edd_gateway.front.bans import DEFAULT_ALLOW, BanList, BanSettings, client_key, parse_allow
+from edd_gateway.front.drain import is_open
 
 __all__ = [
     "LIMITS",
