@@ -1,7 +1,9 @@
 """
-Test doubles for the SSH unit tests: keys made once per run, containers, an
-SSH transport that records the packets a service sends (the service's view
-of the wire), and channel bookkeeping as Conch does it on open.
+Test doubles for the SSH side, shipped in the package as L{edd_gateway.http.testing}
+is: keys made once per run (Ed25519 by name, and one of every user key type the
+compute service accepts), containers, an SSH transport that records the packets a
+service sends (the service's view of the wire), and channel bookkeeping as Conch
+does it on open.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import functools
 import struct
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from twisted.conch.ssh.common import getNS
 from twisted.conch.ssh.keys import Key
 from twisted.internet.address import IPv4Address
@@ -26,6 +29,35 @@ def key(name: str) -> Key:
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
     return Key(ed25519.Ed25519PrivateKey.generate())
+
+
+#: Every user key type the compute service accepts, with the signature
+#: algorithms the gateway verifies for it by default.
+USER_KEYS = {
+    "ed25519": (b"ssh-ed25519",),
+    "ecdsa-p256": (b"ecdsa-sha2-nistp256",),
+    "ecdsa-p384": (b"ecdsa-sha2-nistp384",),
+    "ecdsa-p521": (b"ecdsa-sha2-nistp521",),
+    "rsa": (b"rsa-sha2-256", b"rsa-sha2-512"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def typed_key(kind: str) -> Key:
+    """A private key of C{kind} (a L{USER_KEYS} name, or C{dsa}), the same one during a run."""
+    curves = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1, "ecdsa-p521": ec.SECP521R1}
+    if kind in curves:
+        return Key(ec.generate_private_key(curves[kind]()))
+    if kind == "rsa":
+        return Key(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    if kind == "dsa":
+        return Key(dsa.generate_private_key(key_size=1024))
+    assert kind == "ed25519"
+    return Key(ed25519.Ed25519PrivateKey.generate())
+
+
+def line_of(private: Key) -> str:
+    return private.public().toString("openssh", comment="someone@laptop").decode()
 
 
 def public_line(name: str, comment: str = "someone@laptop") -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.testing import EndToEndMixin, echo_header, poll_until, require_tool
-from tests.test_e2e_tls import write_pair, write_pem
+from edd_gateway.testing.tls import write_pair, write_pem
 
 
 class EdgeHeadersTests(EndToEndMixin, TestCase):

@@ -36,7 +36,7 @@ from edd_gateway.testing import (
     routes_yaml,
     run_process,
 )
-from tests.test_e2e_tls import make_pair, write_pair, write_pem
+from edd_gateway.testing.tls import make_pair, write_pair, write_pem
 
 HOST = "app.test"
 WELCOME = "welcome.test"

@@ -20,7 +20,7 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
-from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
 
 CID = "abc123"
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
-from tests.test_e2e_ssh import write_user_key
+from edd_gateway.testing.sshd import write_user_key
 
 ATTACKER = "127.0.0.2"
 BYSTANDER = "127.0.0.3"

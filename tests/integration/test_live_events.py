@@ -1,7 +1,7 @@
 """
 The compute service's events, end to end and timed: the same as
-C{test_e2e_live_feed.py} (whose probes, timing and SSH tests this module
-reuses by subclassing its test case), with the change feed I{not} installed
+C{test_live_feed.py} (whose probes, timing and SSH tests this module
+reuses through their mixin, L{tests._support.live_feed.LiveFeedMixin}), with the change feed I{not} installed
 and the changes announced instead by the protobuf events the compute service
 publishes after each commit, through JetStream on a throwaway ``nats-server
 -js`` holding the C{COMPUTE} stream (subjects C{compute.>}).  The real
@@ -51,17 +51,18 @@ from typing import Any, Sequence
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.python import log
+from twisted.trial.unittest import TestCase
 
 from edd_gateway.state.nats import DURABLE, STREAM
-from edd_gateway.testing import ComputeService, NewContainer, NewSSHKey, as_deferred, free_port, poll_until, \
-    require_asyncio_reactor
+from edd_gateway.testing import ComputeService, EndToEndMixin, NewContainer, NewSSHKey, as_deferred, free_port, \
+    poll_until, require_asyncio_reactor
 from edd_gateway.testing._nats import add_compute_stream, compute_message, start_nats
 from edd_gateway.testing._postgres import start_postgres
 from edd_gateway.testing._replicas import ProbeAnswer, ReplicaGateway
 
-# The module, not its test case: a name bound here to LiveFeedTests would
-# have trial run the change feed's tests a second time from this module.
-from tests import test_e2e_live_feed as feed
+# The module, not its names: the mixin's helpers are read as feed.X, as they were
+# when this module imported test_e2e_live_feed itself.
+from tests._support import live_feed as feed
 
 #: The start-up line of a gateway following the events alone (with the change feed it would name that first).
 FOLLOWING = "state: following NATS events (jetstream)"
@@ -155,9 +156,9 @@ class AnnouncingCompute(ComputeService):
         return committed
 
 
-class LiveEventsTests(feed.LiveFeedTests):
+class LiveEventsTests(feed.LiveFeedMixin, EndToEndMixin, TestCase):
     """
-    L{feed.LiveFeedTests} with the events announcing the changes: its SSH
+    L{feed.LiveFeedMixin}'s tests with the events announcing the changes: its SSH
     test as it is (ssh_enabled toggled, keys added and deleted), its
     container test without the C{initializing} phase (no event announces
     it), and the restart.

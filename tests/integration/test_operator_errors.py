@@ -22,7 +22,7 @@ from twisted.trial.unittest import SkipTest, TestCase
 from edd_gateway.__main__ import main
 from edd_gateway.testing import free_port
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TWISTD = str(Path(sys.executable).with_name("twistd"))
 
 

@@ -37,7 +37,7 @@ from edd_gateway.testing import (
     run_process,
     web_factory,
 )
-from tests.test_e2e_tls import BackendTLS, make_pair, write_pem
+from edd_gateway.testing.tls import BackendTLS, make_pair, write_pem
 
 CLIENT_IP = "127.0.0.2"
 #: What curl >= 8.2 puts in its header with --haproxy-clientip.

@@ -49,7 +49,7 @@ from edd_gateway.testing._nats import start_nats
 from edd_gateway.testing._postgres import start_postgres
 from edd_gateway.testing._replicas import KeepAliveProbe, ProbeAnswer, ReplicaGateway, connect_probe, host_keys_seen
 from edd_gateway.testing._tools import run_process
-from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
 
 DOMAIN = "compute.test"
 #: Issue 4's propagation target (event to the first request reaching the container): p99 under 50 ms.

@@ -35,8 +35,8 @@ from edd_gateway.testing import (
     require_tool,
     run_process,
 )
-from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
-from tests.test_e2e_tls import _TLSCase
+from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.tls import TLSCase
 
 A, B = "a.test", "b.test"
 
@@ -194,7 +194,7 @@ class PathNormalisationTests(_Case):
                                  f"{name} got a dot segment: {request['path']}")
 
 
-class MisdirectedTests(_TLSCase):
+class MisdirectedTests(TLSCase):
     """Host and SNI on one TLS connection: the same site in any spelling, or 421."""
 
     async def test_host_and_sni_spellings(self) -> None:

@@ -27,10 +27,10 @@ from twisted.trial.unittest import TestCase
 
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_module, require_tool
 from edd_gateway.testing import run_process
-from tests.test_e2e_ssh import write_user_key
+from edd_gateway.testing.sshd import write_user_key
 
 CID = "abc123"
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "ssh.md"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "ssh.md"
 
 #: ssh-audit's own entry point, its listening sockets bound to loopback.
 AUDIT_ON_LOOPBACK = """

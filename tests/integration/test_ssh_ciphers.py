@@ -47,7 +47,7 @@ from edd_gateway.testing import (
     run_process,
     start_backend,
 )
-from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
 
 CID = "abc123"
 SIZE = 5_000_000

@@ -31,7 +31,7 @@ from twisted.trial.unittest import TestCase
 
 from edd_gateway.ssh import algorithms
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
-from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
 
 CID = "abc123"
 #: Container ids of the same length, so that what ssh prints differs by nothing but the name.

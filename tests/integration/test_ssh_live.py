@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
 from edd_gateway.testing._compute import ComputeService, start_compute
 from edd_gateway.testing._postgres import start_postgres
-from tests.test_e2e_ssh import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
 
 #: A change must be served within this long of its commit.
 WITHIN = 1.0

@@ -23,7 +23,7 @@ from edd_gateway.state.service import StateService
 from edd_gateway.testing import as_deferred, poll_until, require_asyncio_reactor
 from edd_gateway.testing._nats import ThrowawayNats, start_nats
 from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
-from tests.test_state_postgres import insert_container
+from edd_gateway.testing.containers import insert_container
 
 FILE_ROUTE = Route(host="www.example.com", path="/", target=Target("127.0.0.1", 9), source="routes.yaml:2")
 

@@ -16,20 +16,9 @@ from edd_gateway.state.model import Container, HostKeyPin, IngressRule
 from edd_gateway.state.postgres import DatabaseUnavailable, PostgresDatabase
 from edd_gateway.testing import md5_fingerprint, poll_until
 from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
+from edd_gateway.testing.containers import insert_container
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf dev@laptop"
-
-
-async def insert_container(server: ThrowawayPostgres, container_id: str, *, status: str = "running",
-                           ip: str | None = "127.0.1.2", ports: dict[int, int] | None = None, user: str = "u1",
-                           dbname: str | None = None) -> None:
-    await server.execute(
-        "INSERT INTO containers (id, user_id, name, namespace, status, external_ip, ssh_enabled)"
-        " VALUES (%s, %s, %s, %s, %s, %s, true)",
-        (container_id, user, f"name of {container_id}", f"compute-{user}-{container_id}", status, ip), dbname=dbname)
-    for port, target in (ports or {}).items():
-        await server.execute("INSERT INTO ingress_rules (container_id, port, target_port) VALUES (%s, %s, %s)",
-                             (container_id, port, target), dbname=dbname)
 
 
 class PostgresTestCase(TestCase):

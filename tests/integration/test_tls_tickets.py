@@ -20,7 +20,7 @@ from pathlib import Path
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.testing import EndToEndMixin, GatewayProcess, poll_until, require_tool, run_process
-from tests.test_e2e_tls import write_pair
+from edd_gateway.testing.tls import write_pair
 
 _REQUEST = b"GET / HTTP/1.0\r\nHost: app.cloud.test\r\n\r\n"
 

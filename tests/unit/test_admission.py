@@ -28,8 +28,9 @@ from edd_gateway.http.testing import ProxyHarness
 from edd_gateway.metrics import GatewayMetrics
 from edd_gateway.sniff import SniffingFactory, Verdict
 from edd_gateway.tap import Options
-from tests.test_sniff import RecordingFactory
-from tests.test_tls_listener import MemoryClient, _ListenerCase
+from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
+from edd_gateway.tls.testing import MemoryClient
+from tests._support.tls import ListenerCase
 
 ATTACKER = "203.0.113.66"
 OTHER = "198.51.100.20"
@@ -457,7 +458,7 @@ class HookTests(SynchronousTestCase):
         self.assertFalse(self.door.bans.banned(ATTACKER))
 
 
-class TLSHandshakeTimeoutTests(_ListenerCase):
+class TLSHandshakeTimeoutTests(ListenerCase):
     def test_handshake_must_finish_in_time(self) -> None:
         door = admission(self.reactor)
         factory = self.make_factory(self.store, handshake_timeout=4.0)
@@ -491,7 +492,6 @@ class TLSHandshakeTimeoutTests(_ListenerCase):
 class RelayIdleTests(SynchronousTestCase):
     def test_on_idle_is_called_when_the_idle_timeout_closes(self) -> None:
         from edd_gateway.relay import splice
-        from tests.test_relay import HandoverTransport
 
         clock = MemoryReactorClock()
         idled: list[int] = []

@@ -18,7 +18,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 import edd_gateway
 from edd_gateway.__main__ import EXIT_INVALID, EXIT_NO_ROUTE, EXIT_OK, EXIT_USAGE, main
 
-ORIGINALS = os.path.join(os.path.dirname(__file__), "fixtures", "original")
+ORIGINALS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "original")
 ROUTES = os.path.join(ORIGINALS, "routes.yaml")
 CONFIGMAP = os.path.join(ORIGINALS, "gateway-routes.configmap.yaml")
 

@@ -18,51 +18,7 @@ from edd_gateway.clienthello import (
     ClientHelloParser,
     parse_client_hello_body,
 )
-
-
-def captured_client_hello(
-    server_name: bytes | None = None,
-    alpn: list[bytes] | None = None,
-    max_version: int | None = None,
-) -> bytes:
-    """The bytes a real pyOpenSSL client sends first."""
-    context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-    if max_version is not None:
-        context.set_max_proto_version(max_version)
-    client = SSL.Connection(context, None)
-    client.set_connect_state()
-    if server_name is not None:
-        client.set_tlsext_host_name(server_name)
-    if alpn is not None:
-        client.set_alpn_protos(alpn)
-    try:
-        client.do_handshake()
-    except SSL.WantReadError:
-        pass
-    return client.bio_read(65536)
-
-
-def handshake_bytes(stream: bytes) -> bytes:
-    """The handshake-layer bytes carried by a stream of records."""
-    payload = bytearray()
-    while stream:
-        (length,) = struct.unpack("!H", stream[3:5])
-        payload += stream[5 : 5 + length]
-        stream = stream[5 + length :]
-    return bytes(payload)
-
-
-def records(payload: bytes, sizes: list[int], content_type: int = 22) -> bytes:
-    """Frame C{payload} into TLS records of the given sizes, cycling."""
-    out = bytearray()
-    position, turn = 0, 0
-    while position < len(payload):
-        size = sizes[turn % len(sizes)]
-        chunk = payload[position : position + size]
-        out += struct.pack("!BHH", content_type, 0x0301, len(chunk)) + chunk
-        position += size
-        turn += 1
-    return bytes(out)
+from edd_gateway.tls.testing import captured_client_hello, handshake_bytes, records
 
 
 def hello_message(body: bytes) -> bytes:

@@ -36,22 +36,11 @@ from edd_gateway.containers import (
 from edd_gateway.http.testing import ProxyHarness, backend_route
 from edd_gateway.routes.model import Target
 from edd_gateway.routes.table import RouteTable
-from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule
+from edd_gateway.state.model import Container, ContainerDirectory, IngressRule
 from edd_gateway.tls.store import CertificateStore
-from tests.test_tls_listener import MemoryClient, _ListenerCase, _quiet, write_pair
-
-DOMAIN = "compute.cloud.test"
-
-
-def web(cid: str = "web1", status: str = "running", ip: str | None = "127.0.1.7",
-        rules: dict[int, int] | None = None) -> Container:
-    ingress = {port: IngressRule(port, target) for port, target in (rules or {80: 8080, 8000: 9000}).items()}
-    return Container(cid, "u1", status, ip, ingress=ingress)
-
-
-def snapshot(*containers: Container, ready: bool = True) -> ContainerSnapshot:
-    return ContainerSnapshot({c.id: c for c in containers}, ready=ready)
-
+from edd_gateway.testing.containers import DOMAIN, snapshot, web
+from edd_gateway.tls.testing import HandoverTransport, MemoryClient, passthrough_route, quiet_logger, write_pair
+from tests._support.tls import ListenerCase
 
 class HostTests(SynchronousTestCase):
     def test_one_label_before_the_domain(self) -> None:
@@ -270,7 +259,7 @@ class HTTPTests(SynchronousTestCase):
         self.assertEqual((backend.host, backend.port), ("127.0.1.8", 8081))
 
 
-class TLSTests(_ListenerCase):
+class TLSTests(ListenerCase):
     """SNI naming a container, on the TLS listener's memory transports."""
 
     def setUp(self) -> None:
@@ -309,7 +298,7 @@ class TLSTests(_ListenerCase):
     def test_a_certificate_covering_the_name_terminates(self) -> None:
         root = self.mktemp()
         write_pair(os.path.join(root, "compute"), f"*.{DOMAIN}")
-        store = CertificateStore(log=_quiet())
+        store = CertificateStore(log=quiet_logger())
         store.add_directory(root)
         factory = self.make_factory(store, containers=self.factory.containers)
         client = MemoryClient(b"web1." + DOMAIN.encode())
@@ -320,7 +309,6 @@ class TLSTests(_ListenerCase):
         self.assertEqual(self.reactor.tcpClients, [])
 
     def test_static_passthrough_keeps_priority(self) -> None:
-        from tests.test_tls_listener import passthrough_route
 
         self.routes.swap(RouteTable([passthrough_route("web1." + DOMAIN, port=9443)]))
         self.hello(b"web1." + DOMAIN.encode())
@@ -331,7 +319,6 @@ class TLSTests(_ListenerCase):
         self.assertEqual(self.reactor.tcpClients[0][:2], ("127.0.0.1", 8443))
 
     def complete_backend(self) -> Any:
-        from tests.test_tls_listener import HandoverTransport
 
         _, _, factory, _, _ = self.reactor.tcpClients[-1]
         backend = HandoverTransport(IPv4Address("TCP", "127.0.1.7", 8443))
@@ -443,7 +430,7 @@ class AddressingTests(SynchronousTestCase):
         from edd_gateway.ssh.auth import unavailable_reason
         from edd_gateway.ssh.pins import MemoryHostKeyPins
         from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
-        from tests._ssh_fakes import key
+        from edd_gateway.ssh.testing import key
 
         container = replace(namespaced(), ssh_enabled=True)
         self.assertIsNone(unavailable_reason(container, SERVICE_DNS))

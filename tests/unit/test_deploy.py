@@ -34,7 +34,7 @@ from edd_gateway.routes.loader import load_routes_file, load_routes_text
 from edd_gateway.tap import Options
 from edd_gateway.testing import require_module
 
-REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEPLOY = os.path.join(REPOSITORY, "deploy")
 MANIFESTS = os.path.join(DEPLOY, "kubernetes")
 ORIGINAL_CONFIGMAP = os.path.join(REPOSITORY, "tests", "fixtures", "original", "gateway-routes.configmap.yaml")

@@ -39,8 +39,8 @@ from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_t
 from edd_gateway.routes.model import Route
 from edd_gateway.sniff import SNIFF_MAX_BYTES, SniffingFactory, Verdict, classify
 from edd_gateway.ssh.username import DEFAULT_USER, InvalidUsername, SSHTarget, parse_ssh_username
-from tests.test_clienthello import captured_client_hello, handshake_bytes, records
-from tests.test_sniff import HandoverTransport, RecordingFactory
+from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
+from edd_gateway.tls.testing import captured_client_hello, handshake_bytes, records
 
 # The budget.  "ci" keeps the whole module within a few seconds on two cores;
 # "long" is for bench/fuzz.sh.  Every test below scales its own weight from

@@ -19,7 +19,7 @@ from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness
 from edd_gateway.http.upstream import RECHECK_AFTER, UpstreamProtocol, _Backend, still_open
 from edd_gateway.routes.model import Target
-from tests.test_http_server import CLIENT_IP, GET, OK, ROUTES, get, ok
+from tests._support.http import CLIENT_IP, GET, OK, ROUTES, get, ok
 
 BACKEND = Target("10.0.0.5", 8080)
 

@@ -22,7 +22,7 @@ from edd_gateway.routes.loader import (
 )
 from edd_gateway.routes.model import Hsts, MatchKind, ResponseHeaders, Route, Target
 
-ORIGINALS = os.path.join(os.path.dirname(__file__), "fixtures", "original")
+ORIGINALS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "original")
 
 
 def routesFile(body: str) -> str:

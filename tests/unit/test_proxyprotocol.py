@@ -40,10 +40,11 @@ from edd_gateway.ssh.factory import GatewaySSHFactory, SSHSettings
 from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
 from edd_gateway.state.model import ContainerDirectory
-from tests.test_containers_routing import DOMAIN, snapshot, web
-from tests.test_tls_listener import HandoverTransport, MemoryClient, _ListenerCase
+from edd_gateway.testing.containers import DOMAIN, snapshot, web
+from edd_gateway.tls.testing import HandoverTransport, MemoryClient
+from tests._support.tls import ListenerCase
 
-from ._ssh_fakes import container, directory, key
+from edd_gateway.ssh.testing import container, directory, key
 
 CLIENT4 = IPv4Address("TCP", "203.0.113.7", 51234)
 GATEWAY4 = IPv4Address("TCP", "192.0.2.10", 443)
@@ -218,7 +219,7 @@ class RoutesFileTests(SynchronousTestCase):
                          ["routes.yaml:6: proxy_protocol must be a string, got a list"])
 
 
-class PassthroughHeaderTests(_ListenerCase):
+class PassthroughHeaderTests(ListenerCase):
     """The header is the first thing the passthrough backend gets, before the replayed ClientHello."""
 
     def pass_through(self, route: Route, peer: Any = CLIENT4) -> tuple[HandoverTransport, bytes]:

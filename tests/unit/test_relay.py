@@ -14,7 +14,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHalfCloseableDescriptor, IHalfCloseableProtocol, IPushProducer
 from twisted.internet.task import Clock, LoopingCall
-from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -22,24 +21,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface import implementer
 
 from edd_gateway.relay import RelayProtocol, splice
+from edd_gateway.testing.transports import HandoverTransport
 
 CLIENT = IPv4Address("TCP", "203.0.113.7", 51234)
 BACKEND = IPv4Address("TCP", "10.1.2.3", 8080)
-
-
-class HandoverTransport(StringTransportWithDisconnection):
-    """
-    An in-memory transport that can change protocols the way a wrapping
-    transport does (swap_protocol sets C{wrappedProtocol}).
-    """
-
-    @property
-    def wrappedProtocol(self) -> protocol.Protocol:
-        return getattr(self, "protocol", None)  # type: ignore[return-value]
-
-    @wrappedProtocol.setter
-    def wrappedProtocol(self, value: protocol.Protocol) -> None:
-        self.protocol = value
 
 
 @implementer(IHalfCloseableDescriptor)

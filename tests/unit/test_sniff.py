@@ -13,7 +13,6 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import Clock, deferLater
-from twisted.internet.testing import StringTransportWithDisconnection
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -27,65 +26,12 @@ from edd_gateway.sniff import (
     classify,
     describe_peer,
 )
+from edd_gateway.testing.transports import HandoverTransport, RecordingFactory, RecordingProtocol
 
 CLIENT = IPv4Address("TCP", "203.0.113.7", 51234)
 TLS_CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32))
 SSH_BANNER = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
 HTTP_REQUEST = b"GET /index.html HTTP/1.1\r\nHost: example.test\r\n\r\n"
-
-
-class HandoverTransport(StringTransportWithDisconnection):
-    """
-    An in-memory transport that can change protocols the way a wrapping
-    transport does (swap_protocol sets C{wrappedProtocol}); tests deliver
-    bytes to C{transport.protocol}, as a real transport would.
-    """
-
-    @property
-    def wrappedProtocol(self) -> protocol.Protocol:
-        return getattr(self, "protocol", None)  # type: ignore[return-value]
-
-    @wrappedProtocol.setter
-    def wrappedProtocol(self, value: protocol.Protocol) -> None:
-        self.protocol = value
-
-
-class RecordingProtocol(protocol.Protocol):
-    """Notes every event it gets, in order."""
-
-    def __init__(self, close_at_start: bool = False) -> None:
-        self.events: list[tuple[str, bytes]] = []
-        self.close_at_start = close_at_start
-
-    def connectionMade(self) -> None:
-        self.events.append(("made", b""))
-        if self.close_at_start:
-            self.transport.loseConnection()  # type: ignore[union-attr]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.events.append(("data", data))
-
-    def connectionLost(self, reason: Failure = protocol.connectionDone) -> None:
-        self.events.append(("lost", b""))
-
-    def received(self) -> bytes:
-        return b"".join(data for kind, data in self.events if kind == "data")
-
-
-class RecordingFactory(protocol.Factory):
-    def __init__(self, close_at_start: bool = False, refuse: bool = False) -> None:
-        self.built: list[RecordingProtocol] = []
-        self.peers: list[IAddress] = []
-        self.close_at_start = close_at_start
-        self.refuse = refuse
-
-    def buildProtocol(self, addr: IAddress) -> RecordingProtocol | None:  # type: ignore[override]
-        self.peers.append(addr)
-        if self.refuse:
-            return None
-        built = RecordingProtocol(self.close_at_start)
-        self.built.append(built)
-        return built
 
 
 def openings() -> list[tuple[bytes, Verdict]]:

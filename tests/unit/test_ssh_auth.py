@@ -10,10 +10,8 @@ every attempt.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from twisted.conch.error import ValidPublicKey
 from twisted.conch.interfaces import IConchUser
 from twisted.conch.ssh import transport as ssh_transport
@@ -42,38 +40,21 @@ from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import SSHTarget
 from edd_gateway.state.model import ContainerSnapshot
 
-from ._ssh_fakes import FakeFactory, RecordingSSH, attach, container, directory, key, kinds, public_line
+from edd_gateway.ssh.testing import (
+    USER_KEYS,
+    FakeFactory,
+    RecordingSSH,
+    attach,
+    container,
+    directory,
+    key,
+    kinds,
+    line_of,
+    public_line,
+    typed_key,
+)
 
 SERVICE = b"ssh-connection"
-
-#: Every user key type the compute service accepts, with the signature
-#: algorithms the gateway verifies for it by default.
-USER_KEYS = {
-    "ed25519": (b"ssh-ed25519",),
-    "ecdsa-p256": (b"ecdsa-sha2-nistp256",),
-    "ecdsa-p384": (b"ecdsa-sha2-nistp384",),
-    "ecdsa-p521": (b"ecdsa-sha2-nistp521",),
-    "rsa": (b"rsa-sha2-256", b"rsa-sha2-512"),
-}
-
-
-@functools.lru_cache(maxsize=None)
-def typed_key(kind: str) -> Key:
-    """A private key of C{kind} (a L{USER_KEYS} name, or C{dsa}), the same one during a run."""
-    curves = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1, "ecdsa-p521": ec.SECP521R1}
-    if kind in curves:
-        return Key(ec.generate_private_key(curves[kind]()))
-    if kind == "rsa":
-        return Key(rsa.generate_private_key(public_exponent=65537, key_size=2048))
-    if kind == "dsa":
-        return Key(dsa.generate_private_key(key_size=1024))
-    assert kind == "ed25519"
-    return Key(ed25519.Ed25519PrivateKey.generate())
-
-
-def line_of(private: Key) -> str:
-    return private.public().toString("openssh", comment="someone@laptop").decode()
-
 
 def signed_credentials(username: bytes, name: str, session: bytes = b"session-id",
                        signer: str | None = None) -> SSHPrivateKey:

@@ -37,7 +37,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from edd_gateway.ssh import _packet, _transport_crypto, algorithms
 from edd_gateway.ssh._transport_crypto import ClientTransportCrypto, ServerTransportCrypto
 from edd_gateway.ssh.algorithms import Algorithms, parse_algorithm_list
-from tests._ssh_fakes import key
+from edd_gateway.ssh.testing import key
 
 PEER = IPv4Address("TCP", "198.51.100.4", 51234)
 ECHO = 200  # a service message number (>= 50)
@@ -729,7 +729,7 @@ class OptionTests(SynchronousTestCase):
         from edd_gateway.ssh.factory import GatewaySSHFactory, SSHSettings
         from edd_gateway.ssh.pins import MemoryHostKeyPins
         from edd_gateway.ssh.upstream import UpstreamTransport
-        from tests._ssh_fakes import container, directory
+        from edd_gateway.ssh.testing import container, directory
 
         policy = Algorithms(kex=(b"curve25519-sha256",), ciphers=(b"aes128-gcm@openssh.com",),
                             macs=(b"hmac-sha2-512",))

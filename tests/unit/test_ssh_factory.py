@@ -32,8 +32,8 @@ from edd_gateway.ssh.keepalive import Keepalive
 from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.username import SSHTarget
 
-from ._ssh_fakes import container, directory, key
-from .test_ssh_auth import line_of, typed_key
+from edd_gateway.ssh.testing import container, directory, key
+from edd_gateway.ssh.testing import line_of, typed_key
 
 PEER = IPv4Address("TCP", "198.51.100.9", 40000)
 

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from edd_gateway.ssh import hostkey
 from edd_gateway.ssh.hostkey import KeyFileError, load_host_keys, load_or_create_key, public_text
 
-from ._ssh_fakes import key
+from edd_gateway.ssh.testing import key
 
 
 class KeyFileTests(SynchronousTestCase):

@@ -29,7 +29,7 @@ from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, HostKeyPin
 
-from ._ssh_fakes import container, key
+from edd_gateway.ssh.testing import container, key
 
 OLD, NEW = key("container-old-run"), key("container-new-run")
 

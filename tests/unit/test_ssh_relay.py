@@ -18,7 +18,7 @@ from edd_gateway.ssh.connection import REFUSED_REQUESTS, DownstreamConnection, R
 from edd_gateway.ssh.factory import SSHSettings
 from edd_gateway.ssh.relay import RelayChannel, pair
 
-from ._ssh_fakes import RecordingSSH, attach, channel_payloads, kinds, open_channel, request_packet, sent_data
+from edd_gateway.ssh.testing import RecordingSSH, attach, channel_payloads, kinds, open_channel, request_packet, sent_data
 
 WINDOW = 100
 

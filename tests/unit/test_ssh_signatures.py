@@ -15,7 +15,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.ssh.signatures import SignaturePolicy, server_sig_algs
 
-from .test_ssh_auth import USER_KEYS, typed_key
+from edd_gateway.ssh.testing import USER_KEYS, typed_key
 
 DEFAULT = SignaturePolicy()
 ALLOWING = SignaturePolicy(allow_sha1_rsa=True)

@@ -31,7 +31,7 @@ from edd_gateway.ssh.pins import HostKeyPins, MemoryHostKeyPins
 from edd_gateway.ssh.upstream import UpstreamAuth, UpstreamConnection, UpstreamConnector, UpstreamSettings
 from edd_gateway.state.localfile import LocalPinStore
 
-from ._ssh_fakes import RecordingSSH, attach, container, key
+from edd_gateway.ssh.testing import RecordingSSH, attach, container, key
 
 
 class BrokenPins(MemoryHostKeyPins):

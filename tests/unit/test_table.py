@@ -15,7 +15,7 @@ from edd_gateway.routes.loader import load_routes_file
 from edd_gateway.routes.model import MatchKind, Route, RouteMatch, Target
 from edd_gateway.routes.table import LiveRouteTable, RouteTable
 
-ORIGINALS = os.path.join(os.path.dirname(__file__), "fixtures", "original")
+ORIGINALS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "original")
 
 
 def route(host: str, path: str, match: MatchKind = MatchKind.PREFIX, strip: bool = False,

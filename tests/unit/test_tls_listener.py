@@ -21,7 +21,7 @@ from twisted.internet import protocol
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone, ConnectionRefusedError
 from twisted.internet.task import Clock
-from twisted.internet.testing import MemoryReactorClock, StringTransport, StringTransportWithDisconnection
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -33,162 +33,22 @@ from edd_gateway.routes.table import LiveRouteTable, RouteTable
 from edd_gateway.tls import _openssl
 from edd_gateway.tls.authority import misdirected_check
 from edd_gateway.tls.devcert import self_signed_certificate, write_secret_directory
-from edd_gateway.tls.listener import ClientHelloProtocol, TLSListenerFactory
 from edd_gateway.tls.service import CertificateRenewalService, build_tls
 from edd_gateway.tls.store import CertificateStore
+from edd_gateway.tls.testing import (
+    CLIENT,
+    HandoverTransport,
+    MemoryClient,
+    passthrough_route,
+    quiet_logger,
+    write_pair,
+)
+from tests._support.tls import CountingFactory, ListenerCase
 
-CLIENT = IPv4Address("TCP", "198.51.100.9", 40123)
-SERVER = IPv4Address("TCP", "127.0.0.1", 443)
 DECODE_ERROR_ALERT = b"\x15\x03\x03\x00\x02\x02\x32"
 
 
-def write_pair(directory: str, *names: str, days: float = 90) -> x509.Certificate:
-    now = datetime.now(timezone.utc)
-    certificate, key = self_signed_certificate(names, now - timedelta(days=1), now + timedelta(days=days))
-    write_secret_directory(directory, [certificate], key)
-    return certificate
-
-
-def passthrough_route(host: str, port: int = 8443, connect_timeout: float | None = None) -> Route:
-    return Route(host, "/", Target("127.0.0.1", port), tls_passthrough=True,
-                 connect_timeout=connect_timeout, source="routes.yaml:7")
-
-
-class HandoverTransport(StringTransportWithDisconnection):
-    """An in-memory transport whose protocol can be swapped like TCP's."""
-
-    def __init__(self, peer: IPv4Address = CLIENT) -> None:
-        super().__init__(hostAddress=SERVER, peerAddress=peer)
-
-    def take(self) -> bytes:
-        data = self.value()
-        self.clear()
-        return data
-
-
-class MemoryClient:
-    """A pyOpenSSL TLS client in memory-BIO mode; bytes are moved by hand."""
-
-    def __init__(self, server_name: bytes | None) -> None:
-        context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-        self.connection = SSL.Connection(context, None)
-        if server_name is not None:
-            self.connection.set_tlsext_host_name(server_name)
-        self.connection.set_connect_state()
-        self.handshook = False
-        self.received = b""
-        self.error: SSL.Error | None = None
-
-    def feed(self, incoming: bytes) -> bytes:
-        """Give the client the server's bytes; return what it sends back."""
-        if incoming:
-            self.connection.bio_write(incoming)
-        if not self.handshook:
-            try:
-                self.connection.do_handshake()
-                self.handshook = True
-            except SSL.WantReadError:
-                pass
-            except SSL.Error as problem:
-                self.error = problem
-                return b""
-        if self.handshook:
-            while True:
-                try:
-                    self.received += self.connection.recv(65536)
-                except (SSL.WantReadError, SSL.ZeroReturnError):
-                    break
-        return self.drain()
-
-    def drain(self) -> bytes:
-        out = b""
-        while True:
-            try:
-                out += self.connection.bio_read(65536)
-            except SSL.WantReadError:
-                return out
-
-    def send(self, data: bytes) -> bytes:
-        self.connection.send(data)
-        return self.drain()
-
-    def presented(self) -> x509.Certificate | None:
-        return self.connection.get_peer_certificate(as_cryptography=True)
-
-
-class Echo(protocol.Protocol):
-    def dataReceived(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
-
-class CountingFactory(protocol.Factory):
-    protocol = Echo
-    starts = 0
-
-    def startFactory(self) -> None:
-        self.starts += 1
-
-
-class _ListenerCase(SynchronousTestCase):
-    def setUp(self) -> None:
-        root = self.mktemp()
-        self.exact = write_pair(os.path.join(root, "exact"), "a.cloud.test")
-        self.wildcard = write_pair(os.path.join(root, "wildcard"), "*.cloud.test")
-        self.default = write_pair(os.path.join(root, "default"), "default.test")
-        self.root = root
-        self.store = CertificateStore(default_name="default.test", log=_quiet())
-        self.store.add_directory(root)
-        self.routes = LiveRouteTable(RouteTable([passthrough_route("vm.cloud.test", connect_timeout=2.5)]))
-        self.reactor = MemoryReactorClock()
-        self.https = CountingFactory()
-        self.factory = self.make_factory(self.store)
-
-    def make_factory(self, store: CertificateStore, **options: Any) -> TLSListenerFactory:
-        factory = TLSListenerFactory(self.routes, store, self.https, self.reactor, connect_timeout=4.0, **options)
-        factory.doStart()
-        self.addCleanup(factory.doStop)
-        return factory
-
-    def connect(self, factory: TLSListenerFactory | None = None) -> tuple[ClientHelloProtocol, HandoverTransport]:
-        factory = factory or self.factory
-        transport = HandoverTransport()
-        hello_protocol = factory.buildProtocol(CLIENT)
-        transport.protocol = hello_protocol
-        hello_protocol.makeConnection(transport)
-        return hello_protocol, transport
-
-    def handshake(self, client: MemoryClient, transport: HandoverTransport, chunk: int = 0) -> None:
-        """Move bytes both ways until neither side has more; chunk > 0 trickles the first flight."""
-        outgoing = client.feed(b"")
-        if chunk:
-            for start in range(0, len(outgoing), chunk):
-                transport.protocol.dataReceived(outgoing[start:start + chunk])
-            outgoing = b""
-        for _ in range(20):
-            if outgoing:
-                transport.protocol.dataReceived(outgoing)
-            # The TLS transport sends what it wrote at the next loop turn.
-            self.reactor.advance(0)
-            incoming = transport.take()
-            if not incoming and not outgoing:
-                return
-            outgoing = client.feed(incoming)
-
-    def round_trip(self, client: MemoryClient, transport: HandoverTransport, data: bytes) -> bytes:
-        client.received = b""
-        transport.protocol.dataReceived(client.send(data))
-        self.reactor.advance(0)
-        client.feed(transport.take())
-        return client.received
-
-
-def _quiet() -> Any:
-    from twisted.logger import Logger
-
-    return Logger(observer=lambda event: None)
-
-
-class TerminationTests(_ListenerCase):
+class TerminationTests(ListenerCase):
     def test_exact_name_trickled_one_byte_at_a_time(self) -> None:
         client = MemoryClient(b"a.cloud.test")
         _, transport = self.connect()
@@ -233,7 +93,7 @@ class TerminationTests(_ListenerCase):
         self.assertEqual(self.https.starts, 1)
 
     def test_unknown_name_without_default_is_closed_with_an_alert(self) -> None:
-        store = CertificateStore(default_name="nothing.test", log=_quiet())
+        store = CertificateStore(default_name="nothing.test", log=quiet_logger())
         store.add_directory(os.path.join(self.root, "exact"))
         factory = self.make_factory(store)
         with capturedLogs() as events:
@@ -249,7 +109,7 @@ class TerminationTests(_ListenerCase):
         self.assertEqual(factory.stats.no_certificate, 1)
 
     def test_no_sni_without_default_is_closed(self) -> None:
-        store = CertificateStore(default_name="nothing.test", log=_quiet())
+        store = CertificateStore(default_name="nothing.test", log=quiet_logger())
         store.add_directory(os.path.join(self.root, "exact"))
         factory = self.make_factory(store)
         with capturedLogs() as events:
@@ -272,7 +132,7 @@ class Recorder(protocol.Protocol):
         self.lost = reason
 
 
-class DataPathTests(_ListenerCase):
+class DataPathTests(ListenerCase):
     """
     Application bytes through terminated TLS: edd_gateway.tls._openssl's
     short way into OpenSSL (StockDataPathTests: pyOpenSSL's own calls).
@@ -335,7 +195,7 @@ class StockTerminationTests(TerminationTests):
         super().setUp()
 
 
-class RefusalTests(_ListenerCase):
+class RefusalTests(ListenerCase):
     def test_garbage_after_0x16_is_closed_naming_client_and_reason(self) -> None:
         with capturedLogs() as events:
             _, transport = self.connect()
@@ -381,7 +241,7 @@ class RefusalTests(_ListenerCase):
         self.assertEqual(self.factory.stats.closed_early, 1)
 
 
-class PassthroughTests(_ListenerCase):
+class PassthroughTests(ListenerCase):
     def start(self, server_name: bytes = b"vm.cloud.test") -> tuple[HandoverTransport, bytes]:
         hello = MemoryClient(server_name).feed(b"")
         _, transport = self.connect()
@@ -459,14 +319,14 @@ class PassthroughTests(_ListenerCase):
         self.assertEqual(client.presented(), self.wildcard)
 
     def test_passthrough_needs_no_certificate(self) -> None:
-        empty = CertificateStore(log=_quiet())
+        empty = CertificateStore(log=quiet_logger())
         factory = self.make_factory(empty)
         _, transport = self.connect(factory)
         transport.protocol.dataReceived(MemoryClient(b"vm.cloud.test").feed(b""))
         self.assertEqual(len(self.reactor.tcpClients), 1)
 
 
-class MisdirectedTests(_ListenerCase):
+class MisdirectedTests(ListenerCase):
     def terminated(self, server_name: bytes | None) -> Any:
         _, transport = self.connect()
         self.handshake(MemoryClient(server_name), transport)
