@@ -9,6 +9,8 @@ from edd_gateway.http.testing import backend_route
 from edd_gateway.routes.model import MatchKind, Route, Target
 
 CLIENT_IP = "203.0.113.7"
+#: The backend of ROUTES' first route (app.test).
+BACKEND = Target("10.0.0.5", 8080)
 
 
 ROUTES = [

@@ -1,40 +1,17 @@
 """
 Tests for the operator command line, C{python -m edd_gateway
-check|explain|forget-host-key} (the last on a state file and on a throwaway
-PostgreSQL).
+check|explain|forget-host-key} (the last on a state file), in process.  As a
+program and against PostgreSQL: C{tests/integration/test_cli.py}.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import io
 import os
-import subprocess
-import sys
 
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 
-import edd_gateway
-from edd_gateway.__main__ import EXIT_INVALID, EXIT_NO_ROUTE, EXIT_OK, EXIT_USAGE, main
-
-ORIGINALS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures", "original")
-ROUTES = os.path.join(ORIGINALS, "routes.yaml")
-CONFIGMAP = os.path.join(ORIGINALS, "gateway-routes.configmap.yaml")
-
-
-class CommandLineMixin:
-    def runCommand(self, *argv: str) -> tuple[int, str, str]:
-        out, err = io.StringIO(), io.StringIO()
-        status = main(list(argv), stdout=out, stderr=err)
-        return status, out.getvalue(), err.getvalue()
-
-    def writeRoutes(self, text: str) -> str:
-        path: str = self.mktemp()  # type: ignore[attr-defined]
-        with open(path, "w") as file:
-            file.write(text)
-        return path
-
+from edd_gateway.__main__ import EXIT_INVALID, EXIT_NO_ROUTE, EXIT_OK, EXIT_USAGE
+from tests._support.cli import CONFIGMAP, KEY_FINGERPRINT, KEY_TEXT, ROUTES, CommandLineMixin
 
 class CheckTests(CommandLineMixin, SynchronousTestCase):
     """C{check FILE...}."""
@@ -116,28 +93,6 @@ class ExplainTests(CommandLineMixin, SynchronousTestCase):
             self.assertTrue(err.startswith("error: "), err)
 
 
-class SubprocessTests(SynchronousTestCase):
-    """C{python -m edd_gateway} runs as a program."""
-
-    def test_checkAsProgram(self) -> None:
-        checkout = os.path.dirname(os.path.dirname(os.path.abspath(edd_gateway.__file__)))
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])))
-        bad = self.mktemp()
-        with open(bad, "w") as file:
-            file.write("routes:\n  - nope\n")
-        result = subprocess.run([sys.executable, "-m", "edd_gateway", "check", ROUTES, bad],
-                                capture_output=True, text=True, env=environment, timeout=60)
-        self.assertEqual(result.returncode, 1)
-        self.assertEqual(result.stdout, f"{ROUTES}: OK (20 routes)\n")
-        self.assertIn(f"{bad}:2: each route must be a mapping", result.stderr)
-
-
-KEY_TEXT = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf"
-#: What ssh-keygen -l prints for KEY_TEXT.
-KEY_FINGERPRINT = "SHA256:" + base64.b64encode(hashlib.sha256(base64.b64decode(KEY_TEXT.split()[1])).digest()
-                                                ).decode().rstrip("=")
-
-
 class ForgetHostKeyFileTests(CommandLineMixin, SynchronousTestCase):
     """C{forget-host-key CONTAINER_ID --state-file FILE} (without a database)."""
 
@@ -214,63 +169,3 @@ class ForgetHostKeyDatabaseErrorTests(CommandLineMixin, SynchronousTestCase):
             status, out, err = self.runCommand("forget-host-key", "abc123", "--database", dsn)
             self.assertEqual((status, out, err), (EXIT_USAGE, "", "error: --database is not a PostgreSQL DSN "
                                                                  "(key=value ...) or postgresql:// URL\n"), dsn)
-
-    def test_server_down(self) -> None:
-        status, out, err = self.runCommand("forget-host-key", "abc123", "--database",
-                                           "host=127.0.0.1 port=1 password=hunter2")
-        self.assertEqual((status, out), (EXIT_INVALID, ""))
-        self.assertTrue(err.startswith("error: cannot connect to the database: "), err)
-        self.assertEqual(len(err.splitlines()), 1)
-        self.assertNotIn("hunter2", err)
-
-    def test_DATABASE_URL(self) -> None:
-        self.patch(os, "environ", dict(os.environ, DATABASE_URL="host=127.0.0.1 port=1"))
-        status, _, err = self.runCommand("forget-host-key", "abc123")
-        self.assertEqual(status, EXIT_INVALID)
-        self.assertIn("cannot connect to the database", err)
-
-
-class ForgetHostKeyPostgresTests(CommandLineMixin, TestCase):
-    """C{forget-host-key --database DSN} on a throwaway PostgreSQL, with the gateway's own pin store."""
-
-    async def test_forgets_the_row(self) -> None:
-        from twisted.internet import reactor
-
-        from edd_gateway.state.postgres import PostgresDatabase
-        from edd_gateway.testing._postgres import start_postgres
-
-        server = await start_postgres(self)
-        await server.create_compute_tables()
-        database = PostgresDatabase(server.dsn(), reactor)
-        self.addCleanup(database.close)
-        await database.connect()
-        await database.set_pin("abc123", KEY_TEXT + " root@abc123")
-        await database.set_pin("other1", KEY_TEXT)
-        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--database", server.dsn()),
-                         (EXIT_OK, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n", ""))
-        self.assertIsNone(await database.get_pin("abc123"), "the gateway reads the pin at every login")
-        self.assertIsNotNone(await database.get_pin("other1"))
-        self.patch(os, "environ", dict(os.environ, DATABASE_URL=server.dsn()))
-        self.assertEqual(self.runCommand("forget-host-key", "abc123"), (EXIT_OK, "no pin for container abc123\n", ""))
-
-    async def test_a_database_no_gateway_used(self) -> None:
-        from edd_gateway.testing._postgres import start_postgres
-
-        server = await start_postgres(self)
-        self.assertEqual(self.runCommand("forget-host-key", "abc123", "--database", server.dsn()),
-                         (EXIT_OK, "no pin for container abc123\n", ""))
-
-
-class ForgetHostKeySubprocessTests(SynchronousTestCase):
-    def test_as_program(self) -> None:
-        from edd_gateway.state.localfile import LocalPinStore
-
-        checkout = os.path.dirname(os.path.dirname(os.path.abspath(edd_gateway.__file__)))
-        environment = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")])))
-        environment.pop("DATABASE_URL", None)
-        path = self.mktemp()
-        self.successResultOf(LocalPinStore(path).set_pin("abc123", KEY_TEXT))
-        result = subprocess.run([sys.executable, "-m", "edd_gateway", "forget-host-key", "abc123", "--state-file", path],
-                                capture_output=True, text=True, env=environment, timeout=60)
-        self.assertEqual((result.returncode, result.stdout, result.stderr),
-                         (0, f"forgot the pinned host key {KEY_FINGERPRINT} of container abc123\n", ""))

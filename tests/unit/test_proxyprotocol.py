@@ -10,9 +10,7 @@ with a log line naming the peer.
 
 from __future__ import annotations
 
-import socket
 from ipaddress import ip_address
-from types import SimpleNamespace
 from typing import Any
 
 from twisted.conch.ssh.userauth import SSHUserAuthServer
@@ -21,7 +19,6 @@ from twisted.internet.address import IPv4Address, IPv6Address, UNIXAddress
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock, StringTransport, StringTransportWithDisconnection
-from twisted.internet.tcp import Server
 from twisted.logger import capturedLogs, formatEvent
 from twisted.protocols.haproxy._exceptions import InvalidProxyHeader
 from twisted.protocols.haproxy._v1parser import V1Parser
@@ -30,7 +27,6 @@ from twisted.protocols.haproxy._wrapper import HAProxyProtocolWrapper, HAProxyWr
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway import _transport
 from edd_gateway.proxyprotocol import V2_SIGNATURE, awaiting_header, header, parse_version, v1_header, v2_header
 from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_text
 from edd_gateway.routes.model import Route, Target
@@ -421,41 +417,3 @@ class SniffingBehindTheWrapperTests(SynchronousTestCase):
             wrapper.connectionLost(Failure(ConnectionDone()))
         self.assertFalse([e for e in events if "PROXY" in formatEvent(e)])
         self.assertEqual((self.sniffer.stats.no_proxy_header, self.sniffer.stats.closed_early), (0, 1))
-
-
-class FastPathTests(SynchronousTestCase):
-    """The direct socket writes see through the PROXY wrapper, which passes writes on unchanged."""
-
-    def setUp(self) -> None:
-        self.ours, self.theirs = socket.socketpair()
-        self.ours.setblocking(False)
-        self.addCleanup(self.ours.close)
-        self.addCleanup(self.theirs.close)
-        reactor = MemoryReactorClock()
-        self.tcp = Server(self.ours, protocol.Protocol(), ("203.0.113.7", 51234),
-                          SimpleNamespace(_realPortNumber=8080), 1, reactor)
-        self.wrapper = HAProxyWrappingFactory(protocol.Factory.forProtocol(protocol.Protocol)).buildProtocol(CLIENT4)
-        self.tcp.protocol = self.wrapper
-        self.wrapper.makeConnection(self.tcp)
-
-    def test_write_now_sends_on_the_socket_below(self) -> None:
-        self.assertTrue(_transport.is_plain_tcp(self.wrapper))
-        self.assertFalse(_transport.queued(self.wrapper))
-        _transport.write_now(self.wrapper, b"at once")
-        self.assertEqual(self.theirs.recv(100), b"at once")
-        self.assertEqual(self.tcp.dataBuffer, b"")
-
-    def test_no_delay_reaches_the_socket(self) -> None:
-        calls: list[bool] = []
-        self.tcp.setTcpNoDelay = calls.append  # type: ignore[method-assign]
-        _transport.set_no_delay(self.wrapper)
-        self.assertEqual(calls, [True])
-
-    def test_other_wrappers_are_not_seen_through(self) -> None:
-        self.assertFalse(_transport.is_plain_tcp(StringTransport()))
-        other = protocol.Factory.forProtocol(protocol.Protocol)
-        from twisted.protocols.policies import WrappingFactory
-
-        plain_wrapper = WrappingFactory(other).buildProtocol(CLIENT4)
-        plain_wrapper.makeConnection(StringTransport())
-        self.assertFalse(_transport.is_plain_tcp(plain_wrapper))
