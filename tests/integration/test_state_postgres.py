@@ -2,7 +2,9 @@
 Tests for L{edd_gateway.state.postgres} against a throwaway PostgreSQL
 started by the test: the gateway's tables, reading containers (all, or by
 id), a separate compute database, SSH host-key pins, and a pool that
-recovers when the server restarts.
+recovers when the server restarts; and the conformance suites of
+L{HostKeyPins} and L{ContainerDatabase} (L{tests._support.conformance}) that
+the memory stores run in C{tests/unit}.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from edd_gateway.state.postgres import DatabaseUnavailable, PostgresDatabase
 from edd_gateway.testing import md5_fingerprint, poll_until
 from edd_gateway.testing._postgres import ThrowawayPostgres, start_postgres
 from edd_gateway.testing.containers import insert_container
+from tests._support.conformance import ContainerDatabaseTestsMixin, PersistentHostKeyPinsTestsMixin
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf dev@laptop"
 
@@ -149,3 +152,29 @@ class RecoveryTests(PostgresTestCase):
         await poll_until(lambda: database.alive, "every pooled connection to be back", timeout=15)
         self.assertEqual(sorted(await database.load_all()), ["kept"])
         self.assertEqual(sorted(await database.load_all()), ["kept"], "both pooled connections work")
+
+
+class PostgresHostKeyPinsTests(PersistentHostKeyPinsTestsMixin, PostgresTestCase):
+    async def make_pins(self) -> PostgresDatabase:
+        self.server, database = await self.start_database()
+        return database
+
+    async def reopen(self, pins: Any) -> PostgresDatabase:
+        again = PostgresDatabase(self.server.dsn(), reactor)
+        self.addCleanup(again.close)
+        await again.connect()
+        return again
+
+
+class PostgresContainerDatabaseTests(ContainerDatabaseTestsMixin, PostgresTestCase):
+    async def make_database(self) -> PostgresDatabase:
+        self.server, database = await self.start_database()
+        return database
+
+    async def add_container(self, container_id: str, *, status: str = "running", ip: str | None = "127.0.1.2",
+                            ports: dict[int, int] | None = None, user: str = "u1") -> None:
+        await insert_container(self.server, container_id, status=status, ip=ip, ports=ports, user=user)
+
+    async def add_other_route(self, host: str, path_prefix: str, target: str, priority: int = 0) -> None:
+        await self.server.execute("INSERT INTO static_routes (host, path_prefix, target, strip_prefix, priority)"
+                                  " VALUES (%s, %s, %s, false, %s)", (host, path_prefix, target, priority))
