@@ -12,6 +12,7 @@ from twisted.trial.unittest import TestCase
 
 from edd_gateway.routes.loader import load_routes_text
 from edd_gateway.state.postgres import PostgresDatabase
+from edd_gateway.state.routes_sync import file_route_rows
 from edd_gateway.testing._postgres import start_postgres
 from tests._support.routes_sync import FILE
 
@@ -63,8 +64,27 @@ class DatabaseSyncTests(TestCase):
         self.addCleanup(database.close)
         await database.connect()
         routes = load_routes_text(FILE, "routes.yaml")
+        # xmin is the transaction that wrote a row version: equal before and
+        # after says nothing was rewritten, but only if there were rows, and
+        # only if a rewrite would show (both proven here, or the test passes
+        # on a sync that writes nothing at all).
+        empty = await server.query("SELECT xmin::text, id FROM static_routes ORDER BY id")
+        self.assertEqual(empty, [])
         await database.sync_file_routes(routes)
         before = await server.query("SELECT xmin::text, id FROM static_routes ORDER BY id")
+        self.assertEqual(len(before), len(file_route_rows(routes)), "the first sync wrote the file's rows")
+        self.assertEqual(len(before), 3)
+        recorded = await server.query("SELECT xmin::text, host, path_prefix FROM gateway_file_routes"
+                                      " ORDER BY host, path_prefix")
+        self.assertEqual(len(recorded), 3, "the first sync recorded the file's rows")
         await database.sync_file_routes(routes)
         after = await server.query("SELECT xmin::text, id FROM static_routes ORDER BY id")
         self.assertEqual(before, after)
+        self.assertEqual(await server.query("SELECT xmin::text, host, path_prefix FROM gateway_file_routes"
+                                            " ORDER BY host, path_prefix"), recorded)
+        # The same probe sees a real change: one route's target rewritten.
+        changed = load_routes_text(FILE.replace("backend:80", "backend:8080"), "routes.yaml")
+        await database.sync_file_routes(changed)
+        rewritten = await server.query("SELECT xmin::text, id FROM static_routes ORDER BY id")
+        self.assertEqual([row[1] for row in rewritten], [row[1] for row in before], "upserted in place")
+        self.assertEqual(sum(old != new for old, new in zip(before, rewritten)), 1)
