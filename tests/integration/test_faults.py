@@ -9,9 +9,9 @@ garbage (the last good version keeps being served, and a good version after
 that is picked up).
 
 The other faults of the issue live beside the features they break:
-tests/test_e2e_http.py (silent backend 504, garbage 502, hang-up 502),
-tests/test_e2e_containers.py and tests/test_state_live.py (PostgreSQL and
-nats-server restarted), tests/test_e2e_reload.py and tests/test_e2e_tls.py
+tests/integration/test_http.py (silent backend 504, garbage 502, hang-up 502),
+tests/integration/test_containers.py and tests/integration/test_state_live.py (PostgreSQL and
+nats-server restarted), tests/integration/test_reload.py and tests/integration/test_tls.py
 (a broken routes file, a mismatched key).  docs/hardening.md maps them all.
 """
 

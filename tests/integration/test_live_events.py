@@ -61,7 +61,7 @@ from edd_gateway.testing._postgres import start_postgres
 from edd_gateway.testing._replicas import ProbeAnswer, ReplicaGateway
 
 # The module, not its names: the mixin's helpers are read as feed.X, as they were
-# when this module imported test_e2e_live_feed itself.
+# when this module imported the change feed's test module itself.
 from tests._support import live_feed as feed
 
 #: The start-up line of a gateway following the events alone (with the change feed it would name that first).

@@ -13,7 +13,7 @@ real ``twistd -n edd-gateway`` narrows its offer with ``--ssh-ciphers``.
 OpenSSH 9.2 has no mlkem768x25519-sha256 (9.9 has): that key exchange is
 tested with AsyncSSH (an independent implementation, on cryptography's
 ML-KEM) as the user's client and as the container's sshd, for every cipher,
-and between the gateway's own transports (tests/test_ssh_crypto.py).
+and between the gateway's own transports (tests/unit/test_ssh_crypto.py).
 """
 
 from __future__ import annotations

@@ -153,7 +153,7 @@ class SmugglingTests(SynchronousTestCase):
         self.assertEqual(self.harness.connect_attempts, 0)
 
     def test_h2_preface(self) -> None:
-        """Answered in HTTP/2 (GOAWAY, see tests.test_http_requestline), never by a backend."""
+        """Answered in HTTP/2 (GOAWAY, see tests.unit.test_http_requestline), never by a backend."""
         self.client.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
         self.assertEqual(self.client.received(), HTTP2_REFUSAL)
         self.assertTrue(self.client.closing)

@@ -108,7 +108,7 @@ class FactoryTests(SynchronousTestCase):
     def test_offers_its_keys_and_the_gateway_algorithms(self) -> None:
         ssh = self.factory.buildProtocol(PEER)
         self.assertEqual(ssh.supportedPublicKeys, [b"ssh-ed25519"])
-        # The lists themselves: tests/test_ssh_crypto.py.
+        # The lists themselves: tests/unit/test_ssh_crypto.py.
         self.assertEqual(ssh.supportedKeyExchanges, list(algorithms.KEX))
         self.assertEqual(ssh.supportedCiphers, list(algorithms.CIPHERS))
         self.assertEqual(ssh.supportedMACs, list(algorithms.MACS))
