@@ -19,7 +19,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
-from twisted.internet import reactor
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.internet.task import deferLater
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -140,6 +139,10 @@ class MemoryTLSClient:
         for start in range(0, len(hello), step):
             self.connection.send(hello[start:start + step])
             if chunk:
+                # The installed reactor, imported here: at module import it would install
+                # the default one before trial's asyncio reactor (the package ships this module).
+                from twisted.internet import reactor
+
                 await deferLater(reactor, 0.002, lambda: None)
         while True:
             await self._wait_for_bytes("the handshake")
