@@ -36,7 +36,7 @@ from edd_gateway.testing import (
     run_process,
 )
 from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
-from edd_gateway.testing.tls import TLSCase
+from tests._support.tls_gateway import TLSCase
 
 A, B = "a.test", "b.test"
 

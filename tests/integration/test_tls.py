@@ -18,7 +18,8 @@ from edd_gateway.testing import (
     free_port,
     poll_until,
 )
-from edd_gateway.testing.tls import TLSCase, common_name, make_pair
+from edd_gateway.testing.tls import common_name, make_pair
+from tests._support.tls_gateway import TLSCase
 
 class CertificateChoiceTests(TLSCase):
     async def test_exact_wildcard_and_default_by_sni(self) -> None:
