@@ -1,5 +1,5 @@
 """
-The long fuzz run: tests/test_fuzz.py under the C{long} hypothesis profile
+The long fuzz run: tests/unit/test_fuzz.py under the C{long} hypothesis profile
 (10,000 examples per unit of weight, about 205,000 in all), with a count of
 the examples each property ran and how many failed, and the time it took.
 
@@ -30,7 +30,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--profile", default="long", choices=["ci", "long"])
     parser.add_argument("--examples", type=int, default=0, help="base example count (overrides the profile's)")
-    parser.add_argument("tests", nargs="*", default=["tests.test_fuzz"], help="trial test names")
+    parser.add_argument("tests", nargs="*", default=["tests.unit.test_fuzz"], help="trial test names")
     options = parser.parse_args()
 
     os.environ["EDD_GATEWAY_FUZZ"] = options.profile

@@ -1,0 +1,63 @@
+"""
+L{still_open} on a real socket pair: what an idle pooled backend connection
+shows before it is reused (issue 14).  The body buffering and the
+keep-alive race on the in-memory harness are
+C{tests/unit/test_http_body_buffering.py}'s.
+"""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from edd_gateway.http.testing import ProxyHarness
+from edd_gateway.http.upstream import RECHECK_AFTER, UpstreamProtocol, _Backend, still_open
+from tests._support.http import BACKEND, ROUTES
+
+
+class StillOpenTests(SynchronousTestCase):
+    """L{still_open} on a real socket pair: what an idle pooled connection shows before reuse."""
+
+    def connection(self) -> tuple[UpstreamProtocol, socket.socket]:
+        ours, backend = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(backend.close)
+        protocol = UpstreamProtocol(ProxyHarness(ROUTES).pool, ("10.0.0.5", 8080))
+        protocol.connected = 1
+        protocol.transport = SimpleNamespace(socket=ours, disconnecting=False)  # type: ignore[assignment]
+        return protocol, backend
+
+    def test_quiet_is_open(self) -> None:
+        protocol, _ = self.connection()
+        self.assertTrue(still_open(protocol))
+
+    def test_closed_by_the_backend(self) -> None:
+        protocol, backend = self.connection()
+        backend.close()
+        self.assertFalse(still_open(protocol))
+
+    def test_bytes_nobody_asked_for(self) -> None:
+        protocol, backend = self.connection()
+        backend.send(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+        self.assertFalse(still_open(protocol))
+
+    def test_disconnecting(self) -> None:
+        protocol, _ = self.connection()
+        protocol.transport.disconnecting = True
+        self.assertFalse(still_open(protocol))
+
+    def test_the_pool_looks_only_at_connections_idle_a_while(self) -> None:
+        harness = ProxyHarness(ROUTES)
+        protocol, backend = self.connection()
+        protocol.pool = harness.pool
+        protocol.transport.abortConnection = lambda: setattr(protocol, "aborted", True)  # type: ignore[attr-defined]
+        harness.pool._backends[("10.0.0.5", 8080)] = _Backend(idle=[protocol], count=1)
+        backend.close()
+        protocol.idle_since = harness.clock.seconds()
+        self.assertIs(harness.pool.checkout(BACKEND), protocol, "released this instant: handed out unchecked")
+        harness.pool._backends[("10.0.0.5", 8080)].idle.append(protocol)
+        harness.clock.advance(RECHECK_AFTER)
+        self.assertIsNone(harness.pool.checkout(BACKEND))
+        self.assertTrue(getattr(protocol, "aborted", False), "the closed connection was not dropped")
