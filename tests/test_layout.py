@@ -16,7 +16,8 @@ from pathlib import Path
 
 from twisted.trial.unittest import SynchronousTestCase
 
-ROOT = Path(__file__).resolve().parent.parent
+#: The checkout: the nearest folder above this file holding setup.cfg (wherever tests/ arranges its modules).
+ROOT = next(folder for folder in Path(__file__).resolve().parents if (folder / "setup.cfg").exists())
 SOURCES = ("edd_gateway", "tests", "bench", "twisted/plugins")
 
 
