@@ -420,7 +420,8 @@ class LiveState:
     state: StateService | None = None
 
 
-def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: service.MultiService) -> LiveState:
+def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: service.MultiService,
+                on_propagated: Callable[[float], object] | None = None) -> LiveState:
     """
     PostgreSQL (+ NATS) when there is a database, else the --containers
     file, else no containers at all.  Nothing here connects: a database down
@@ -438,7 +439,7 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
         changes = ChangeFeedListener(database.compute_dsn, reactor)
         state = StateService(database, directory, reactor, events=events, changes=changes, on_routes=swap,
                              file_routes=live.current.routes, poll_interval=config["poll-interval"],
-                             resync_interval=config["resync-interval"])
+                             resync_interval=config["resync-interval"], on_propagated=on_propagated)
         state.setServiceParent(parent)
         return LiveState(directory, database, state.set_file_routes, state)
     os.makedirs(os.path.dirname(os.path.abspath(config["state-file"])), mode=0o700, exist_ok=True)
@@ -555,7 +556,7 @@ def build_core(config: Options, reactor: Any) -> Gateway:
     _admission.AdmissionService(admission, reactor).setServiceParent(top)
     monitoring.admission(admission)
     observer = build_observer(config, metrics)
-    state = build_state(config, reactor, live, top)
+    state = build_state(config, reactor, live, top, monitoring.event_propagation.observe)
     monitoring.state(state.state, lambda: state.directory.current.ready)
     routes = RoutesService(config["routes"], state.publish_file_routes, reactor, config["reload-interval"])
     routes.setServiceParent(top)

@@ -21,7 +21,7 @@ from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.containers import ContainerBackend, ContainerRouter
 from edd_gateway.ops.observe import GatewayObserver, tunnel_reporter
 from edd_gateway.net.relay import splice
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 
 __all__ = ["RawTCPFactory", "RawTCPProtocol"]
 

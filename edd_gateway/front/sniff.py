@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IDelayedCall, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol, connectionDone
@@ -30,6 +29,7 @@ from twisted.python.failure import Failure
 from edd_gateway.net.transport import swap_protocol
 from edd_gateway.front.admission import NO_ADMISSION, Admission, NoAdmission
 from edd_gateway.front.drain import ConnectionTracker
+from edd_gateway.net.addresses import describe_peer
 from edd_gateway.net.proxyprotocol import awaiting_header
 
 
@@ -115,15 +115,6 @@ def classify(prefix: bytes, *, request_lines: bool = False) -> Verdict:
         elif end > 0 and prefix[end] == 0x20:
             return Verdict.HTTP
     return Verdict.NEED_MORE if could_grow else Verdict.UNKNOWN
-
-
-def describe_peer(address: IAddress) -> str:
-    """C{203.0.113.7:51234} or C{[2001:db8::1]:51234}; anything else as repr."""
-    if isinstance(address, IPv6Address):
-        return f"[{address.host}]:{address.port}"
-    if isinstance(address, IPv4Address):
-        return f"{address.host}:{address.port}"
-    return repr(address)
 
 
 @dataclass
@@ -431,5 +422,4 @@ __all__ = [
     "SniffingProtocol",
     "Verdict",
     "classify",
-    "describe_peer",
 ]

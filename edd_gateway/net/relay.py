@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway.net.transport import swap_protocol, write_now
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 
 #: Called once both sides are closed with (bytes a->b, bytes b->a).
 OnClose = Callable[[int, int], object]

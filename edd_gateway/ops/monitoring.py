@@ -15,7 +15,7 @@ from edd_gateway.ops.admin import DEGRADED, DOWN, OK, Part, Readiness
 from edd_gateway.front.admission import LIMITS, REFUSAL_REASONS, Admission
 from edd_gateway.front.bans import BAN_KINDS
 from edd_gateway.front.drain import ConnectionTracker, GatewayService
-from edd_gateway.ops.metrics import GatewayMetrics, ListenerStats
+from edd_gateway.ops.metrics import GatewayMetrics, Histogram, ListenerStats
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.front.sniff import SniffingFactory, Verdict
 from edd_gateway.state.service import StateService
@@ -42,6 +42,10 @@ class Monitoring:
         self.metrics = metrics
         self.readiness = readiness
         self.gateway = gateway
+        #: What the state service measures through its C{on_propagated}
+        #: callback (seconds from an event's or a change notification's
+        #: arrival to its change being served), read by the state metrics.
+        self.event_propagation = Histogram()
         readiness.parts["draining"] = lambda: Part(DOWN, "the gateway is stopping", required=True) \
             if gateway.draining else Part(OK, required=True)
         metrics.add_gauge("edd_gateway_draining", "1 while the gateway drains before exiting.",
@@ -175,7 +179,7 @@ class Monitoring:
                             "Container changes a full read found that no event or change notification announced "
                             "while a feed was active (a silent feed).",
                             lambda: [({}, float(state.status().unannounced_changes))])
-        lag = state.event_lag
+        lag = self.event_propagation
         metrics.add_histogram("edd_gateway_event_propagation_seconds",
                               "Seconds from a NATS event's or a change notification's arrival to its change "
                               "being served.", lag)

@@ -48,7 +48,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway.routes.containers import ContainerAddressing
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username, shown

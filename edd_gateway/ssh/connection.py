@@ -25,7 +25,7 @@ from twisted.conch.ssh import connection as ssh_connection
 from twisted.conch.ssh.common import NS, getNS
 from twisted.logger import Logger
 
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.relay import RelayChannel, pair
 

@@ -34,7 +34,7 @@ from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.containers import ContainerAddressing
 from edd_gateway.front.admission import NO_ADMISSION
 from edd_gateway.ops.observe import GatewayObserver, SSHSessionRecord
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.packet import Buffer
 from edd_gateway.ssh.transport_crypto import ServerTransportCrypto

@@ -85,7 +85,7 @@ from twisted.conch.ssh import transport as _conch
 from twisted.conch.ssh.common import NS, getNS
 from twisted.logger import Logger
 
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh import algorithms, packet as _packet
 
 _log = Logger()

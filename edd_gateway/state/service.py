@@ -32,7 +32,6 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.ops.metrics import Histogram
 from edd_gateway.routes.model import Route
 from edd_gateway.state.changefeed import Change
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
@@ -145,6 +144,10 @@ class StateService(Service):
         C{static_routes} (0 turns it off).
     @param retry_policy: seconds to wait after the Nth consecutive failure
         (N from 0); jittered exponential backoff by default.
+    @param on_propagated: called with the seconds from an event's or a
+        change notification's arrival to its change being served, once per
+        event or notification (the owner keeps the histogram: the state
+        knows nothing of metrics).
     """
 
     def __init__(self, database: ContainerDatabase, directory: ContainerDirectory, clock: IReactorTime, *,
@@ -152,7 +155,8 @@ class StateService(Service):
                  on_routes: Callable[[list[Route]], object] | None = None,
                  file_routes: Sequence[Route] | None = None, poll_interval: float = 5.0,
                  resync_interval: float = DEFAULT_RESYNC_INTERVAL,
-                 retry_policy: Callable[[int], float] | None = None) -> None:
+                 retry_policy: Callable[[int], float] | None = None,
+                 on_propagated: Callable[[float], object] | None = None) -> None:
         self.database = database
         self.directory = directory
         self.events = events
@@ -181,8 +185,8 @@ class StateService(Service):
         self._last_error: str | None = None
         self._counts = {"full_resyncs": 0, "refreshes": 0, "events": 0, "notifications": 0,
                         "unannounced_changes": 0}
-        #: Seconds from an event's or a change notification's arrival to its change being served.
-        self.event_lag = Histogram()
+        # Seconds from an event's or a change notification's arrival to its change being served.
+        self._on_propagated = on_propagated or _ignore_propagation
         self._events_since: list[float] = []
         # Those waiting for the read that covers their request (JetStream
         # acknowledges an event only once its change is applied).
@@ -430,7 +434,7 @@ class StateService(Service):
                 await self._step()
                 now = self._clock.seconds()
                 for since in arrived:
-                    self.event_lag.observe(now - since)
+                    self._on_propagated(now - since)
             self._failures = 0
         except Exception:
             self._failed(Failure())
@@ -628,3 +632,7 @@ def _settled(deferred: Deferred[Any]) -> Deferred[None]:
 
     deferred.addBoth(passthrough)
     return waiter
+
+
+def _ignore_propagation(seconds: float) -> None:
+    """No one is measuring how fast changes propagate."""

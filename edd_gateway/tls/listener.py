@@ -40,7 +40,7 @@ from edd_gateway.net.proxyprotocol import header as proxy_header
 from edd_gateway.net.relay import splice
 from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 from edd_gateway.tls.context import server_connection_creator
 from edd_gateway.tls.store import CertificateStore
 from edd_gateway.tls.terminated import TerminatedTLS, TerminatorFactory

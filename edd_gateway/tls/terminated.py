@@ -27,7 +27,7 @@ from edd_gateway.net.transport import write_now
 from edd_gateway.front.admission import NO_ADMISSION, NoAdmission
 from edd_gateway.tls import openssl as _openssl
 from edd_gateway.tls.context import chosen_certificate
-from edd_gateway.front.sniff import describe_peer
+from edd_gateway.net.addresses import describe_peer
 
 __all__ = ["TerminatedTLS", "TerminatorFactory"]
 

@@ -22,9 +22,9 @@ from edd_gateway.front.sniff import (
     SniffingProtocol,
     Verdict,
     classify,
-    describe_peer,
 )
 from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
+from edd_gateway.net.addresses import describe_peer
 
 CLIENT = IPv4Address("TCP", "203.0.113.7", 51234)
 TLS_CLIENT_HELLO_START = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(range(32))

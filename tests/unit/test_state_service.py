@@ -316,3 +316,22 @@ class PinTests(SynchronousTestCase):
     def test_pins_of_live_containers_stay(self) -> None:
         self.feed.deliver("compute.container.a1.stopped")
         self.assertIn("a1", self.database.pins)
+
+
+class PropagationTests(SynchronousTestCase):
+    """Each change's time from its event's arrival to being served goes to C{on_propagated} (the owner's histogram)."""
+
+    def test_seconds_from_arrival_to_served(self) -> None:
+        clock, feed, seen = Clock(), MemoryEventFeed(), []
+        feed.clock = clock
+        database = MemoryDatabase([container("a1")])
+        service = StateService(database, ContainerDirectory(), clock, events=feed, on_propagated=seen.append)
+        service.startService()
+        self.addCleanup(service.stopService)
+        database.paused = True
+        database.put(container("a1", status="stopped"))
+        feed.deliver("compute.container.a1.stopped")
+        clock.advance(0.25)
+        database.paused = False
+        database.release()
+        self.assertEqual(seen, [0.25])
