@@ -154,7 +154,8 @@ class NodeReader:
         if not isinstance(value, bool):
             if value is not INVALID:
                 self.problem(node, f"{name} must be true or false, got {getattr(node, 'value', node)!r}")
-            return INVALID
+            invalid: bool = INVALID
+            return invalid
         return value
 
 

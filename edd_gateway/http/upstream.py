@@ -487,4 +487,4 @@ class PoolService(Service):
 
     def stopService(self) -> None:
         self.pool.stop()
-        return super().stopService()
+        super().stopService()

@@ -89,7 +89,8 @@ class _UTCClock:
 
 def _traceback(failure: object) -> str:
     if not isinstance(failure, Failure):
-        return safe_repr(failure)
+        text: str = safe_repr(failure)
+        return text
     try:
         return failure.getTraceback()
     except Exception as problem:
@@ -98,7 +99,8 @@ def _traceback(failure: object) -> str:
 
 def _message(event: dict[str, Any]) -> str:
     if event.get("log_format") == "{log_text}" and isinstance(event.get("log_text"), str):
-        return event["log_text"]  # pre-rendered: the access log and legacy text
+        text: str = event["log_text"]  # pre-rendered: the access log and legacy text
+        return text
     return formatEvent(event)
 
 

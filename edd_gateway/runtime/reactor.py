@@ -29,6 +29,9 @@ _NEW_CALLS_BOUND = 1024
 class GatewayReactor(AsyncioSelectorReactor):
     """An asyncio reactor that dispatches socket events without a logging context."""
 
+    # Twisted sets it to None in __init__ and to the loop time when a timer is scheduled; mypy infers None.
+    _scheduledAt: float | None  # type: ignore[assignment]  # AsyncioSelectorReactor's inferred type is None
+
     def addReader(self, reader) -> None:  # type: ignore[no-untyped-def]
         if reader in self._readers or reader in self._continuousPolling._readers:
             return
@@ -76,7 +79,7 @@ class GatewayReactor(AsyncioSelectorReactor):
         if scheduled is not None and now + delay >= scheduled and len(self._newTimedCalls) <= _NEW_CALLS_BOUND:
             return call
         # The stock path.
-        if scheduled is None or now + self.timeout() < scheduled:
+        if scheduled is None or now + self.timeout() < scheduled:  # type: ignore[operator]  # not None: a call was just scheduled
             self._reschedule()
         return call
 
@@ -99,6 +102,6 @@ def install() -> AsyncioSelectorReactor:
     else:
         loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    reactor = GatewayReactor(loop)
-    installReactor(reactor)
-    return reactor
+    gateway_reactor = GatewayReactor(loop)
+    installReactor(gateway_reactor)
+    return gateway_reactor

@@ -251,7 +251,8 @@ class LocalContainersSource(Service):
 
     def stopService(self) -> Deferred[None] | None:
         self.watcher.stopService()
-        return super().stopService()
+        super().stopService()  # Service's returns None
+        return None
 
     def get_pin(self, container_id: str) -> Deferred[HostKeyPin | None]:
         return self.pins.get_pin(container_id)

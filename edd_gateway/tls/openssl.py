@@ -86,11 +86,12 @@ def recv(connection: SSL.Connection) -> bytes:
     if not AVAILABLE:
         return connection.recv(CHUNK)
     ssl = connection._ssl
-    count = _ssl_read(ssl, _buffer, CHUNK)
+    count: int = _ssl_read(ssl, _buffer, CHUNK)
     if count <= 0:
         connection._raise_ssl_error(ssl, count)
         return b""
-    return _copy(_buffer, count)[:]
+    data: bytes = _copy(_buffer, count)[:]
+    return data
 
 
 def send(connection: SSL.Connection, data: bytes) -> int:
@@ -98,7 +99,7 @@ def send(connection: SSL.Connection, data: bytes) -> int:
     if not AVAILABLE or type(data) is not bytes:
         return connection.send(data)
     ssl = connection._ssl
-    taken = _ssl_write(ssl, data, len(data))
+    taken: int = _ssl_write(ssl, data, len(data))
     if taken <= 0:
         connection._raise_ssl_error(ssl, taken)
     return taken
