@@ -79,7 +79,7 @@ class GatewayReactor(AsyncioSelectorReactor):
         if scheduled is not None and now + delay >= scheduled and len(self._newTimedCalls) <= _NEW_CALLS_BOUND:
             return call
         # The stock path.
-        if scheduled is None or now + self.timeout() < scheduled:  # type: ignore[operator]  # not None: a call was just scheduled
+        if scheduled is None or now + self.timeout() < scheduled:  # type: ignore[operator]  # a call is scheduled
             self._reschedule()
         return call
 
