@@ -407,7 +407,7 @@ class SniffingFactory(Factory):
         self.tracker = ConnectionTracker(listener_name)
         self.admission = admission
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]  # a port passes the peer
         return SniffingProtocol(self, addr)
 
     def startFactory(self) -> None:

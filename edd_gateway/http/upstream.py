@@ -15,7 +15,7 @@ import select
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import Protocol as TypingProtocol
+from typing import Protocol as TypingProtocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.application.service import Service
@@ -314,7 +314,8 @@ class UpstreamPool:
             self.reactor.connectTCP(target.host, target.port, factory, timeout=timeout)
             return factory.deferred
         endpoint = backend_endpoint(self.reactor, target, timeout)
-        return endpoint.connect(OneProtocolFactory(protocol))
+        # The factory hands out C{protocol}, so the connected protocol is an UpstreamProtocol.
+        return cast("defer.Deferred[UpstreamProtocol]", endpoint.connect(OneProtocolFactory(protocol)))
 
     def release(self, connection: UpstreamProtocol) -> None:
         """Give back a connection whose exchange ended cleanly."""
