@@ -20,7 +20,7 @@ from typing import Protocol as TypingProtocol, cast
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.application.service import Service
 from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorTCP, IReactorTime, ITCPTransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -54,6 +54,9 @@ class ResponseListener(TypingProtocol):
 
 class UpstreamProtocol(Protocol):
     """One connection to a backend."""
+
+    # A TCP connection's from makeConnection on (the pool holds connected ones only).
+    transport: ITCPTransport
 
     def __init__(self, pool: "UpstreamPool", key: BackendKey) -> None:
         self.pool = pool
@@ -111,7 +114,7 @@ class UpstreamProtocol(Protocol):
         elif self.listener is not None:
             self.listener.flush()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # kept as is
         self.connected = 0
         self.pool.lost(self)
         listener = self.listener
@@ -431,7 +434,7 @@ def still_open(connection: UpstreamProtocol) -> bool:
     common case: measured, several times the cost of this, per request.)
     """
     transport = connection.transport
-    if not connection.connected or connection._gone or transport is None or transport.disconnecting:
+    if not connection.connected or connection._gone or transport is None or transport.disconnecting:  # type: ignore[attr-defined]  # tcp.Connection's
         return False
     sock = getattr(transport, "socket", None)
     if sock is None:

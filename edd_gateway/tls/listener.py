@@ -202,6 +202,7 @@ class ClientHelloProtocol(Protocol):
         set_no_delay(transport)
         # Known here already: the HTTP side asks for both on every
         # connection (getPeer) or request (the 421 check).
+        assert self._peer is not None  # set in connectionMade
         tls = self._factory.terminator.terminate(self._peer, hello.server_name)
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
