@@ -154,8 +154,7 @@ class NodeReader:
         if not isinstance(value, bool):
             if value is not INVALID:
                 self.problem(node, f"{name} must be true or false, got {getattr(node, 'value', node)!r}")
-            invalid: bool = INVALID
-            return invalid
+            return INVALID
         return value
 
 

@@ -491,4 +491,4 @@ class PoolService(Service):
 
     def stopService(self) -> None:
         self.pool.stop()
-        super().stopService()
+        return super().stopService()

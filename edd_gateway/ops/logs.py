@@ -89,8 +89,7 @@ class _UTCClock:
 
 def _traceback(failure: object) -> str:
     if not isinstance(failure, Failure):
-        text: str = safe_repr(failure)
-        return text
+        return safe_repr(failure)
     try:
         return failure.getTraceback()
     except Exception as problem:
@@ -99,8 +98,7 @@ def _traceback(failure: object) -> str:
 
 def _message(event: dict[str, Any]) -> str:
     if event.get("log_format") == "{log_text}" and isinstance(event.get("log_text"), str):
-        text: str = event["log_text"]  # pre-rendered: the access log and legacy text
-        return text
+        return event["log_text"]  # pre-rendered: the access log and legacy text
     return formatEvent(event)
 
 

@@ -73,7 +73,7 @@ class RoutesService(service.Service):
         if loop is not None and hasattr(signal, "SIGHUP"):
             loop.remove_signal_handler(signal.SIGHUP)
         self.watcher.stopService()
-        super().stopService()
+        return super().stopService()
 
     def _sighup(self) -> None:
         log.info("routes: SIGHUP, re-reading {path}", path=self.path)

@@ -251,8 +251,7 @@ class LocalContainersSource(Service):
 
     def stopService(self) -> Deferred[None] | None:
         self.watcher.stopService()
-        super().stopService()  # Service's returns None
-        return None
+        return super().stopService()
 
     def get_pin(self, container_id: str) -> Deferred[HostKeyPin | None]:
         return self.pins.get_pin(container_id)

@@ -86,12 +86,11 @@ def recv(connection: SSL.Connection) -> bytes:
     if not AVAILABLE:
         return connection.recv(CHUNK)
     ssl = connection._ssl
-    count: int = _ssl_read(ssl, _buffer, CHUNK)
+    count = _ssl_read(ssl, _buffer, CHUNK)
     if count <= 0:
         connection._raise_ssl_error(ssl, count)
         return b""
-    data: bytes = _copy(_buffer, count)[:]
-    return data
+    return _copy(_buffer, count)[:]
 
 
 def send(connection: SSL.Connection, data: bytes) -> int:
@@ -99,7 +98,7 @@ def send(connection: SSL.Connection, data: bytes) -> int:
     if not AVAILABLE or type(data) is not bytes:
         return connection.send(data)
     ssl = connection._ssl
-    taken: int = _ssl_write(ssl, data, len(data))
+    taken = _ssl_write(ssl, data, len(data))
     if taken <= 0:
         connection._raise_ssl_error(ssl, taken)
     return taken

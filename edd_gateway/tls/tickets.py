@@ -246,7 +246,7 @@ class RotatingTicketKeys(Service):
         if self._loop is not None and self._loop.running:
             self._loop.stop()
         self._loop = None
-        super().stopService()
+        return super().stopService()
 
 
 class TicketKeysFile(FileWatcher):
