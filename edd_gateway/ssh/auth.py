@@ -298,7 +298,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         the signature will get is logged now.
         """
         credentials = SSHPrivateKey(self.user, algorithm, blob, None, None)
-        return self.portal.login(credentials, None, IConchUser).addErrback(  # type: ignore[union-attr]
+        return self.portal.login(credentials, None, IConchUser).addErrback(
             self._answerQuery, algorithm, blob, attempt)
 
     def _answerQuery(self, reason: Failure, algorithm: bytes, blob: bytes, attempt: _Attempt) -> Failure:

@@ -597,7 +597,7 @@ class ClientTransportCrypto(TransportCrypto):
         if not Key.fromString(host_key).verify(signature, exchange_hash):
             self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")  # type: ignore[attr-defined]
             return
-        self._keySetup(secret, exchange_hash)  # type: ignore[attr-defined]
+        self._keySetup(secret, exchange_hash)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         # Conch's client never clears _gotNewKeys (so a rekey switched keys

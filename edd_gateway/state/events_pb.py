@@ -108,8 +108,8 @@ def _build() -> dict[str, type[Message]]:
 def _message_class(descriptor: Any) -> type[Message]:
     make = getattr(message_factory, "GetMessageClass", None)
     if make is None:  # protobuf before 4.22
-        return message_factory.MessageFactory().GetPrototype(descriptor)  # type: ignore[no-any-return]
-    return make(descriptor)  # type: ignore[no-any-return]
+        return message_factory.MessageFactory().GetPrototype(descriptor)
+    return make(descriptor)
 
 
 MESSAGES: dict[str, type[Message]] = _build()

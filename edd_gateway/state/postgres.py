@@ -61,7 +61,7 @@ class _Detector(reconnection.DeadConnectionDetector):
     def checkForDeadConnection(self, f: Failure) -> Failure:
         if not self.armed or self.stopped:
             return f
-        return super().checkForDeadConnection(f)  # type: ignore[no-any-return]
+        return super().checkForDeadConnection(f)
 
     def startReconnecting(self, f: Failure) -> None:
         if self.stopped:
