@@ -31,7 +31,7 @@ import functools
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.conch.error import IgnoreAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
@@ -164,7 +164,7 @@ class ContainerKeyChecker:
         self.addressing = addressing
         self.signatures = signatures
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:  # type: ignore[override]  # our avatar id
         return maybeDeferred(self._check, credentials)
 
     def _check(self, credentials: Any) -> GatewayLogin:
@@ -276,7 +276,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             algorithm, blob = getNS(packet[1:], 2)[:2]
         except (IndexError, ValueError, TypeError, struct.error):
             algorithm, blob = b"", b""
-        attempt = self._attempt(self.user, blob, signed, algorithm)
+        attempt = self._attempt(self.user, blob, signed, algorithm)  # type: ignore[arg-type]  # set by Conch first
         if attempt.fingerprint == UNREADABLE_KEY:
             # Conch's own parsing lets malformed blobs raise out of the
             # packet handler; refuse them here instead.
@@ -303,9 +303,10 @@ class GatewayUserAuthServer(SSHUserAuthServer):
 
     def _answerQuery(self, reason: Failure, algorithm: bytes, blob: bytes, attempt: _Attempt) -> Failure:
         reason.trap(KeyOffered)
-        if reason.value.refusal is not None:
+        offered = cast(KeyOffered, reason.value)  # trap let only a KeyOffered through
+        if offered.refusal is not None:
             # Counted (metrics) when the signature is refused, as one attempt.
-            self._logAttempt(attempt, "refused", reason.value.refusal, count=False)
+            self._logAttempt(attempt, "refused", offered.refusal, count=False)
         else:
             # So that a ban strike does not tell an owner's key from another:
             # a connection that asked and never logged in counts as refused.
@@ -324,7 +325,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             # A query, answered (and logged) by _answerQuery.
             return reason
         if reason.check(LoginRefused):
-            self._refuse(reason.value, attempt)
+            self._refuse(cast(LoginRefused, reason.value), attempt)
         elif reason.check(UnauthorizedLogin):
             self._logAttempt(attempt, "refused", reason.getErrorMessage())
             return reason
@@ -339,7 +340,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
 
     def _refuse(self, refusal: LoginRefused, attempt: _Attempt) -> None:
         self._logAttempt(attempt, "refused", refusal.message)
-        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore
+        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore[union-attr]
 
     def _markRefused(self) -> None:
         """The connection's outcome is "refused" (a ban strike) unless a login succeeds after all."""
