@@ -18,7 +18,7 @@ forwarding among them) are refused by the avatar.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection as ssh_connection
@@ -28,6 +28,9 @@ from twisted.logger import Logger
 from edd_gateway.front.sniff import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.relay import RelayChannel, pair
+
+if TYPE_CHECKING:
+    from edd_gateway.ssh.factory import GatewayAvatar
 
 _log = Logger()
 
@@ -56,7 +59,7 @@ class RelayConnection(ssh_connection.SSHConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
-        tcp = self.transport.transport  # type: ignore[union-attr]
+        tcp: Any = self.transport.transport  # type: ignore[union-attr]
         if hasattr(tcp, "registerProducer"):
             tcp.registerProducer(self, True)
 
@@ -88,7 +91,7 @@ class RelayConnection(ssh_connection.SSHConnection):
     def sendData(self, channel: Any, data: bytes | memoryview) -> None:
         if channel.localClosed:
             return
-        self.transport.sendPacket(  # type: ignore[union-attr]
+        self.transport.sendPacket(  # type: ignore[union-attr, call-arg]  # ours takes a tail
             MSG_CHANNEL_DATA, _DATA_HEAD.pack(self.channelsToRemoteChannel[channel], len(data)), data)
 
     def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
@@ -118,7 +121,7 @@ class RelayConnection(ssh_connection.SSHConnection):
     def _within_limits(self, channel: RelayChannel, length: int) -> bool:
         if length > channel.localWindowLeft or length > channel.localMaxPacket:
             _log.warn("ssh: {peer} sent {length} bytes into a window of {window} (packets up to {max}); "
-                      "closing the channel", peer=describe_peer(self.transport.transport.getPeer()),  # type: ignore
+                      "closing the channel", peer=describe_peer(self.transport.transport.getPeer()),  # type: ignore[union-attr]
                       length=length, window=channel.localWindowLeft, max=channel.localMaxPacket)
             self.sendClose(channel)
             return False
@@ -152,7 +155,7 @@ class DownstreamConnection(RelayConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
-        self.avatar = self.transport.avatar  # type: ignore[union-attr]
+        self.avatar: GatewayAvatar = self.transport.avatar  # type: ignore[union-attr, assignment]  # set at login
         self.settings = self.transport.factory.settings  # type: ignore[union-attr]
 
     def serviceStopped(self) -> None:
@@ -195,7 +198,7 @@ class DownstreamConnection(RelayConnection):
         # answered, done here once the container has answered.
         local_id = self.localChannelID
         self.localChannelID += 1
-        downstream.id = local_id
+        downstream.id = local_id  # type: ignore[assignment]  # SSHChannel's is None until it opens
         self.channels[local_id] = downstream
         self.channelsToRemoteChannel[downstream] = sender
         self.localToRemoteChannel[local_id] = sender

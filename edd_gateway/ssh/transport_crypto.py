@@ -238,7 +238,8 @@ class TransportCrypto:
     _broken = False
     _strictMarkerSent = False
 
-    # Set by Conch.
+    # Set by Conch (bytes; a bytearray here once the version is read, see dataReceived: typed bytes as
+    # SSHTransportBase's is, so the uses of a bytearray carry an ignore).
     buf: bytes
     transport: Any
     isClient: bool
@@ -288,7 +289,7 @@ class TransportCrypto:
     _offset = 0
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined]
+        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined, comparison-overlap]
             super().dataReceived(data)  # type: ignore[misc]  # the version, and what came with it
             return
         if self._broken:
@@ -352,16 +353,16 @@ class TransportCrypto:
     def _compact(self) -> None:
         """Drop the bytes already taken; C{buf} becomes the bytearray later reads append to."""
         buf, offset = self.buf, self._offset
-        if type(buf) is bytearray:
+        if type(buf) is bytearray:  # type: ignore[comparison-overlap]  # see buf
             del buf[:offset]  # from the front: CPython moves the start, not the bytes
         else:
-            self.buf = bytearray(memoryview(buf)[offset:])
+            self.buf = bytearray(memoryview(buf)[offset:])  # type: ignore[assignment]  # see buf
         self._offset = 0
 
     def _takeUnread(self) -> bytes:
         """The bytes received and not yet taken as packets, removed from C{buf}."""
         unread = bytes(memoryview(self.buf)[self._offset:])
-        self.buf, self._offset = bytearray(), 0
+        self.buf, self._offset = bytearray(), 0  # type: ignore[assignment]  # see buf
         return unread
 
     def _unread(self) -> bool:
