@@ -16,7 +16,7 @@ the refresh queue forever.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -47,7 +47,7 @@ class DatabaseUnavailable(Exception):
     """The database is not connected (never was, or was closed)."""
 
 
-class _Detector(reconnection.DeadConnectionDetector):
+class _Detector(reconnection.DeadConnectionDetector):  # type: ignore[misc]  # txpostgres has no types
     """
     A detector armed only once its pool is up (a failed first connect is
     the caller's to retry, not the detector's) and whose reconnection loop
@@ -361,5 +361,5 @@ def _read_snapshot(cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]
 def _first_error(reason: Failure) -> Failure:
     """DeferredLists (ours, and each pool's) wrap the failure that stopped them: raise the real one."""
     while reason.check(FirstError):
-        reason = reason.value.subFailure
+        reason = cast(FirstError, reason.value).subFailure
     return reason
