@@ -74,6 +74,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
 
     producer: object = None
     _handshake_timer: IDelayedCall | None = None
+    factory: TerminatorFactory  # the one that builds it
 
     def __init__(self, factory: Any, wrappedProtocol: Any, _connectWrapped: bool = True, *,
                  peer: IAddress | None = None, server_name: str | None = None) -> None:
