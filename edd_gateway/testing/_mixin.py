@@ -47,7 +47,7 @@ class _AnnotatingResult:
         if logs and isinstance(failure, Failure) and not isinstance(failure.value, _AnnotatedError):
             # The type stays, so the reporter still names the original
             # exception; only its message gains the logs.
-            failure.value = _AnnotatedError(failure.value, logs)
+            failure.value = _AnnotatedError(failure.value, logs)  # type: ignore[arg-type]  # a Failure's is set
         return failure
 
     def addFailure(self, test: Any, failure: Any) -> None:
@@ -94,7 +94,7 @@ class EndToEndMixin:
         await gateway.start(args)
         return gateway
 
-    def serve(self, factory: protocol.Factory, app: Any = None) -> BackendServer:
+    def serve(self, factory: protocol.Factory[Any], app: Any = None) -> BackendServer:
         backend = start_backend(factory, app)
         self._stop_at_cleanup(backend)
         return backend
