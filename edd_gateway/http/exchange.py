@@ -51,6 +51,10 @@ class Exchange(RequestRecordFields):
     the backend connection feeds it the response.
     """
 
+    # Always set here (RequestRecordFields allows None, for a refused head).
+    info: RequestInfo
+    route: Route
+
     def __init__(
         self,
         client: ClientSide,

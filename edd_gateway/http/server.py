@@ -25,7 +25,7 @@ from httptools import (
     HttpRequestParser,
 )
 from twisted.internet import error
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -114,6 +114,8 @@ class _LimitError(GatewayError):
 
 class HTTPServerProtocol(Protocol):
     """One client connection speaking HTTP/1.1 to the gateway."""
+
+    transport: ITCPTransport  # TCP's or TerminatedTLS, from makeConnection on
 
     def __init__(self, factory: ContextSource) -> None:
         self.factory = factory
@@ -208,7 +210,7 @@ class HTTPServerProtocol(Protocol):
         elif len(self.jobs) > self.settings.max_pipelined:
             self.pause_reading()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # kept as is
         self._end(Link.CLOSED)
         self.deadline.cancel()
         for job in self.jobs:
@@ -519,8 +521,8 @@ class HTTPServerProtocol(Protocol):
             idle_timeout=self.settings.websocket_idle_timeout, clock=self.context.clock,
             on_close=self._tunnel_report(request), on_idle=lambda: self.limit_hit("websocket-idle"),
         )
-        self.transport.resumeProducing()
-        backend.resumeProducing()
+        self.transport.resumeProducing()  # type: ignore[attr-defined]  # TCP and TLS transports are producers
+        backend.resumeProducing()  # type: ignore[attr-defined]  # a TCP transport
 
     def _tunnel_report(self, request: TunnelledRequest) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""

@@ -19,8 +19,8 @@ from typing import Protocol as TypingProtocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.application.service import Service
-from twisted.internet import defer, error
-from twisted.internet.interfaces import IReactorTCP, IReactorTime, ITCPTransport
+from twisted.internet import defer, error, tcp
+from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -55,8 +55,8 @@ class ResponseListener(TypingProtocol):
 class UpstreamProtocol(Protocol):
     """One connection to a backend."""
 
-    # A TCP connection's from makeConnection on (the pool holds connected ones only).
-    transport: ITCPTransport
+    # connectTCP's or a TCP endpoint's, from makeConnection on (the pool holds connected ones only).
+    transport: tcp.Client
 
     def __init__(self, pool: "UpstreamPool", key: BackendKey) -> None:
         self.pool = pool
@@ -434,7 +434,7 @@ def still_open(connection: UpstreamProtocol) -> bool:
     common case: measured, several times the cost of this, per request.)
     """
     transport = connection.transport
-    if not connection.connected or connection._gone or transport is None or transport.disconnecting:  # type: ignore[attr-defined]  # tcp.Connection's
+    if not connection.connected or connection._gone or transport is None or transport.disconnecting:
         return False
     sock = getattr(transport, "socket", None)
     if sock is None:
