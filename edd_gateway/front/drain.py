@@ -120,7 +120,7 @@ class TrackedFactory(Factory):
             elif admission.admit(str(getattr(addr, "host", "")), protocol, self.tracker.name) is not None:
                 return None
         self.tracker.add_protocol(protocol)
-        return protocol  # type: ignore[return-value]
+        return protocol  # type: ignore[return-value]  # a Protocol
 
     def startFactory(self) -> None:
         self.wrapped.doStart()

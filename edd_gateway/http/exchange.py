@@ -151,9 +151,9 @@ class Exchange(RequestRecordFields):
         problem = failure.value if failure.check(GatewayError) else connect_error(
             failure, self.target, self.context.settings.connect_timeout
         )
-        if problem.status == 504:  # type: ignore[union-attr]
+        if problem.status == 504:  # type: ignore[union-attr]  # a GatewayError
             self.client.limit_hit("backend-connect-timeout")
-        self.fail(problem.status, problem.detail)  # type: ignore[union-attr]
+        self.fail(problem.status, problem.detail)  # type: ignore[union-attr]  # a GatewayError
 
     def _attach(self, connection: UpstreamProtocol) -> None:
         self.upstream = connection

@@ -222,7 +222,7 @@ class HTTPServerProtocol(Protocol):
         # seldom (edd_gateway.runtime.gc).  After an attack of thousands of
         # connections that held megabytes until a full pass; broken here,
         # reference counting frees each connection as it closes.
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]  # dropped once done
         self.deadline.release()
 
     # llhttp callbacks
@@ -462,7 +462,7 @@ class HTTPServerProtocol(Protocol):
             while len(self.jobs) > 1 and not self.jobs[-1].request_done:
                 self.jobs.pop().client_lost()
             self.jobs.append(answer)
-            self.parser = None  # type: ignore[assignment]
+            self.parser = None  # type: ignore[assignment]  # dropped once done
             self._link = Link.REFUSED
             return
         for job in self.jobs:
@@ -483,7 +483,7 @@ class HTTPServerProtocol(Protocol):
             client=self.client_ip, scheme=self.scheme,
         )
         self.receiving = None
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]  # dropped once done
         self.write(HTTP2_REFUSAL)
         self._close()
 

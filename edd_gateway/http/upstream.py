@@ -123,7 +123,7 @@ class UpstreamProtocol(Protocol):
             listener.upstream_lost(reason)
         # The parser calls back into this protocol: a cycle (see
         # HTTPServerProtocol.connectionLost).
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]  # dropped once done
         self._answered = None
 
     # Used by exchanges
@@ -475,7 +475,7 @@ def connect_error(failure: Failure, target: Target, timeout: float) -> GatewayEr
     if failure.check(error.DNSLookupError):
         return GatewayError(502, f"The backend name {target.host} does not resolve.")
     if failure.check(GatewayError):
-        return failure.value  # type: ignore[return-value]
+        return failure.value  # type: ignore[return-value]  # checked just above
     return GatewayError(502, f"The backend {target} could not be reached ({failure.getErrorMessage()}).")
 
 

@@ -39,8 +39,8 @@ def swap_protocol(transport: ITransport, new_protocol: IProtocol) -> None:
         transport.protocol = new_protocol
     else:
         raise TypeError(f"cannot hand over a {type(transport).__name__}")
-    new_protocol.transport = transport  # type: ignore[attr-defined]
-    new_protocol.connected = 1  # type: ignore[attr-defined]
+    new_protocol.transport = transport  # type: ignore[attr-defined]  # IProtocol lacks it
+    new_protocol.connected = 1  # type: ignore[attr-defined]  # IProtocol lacks it
 
 
 def _tcp_below(transport: Any) -> Any:

@@ -259,9 +259,9 @@ class TransportCrypto:
 
     def sendPacket(self, messageType: int, payload: bytes, tail: _packet.Buffer = b"") -> None:
         """Send message C{messageType} with C{payload} followed by C{tail} (channel data, unjoined)."""
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:  # type: ignore[attr-defined]
-            if not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]
-                self._blockedByKeyExchange.append((messageType, payload + tail))  # type: ignore[attr-defined]
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:  # type: ignore[attr-defined]  # Conch's, through the mixin
+            if not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]  # Conch's, through the mixin
+                self._blockedByKeyExchange.append((messageType, payload + tail))  # type: ignore[attr-defined]  # Conch's, through the mixin
                 return
         outgoing = self._outgoing
         if outgoing is None:
@@ -289,7 +289,7 @@ class TransportCrypto:
     _offset = 0
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined, comparison-overlap]
+        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined, comparison-overlap]  # Conch's, through the mixin
             super().dataReceived(data)  # type: ignore[misc]  # the version, and what came with it
             return
         if self._broken:
@@ -310,7 +310,7 @@ class TransportCrypto:
         while opened is not None:
             data, start, stop = opened
             kind = data[start]
-            service = self.service  # type: ignore[attr-defined]
+            service = self.service  # type: ignore[attr-defined]  # Conch's, through the mixin
             if kind == MSG_CHANNEL_DATA and not self._initialKex and getattr(service, "takes_views", False):
                 # What Conch's dispatch would do, minus the copies.
                 service.ssh_CHANNEL_DATA(memoryview(data)[start + 1:stop])
@@ -335,7 +335,7 @@ class TransportCrypto:
             opened = incoming.open_at(self.buf, self._offset, sequence)
         except _packet.PacketError as problem:
             self._broken = True
-            self.sendDisconnect(problem.code, problem.message.encode())  # type: ignore[attr-defined]
+            self.sendDisconnect(problem.code, problem.message.encode())  # type: ignore[attr-defined]  # Conch's, through the mixin
             return None
         if opened is None:
             self._compact()
@@ -380,7 +380,7 @@ class TransportCrypto:
             if problem is not None:
                 self._protocolError(problem)
                 return
-        super().dispatchMessage(messageNum, payload)  # type: ignore[misc]
+        super().dispatchMessage(messageNum, payload)  # type: ignore[misc]  # Conch's, through the mixin
         if messageNum == MSG_NEWKEYS:
             self._initialKex = False
 
@@ -405,17 +405,17 @@ class TransportCrypto:
     def _protocolError(self, problem: str) -> None:
         _log.info("ssh: {peer}: {problem}; disconnecting", peer=self._peerName(), problem=problem)
         self._broken = True
-        self.sendDisconnect(_conch.DISCONNECT_PROTOCOL_ERROR, problem.encode())  # type: ignore[attr-defined]
+        self.sendDisconnect(_conch.DISCONNECT_PROTOCOL_ERROR, problem.encode())  # type: ignore[attr-defined]  # Conch's, through the mixin
 
     def sendKexInit(self) -> None:
         if self.sessionID is not None or self._strictMarkerSent:
-            super().sendKexInit()  # type: ignore[misc]
+            super().sendKexInit()  # type: ignore[misc]  # Conch's, through the mixin
             return
         self._strictMarkerSent = True
         offered = self.supportedKeyExchanges
         self.supportedKeyExchanges = [*offered, self._ourStrictMarker]
         try:
-            super().sendKexInit()  # type: ignore[misc]
+            super().sendKexInit()  # type: ignore[misc]  # Conch's, through the mixin
         finally:
             self.supportedKeyExchanges = offered
 
@@ -451,7 +451,7 @@ class TransportCrypto:
 
     def _negotiate(self, packet: bytes) -> None:
         """Conch's negotiation (and, for a client, its first key exchange packet)."""
-        super().ssh_KEXINIT(packet)  # type: ignore[misc]
+        super().ssh_KEXINIT(packet)  # type: ignore[misc]  # Conch's, through the mixin
 
     def _refusal(self, lists: list[list[bytes]]) -> str | None:
         """What the disconnect says when the peer's KEXINIT lists (RFC 4253, 7.1) and ours have nothing in common."""
@@ -473,7 +473,7 @@ class TransportCrypto:
     def _refuse(self, description: str) -> None:
         self.algorithmsRefused(description)
         self._broken = True
-        self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, description.encode())  # type: ignore[attr-defined]
+        self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, description.encode())  # type: ignore[attr-defined]  # Conch's, through the mixin
 
     def algorithmsRefused(self, description: str) -> None:
         """The peer's algorithms and ours have nothing in common (overridden to tell more)."""
@@ -531,7 +531,7 @@ class ClientTransportCrypto(TransportCrypto):
             return
         # Conch's client would ask for a DH group here; the hybrid's first
         # packet instead (draft-ietf-sshm-mlkem-hybrid-kex, 2.1).
-        if _conch.SSHTransportBase.ssh_KEXINIT(self, packet) is None:  # type: ignore[arg-type]
+        if _conch.SSHTransportBase.ssh_KEXINIT(self, packet) is None:  # type: ignore[arg-type]  # Conch's
             return
         self._mlkemPrivate = mlkem.MLKEM768PrivateKey.generate()
         self._x25519Private = x25519.X25519PrivateKey.generate()
@@ -550,20 +550,20 @@ class ClientTransportCrypto(TransportCrypto):
             self._protocolError("malformed key exchange reply")
             return None
         self._kexReplied = True
-        key_alg: bytes = self.keyAlg  # type: ignore[attr-defined]
+        key_alg: bytes = self.keyAlg  # type: ignore[attr-defined]  # Conch's, through the mixin
         if key_type != _host_key_type(key_alg) or signature_type != key_alg:
             self._refuseHostKey(f"the host key is {key_type.decode('ascii', 'replace')} signed with "
                                 f"{signature_type.decode('ascii', 'replace')}, not the agreed "
                                 f"{key_alg.decode('ascii', 'replace')}")
             return None
-        if _kex.isPQHybrid(self.kexAlg):  # type: ignore[attr-defined]
+        if _kex.isPQHybrid(self.kexAlg):  # type: ignore[attr-defined]  # Conch's, through the mixin
             return self._hybridReply(packet)
-        return super().ssh_KEX_DH_GEX_GROUP(packet)  # type: ignore[misc]
+        return super().ssh_KEX_DH_GEX_GROUP(packet)  # type: ignore[misc]  # Conch's, through the mixin
 
     def _refuseHostKey(self, problem: str) -> None:
         _log.warn("ssh: refused the sshd at {peer}: {problem}", peer=self._peerName(), problem=problem)
         self._broken = True
-        self.sendDisconnect(_conch.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, problem.encode())  # type: ignore[attr-defined]
+        self.sendDisconnect(_conch.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, problem.encode())  # type: ignore[attr-defined]  # Conch's, through the mixin
 
     def _hybridReply(self, packet: bytes) -> Any:
         """
@@ -572,13 +572,13 @@ class ClientTransportCrypto(TransportCrypto):
         """
         host_key, reply, signature, _ = getNS(packet, 3)
         if len(reply) != _MLKEM768_CIPHERTEXT + _X25519_PUBLIC:
-            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]
+            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]  # Conch's, through the mixin
                                 b"invalid S_REPLY length")
             return None
         fingerprint = b":".join(binascii.hexlify(bytes((c,))) for c in hashlib.md5(host_key).digest())
-        checked = self.verifyHostKey(host_key, fingerprint)  # type: ignore[attr-defined]
+        checked = self.verifyHostKey(host_key, fingerprint)  # type: ignore[attr-defined]  # Conch's, through the mixin
         checked.addCallback(lambda _: self._hybridFinish(host_key, reply, signature))
-        checked.addErrback(lambda reason: self.sendDisconnect(  # type: ignore[attr-defined]
+        checked.addErrback(lambda reason: self.sendDisconnect(  # type: ignore[attr-defined]  # Conch's, through the mixin
             _conch.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, f"bad host key [mlkem] {reason}".encode()))
         return checked
 
@@ -588,15 +588,15 @@ class ClientTransportCrypto(TransportCrypto):
         secret = hybrid_shared_secret(self._mlkemPrivate, self._x25519Private, reply)
         self._mlkemPrivate = self._x25519Private = None
         if secret is None:
-            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]
+            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]  # Conch's, through the mixin
                                 b"invalid S_REPLY")
             return
         exchange_hash = hybrid_exchange_hash(
-            self.ourVersionString, self.otherVersionString,  # type: ignore[attr-defined]
-            self.ourKexInitPayload, self.otherKexInitPayload,  # type: ignore[attr-defined]
+            self.ourVersionString, self.otherVersionString,  # type: ignore[attr-defined]  # Conch's, through the mixin
+            self.ourKexInitPayload, self.otherKexInitPayload,  # type: ignore[attr-defined]  # Conch's, through the mixin
             host_key, self._clientInit, reply, secret)
         if not Key.fromString(host_key).verify(signature, exchange_hash):
-            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")  # type: ignore[attr-defined]
+            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")  # type: ignore[attr-defined]  # Conch's, through the mixin
             return
         self._keySetup(secret, exchange_hash)
 
@@ -611,13 +611,13 @@ class ClientTransportCrypto(TransportCrypto):
             self._gotNewKeys = 1  # the keys wait on the host key check; _keySetup comes back here
             return
         self._gotNewKeys = 0
-        self._newKeys()  # type: ignore[attr-defined]
+        self._newKeys()  # type: ignore[attr-defined]  # Conch's, through the mixin
         if not self._secured:
             self._secured = True
-            self.connectionSecure()  # type: ignore[attr-defined]
+            self.connectionSecure()  # type: ignore[attr-defined]  # Conch's, through the mixin
 
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
-        super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]
+        super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]  # Conch's, through the mixin
         if self._incomingSwitch and self._unread():
             # The server's NEWKEYS came while the host key was being checked,
             # and packets under the new keys after it: read them now.

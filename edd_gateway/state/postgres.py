@@ -89,7 +89,7 @@ class _Detector(reconnection.DeadConnectionDetector):  # type: ignore[misc]  # t
                 pass
 
 
-class _Connection(txpostgres.Connection):  # type: ignore[misc]
+class _Connection(txpostgres.Connection):  # type: ignore[misc]  # txpostgres has no types
     """A connection that reports a server gone while idle as a lost connection, not a traceback."""
 
     def doRead(self) -> Exception | None:
@@ -106,7 +106,7 @@ class _Connection(txpostgres.Connection):  # type: ignore[misc]
         return None
 
 
-class _RecoveringPool(txpostgres.ConnectionPool):  # type: ignore[misc]
+class _RecoveringPool(txpostgres.ConnectionPool):  # type: ignore[misc]  # txpostgres has no types
     """A txpostgres pool whose connections each reconnect on their own."""
 
     def __init__(self, dsn: str, reactor: Any, size: int, make_detector: Callable[[], _Detector]) -> None:

@@ -82,7 +82,7 @@ def start_backend(factory: protocol.Factory[Any], app: Any = None, reactor: Any 
 
 def web_factory(resource: Resource) -> Site:
     site = Site(resource)
-    site.log = lambda request: None  # type: ignore[method-assign]
+    site.log = lambda request: None  # type: ignore[method-assign]  # no access log for it
     return site
 
 

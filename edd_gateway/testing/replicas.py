@@ -57,7 +57,7 @@ class KeepAliveProbe(protocol.Protocol):
             raise RuntimeError("one request at a time on a probe")
         waiting = self._waiting = Deferred()
         self._body = bytearray()
-        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # type: ignore[union-attr]
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # type: ignore[union-attr]  # set by makeConnection
         return waiting
 
     def dataReceived(self, data: bytes) -> None:

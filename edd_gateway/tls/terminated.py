@@ -113,7 +113,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         # HTTP side asks once per connection and per log line.
         peer = self.peer
         if peer is None:
-            peer = self.peer = self.transport.getPeer()  # type: ignore[union-attr]
+            peer = self.peer = self.transport.getPeer()  # type: ignore[union-attr]  # set by makeConnection
         return peer
 
     def makeConnection(self, transport: Any) -> None:
