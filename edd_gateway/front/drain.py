@@ -108,7 +108,7 @@ class TrackedFactory(Factory):
         self.admission = admission
         self.behind_proxy = behind_proxy
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]  # a port passes the peer
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]  # a port's peer
         protocol = self.wrapped.buildProtocol(addr)
         if protocol is None:
             return None
@@ -116,7 +116,8 @@ class TrackedFactory(Factory):
         if admission is not None:
             if self.behind_proxy:
                 name = self.tracker.name
-                protocol.admit_later = lambda transport: admission.admit_transport(transport, name)  # type: ignore[attr-defined]  # grafted
+                protocol.admit_later = (  # type: ignore[attr-defined]  # grafted
+                    lambda transport: admission.admit_transport(transport, name))
             elif admission.admit(str(getattr(addr, "host", "")), protocol, self.tracker.name) is not None:
                 return None
         self.tracker.add_protocol(protocol)

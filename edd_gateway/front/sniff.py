@@ -279,7 +279,7 @@ class SniffingProtocol(Protocol):
         transport = self.transport
         if not awaiting_header(transport):
             return False
-        if not transport.disconnecting and reason.check(ConnectionDone, ConnectionLost):  # type: ignore[union-attr]  # a wrapper's
+        if not transport.disconnecting and reason.check(ConnectionDone, ConnectionLost):  # type: ignore[union-attr]  # a wrapper
             # Left before sending a header, like a balancer's TCP health check.
             return False
         self._factory.stats.no_proxy_header += 1
@@ -407,7 +407,7 @@ class SniffingFactory(Factory):
         self.tracker = ConnectionTracker(listener_name)
         self.admission = admission
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]  # a port passes the peer
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]  # a port's peer
         return SniffingProtocol(self, addr)
 
     def startFactory(self) -> None:

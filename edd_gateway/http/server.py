@@ -210,7 +210,7 @@ class HTTPServerProtocol(Protocol):
         elif len(self.jobs) > self.settings.max_pipelined:
             self.pause_reading()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # kept as is
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # as it was
         self._end(Link.CLOSED)
         self.deadline.cancel()
         for job in self.jobs:

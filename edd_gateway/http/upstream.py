@@ -114,7 +114,7 @@ class UpstreamProtocol(Protocol):
         elif self.listener is not None:
             self.listener.flush()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # kept as is
+    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # as it was
         self.connected = 0
         self.pool.lost(self)
         listener = self.listener

@@ -32,7 +32,7 @@ class GatewayReactor(AsyncioSelectorReactor):
     # Twisted sets it to None in __init__ and to the loop time when a timer is scheduled; mypy infers None.
     _scheduledAt: float | None  # type: ignore[assignment]  # AsyncioSelectorReactor's inferred type is None
 
-    def addReader(self, reader) -> None:  # type: ignore[no-untyped-def]  # Twisted's untyped signature
+    def addReader(self, reader) -> None:  # type: ignore[no-untyped-def]  # Twisted's, untyped
         if reader in self._readers or reader in self._continuousPolling._readers:
             return
         fd = reader.fileno()
@@ -47,7 +47,7 @@ class GatewayReactor(AsyncioSelectorReactor):
             # reactor does.
             self._continuousPolling.addReader(reader)
 
-    def addWriter(self, writer) -> None:  # type: ignore[no-untyped-def]  # Twisted's untyped signature
+    def addWriter(self, writer) -> None:  # type: ignore[no-untyped-def]  # Twisted's, untyped
         if writer in self._writers or writer in self._continuousPolling._writers:
             return
         fd = writer.fileno()
@@ -63,7 +63,7 @@ class GatewayReactor(AsyncioSelectorReactor):
             self._unregisterFDInAsyncio(fd)
             raise
 
-    def callLater(self, delay, callable, *args, **kwargs):  # type: ignore[no-untyped-def]  # Twisted's untyped signature
+    def callLater(self, delay, callable, *args, **kwargs):  # type: ignore[no-untyped-def]  # Twisted's, untyped
         # The stock method asks timeout() after every call, which pushes the
         # new call onto the timer heap (a Python-level comparison per level)
         # to learn whether the loop's one timer must fire sooner.  Every

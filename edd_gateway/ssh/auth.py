@@ -238,7 +238,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     _pending: Deferred[Any] | None = None
 
     def serviceStarted(self) -> None:
-        factory = self.transport.factory  # type: ignore[union-attr]  # Conch sets it first
+        factory = self.transport.factory  # type: ignore[union-attr]  # Conch's
         self.clock = factory.clock
         self.loginTimeout = factory.settings.login_grace_time
         super().serviceStarted()
@@ -254,7 +254,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         try:
             username = getNS(packet, 3)[0]
         except (IndexError, ValueError, struct.error):
-            self.transport.sendDisconnect(  # type: ignore[union-attr]  # Conch sets it first
+            self.transport.sendDisconnect(  # type: ignore[union-attr]  # Conch's
                 ssh_transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
             return None
         try:
@@ -264,7 +264,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
                          self._attempt(username, None, False))
             return None
         # Whether the container exists is not told here: see KeyOffered.
-        refusal = loading_refusal(self.transport.factory.directory)  # type: ignore[union-attr]  # Conch sets it first
+        refusal = loading_refusal(self.transport.factory.directory)  # type: ignore[union-attr]  # Conch's
         if refusal is not None:
             self._refuse(refusal, self._attempt(username, None, False))
             return None
@@ -311,7 +311,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             # So that a ban strike does not tell an owner's key from another:
             # a connection that asked and never logged in counts as refused.
             self._markRefused()
-        self.transport.sendPacket(MSG_USERAUTH_PK_OK, NS(algorithm) + NS(blob))  # type: ignore[union-attr]  # Conch sets it first
+        self.transport.sendPacket(MSG_USERAUTH_PK_OK, NS(algorithm) + NS(blob))  # type: ignore[union-attr]  # Conch's
         return Failure(IgnoreAuthentication())
 
     def _accepted(self, result: Any, attempt: _Attempt) -> Any:
@@ -334,13 +334,13 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         else:
             _log.failure("ssh: login of {username} from {client} failed unexpectedly", reason,
                          username=shown(attempt.username), client=attempt.client)
-            self.transport.sendDisconnect(  # type: ignore[union-attr]  # Conch sets it first
+            self.transport.sendDisconnect(  # type: ignore[union-attr]  # Conch's
                 ssh_transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"internal error in the gateway; try again")
         return Failure(IgnoreAuthentication())
 
     def _refuse(self, refusal: LoginRefused, attempt: _Attempt) -> None:
         self._logAttempt(attempt, "refused", refusal.message)
-        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore[union-attr]  # Conch sets it first
+        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore[union-attr]  # Conch's
 
     def _markRefused(self) -> None:
         """The connection's outcome is "refused" (a ban strike) unless a login succeeds after all."""
@@ -348,7 +348,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             self.transport.outcome = "refused"  # type: ignore[attr-defined]  # GatewayServerTransport's
 
     def _attempt(self, username: bytes, blob: bytes | None, signed: bool, algorithm: bytes = b"") -> _Attempt:
-        peer = self.transport.transport.getPeer()  # type: ignore[union-attr]  # Conch sets it first
+        peer = self.transport.transport.getPeer()  # type: ignore[union-attr]  # Conch's
         return _Attempt(
             client=describe_peer(peer),
             username=username.decode("ascii", "backslashreplace"),

@@ -59,7 +59,7 @@ class RelayConnection(ssh_connection.SSHConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
-        tcp: Any = self.transport.transport  # type: ignore[union-attr]  # Conch sets it first
+        tcp: Any = self.transport.transport  # type: ignore[union-attr]  # Conch's
         if hasattr(tcp, "registerProducer"):
             tcp.registerProducer(self, True)
 
@@ -121,7 +121,7 @@ class RelayConnection(ssh_connection.SSHConnection):
     def _within_limits(self, channel: RelayChannel, length: int) -> bool:
         if length > channel.localWindowLeft or length > channel.localMaxPacket:
             _log.warn("ssh: {peer} sent {length} bytes into a window of {window} (packets up to {max}); "
-                      "closing the channel", peer=describe_peer(self.transport.transport.getPeer()),  # type: ignore[union-attr]  # Conch sets it first
+                      "closing the channel", peer=describe_peer(self.transport.transport.getPeer()),  # type: ignore[union-attr]  # Conch's
                       length=length, window=channel.localWindowLeft, max=channel.localMaxPacket)
             self.sendClose(channel)
             return False
@@ -132,10 +132,10 @@ class RelayConnection(ssh_connection.SSHConnection):
         if remote is None or channel.localClosed:
             return
         message = ssh_connection.MSG_CHANNEL_SUCCESS if ok else ssh_connection.MSG_CHANNEL_FAILURE
-        self.transport.sendPacket(message, struct.pack(">L", remote))  # type: ignore[union-attr]  # Conch sets it first
+        self.transport.sendPacket(message, struct.pack(">L", remote))  # type: ignore[union-attr]  # Conch's
 
     def refuse_open(self, sender: int, code: int, description: bytes) -> None:
-        self.transport.sendPacket(  # type: ignore[union-attr]  # Conch sets it first
+        self.transport.sendPacket(  # type: ignore[union-attr]  # Conch's
             ssh_connection.MSG_CHANNEL_OPEN_FAILURE,
             struct.pack(">2L", sender, code) + NS(description) + NS(b""),
         )
@@ -156,7 +156,7 @@ class DownstreamConnection(RelayConnection):
     def serviceStarted(self) -> None:
         super().serviceStarted()
         self.avatar: GatewayAvatar = self.transport.avatar  # type: ignore[union-attr, assignment]  # set at login
-        self.settings = self.transport.factory.settings  # type: ignore[union-attr]  # Conch sets it first
+        self.settings = self.transport.factory.settings  # type: ignore[union-attr]  # Conch's
 
     def serviceStopped(self) -> None:
         self._stopped = True
@@ -202,7 +202,7 @@ class DownstreamConnection(RelayConnection):
         self.channels[local_id] = downstream
         self.channelsToRemoteChannel[downstream] = sender
         self.localToRemoteChannel[local_id] = sender
-        self.transport.sendPacket(  # type: ignore[union-attr]  # Conch sets it first
+        self.transport.sendPacket(  # type: ignore[union-attr]  # Conch's
             ssh_connection.MSG_CHANNEL_OPEN_CONFIRMATION,
             struct.pack(">4L", sender, local_id, downstream.localWindowSize, downstream.localMaxPacket),
         )

@@ -323,7 +323,7 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         """A portal whose logins connect to containers on behalf of C{client} (for the PROXY header)."""
         return Portal(UpstreamRealm(self.connector, client), [self.checker])
 
-    def buildProtocol(self, addr: IAddress) -> GatewayServerTransport:  # type: ignore[override]  # a port passes the peer
+    def buildProtocol(self, addr: IAddress) -> GatewayServerTransport:  # type: ignore[override]  # a port's peer
         # SSHFactory's own logs a line per connection about the moduli file.
         ssh = self.protocol()
         ssh.factory = self

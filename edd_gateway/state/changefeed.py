@@ -348,7 +348,7 @@ class ChangeFeedListener:
         """
         bounded: Deferred[Any] = Deferred()
         timer = self._clock.callLater(
-            self._query_timeout, lambda: bounded.called or bounded.errback(  # type: ignore[func-returns-value]  # unused
+            self._query_timeout, lambda: bounded.called or bounded.errback(  # type: ignore[func-returns-value]
                 TimeoutError(f"no answer within {self._query_timeout} s")))
 
         def settled(result: object) -> None:

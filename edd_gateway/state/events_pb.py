@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 # protobuf ships no type hints (types-protobuf has them): its classes are Any here.
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]  # protobuf ships no stubs
-from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped]  # protobuf ships no stubs
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]  # no stubs
+from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped]  # no stubs
 
 __all__ = ["MESSAGES", "DecodeError", "Message", "message_class"]
 

@@ -388,7 +388,7 @@ class TLSListenerFactory(Factory):
     def admission(self, admission: Any) -> None:
         self.terminator.admission = admission
 
-    def buildProtocol(self, addr: IAddress) -> ClientHelloProtocol:  # type: ignore[override]  # a port passes the peer
+    def buildProtocol(self, addr: IAddress) -> ClientHelloProtocol:  # type: ignore[override]  # a port's peer
         return ClientHelloProtocol(self, addr)
 
     def startFactory(self) -> None:
