@@ -210,7 +210,9 @@ class HTTPServerProtocol(Protocol):
         elif len(self.jobs) > self.settings.max_pipelined:
             self.pause_reading()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # as it was
+    def connectionLost(
+        self, reason: Failure = error.ConnectionDone(),  # type: ignore[assignment]  # Twisted passes a Failure
+    ) -> None:
         self._end(Link.CLOSED)
         self.deadline.cancel()
         for job in self.jobs:

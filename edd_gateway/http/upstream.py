@@ -114,7 +114,9 @@ class UpstreamProtocol(Protocol):
         elif self.listener is not None:
             self.listener.flush()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:  # type: ignore[assignment]  # as it was
+    def connectionLost(
+        self, reason: Failure = error.ConnectionDone(),  # type: ignore[assignment]  # Twisted passes a Failure
+    ) -> None:
         self.connected = 0
         self.pool.lost(self)
         listener = self.listener
