@@ -181,7 +181,8 @@ class Admission:
             client = self._clients[key] = _Client(self.limits.burst_per_client, now)
         bans = self.bans
         if bans.settings.allow and bans.allowed(host):
-            return self._admitted(client, connection)
+            self._admitted(client, connection)
+            return None
         if bans.banned(key):
             return self._refuse("banned", host, key, client, listener, now,
                                 f"for {bans.ends_in(key):.0f} s more")
@@ -204,7 +205,8 @@ class Admission:
                 return self._refuse("rate", host, key, client, listener, now,
                                     f"more than {rate:g} new connections a second")
             client.tokens = tokens - 1.0
-        return self._admitted(client, connection)
+        self._admitted(client, connection)
+        return None
 
     def admit_transport(self, transport: Any, listener: str = "") -> bool:
         """L{admit} the connection of C{transport}, aborting it when refused; whether admitted."""

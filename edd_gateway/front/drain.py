@@ -50,7 +50,7 @@ def is_open(transport: Any) -> bool:
 
 def innermost_protocol(transport: Any) -> Any:
     """The protocol speaking on C{transport}, under TLS or PROXY-protocol wrappers."""
-    protocol = getattr(transport, "protocol", None) or getattr(transport, "wrappedProtocol", None)
+    protocol: Any = getattr(transport, "protocol", None) or getattr(transport, "wrappedProtocol", None)
     while getattr(protocol, "wrappedProtocol", None) is not None:
         protocol = protocol.wrappedProtocol
     return protocol
@@ -108,7 +108,7 @@ class TrackedFactory(Factory):
         self.admission = admission
         self.behind_proxy = behind_proxy
 
-    def buildProtocol(self, addr: IAddress) -> Protocol | None:
+    def buildProtocol(self, addr: IAddress) -> Protocol | None:  # type: ignore[override]  # a port's peer
         protocol = self.wrapped.buildProtocol(addr)
         if protocol is None:
             return None
@@ -116,11 +116,12 @@ class TrackedFactory(Factory):
         if admission is not None:
             if self.behind_proxy:
                 name = self.tracker.name
-                protocol.admit_later = lambda transport: admission.admit_transport(transport, name)  # type: ignore
+                protocol.admit_later = (  # type: ignore[attr-defined]  # grafted
+                    lambda transport: admission.admit_transport(transport, name))
             elif admission.admit(str(getattr(addr, "host", "")), protocol, self.tracker.name) is not None:
                 return None
         self.tracker.add_protocol(protocol)
-        return protocol  # type: ignore[return-value]
+        return protocol  # type: ignore[return-value]  # a Protocol
 
     def startFactory(self) -> None:
         self.wrapped.doStart()

@@ -56,8 +56,8 @@ def listener_service(option: str, description: str, factory: IProtocolFactory, r
     """C{strports.service(description, factory)}, telling C{option} when it cannot listen."""
     service = strports.service(description, factory, reactor=reactor)
     service.__class__ = _NamedListener
-    service.option, service.description = option, description  # type: ignore[attr-defined]
-    return service  # type: ignore[return-value]
+    service.option, service.description = option, description  # type: ignore[attr-defined]  # now a _NamedListener
+    return service  # type: ignore[return-value]  # now a _NamedListener
 
 
 def check_endpoint(option: str, description: str) -> str:

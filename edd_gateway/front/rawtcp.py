@@ -49,7 +49,7 @@ class RawTCPProtocol(Protocol):
                      reason=decision.reason)
             transport.loseConnection()
             return
-        transport.pauseProducing()  # type: ignore[attr-defined]
+        transport.pauseProducing()  # type: ignore[attr-defined]  # TCP and TLS transports have it
         backend = HeldConnection()
         endpoint = backend_endpoint(self.factory.reactor, decision.target, self.factory.connect_timeout)
         self.connecting = endpoint.connect(OneProtocolFactory(backend))
@@ -69,7 +69,7 @@ class RawTCPProtocol(Protocol):
     def _connected(self, backend: HeldConnection, decision: ContainerBackend) -> None:
         self.connecting = None
         if self.lost:
-            backend.transport.loseConnection()  # type: ignore[union-attr]
+            backend.transport.loseConnection()  # type: ignore[union-attr]  # a connected protocol
             return
         client, server = self.transport, backend.transport
         assert client is not None and server is not None
@@ -85,7 +85,7 @@ class RawTCPProtocol(Protocol):
 
     def _report(self, decision: ContainerBackend) -> Any:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""
-        client_ip = getattr(self.transport.getPeer(), "host", "-")  # type: ignore[union-attr]
+        client_ip = getattr(self.transport.getPeer(), "host", "-")  # type: ignore[union-attr]  # set by makeConnection
         return tunnel_reporter(self.factory.observer, self.factory.reactor, "tcp", client_ip, "container",
                                str(decision.target))
 
@@ -96,7 +96,7 @@ class RawTCPProtocol(Protocol):
         log.info("tcp: {client} port {port}: container {container} at {backend} cannot be reached ({problem}); "
                  "closing", client=self.client, port=decision.external_port, container=decision.container.id,
                  backend=str(decision.target), problem=failure.getErrorMessage())
-        self.transport.loseConnection()  # type: ignore[union-attr]
+        self.transport.loseConnection()  # type: ignore[union-attr]  # set by makeConnection
 
 
 class RawTCPFactory(Factory):

@@ -107,7 +107,7 @@ def classify(prefix: bytes, *, request_lines: bool = False) -> Verdict:
         if opening.startswith(prefix):
             could_grow = True
     if request_lines:
-        end = _REQUEST_WORD.match(prefix).end()  # type: ignore[union-attr]
+        end = _REQUEST_WORD.match(prefix).end()  # type: ignore[union-attr]  # matches any bytes
         if end == len(prefix):
             # Never decisive before the openings are: SSH- and the methods
             # share their first letters with longer words.
@@ -270,7 +270,7 @@ class SniffingProtocol(Protocol):
         transport = self.transport
         if not awaiting_header(transport):
             return False
-        if not transport.disconnecting and reason.check(ConnectionDone, ConnectionLost):  # type: ignore[union-attr]
+        if not transport.disconnecting and reason.check(ConnectionDone, ConnectionLost):  # type: ignore[union-attr]  # a wrapper
             # Left before sending a header, like a balancer's TCP health check.
             return False
         self._factory.stats.no_proxy_header += 1
@@ -321,9 +321,9 @@ class SniffingProtocol(Protocol):
             **fields,
         )
         if abort:
-            self.transport.abortConnection()  # type: ignore[union-attr]
+            self.transport.abortConnection()  # type: ignore[union-attr]  # set by makeConnection
         else:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]  # set by makeConnection
 
     def _peerAddress(self) -> IAddress:
         # Asked at decision time: behind a PROXY-protocol wrapper the address
@@ -398,7 +398,7 @@ class SniffingFactory(Factory):
         self.tracker = ConnectionTracker(listener_name)
         self.admission = admission
 
-    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:
+    def buildProtocol(self, addr: IAddress) -> SniffingProtocol:  # type: ignore[override]  # a port's peer
         return SniffingProtocol(self, addr)
 
     def startFactory(self) -> None:

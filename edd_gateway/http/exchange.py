@@ -51,6 +51,10 @@ class Exchange(RequestRecordFields):
     the backend connection feeds it the response.
     """
 
+    # Always set here (RequestRecordFields allows None, for a refused head).
+    info: RequestInfo
+    route: Route
+
     def __init__(
         self,
         client: ClientSide,
@@ -147,9 +151,9 @@ class Exchange(RequestRecordFields):
         problem = failure.value if failure.check(GatewayError) else connect_error(
             failure, self.target, self.context.settings.connect_timeout
         )
-        if problem.status == 504:  # type: ignore[union-attr]
+        if problem.status == 504:  # type: ignore[union-attr]  # a GatewayError
             self.client.limit_hit("backend-connect-timeout")
-        self.fail(problem.status, problem.detail)  # type: ignore[union-attr]
+        self.fail(problem.status, problem.detail)  # type: ignore[union-attr]  # a GatewayError
 
     def _attach(self, connection: UpstreamProtocol) -> None:
         self.upstream = connection

@@ -38,7 +38,7 @@ class RequestRecordFields:
         observer = context.observer
         if observer is not None:
             # Subclasses supply the rest of HTTPRequestRecord (status, bytes_in, ...).
-            observer.http_request(self, context.clock.seconds())  # type: ignore[arg-type]
+            observer.http_request(self, context.clock.seconds())  # type: ignore[arg-type]  # a subclass is a record
 
     @property
     def client_ip(self) -> str:

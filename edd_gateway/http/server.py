@@ -25,7 +25,7 @@ from httptools import (
     HttpRequestParser,
 )
 from twisted.internet import error
-from twisted.internet.interfaces import ITransport
+from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -114,6 +114,8 @@ class _LimitError(GatewayError):
 
 class HTTPServerProtocol(Protocol):
     """One client connection speaking HTTP/1.1 to the gateway."""
+
+    transport: ITCPTransport  # TCP's or TerminatedTLS, from makeConnection on
 
     def __init__(self, factory: ContextSource) -> None:
         self.factory = factory
@@ -208,7 +210,9 @@ class HTTPServerProtocol(Protocol):
         elif len(self.jobs) > self.settings.max_pipelined:
             self.pause_reading()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+    def connectionLost(
+        self, reason: Failure = error.ConnectionDone(),  # type: ignore[assignment]  # Twisted passes a Failure
+    ) -> None:
         self._end(Link.CLOSED)
         self.deadline.cancel()
         for job in self.jobs:
@@ -220,7 +224,7 @@ class HTTPServerProtocol(Protocol):
         # seldom (edd_gateway.runtime.gc).  After an attack of thousands of
         # connections that held megabytes until a full pass; broken here,
         # reference counting frees each connection as it closes.
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]  # dropped once done
         self.deadline.release()
 
     # llhttp callbacks
@@ -460,7 +464,7 @@ class HTTPServerProtocol(Protocol):
             while len(self.jobs) > 1 and not self.jobs[-1].request_done:
                 self.jobs.pop().client_lost()
             self.jobs.append(answer)
-            self.parser = None  # type: ignore[assignment]
+            self.parser = None  # type: ignore[assignment]  # dropped once done
             self._link = Link.REFUSED
             return
         for job in self.jobs:
@@ -481,7 +485,7 @@ class HTTPServerProtocol(Protocol):
             client=self.client_ip, scheme=self.scheme,
         )
         self.receiving = None
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]  # dropped once done
         self.write(HTTP2_REFUSAL)
         self._close()
 
@@ -519,8 +523,8 @@ class HTTPServerProtocol(Protocol):
             idle_timeout=self.settings.websocket_idle_timeout, clock=self.context.clock,
             on_close=self._tunnel_report(request), on_idle=lambda: self.limit_hit("websocket-idle"),
         )
-        self.transport.resumeProducing()
-        backend.resumeProducing()
+        self.transport.resumeProducing()  # type: ignore[attr-defined]  # TCP and TLS transports are producers
+        backend.resumeProducing()  # type: ignore[attr-defined]  # a TCP transport
 
     def _tunnel_report(self, request: TunnelledRequest) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""

@@ -228,6 +228,7 @@ class ProxyHarness:
         address = IPv6Address("TCP", host, port) if ":" in host else IPv4Address("TCP", host, port)
         transport = FakeConnection(peer=address, host=IPv4Address("TCP", "10.0.0.1", 50000 + index))
         protocol = factory.buildProtocol(address)
+        assert protocol is not None  # the pool's factories build one for every attempt
         transport.protocol = protocol
         protocol.makeConnection(transport)
         backend = BackendConnection(host, port, timeout, transport)
@@ -246,9 +247,10 @@ class ProxyHarness:
     def flush(self) -> None:
         """Finish every close the proxy asked for, as the reactor's next turns would."""
         while True:
+            connections: list[ClientConnection | BackendConnection] = [*self.clients, *self.backends]
             closing = [
                 connection.transport
-                for connection in [*self.clients, *self.backends]
+                for connection in connections
                 if connection.transport.disconnecting and not connection.transport.lost
             ]
             if not closing:

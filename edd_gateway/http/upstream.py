@@ -15,11 +15,11 @@ import select
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import Protocol as TypingProtocol
+from typing import Protocol as TypingProtocol, cast
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 from twisted.application.service import Service
-from twisted.internet import defer, error
+from twisted.internet import defer, error, tcp
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import LoopingCall
@@ -54,6 +54,9 @@ class ResponseListener(TypingProtocol):
 
 class UpstreamProtocol(Protocol):
     """One connection to a backend."""
+
+    # connectTCP's or a TCP endpoint's, from makeConnection on (the pool holds connected ones only).
+    transport: tcp.Client
 
     def __init__(self, pool: "UpstreamPool", key: BackendKey) -> None:
         self.pool = pool
@@ -111,7 +114,9 @@ class UpstreamProtocol(Protocol):
         elif self.listener is not None:
             self.listener.flush()
 
-    def connectionLost(self, reason: Failure = error.ConnectionDone()) -> None:
+    def connectionLost(
+        self, reason: Failure = error.ConnectionDone(),  # type: ignore[assignment]  # Twisted passes a Failure
+    ) -> None:
         self.connected = 0
         self.pool.lost(self)
         listener = self.listener
@@ -120,7 +125,7 @@ class UpstreamProtocol(Protocol):
             listener.upstream_lost(reason)
         # The parser calls back into this protocol: a cycle (see
         # HTTPServerProtocol.connectionLost).
-        self.parser = None  # type: ignore[assignment]
+        self.parser = None  # type: ignore[assignment]  # dropped once done
         self._answered = None
 
     # Used by exchanges
@@ -314,7 +319,8 @@ class UpstreamPool:
             self.reactor.connectTCP(target.host, target.port, factory, timeout=timeout)
             return factory.deferred
         endpoint = backend_endpoint(self.reactor, target, timeout)
-        return endpoint.connect(OneProtocolFactory(protocol))
+        # The factory hands out C{protocol}, so the connected protocol is an UpstreamProtocol.
+        return cast("defer.Deferred[UpstreamProtocol]", endpoint.connect(OneProtocolFactory(protocol)))
 
     def release(self, connection: UpstreamProtocol) -> None:
         """Give back a connection whose exchange ended cleanly."""
@@ -471,7 +477,7 @@ def connect_error(failure: Failure, target: Target, timeout: float) -> GatewayEr
     if failure.check(error.DNSLookupError):
         return GatewayError(502, f"The backend name {target.host} does not resolve.")
     if failure.check(GatewayError):
-        return failure.value  # type: ignore[return-value]
+        return failure.value  # type: ignore[return-value]  # checked just above
     return GatewayError(502, f"The backend {target} could not be reached ({failure.getErrorMessage()}).")
 
 

@@ -12,7 +12,7 @@ from ipaddress import ip_address
 from typing import Any
 
 from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.interfaces import IProtocol, IStreamClientEndpoint
+from twisted.internet.interfaces import IAddress, IProtocol, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 
 from edd_gateway.routes.model import Target
@@ -29,15 +29,15 @@ def backend_endpoint(reactor: Any, target: Target, timeout: float) -> IStreamCli
     return TCP6ClientEndpoint(reactor, target.host, target.port, timeout=timeout)
 
 
-class OneProtocolFactory(Factory):
+class OneProtocolFactory(Factory[Protocol]):
     """Hands out one prepared protocol; quiet, unlike connectProtocol's factory."""
 
     noisy = False
 
-    def __init__(self, protocol: IProtocol) -> None:
+    def __init__(self, protocol: Protocol) -> None:
         self._protocol = protocol
 
-    def buildProtocol(self, addr: object) -> IProtocol:
+    def buildProtocol(self, addr: IAddress | None) -> Protocol:
         return self._protocol
 
 

@@ -68,9 +68,9 @@ class RelayProtocol(Protocol):
         _unregister_producer(peer.transport)
         if not peer.lost:
             if _can_half_close(peer.transport):
-                peer.transport.loseWriteConnection()  # type: ignore[union-attr]
+                peer.transport.loseWriteConnection()  # type: ignore[union-attr]  # a connected protocol
             else:
-                peer.transport.loseConnection()  # type: ignore[union-attr]
+                peer.transport.loseConnection()  # type: ignore[union-attr]  # a connected protocol
         self._close_if_both_directions_done()
 
     def writeConnectionLost(self) -> None:
@@ -94,12 +94,12 @@ class RelayProtocol(Protocol):
             if self._session.aborting:
                 _abort(peer.transport)
             else:
-                peer.transport.loseConnection()  # type: ignore[union-attr]
+                peer.transport.loseConnection()  # type: ignore[union-attr]  # a connected protocol
         self._session.end_lost()
 
     def _close_if_both_directions_done(self) -> None:
         if self.read_closed and self.write_closed and not self.lost:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]  # set by makeConnection
 
 
 class _RelaySession:
@@ -212,12 +212,12 @@ def splice(
     session.a, session.b = end_a, end_b
     swap_protocol(a, end_a)
     swap_protocol(b, end_b)
-    a.registerProducer(b, True)  # type: ignore[attr-defined]
-    b.registerProducer(a, True)  # type: ignore[attr-defined]
+    a.registerProducer(b, True)  # type: ignore[attr-defined]  # TCP and TLS transports have it
+    b.registerProducer(a, True)  # type: ignore[attr-defined]  # TCP and TLS transports have it
     # Resume before the initial writes: a write that fills a buffer pauses
     # the other side again, and that pause must win.
-    a.resumeProducing()  # type: ignore[attr-defined]
-    b.resumeProducing()  # type: ignore[attr-defined]
+    a.resumeProducing()  # type: ignore[attr-defined]  # TCP and TLS transports have it
+    b.resumeProducing()  # type: ignore[attr-defined]  # TCP and TLS transports have it
     if a_to_b_initial:
         end_a.bytes_in += len(a_to_b_initial)
         b.write(a_to_b_initial)
@@ -242,7 +242,7 @@ def _unregister_producer(transport: object) -> None:
     # TCP and the test transports expose the registered producer; some
     # refuse to unregister when there is none, so look first.
     if getattr(transport, "producer", True) is not None:
-        transport.unregisterProducer()  # type: ignore[attr-defined]
+        transport.unregisterProducer()  # type: ignore[attr-defined]  # TCP and TLS transports have it
 
 
 def _abort(transport: object) -> None:
@@ -250,12 +250,12 @@ def _abort(transport: object) -> None:
     if abort is not None:
         abort()
     else:
-        transport.loseConnection()  # type: ignore[attr-defined]
+        transport.loseConnection()  # type: ignore[attr-defined]  # a transport
 
 
 def _describe(transport: object) -> str:
     try:
-        peer = transport.getPeer()  # type: ignore[attr-defined]
+        peer = transport.getPeer()  # type: ignore[attr-defined]  # a transport
     except Exception:
         return repr(transport)
     return describe_peer(peer)

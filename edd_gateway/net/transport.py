@@ -32,15 +32,15 @@ def swap_protocol(transport: ITransport, new_protocol: IProtocol) -> None:
     if isinstance(transport, tcp.Connection):
         transport.protocol = new_protocol
     elif hasattr(transport, "wrappedProtocol"):
-        transport.wrappedProtocol = new_protocol  # type: ignore[attr-defined]
+        transport.wrappedProtocol = new_protocol
     elif hasattr(transport, "protocol"):
         # Test transports (iosim's FakeTransport, StringTransport's
         # with-disconnection variant) name their protocol like TCP does.
-        transport.protocol = new_protocol  # type: ignore[attr-defined]
+        transport.protocol = new_protocol
     else:
         raise TypeError(f"cannot hand over a {type(transport).__name__}")
-    new_protocol.transport = transport  # type: ignore[attr-defined]
-    new_protocol.connected = 1  # type: ignore[attr-defined]
+    new_protocol.transport = transport  # type: ignore[attr-defined]  # IProtocol lacks it
+    new_protocol.connected = 1  # type: ignore[attr-defined]  # IProtocol lacks it
 
 
 def _tcp_below(transport: Any) -> Any:

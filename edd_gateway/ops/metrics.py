@@ -224,7 +224,8 @@ def _histograms(name: str, documentation: str, histograms: dict[str, Histogram])
     return family
 
 
-def _family(kind: Any, name: str, documentation: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
+def _family(kind: type[GaugeMetricFamily] | type[CounterMetricFamily], name: str, documentation: str,
+            samples: list[tuple[dict[str, str], float]]) -> Metric:
     labels = sorted(samples[0][0]) if samples else []
     family = kind(name, documentation, labels=labels)
     for sample_labels, value in samples:

@@ -178,7 +178,7 @@ def decide(snapshot: ContainerSnapshot, container_id: str, external_port: int | 
     if host is None:
         return ContainerRefused(503, f"container {container_id} has no address yet")
     rule = container.ingress.get(external_port) if external_port is not None else None
-    if rule is None:
+    if rule is None or external_port is None:
         return ContainerRefused(502, NO_INGRESS)
     return ContainerBackend(container, rule, external_port, Target(host, rule.target_port))
 

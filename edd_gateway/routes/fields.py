@@ -124,10 +124,10 @@ def parse_target(text: str) -> Target:
         raise ValueError(f"target {text!r} must be host:port (IPv6 as [address]:port)")
     if not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ValueError(f"target {text!r}: port must be a number from 1 to 65535")
-    name = normalize_hostname(host)
-    if name is None:
+    hostname = normalize_hostname(host)
+    if hostname is None:
         raise ValueError(f"target {text!r}: {host!r} is not a valid DNS name or IP address")
-    return Target(host=name, port=int(port))
+    return Target(host=hostname, port=int(port))
 
 
 def parse_proxy_protocol(text: str) -> str | None:

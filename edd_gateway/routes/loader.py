@@ -203,7 +203,7 @@ class _Reader(NodeReader):
             self.problem(node, f"'defaults' must be a mapping, got {kind(node)}")
             return {}
         fields = self.fields(node, _DEFAULTS_KEYS, "defaults")
-        values = {name: self._duration(value, name) for name, (_, value) in fields.items()}
+        values: dict[str, Any] = {name: self._duration(value, name) for name, (_, value) in fields.items()}
         return {name: value for name, value in values.items() if value is not INVALID}
 
     def _route(self, node: Node, defaults: dict[str, float]) -> Route | None:
@@ -223,7 +223,7 @@ class _Reader(NodeReader):
         target = self._parsed(values["target"], "target", parse_target) if "target" in values else INVALID
         proxy_protocol = (self._parsed(values["proxy_protocol"], "proxy_protocol", parse_proxy_protocol)
                           if "proxy_protocol" in values else None)
-        settings = {
+        settings: dict[str, Any] = {  # booleans and durations (INVALID when reported), by Route field
             "strip_prefix": self.boolean(values.get("strip_prefix"), "strip_prefix"),
             "redirect_https": self.boolean(values.get("redirect_https"), "redirect_https"),
             "connect_timeout": self._duration(values.get("connect_timeout"), "connect_timeout",
@@ -331,13 +331,13 @@ class _Reader(NodeReader):
         age_node = fields["max_age"][1]
         age = self.construct(age_node)
         if age is INVALID:
-            return INVALID
+            return INVALID  # type: ignore[return-value]  # narrowed by the `is` test
         if isinstance(age, bool) or not isinstance(age, int) or age < 0:
             self.problem(age_node, f"hsts max_age must be a whole number of seconds, 0 or more, "
                          f"got {getattr(age_node, 'value', age)!r}")
             return INVALID
         if include is INVALID:
-            return INVALID
+            return INVALID  # type: ignore[return-value]  # narrowed by the `is` test
         return Hsts(max_age=age, include_subdomains=include)
 
     def _passthrough_ok(self, node: Node, path: str, match: str, target: Target) -> bool:

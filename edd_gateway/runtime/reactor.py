@@ -29,7 +29,10 @@ _NEW_CALLS_BOUND = 1024
 class GatewayReactor(AsyncioSelectorReactor):
     """An asyncio reactor that dispatches socket events without a logging context."""
 
-    def addReader(self, reader) -> None:  # type: ignore[no-untyped-def]
+    # Twisted sets it to None in __init__ and to the loop time when a timer is scheduled; mypy infers None.
+    _scheduledAt: float | None  # type: ignore[assignment]  # AsyncioSelectorReactor's inferred type is None
+
+    def addReader(self, reader) -> None:  # type: ignore[no-untyped-def]  # Twisted's, untyped
         if reader in self._readers or reader in self._continuousPolling._readers:
             return
         fd = reader.fileno()
@@ -44,7 +47,7 @@ class GatewayReactor(AsyncioSelectorReactor):
             # reactor does.
             self._continuousPolling.addReader(reader)
 
-    def addWriter(self, writer) -> None:  # type: ignore[no-untyped-def]
+    def addWriter(self, writer) -> None:  # type: ignore[no-untyped-def]  # Twisted's, untyped
         if writer in self._writers or writer in self._continuousPolling._writers:
             return
         fd = writer.fileno()
@@ -60,7 +63,7 @@ class GatewayReactor(AsyncioSelectorReactor):
             self._unregisterFDInAsyncio(fd)
             raise
 
-    def callLater(self, delay, callable, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def callLater(self, delay, callable, *args, **kwargs):  # type: ignore[no-untyped-def]  # Twisted's, untyped
         # The stock method asks timeout() after every call, which pushes the
         # new call onto the timer heap (a Python-level comparison per level)
         # to learn whether the loop's one timer must fire sooner.  Every
@@ -76,7 +79,7 @@ class GatewayReactor(AsyncioSelectorReactor):
         if scheduled is not None and now + delay >= scheduled and len(self._newTimedCalls) <= _NEW_CALLS_BOUND:
             return call
         # The stock path.
-        if scheduled is None or now + self.timeout() < scheduled:
+        if scheduled is None or now + self.timeout() < scheduled:  # type: ignore[operator]  # a call is scheduled
             self._reschedule()
         return call
 
@@ -89,7 +92,7 @@ def install() -> AsyncioSelectorReactor:
     if "twisted.internet.reactor" in sys.modules:
         from twisted.internet import reactor
 
-        return reactor  # type: ignore[return-value]
+        return reactor  # type: ignore[return-value]  # installed by us, or asyncio's
     from twisted.internet.main import installReactor
 
     try:
@@ -99,6 +102,6 @@ def install() -> AsyncioSelectorReactor:
     else:
         loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
-    reactor = GatewayReactor(loop)
-    installReactor(reactor)
-    return reactor
+    gateway_reactor = GatewayReactor(loop)
+    installReactor(gateway_reactor)
+    return gateway_reactor

@@ -31,7 +31,7 @@ import functools
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from twisted.conch.error import IgnoreAuthentication, ValidPublicKey
 from twisted.conch.interfaces import IConchUser
@@ -164,7 +164,7 @@ class ContainerKeyChecker:
         self.addressing = addressing
         self.signatures = signatures
 
-    def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:
+    def requestAvatarId(self, credentials: Any) -> Deferred[GatewayLogin]:  # type: ignore[override]  # our avatar id
         return maybeDeferred(self._check, credentials)
 
     def _check(self, credentials: Any) -> GatewayLogin:
@@ -238,7 +238,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     _pending: Deferred[Any] | None = None
 
     def serviceStarted(self) -> None:
-        factory = self.transport.factory  # type: ignore[union-attr]
+        factory = self.transport.factory  # type: ignore[union-attr]  # Conch's
         self.clock = factory.clock
         self.loginTimeout = factory.settings.login_grace_time
         super().serviceStarted()
@@ -254,7 +254,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         try:
             username = getNS(packet, 3)[0]
         except (IndexError, ValueError, struct.error):
-            self.transport.sendDisconnect(  # type: ignore[union-attr]
+            self.transport.sendDisconnect(  # type: ignore[union-attr]  # Conch's
                 ssh_transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
             return None
         try:
@@ -264,7 +264,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
                          self._attempt(username, None, False))
             return None
         # Whether the container exists is not told here: see KeyOffered.
-        refusal = loading_refusal(self.transport.factory.directory)  # type: ignore[union-attr]
+        refusal = loading_refusal(self.transport.factory.directory)  # type: ignore[union-attr]  # Conch's
         if refusal is not None:
             self._refuse(refusal, self._attempt(username, None, False))
             return None
@@ -276,7 +276,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             algorithm, blob = getNS(packet[1:], 2)[:2]
         except (IndexError, ValueError, TypeError, struct.error):
             algorithm, blob = b"", b""
-        attempt = self._attempt(self.user, blob, signed, algorithm)
+        attempt = self._attempt(self.user, blob, signed, algorithm)  # type: ignore[arg-type]  # set by Conch first
         if attempt.fingerprint == UNREADABLE_KEY:
             # Conch's own parsing lets malformed blobs raise out of the
             # packet handler; refuse them here instead.
@@ -298,19 +298,20 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         the signature will get is logged now.
         """
         credentials = SSHPrivateKey(self.user, algorithm, blob, None, None)
-        return self.portal.login(credentials, None, IConchUser).addErrback(  # type: ignore[union-attr]
+        return self.portal.login(credentials, None, IConchUser).addErrback(
             self._answerQuery, algorithm, blob, attempt)
 
     def _answerQuery(self, reason: Failure, algorithm: bytes, blob: bytes, attempt: _Attempt) -> Failure:
         reason.trap(KeyOffered)
-        if reason.value.refusal is not None:
+        offered = cast(KeyOffered, reason.value)  # trap let only a KeyOffered through
+        if offered.refusal is not None:
             # Counted (metrics) when the signature is refused, as one attempt.
-            self._logAttempt(attempt, "refused", reason.value.refusal, count=False)
+            self._logAttempt(attempt, "refused", offered.refusal, count=False)
         else:
             # So that a ban strike does not tell an owner's key from another:
             # a connection that asked and never logged in counts as refused.
             self._markRefused()
-        self.transport.sendPacket(MSG_USERAUTH_PK_OK, NS(algorithm) + NS(blob))  # type: ignore[union-attr]
+        self.transport.sendPacket(MSG_USERAUTH_PK_OK, NS(algorithm) + NS(blob))  # type: ignore[union-attr]  # Conch's
         return Failure(IgnoreAuthentication())
 
     def _accepted(self, result: Any, attempt: _Attempt) -> Any:
@@ -324,7 +325,7 @@ class GatewayUserAuthServer(SSHUserAuthServer):
             # A query, answered (and logged) by _answerQuery.
             return reason
         if reason.check(LoginRefused):
-            self._refuse(reason.value, attempt)
+            self._refuse(cast(LoginRefused, reason.value), attempt)
         elif reason.check(UnauthorizedLogin):
             self._logAttempt(attempt, "refused", reason.getErrorMessage())
             return reason
@@ -333,21 +334,21 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         else:
             _log.failure("ssh: login of {username} from {client} failed unexpectedly", reason,
                          username=shown(attempt.username), client=attempt.client)
-            self.transport.sendDisconnect(  # type: ignore[union-attr]
+            self.transport.sendDisconnect(  # type: ignore[union-attr]  # Conch's
                 ssh_transport.DISCONNECT_SERVICE_NOT_AVAILABLE, b"internal error in the gateway; try again")
         return Failure(IgnoreAuthentication())
 
     def _refuse(self, refusal: LoginRefused, attempt: _Attempt) -> None:
         self._logAttempt(attempt, "refused", refusal.message)
-        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore
+        self.transport.sendDisconnect(refusal.code, refusal.message.encode("utf-8", "replace"))  # type: ignore[union-attr]  # Conch's
 
     def _markRefused(self) -> None:
         """The connection's outcome is "refused" (a ban strike) unless a login succeeds after all."""
         if self.transport is not None:
-            self.transport.outcome = "refused"  # type: ignore[attr-defined]
+            self.transport.outcome = "refused"  # type: ignore[attr-defined]  # GatewayServerTransport's
 
     def _attempt(self, username: bytes, blob: bytes | None, signed: bool, algorithm: bytes = b"") -> _Attempt:
-        peer = self.transport.transport.getPeer()  # type: ignore[union-attr]
+        peer = self.transport.transport.getPeer()  # type: ignore[union-attr]  # Conch's
         return _Attempt(
             client=describe_peer(peer),
             username=username.decode("ascii", "backslashreplace"),

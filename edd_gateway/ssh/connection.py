@@ -18,7 +18,7 @@ forwarding among them) are refused by the avatar.
 from __future__ import annotations
 
 import struct
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh import connection as ssh_connection
@@ -28,6 +28,9 @@ from twisted.logger import Logger
 from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.relay import RelayChannel, pair
+
+if TYPE_CHECKING:
+    from edd_gateway.ssh.factory import GatewayAvatar
 
 _log = Logger()
 
@@ -56,7 +59,7 @@ class RelayConnection(ssh_connection.SSHConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
-        tcp = self.transport.transport  # type: ignore[union-attr]
+        tcp: Any = self.transport.transport  # type: ignore[union-attr]  # Conch's
         if hasattr(tcp, "registerProducer"):
             tcp.registerProducer(self, True)
 
@@ -88,7 +91,7 @@ class RelayConnection(ssh_connection.SSHConnection):
     def sendData(self, channel: Any, data: bytes | memoryview) -> None:
         if channel.localClosed:
             return
-        self.transport.sendPacket(  # type: ignore[union-attr]
+        self.transport.sendPacket(  # type: ignore[union-attr, call-arg]  # ours takes a tail
             MSG_CHANNEL_DATA, _DATA_HEAD.pack(self.channelsToRemoteChannel[channel], len(data)), data)
 
     def ssh_CHANNEL_EXTENDED_DATA(self, packet: bytes) -> None:
@@ -118,7 +121,7 @@ class RelayConnection(ssh_connection.SSHConnection):
     def _within_limits(self, channel: RelayChannel, length: int) -> bool:
         if length > channel.localWindowLeft or length > channel.localMaxPacket:
             _log.warn("ssh: {peer} sent {length} bytes into a window of {window} (packets up to {max}); "
-                      "closing the channel", peer=describe_peer(self.transport.transport.getPeer()),  # type: ignore
+                      "closing the channel", peer=describe_peer(self.transport.transport.getPeer()),  # type: ignore[union-attr]  # Conch's
                       length=length, window=channel.localWindowLeft, max=channel.localMaxPacket)
             self.sendClose(channel)
             return False
@@ -129,10 +132,10 @@ class RelayConnection(ssh_connection.SSHConnection):
         if remote is None or channel.localClosed:
             return
         message = ssh_connection.MSG_CHANNEL_SUCCESS if ok else ssh_connection.MSG_CHANNEL_FAILURE
-        self.transport.sendPacket(message, struct.pack(">L", remote))  # type: ignore[union-attr]
+        self.transport.sendPacket(message, struct.pack(">L", remote))  # type: ignore[union-attr]  # Conch's
 
     def refuse_open(self, sender: int, code: int, description: bytes) -> None:
-        self.transport.sendPacket(  # type: ignore[union-attr]
+        self.transport.sendPacket(  # type: ignore[union-attr]  # Conch's
             ssh_connection.MSG_CHANNEL_OPEN_FAILURE,
             struct.pack(">2L", sender, code) + NS(description) + NS(b""),
         )
@@ -152,8 +155,8 @@ class DownstreamConnection(RelayConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
-        self.avatar = self.transport.avatar  # type: ignore[union-attr]
-        self.settings = self.transport.factory.settings  # type: ignore[union-attr]
+        self.avatar: GatewayAvatar = self.transport.avatar  # type: ignore[union-attr, assignment]  # set at login
+        self.settings = self.transport.factory.settings  # type: ignore[union-attr]  # Conch's
 
     def serviceStopped(self) -> None:
         self._stopped = True
@@ -195,11 +198,11 @@ class DownstreamConnection(RelayConnection):
         # answered, done here once the container has answered.
         local_id = self.localChannelID
         self.localChannelID += 1
-        downstream.id = local_id
+        downstream.id = local_id  # type: ignore[assignment]  # SSHChannel's is None until it opens
         self.channels[local_id] = downstream
         self.channelsToRemoteChannel[downstream] = sender
         self.localToRemoteChannel[local_id] = sender
-        self.transport.sendPacket(  # type: ignore[union-attr]
+        self.transport.sendPacket(  # type: ignore[union-attr]  # Conch's
             ssh_connection.MSG_CHANNEL_OPEN_CONFIRMATION,
             struct.pack(">4L", sender, local_id, downstream.localWindowSize, downstream.localMaxPacket),
         )

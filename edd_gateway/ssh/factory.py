@@ -123,7 +123,7 @@ class GatewayAvatar(ConchUser):
 
     def _upstreamLost(self) -> None:
         ssh = self.conn.transport if self.conn is not None else None
-        if ssh is not None and ssh.transport.connected:
+        if ssh is not None and ssh.transport.connected:  # type: ignore[union-attr]  # set by makeConnection
             ssh.sendDisconnect(ssh_transport.DISCONNECT_CONNECTION_LOST,
                                f"the connection to container {self.login.container.id} closed".encode())
 
@@ -139,7 +139,8 @@ class UpstreamRealm:
         self.connector = connector
         self.client = client
 
-    def requestAvatar(self, avatarId: GatewayLogin, mind: object, *interfaces: Any) -> Deferred[Any]:
+    def requestAvatar(self, avatarId: GatewayLogin, mind: object,  # type: ignore[override]  # the checker's id
+                      *interfaces: Any) -> Deferred[Any]:
         if IConchUser not in interfaces:
             raise NotImplementedError("only SSH logins are served")
         if self.client is None:
@@ -322,7 +323,7 @@ class GatewaySSHFactory(ssh_factory.SSHFactory):
         """A portal whose logins connect to containers on behalf of C{client} (for the PROXY header)."""
         return Portal(UpstreamRealm(self.connector, client), [self.checker])
 
-    def buildProtocol(self, addr: IAddress) -> GatewayServerTransport:
+    def buildProtocol(self, addr: IAddress) -> GatewayServerTransport:  # type: ignore[override]  # a port's peer
         # SSHFactory's own logs a line per connection about the moduli file.
         ssh = self.protocol()
         ssh.factory = self

@@ -94,7 +94,7 @@ def _read(path: str) -> Key:
 
 def _create(path: str, kind: str) -> None:
     private = _GENERATORS[kind]()
-    pem = private.private_bytes(  # type: ignore[attr-defined]
+    pem = private.private_bytes(  # type: ignore[attr-defined]  # every generated key has it
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     directory = os.path.dirname(os.path.abspath(path))

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from twisted.conch.error import ConchError
 from twisted.conch.ssh.channel import SSHChannel
-from twisted.conch.ssh.connection import OPEN_CONNECT_FAILED
+from twisted.conch.ssh.connection import OPEN_CONNECT_FAILED, SSHConnection
 from twisted.internet.defer import Deferred
 
 from edd_gateway.ssh._logging import conch_logger
@@ -62,6 +62,7 @@ class RelayChannel(SSHChannel):
     """
 
     _log = conch_logger()
+    conn: SSHConnection  # given to the constructor
 
     def __init__(self, name: bytes, conn: Any, *, window: int, max_packet: int,
                  refused_requests: frozenset[bytes] = frozenset()) -> None:
@@ -245,7 +246,7 @@ class RelayChannel(SSHChannel):
     def _release_replies(self) -> None:
         while self._replies and self._replies[0].value is not None:
             reply = self._replies.popleft()
-            reply.answer.callback(reply.value)
+            reply.answer.callback(reply.value)  # type: ignore[arg-type]  # not None: the loop's test
 
 
 def pair(one: RelayChannel, other: RelayChannel) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import struct
-from typing import Any
+from typing import Any, Callable
 
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from twisted.conch.ssh.common import getNS
@@ -45,7 +45,8 @@ USER_KEYS = {
 @functools.lru_cache(maxsize=None)
 def typed_key(kind: str) -> Key:
     """A private key of C{kind} (a L{USER_KEYS} name, or C{dsa}), the same one during a run."""
-    curves = {"ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1, "ecdsa-p521": ec.SECP521R1}
+    curves: dict[str, Callable[[], ec.EllipticCurve]] = {
+        "ecdsa-p256": ec.SECP256R1, "ecdsa-p384": ec.SECP384R1, "ecdsa-p521": ec.SECP521R1}
     if kind in curves:
         return Key(ec.generate_private_key(curves[kind]()))
     if kind == "rsa":

@@ -238,7 +238,9 @@ class TransportCrypto:
     _broken = False
     _strictMarkerSent = False
 
-    # Set by Conch.
+    # Set by Conch (bytes; a bytearray here once the version is read, see dataReceived: typed bytes as
+    # SSHTransportBase's is, so the uses of a bytearray carry an ignore).  The rest of SSHTransportBase
+    # that the mixin uses is reached through the class it is mixed into: "# type: ignore[...]  # Conch's".
     buf: bytes
     transport: Any
     isClient: bool
@@ -258,9 +260,9 @@ class TransportCrypto:
 
     def sendPacket(self, messageType: int, payload: bytes, tail: _packet.Buffer = b"") -> None:
         """Send message C{messageType} with C{payload} followed by C{tail} (channel data, unjoined)."""
-        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:  # type: ignore[attr-defined]
-            if not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]
-                self._blockedByKeyExchange.append((messageType, payload + tail))  # type: ignore[attr-defined]
+        if self._keyExchangeState != self._KEY_EXCHANGE_NONE:  # type: ignore[attr-defined]  # Conch's
+            if not self._allowedKeyExchangeMessageType(messageType):  # type: ignore[attr-defined]  # Conch's
+                self._blockedByKeyExchange.append((messageType, payload + tail))  # type: ignore[attr-defined]  # Conch's
                 return
         outgoing = self._outgoing
         if outgoing is None:
@@ -288,7 +290,7 @@ class TransportCrypto:
     _offset = 0
 
     def dataReceived(self, data: bytes) -> None:
-        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined]
+        if not self.gotVersion or type(self.buf) is not bytearray:  # type: ignore[attr-defined, comparison-overlap]  # Conch's
             super().dataReceived(data)  # type: ignore[misc]  # the version, and what came with it
             return
         if self._broken:
@@ -309,7 +311,7 @@ class TransportCrypto:
         while opened is not None:
             data, start, stop = opened
             kind = data[start]
-            service = self.service  # type: ignore[attr-defined]
+            service = self.service  # type: ignore[attr-defined]  # Conch's
             if kind == MSG_CHANNEL_DATA and not self._initialKex and getattr(service, "takes_views", False):
                 # What Conch's dispatch would do, minus the copies.
                 service.ssh_CHANNEL_DATA(memoryview(data)[start + 1:stop])
@@ -334,7 +336,7 @@ class TransportCrypto:
             opened = incoming.open_at(self.buf, self._offset, sequence)
         except _packet.PacketError as problem:
             self._broken = True
-            self.sendDisconnect(problem.code, problem.message.encode())  # type: ignore[attr-defined]
+            self.sendDisconnect(problem.code, problem.message.encode())  # type: ignore[attr-defined]  # Conch's
             return None
         if opened is None:
             self._compact()
@@ -352,16 +354,16 @@ class TransportCrypto:
     def _compact(self) -> None:
         """Drop the bytes already taken; C{buf} becomes the bytearray later reads append to."""
         buf, offset = self.buf, self._offset
-        if type(buf) is bytearray:
+        if type(buf) is bytearray:  # type: ignore[comparison-overlap]  # see buf
             del buf[:offset]  # from the front: CPython moves the start, not the bytes
         else:
-            self.buf = bytearray(memoryview(buf)[offset:])
+            self.buf = bytearray(memoryview(buf)[offset:])  # type: ignore[assignment]  # see buf
         self._offset = 0
 
     def _takeUnread(self) -> bytes:
         """The bytes received and not yet taken as packets, removed from C{buf}."""
         unread = bytes(memoryview(self.buf)[self._offset:])
-        self.buf, self._offset = bytearray(), 0
+        self.buf, self._offset = bytearray(), 0  # type: ignore[assignment]  # see buf
         return unread
 
     def _unread(self) -> bool:
@@ -379,7 +381,7 @@ class TransportCrypto:
             if problem is not None:
                 self._protocolError(problem)
                 return
-        super().dispatchMessage(messageNum, payload)  # type: ignore[misc]
+        super().dispatchMessage(messageNum, payload)  # type: ignore[misc]  # Conch's
         if messageNum == MSG_NEWKEYS:
             self._initialKex = False
 
@@ -404,17 +406,17 @@ class TransportCrypto:
     def _protocolError(self, problem: str) -> None:
         _log.info("ssh: {peer}: {problem}; disconnecting", peer=self._peerName(), problem=problem)
         self._broken = True
-        self.sendDisconnect(_conch.DISCONNECT_PROTOCOL_ERROR, problem.encode())  # type: ignore[attr-defined]
+        self.sendDisconnect(_conch.DISCONNECT_PROTOCOL_ERROR, problem.encode())  # type: ignore[attr-defined]  # Conch's
 
     def sendKexInit(self) -> None:
         if self.sessionID is not None or self._strictMarkerSent:
-            super().sendKexInit()  # type: ignore[misc]
+            super().sendKexInit()  # type: ignore[misc]  # Conch's
             return
         self._strictMarkerSent = True
         offered = self.supportedKeyExchanges
         self.supportedKeyExchanges = [*offered, self._ourStrictMarker]
         try:
-            super().sendKexInit()  # type: ignore[misc]
+            super().sendKexInit()  # type: ignore[misc]  # Conch's
         finally:
             self.supportedKeyExchanges = offered
 
@@ -450,7 +452,7 @@ class TransportCrypto:
 
     def _negotiate(self, packet: bytes) -> None:
         """Conch's negotiation (and, for a client, its first key exchange packet)."""
-        super().ssh_KEXINIT(packet)  # type: ignore[misc]
+        super().ssh_KEXINIT(packet)  # type: ignore[misc]  # Conch's
 
     def _refusal(self, lists: list[list[bytes]]) -> str | None:
         """What the disconnect says when the peer's KEXINIT lists (RFC 4253, 7.1) and ours have nothing in common."""
@@ -472,7 +474,7 @@ class TransportCrypto:
     def _refuse(self, description: str) -> None:
         self.algorithmsRefused(description)
         self._broken = True
-        self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, description.encode())  # type: ignore[attr-defined]
+        self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, description.encode())  # type: ignore[attr-defined]  # Conch's
 
     def algorithmsRefused(self, description: str) -> None:
         """The peer's algorithms and ours have nothing in common (overridden to tell more)."""
@@ -530,7 +532,7 @@ class ClientTransportCrypto(TransportCrypto):
             return
         # Conch's client would ask for a DH group here; the hybrid's first
         # packet instead (draft-ietf-sshm-mlkem-hybrid-kex, 2.1).
-        if _conch.SSHTransportBase.ssh_KEXINIT(self, packet) is None:  # type: ignore[arg-type]
+        if _conch.SSHTransportBase.ssh_KEXINIT(self, packet) is None:  # type: ignore[arg-type]  # Conch's
             return
         self._mlkemPrivate = mlkem.MLKEM768PrivateKey.generate()
         self._x25519Private = x25519.X25519PrivateKey.generate()
@@ -549,20 +551,20 @@ class ClientTransportCrypto(TransportCrypto):
             self._protocolError("malformed key exchange reply")
             return None
         self._kexReplied = True
-        key_alg: bytes = self.keyAlg  # type: ignore[attr-defined]
+        key_alg: bytes = self.keyAlg  # type: ignore[attr-defined]  # Conch's
         if key_type != _host_key_type(key_alg) or signature_type != key_alg:
             self._refuseHostKey(f"the host key is {key_type.decode('ascii', 'replace')} signed with "
                                 f"{signature_type.decode('ascii', 'replace')}, not the agreed "
                                 f"{key_alg.decode('ascii', 'replace')}")
             return None
-        if _kex.isPQHybrid(self.kexAlg):  # type: ignore[attr-defined]
+        if _kex.isPQHybrid(self.kexAlg):  # type: ignore[attr-defined]  # Conch's
             return self._hybridReply(packet)
-        return super().ssh_KEX_DH_GEX_GROUP(packet)  # type: ignore[misc]
+        return super().ssh_KEX_DH_GEX_GROUP(packet)  # type: ignore[misc]  # Conch's
 
     def _refuseHostKey(self, problem: str) -> None:
         _log.warn("ssh: refused the sshd at {peer}: {problem}", peer=self._peerName(), problem=problem)
         self._broken = True
-        self.sendDisconnect(_conch.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, problem.encode())  # type: ignore[attr-defined]
+        self.sendDisconnect(_conch.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, problem.encode())  # type: ignore[attr-defined]  # Conch's
 
     def _hybridReply(self, packet: bytes) -> Any:
         """
@@ -571,13 +573,13 @@ class ClientTransportCrypto(TransportCrypto):
         """
         host_key, reply, signature, _ = getNS(packet, 3)
         if len(reply) != _MLKEM768_CIPHERTEXT + _X25519_PUBLIC:
-            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]
+            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]  # Conch's
                                 b"invalid S_REPLY length")
             return None
         fingerprint = b":".join(binascii.hexlify(bytes((c,))) for c in hashlib.md5(host_key).digest())
-        checked = self.verifyHostKey(host_key, fingerprint)  # type: ignore[attr-defined]
+        checked = self.verifyHostKey(host_key, fingerprint)  # type: ignore[attr-defined]  # Conch's
         checked.addCallback(lambda _: self._hybridFinish(host_key, reply, signature))
-        checked.addErrback(lambda reason: self.sendDisconnect(  # type: ignore[attr-defined]
+        checked.addErrback(lambda reason: self.sendDisconnect(  # type: ignore[attr-defined]  # Conch's
             _conch.DISCONNECT_HOST_KEY_NOT_VERIFIABLE, f"bad host key [mlkem] {reason}".encode()))
         return checked
 
@@ -587,17 +589,17 @@ class ClientTransportCrypto(TransportCrypto):
         secret = hybrid_shared_secret(self._mlkemPrivate, self._x25519Private, reply)
         self._mlkemPrivate = self._x25519Private = None
         if secret is None:
-            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]
+            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED,  # type: ignore[attr-defined]  # Conch's
                                 b"invalid S_REPLY")
             return
         exchange_hash = hybrid_exchange_hash(
-            self.ourVersionString, self.otherVersionString,  # type: ignore[attr-defined]
-            self.ourKexInitPayload, self.otherKexInitPayload,  # type: ignore[attr-defined]
+            self.ourVersionString, self.otherVersionString,  # type: ignore[attr-defined]  # Conch's
+            self.ourKexInitPayload, self.otherKexInitPayload,  # type: ignore[attr-defined]  # Conch's
             host_key, self._clientInit, reply, secret)
         if not Key.fromString(host_key).verify(signature, exchange_hash):
-            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")  # type: ignore[attr-defined]
+            self.sendDisconnect(_conch.DISCONNECT_KEY_EXCHANGE_FAILED, b"bad signature")  # type: ignore[attr-defined]  # Conch's
             return
-        self._keySetup(secret, exchange_hash)  # type: ignore[attr-defined]
+        self._keySetup(secret, exchange_hash)
 
     def ssh_NEWKEYS(self, packet: bytes) -> None:
         # Conch's client never clears _gotNewKeys (so a rekey switched keys
@@ -610,13 +612,13 @@ class ClientTransportCrypto(TransportCrypto):
             self._gotNewKeys = 1  # the keys wait on the host key check; _keySetup comes back here
             return
         self._gotNewKeys = 0
-        self._newKeys()  # type: ignore[attr-defined]
+        self._newKeys()  # type: ignore[attr-defined]  # Conch's
         if not self._secured:
             self._secured = True
-            self.connectionSecure()  # type: ignore[attr-defined]
+            self.connectionSecure()  # type: ignore[attr-defined]  # Conch's
 
     def _keySetup(self, sharedSecret: bytes, exchangeHash: bytes) -> None:
-        super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]
+        super()._keySetup(sharedSecret, exchangeHash)  # type: ignore[misc]  # Conch's
         if self._incomingSwitch and self._unread():
             # The server's NEWKEYS came while the host key was being checked,
             # and packets under the new keys after it: read them now.

@@ -180,7 +180,7 @@ class _Attempt:
                     f"pinned {when} ({fingerprint(pinned) if pinned else 'unreadable'}); refusing. If its key "
                     f"was changed on purpose, an operator clears the pin with: {command}")
         _log.warn("ssh: {refusal}", refusal=self.refusal)
-        raise self.refusal  # type: ignore[misc]
+        raise self.refusal  # type: ignore[misc]  # set just above
 
     def _pinned(self, _: None) -> None:
         if self._ticket is not None and not self._ticket.current:
@@ -194,7 +194,7 @@ class _Attempt:
     def _checkRun(self) -> None:
         if self._ticket is not None and not self._ticket.current:
             self.refuse(f"container {self.container.id} stopped or restarted during the login; try again")
-            raise self.refusal  # type: ignore[misc]
+            raise self.refusal  # type: ignore[misc]  # set just above
 
     def _checked(self, result: Any) -> Any:
         self._checking = False
@@ -407,7 +407,7 @@ class UpstreamConnection(RelayConnection):
 
     def serviceStarted(self) -> None:
         super().serviceStarted()
-        transport: UpstreamTransport = self.transport  # type: ignore[assignment]
+        transport: UpstreamTransport = self.transport  # type: ignore[assignment]  # the one that starts it
         settings, reactor = self.attempt.connector.settings, self.attempt.connector.reactor
         transport.keepalive = Keepalive(
             reactor, settings.keepalive_interval, settings.keepalive_max_missed,

@@ -76,7 +76,8 @@ def parse_ssh_username(name: str | bytes) -> SSHTarget:
         try:
             name = name.decode("ascii")
         except UnicodeDecodeError:
-            raise InvalidUsername(name.decode("ascii", "backslashreplace"), "only ASCII is allowed") from None
+            raise InvalidUsername(name.decode("ascii", "backslashreplace"),  # type: ignore[union-attr]  # still bytes
+                                  "only ASCII is allowed") from None
     if not name:
         raise InvalidUsername(name, "it is empty; log in as <container-id> or <user>.<container-id>")
     if len(name) > MAX_USERNAME_LENGTH:

@@ -61,7 +61,10 @@ def refresh_statement(ids: Sequence[str]) -> Statement:
 
 def build_refreshed(rows: Iterable[Sequence[Any]]) -> dict[str, Container]:
     """The containers of L{refresh_statement}'s rows (the full read's assembly, fed from them)."""
-    container_rows, rule_rows, key_rows, users = [], [], [], set()
+    container_rows: list[Sequence[Any]] = []
+    rule_rows: list[Sequence[Any]] = []
+    key_rows: list[Sequence[Any]] = []
+    users: set[Any] = set()
     for row in rows:
         container_rows.append(row[:8])
         rule_rows.extend((row[0], port, target_port) for port, target_port in row[8])

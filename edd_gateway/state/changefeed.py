@@ -273,7 +273,7 @@ class ChangeFeedListener:
     def _connect_failed(self, reason: Failure) -> Failure:
         if self.state != "down":
             _log.warn("change feed: cannot connect to the compute database ({error}); retrying",
-                      error=_first_line(reason.value))
+                      error=_first_line(reason.value))  # type: ignore[arg-type]  # a Failure's value is set
         self.state = "down"
         return reason
 
@@ -348,7 +348,7 @@ class ChangeFeedListener:
         """
         bounded: Deferred[Any] = Deferred()
         timer = self._clock.callLater(
-            self._query_timeout, lambda: bounded.called or bounded.errback(
+            self._query_timeout, lambda: bounded.called or bounded.errback(  # type: ignore[func-returns-value]
                 TimeoutError(f"no answer within {self._query_timeout} s")))
 
         def settled(result: object) -> None:

@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 # protobuf ships no type hints (types-protobuf has them): its classes are Any here.
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]
-from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped]
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory  # type: ignore[import-untyped]  # no stubs
+from google.protobuf.message import DecodeError, Message  # type: ignore[import-untyped]  # no stubs
 
 __all__ = ["MESSAGES", "DecodeError", "Message", "message_class"]
 
@@ -108,8 +108,8 @@ def _build() -> dict[str, type[Message]]:
 def _message_class(descriptor: Any) -> type[Message]:
     make = getattr(message_factory, "GetMessageClass", None)
     if make is None:  # protobuf before 4.22
-        return message_factory.MessageFactory().GetPrototype(descriptor)  # type: ignore[no-any-return]
-    return make(descriptor)  # type: ignore[no-any-return]
+        return message_factory.MessageFactory().GetPrototype(descriptor)
+    return make(descriptor)
 
 
 MESSAGES: dict[str, type[Message]] = _build()

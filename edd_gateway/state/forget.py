@@ -77,7 +77,7 @@ def forget_in_database(dsn: str, container_id: str, connect: Callable[..., Any] 
     except psycopg2.Error:
         # libpq's reason quotes pieces of the DSN, which may hold a password.
         raise ValueError("not a PostgreSQL DSN (key=value ...) or postgresql:// URL") from None
-    extra = {} if "connect_timeout" in settings else {"connect_timeout": _CONNECT_TIMEOUT}
+    extra: dict[str, Any] = {} if "connect_timeout" in settings else {"connect_timeout": _CONNECT_TIMEOUT}
     try:
         connection = (connect or psycopg2.connect)(dsn, **extra)
     except psycopg2.Error as error:

@@ -16,7 +16,7 @@ the refresh queue forever.
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, ensureDeferred, fail
 from twisted.internet.interfaces import IReactorTime
@@ -47,7 +47,7 @@ class DatabaseUnavailable(Exception):
     """The database is not connected (never was, or was closed)."""
 
 
-class _Detector(reconnection.DeadConnectionDetector):
+class _Detector(reconnection.DeadConnectionDetector):  # type: ignore[misc]  # txpostgres has no types
     """
     A detector armed only once its pool is up (a failed first connect is
     the caller's to retry, not the detector's) and whose reconnection loop
@@ -61,7 +61,7 @@ class _Detector(reconnection.DeadConnectionDetector):
     def checkForDeadConnection(self, f: Failure) -> Failure:
         if not self.armed or self.stopped:
             return f
-        return super().checkForDeadConnection(f)  # type: ignore[no-any-return]
+        return super().checkForDeadConnection(f)
 
     def startReconnecting(self, f: Failure) -> None:
         if self.stopped:
@@ -89,7 +89,7 @@ class _Detector(reconnection.DeadConnectionDetector):
                 pass
 
 
-class _Connection(txpostgres.Connection):  # type: ignore[misc]
+class _Connection(txpostgres.Connection):  # type: ignore[misc]  # txpostgres has no types
     """A connection that reports a server gone while idle as a lost connection, not a traceback."""
 
     def doRead(self) -> Exception | None:
@@ -106,7 +106,7 @@ class _Connection(txpostgres.Connection):  # type: ignore[misc]
         return None
 
 
-class _RecoveringPool(txpostgres.ConnectionPool):  # type: ignore[misc]
+class _RecoveringPool(txpostgres.ConnectionPool):  # type: ignore[misc]  # txpostgres has no types
     """A txpostgres pool whose connections each reconnect on their own."""
 
     def __init__(self, dsn: str, reactor: Any, size: int, make_detector: Callable[[], _Detector]) -> None:
@@ -361,5 +361,5 @@ def _read_snapshot(cursor: Any, statements: Sequence[tuple[str, tuple[Any, ...]]
 def _first_error(reason: Failure) -> Failure:
     """DeferredLists (ours, and each pool's) wrap the failure that stopped them: raise the real one."""
     while reason.check(FirstError):
-        reason = reason.value.subFailure
+        reason = cast(FirstError, reason.value).subFailure
     return reason

@@ -611,7 +611,8 @@ class StateService(Service):
 
     def _backoff(self, reason: Failure) -> float:
         lines = reason.getErrorMessage().strip().splitlines()
-        self._last_error = f"{reason.type.__name__}: {lines[0] if lines else ''}".rstrip(": ")
+        name = reason.type.__name__  # type: ignore[union-attr]  # a Failure's type is set
+        self._last_error = f"{name}: {lines[0] if lines else ''}".rstrip(": ")
         delay = self._retry_policy(self._failures)
         self._failures += 1
         return delay

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from twisted.internet import protocol
+from twisted.internet import protocol, tcp
 from twisted.internet.interfaces import IReactorTCP, IReactorTime
 from twisted.internet.task import LoopingCall
 
@@ -49,6 +49,8 @@ class AttackSettings:
 
 
 class _SlowClient(protocol.Protocol):
+    transport: tcp.Client  # connectTCP's, from makeConnection on
+
     def __init__(self, attack: "SlowAttack", address: str) -> None:
         self.attack = attack
         self.address = address

@@ -14,6 +14,7 @@ from typing import Any
 
 from httptools import HttpResponseParser
 from twisted.internet import protocol
+from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
 from .tools import poll_until, reactor_or_installed, require_module, require_tool, run_process
@@ -120,6 +121,8 @@ def parse_responses(data: bytes) -> list[RawResponse]:
 
 class RawConnection(protocol.Protocol):
     """A client connection that writes exactly the bytes it is given."""
+
+    transport: ITCPTransport  # from makeConnection on
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock

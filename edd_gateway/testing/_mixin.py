@@ -47,7 +47,7 @@ class _AnnotatingResult:
         if logs and isinstance(failure, Failure) and not isinstance(failure.value, _AnnotatedError):
             # The type stays, so the reporter still names the original
             # exception; only its message gains the logs.
-            failure.value = _AnnotatedError(failure.value, logs)
+            failure.value = _AnnotatedError(failure.value, logs)  # type: ignore[arg-type]  # a Failure's is set
         return failure
 
     def addFailure(self, test: Any, failure: Any) -> None:
@@ -67,7 +67,7 @@ class EndToEndMixin:
 
     def run(self, result: Any) -> Any:
         self._gateways: list[GatewayProcess] = []
-        return super().run(_AnnotatingResult(result, self))  # type: ignore[misc]
+        return super().run(_AnnotatingResult(result, self))  # type: ignore[misc]  # a TestCase mixin
 
     def gateway_logs(self) -> str:
         parts = []
@@ -78,12 +78,12 @@ class EndToEndMixin:
         return "\n".join(parts)
 
     def _stop_at_cleanup(self, stoppable: GatewayProcess | BackendServer | WebSocketEcho) -> None:
-        self.addCleanup(lambda: ensureDeferred(stoppable.stop()))  # type: ignore[attr-defined]
+        self.addCleanup(lambda: ensureDeferred(stoppable.stop()))  # type: ignore[attr-defined]  # a TestCase mixin
 
     async def start_gateway(self, args: Sequence[str] = (), routes: Sequence[dict[str, Any]] | None = None,
                             routes_path: str | None = None) -> GatewayProcess:
         """A gateway with C{args}; C{routes} are written to a routes file first."""
-        gateway = GatewayProcess(self.mktemp())  # type: ignore[attr-defined]
+        gateway = GatewayProcess(self.mktemp())  # type: ignore[attr-defined]  # a TestCase mixin
         args = list(args)
         if routes is not None:
             path = routes_path or str(gateway.workdir / "routes.yaml")
@@ -94,7 +94,7 @@ class EndToEndMixin:
         await gateway.start(args)
         return gateway
 
-    def serve(self, factory: protocol.Factory, app: Any = None) -> BackendServer:
+    def serve(self, factory: protocol.Factory[Any], app: Any = None) -> BackendServer:
         backend = start_backend(factory, app)
         self._stop_at_cleanup(backend)
         return backend
@@ -116,10 +116,10 @@ class EndToEndMixin:
     async def scrape(self, gateway: GatewayProcess) -> MetricsScrape:
         """The gateway's C{/metrics}, parsed; the answer must be a 200."""
         response = await self.curl(gateway.admin_url("/metrics"))
-        self.assertEqual(response.status, 200, response.describe())  # type: ignore[attr-defined]
+        self.assertEqual(response.status, 200, response.describe())  # type: ignore[attr-defined]  # a TestCase mixin
         return MetricsScrape(response.text, response.header("Content-Type") or "")
 
     async def raw(self, port: int) -> RawConnection:
         connection = await RawConnection.open(port)
-        self.addCleanup(connection.close)  # type: ignore[attr-defined]
+        self.addCleanup(connection.close)  # type: ignore[attr-defined]  # a TestCase mixin
         return connection

@@ -17,6 +17,7 @@ from typing import Any
 
 from twisted.internet import protocol
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -73,7 +74,7 @@ class BackendServer:
         await self.tracker.close_all()
 
 
-def start_backend(factory: protocol.Factory, app: Any = None, reactor: Any = None) -> BackendServer:
+def start_backend(factory: protocol.Factory[Any], app: Any = None, reactor: Any = None) -> BackendServer:
     tracker = _TrackingFactory(factory)
     listening = reactor_or_installed(reactor).listenTCP(0, tracker, interface="127.0.0.1")
     return BackendServer(listening, tracker, app)
@@ -81,7 +82,7 @@ def start_backend(factory: protocol.Factory, app: Any = None, reactor: Any = Non
 
 def web_factory(resource: Resource) -> Site:
     site = Site(resource)
-    site.log = lambda request: None  # type: ignore[method-assign]
+    site.log = lambda request: None  # type: ignore[method-assign]  # no access log for it
     return site
 
 
@@ -98,6 +99,7 @@ class EchoResource(Resource):
     def render(self, request: Request) -> bytes:
         digest, length, small = hashlib.sha256(), 0, bytearray()
         content = request.content
+        assert content is not None  # a Request has its body file once it is rendered
         content.seek(0)
         for chunk in iter(lambda: content.read(1 << 16), b""):
             digest.update(chunk)
@@ -155,7 +157,7 @@ class DownloadResource(Resource):
     isLeaf = True
 
     def render_GET(self, request: Request) -> bytes | int:
-        size = int(request.postpath[0] or 0)
+        size = int(request.postpath[0] or 0)  # type: ignore[index]  # set by traversal
         request.setHeader(b"content-type", b"application/octet-stream")
         request.setHeader(b"content-length", str(size).encode())
         if request.method == b"HEAD":
@@ -223,11 +225,15 @@ class _Silent(protocol.Protocol):
 
 
 class _Hangup(protocol.Protocol):
+    transport: ITCPTransport  # from makeConnection on
+
     def connectionMade(self) -> None:
         self.transport.loseConnection()
 
 
 class _Garbage(protocol.Protocol):
+    transport: ITCPTransport  # from makeConnection on
+
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(b"\x00\xffSSH-2.0-this is not HTTP\r\n\x01\x02\r\n\r\n")
         self.transport.loseConnection()

@@ -57,7 +57,7 @@ class KeepAliveProbe(protocol.Protocol):
             raise RuntimeError("one request at a time on a probe")
         waiting = self._waiting = Deferred()
         self._body = bytearray()
-        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # type: ignore[union-attr]
+        self.transport.write(f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # type: ignore[union-attr]  # connected
         return waiting
 
     def dataReceived(self, data: bytes) -> None:
@@ -84,7 +84,7 @@ class KeepAliveProbe(protocol.Protocol):
 async def connect_probe(port: int, reactor: Any = None) -> KeepAliveProbe:
     """A L{KeepAliveProbe} connected to 127.0.0.1:C{port}."""
     endpoint = TCP4ClientEndpoint(reactor_or_installed(reactor), "127.0.0.1", port, timeout=5)
-    return await endpoint.connect(protocol.Factory.forProtocol(KeepAliveProbe))  # type: ignore[no-any-return]
+    return await endpoint.connect(protocol.Factory.forProtocol(KeepAliveProbe))  # type: ignore[return-value]  # it built
 
 
 async def host_keys_seen(port: int, key_type: str = "ed25519", timeout: float = 20.0) -> list[str]:

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 from unittest import SkipTest
 
 from twisted.internet import protocol
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessExitedAlready
 from twisted.internet.task import deferLater
@@ -106,6 +107,8 @@ async def poll_until(
 class ProcessRun(protocol.ProcessProtocol):
     """A child process whose output is collected; killed at its deadline."""
 
+    transport: IProcessTransport  # spawnProcess's, from makeConnection on
+
     def __init__(self, clock: Any, timeout: float) -> None:
         self.out = bytearray()
         self.err = bytearray()
@@ -144,7 +147,12 @@ class ProcessRun(protocol.ProcessProtocol):
     def result(self) -> Deferred[ProcessRun]:
         """Fires with this run once the process has exited."""
         done: Deferred[ProcessRun] = Deferred()
-        self._ended.addBoth(lambda outcome: (done.callback(outcome), outcome)[1])
+
+        def relay(outcome: Any) -> Any:
+            done.callback(outcome)
+            return outcome
+
+        self._ended.addBoth(relay)
         return done
 
     async def wait_for_output(self, needle: bytes, timeout: float = 10.0) -> None:

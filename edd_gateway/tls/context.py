@@ -52,7 +52,7 @@ class _CertificateContext(SSL.Context):
     certificate: LoadedCertificate | None = None
 
 
-def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | object:
+def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
     # h2 is not spoken here: pick http/1.1 when offered, otherwise go on
     # without ALPN rather than fail clients offering only unknown names.
     if ALPN_PROTOCOL in offered:

@@ -111,7 +111,7 @@ class ClientHelloProtocol(Protocol):
     def connectionMade(self) -> None:
         peer = self._peer
         if peer is None:
-            peer = self._peer = self.transport.getPeer()  # type: ignore[union-attr]
+            peer = self._peer = self.transport.getPeer()  # type: ignore[union-attr]  # set by makeConnection
         self.client = describe_peer(peer)
         self.client_ip = getattr(peer, "host", "-")
         self._timer = self._factory.clock.callLater(self._factory.hello_timeout, self._timed_out)
@@ -202,6 +202,7 @@ class ClientHelloProtocol(Protocol):
         set_no_delay(transport)
         # Known here already: the HTTP side asks for both on every
         # connection (getPeer) or request (the 421 check).
+        assert self._peer is not None  # set in connectionMade
         tls = self._factory.terminator.terminate(self._peer, hello.server_name)
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
@@ -212,7 +213,7 @@ class ClientHelloProtocol(Protocol):
     def _pass_through(self, hello: ClientHello, route: Route) -> None:
         transport = self.transport
         assert transport is not None
-        transport.pauseProducing()  # type: ignore[attr-defined]
+        transport.pauseProducing()  # type: ignore[attr-defined]  # TCP and TLS transports have it
         timeout = route.connect_timeout or self._factory.connect_timeout
         backend = HeldConnection()
         endpoint = backend_endpoint(self._factory.reactor, route.target, timeout)
@@ -227,7 +228,7 @@ class ClientHelloProtocol(Protocol):
     def _backend_connected(self, backend: HeldConnection, hello: ClientHello, route: Route) -> None:
         self._connecting = None
         if self._lost:
-            backend.transport.loseConnection()  # type: ignore[union-attr]
+            backend.transport.loseConnection()  # type: ignore[union-attr]  # a connected protocol
             return
         client = self.transport
         assert client is not None and backend.transport is not None
@@ -387,7 +388,7 @@ class TLSListenerFactory(Factory):
     def admission(self, admission: Any) -> None:
         self.terminator.admission = admission
 
-    def buildProtocol(self, addr: IAddress) -> ClientHelloProtocol:
+    def buildProtocol(self, addr: IAddress) -> ClientHelloProtocol:  # type: ignore[override]  # a port's peer
         return ClientHelloProtocol(self, addr)
 
     def startFactory(self) -> None:

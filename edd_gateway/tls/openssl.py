@@ -375,4 +375,4 @@ def set_ticket_key_callback(
     pointer = ffi.cast("void *", int(_ffi.cast("uintptr_t", context._context)))
     functions.set_callback(pointer, c_callback)
     # OpenSSL holds only the raw pointer: the context keeps the callback alive.
-    context._edd_ticket_callback = c_callback  # type: ignore[attr-defined]
+    context._edd_ticket_callback = c_callback  # type: ignore[attr-defined]  # kept alive here

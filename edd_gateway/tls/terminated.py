@@ -74,6 +74,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
 
     producer: object = None
     _handshake_timer: IDelayedCall | None = None
+    factory: TerminatorFactory  # the one that builds it
 
     def __init__(self, factory: Any, wrappedProtocol: Any, _connectWrapped: bool = True, *,
                  peer: IAddress | None = None, server_name: str | None = None) -> None:
@@ -112,7 +113,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         # HTTP side asks once per connection and per log line.
         peer = self.peer
         if peer is None:
-            peer = self.peer = self.transport.getPeer()  # type: ignore[union-attr]
+            peer = self.peer = self.transport.getPeer()  # type: ignore[union-attr]  # set by makeConnection
         return peer
 
     def makeConnection(self, transport: Any) -> None:

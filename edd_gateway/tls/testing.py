@@ -154,4 +154,4 @@ class MemoryClient:
 def quiet_logger() -> Any:
     from twisted.logger import Logger
 
-    return Logger(observer=lambda event: None)
+    return Logger(observer=lambda event: None)  # type: ignore[arg-type]  # any callable observes
