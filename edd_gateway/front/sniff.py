@@ -112,7 +112,9 @@ def classify(prefix: bytes, *, request_lines: bool = False) -> Verdict:
             # Never decisive before the openings are: SSH- and the methods
             # share their first letters with longer words.
             could_grow = could_grow or len(prefix) < SNIFF_MAX_BYTES
-        elif end > 0 and prefix[end] == 0x20:
+        elif 0 < end < SNIFF_MAX_BYTES and prefix[end] == 0x20:
+            # A word is never longer than the sniffer reads: past that the
+            # verdict was UNKNOWN already, and must stay so.
             return Verdict.HTTP
     return Verdict.NEED_MORE if could_grow else Verdict.UNKNOWN
 

@@ -132,6 +132,12 @@ class RequestLineClassifyTests(SynchronousTestCase):
         for partial in (b"F", b"FOO", b"get", b"SSH", b"A" * 15):
             self.assertIs(classify(partial, request_lines=True), Verdict.NEED_MORE, repr(partial))
 
+    def test_a_word_as_long_as_the_bound_stays_unknown(self) -> None:
+        # Found by test_decisions_are_final: 16 letters are UNKNOWN, so 16
+        # letters and a space must be too.
+        self.assertIs(classify(b"A" * 16 + b" /", request_lines=True), Verdict.UNKNOWN)
+        self.assertIs(classify(b"A" * 15 + b" ", request_lines=True), Verdict.HTTP)
+
     def test_still_unknown(self) -> None:
         for garbage in (b"\x00", b" GET /", b"hello\r\n", b"A" * 16, b"\r\nGET / HTTP/1.1\r\n", b"\x16\x02"):
             self.assertIs(classify(garbage, request_lines=True), Verdict.UNKNOWN, repr(garbage))
