@@ -76,3 +76,47 @@ class PrivateModuleTests(SynchronousTestCase):
         node = ast.parse("from edd_gateway.ssh import _logging").body[0]
         self.assertEqual(_imported(node, "tests"), ["edd_gateway.ssh", "edd_gateway.ssh._logging"])
         self.assertEqual(_private_owner("edd_gateway.ssh._logging"), "edd_gateway.ssh")
+
+
+#: Issue 15's bounds: a module a reader takes in at one sitting, a function seen whole on one screen.
+MODULE_LINES = 400
+FUNCTION_LINES = 60
+
+
+def long_modules() -> Iterator[str]:
+    """C{path: N lines} for every module of the gateway over L{MODULE_LINES}."""
+    for path in sorted((ROOT / "edd_gateway").glob("**/*.py")):
+        lines = len(path.read_text().splitlines())
+        if lines > MODULE_LINES:
+            yield f"{path.relative_to(ROOT)}: {lines} lines"
+
+
+def long_functions_in(source: str, name: str) -> Iterator[str]:
+    """C{name:line: function, N lines} for every function of C{source} over L{FUNCTION_LINES}, decorators and docstring included."""
+    for node in ast.walk(ast.parse(source, name)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = min([node.lineno] + [decorator.lineno for decorator in node.decorator_list])
+            lines = (node.end_lineno or node.lineno) - first + 1
+            if lines > FUNCTION_LINES:
+                yield f"{name}:{first}: {node.name}, {lines} lines"
+
+
+def long_functions() -> Iterator[str]:
+    for path in sorted((ROOT / "edd_gateway").glob("**/*.py")):
+        yield from long_functions_in(path.read_text(), str(path.relative_to(ROOT)))
+
+
+class SizeTests(SynchronousTestCase):
+    def test_no_module_is_over_the_bound(self) -> None:
+        self.assertEqual(list(long_modules()), [])
+
+    def test_no_function_is_over_the_bound(self) -> None:
+        self.assertEqual(list(long_functions()), [])
+
+    def test_the_function_check_counts_decorators_and_body(self) -> None:
+        """Not vacuous: a decorated function one line over the bound is listed, one at the bound is not."""
+        body = "\n".join(["    pass"] * (FUNCTION_LINES - 2))
+        at_bound = f"@decorated\ndef f():\n{body}\n"
+        self.assertEqual(list(long_functions_in(at_bound, "m.py")), [])
+        self.assertEqual(list(long_functions_in(at_bound + "    pass\n", "m.py")),
+                         [f"m.py:1: f, {FUNCTION_LINES + 1} lines"])
