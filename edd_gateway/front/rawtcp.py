@@ -11,16 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IReactorTime, ITransport
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.net.connect import HeldConnection, OneProtocolFactory, backend_endpoint
-from edd_gateway.net.transport import set_no_delay
+from edd_gateway.net.connect import Splice, backend_endpoint, connect_and_splice
 from edd_gateway.routes.containers import ContainerBackend, ContainerRouter
 from edd_gateway.ops.observe import GatewayObserver, tunnel_reporter
-from edd_gateway.net.relay import splice
 from edd_gateway.net.addresses import describe_peer
 
 __all__ = ["RawTCPFactory", "RawTCPProtocol"]
@@ -49,12 +47,11 @@ class RawTCPProtocol(Protocol):
                      reason=decision.reason)
             transport.loseConnection()
             return
-        transport.pauseProducing()  # type: ignore[attr-defined]  # TCP and TLS transports have it
-        backend = HeldConnection()
-        endpoint = backend_endpoint(self.factory.reactor, decision.target, self.factory.connect_timeout)
-        self.connecting = endpoint.connect(OneProtocolFactory(backend))
-        self.connecting.addCallbacks(self._connected, self._failed, callbackArgs=(decision,),
-                                     errbackArgs=(decision,))
+        factory = self.factory
+        self.connecting = connect_and_splice(
+            backend_endpoint(factory.reactor, decision.target, factory.connect_timeout), transport,
+            lambda backend: self._connected(backend, decision))
+        self.connecting.addErrback(self._failed, decision)
 
     def dataReceived(self, data: bytes) -> None:
         # The sniffer's replay, and whatever a read in flight still brings
@@ -66,22 +63,15 @@ class RawTCPProtocol(Protocol):
         if self.connecting is not None:
             self.connecting.cancel()
 
-    def _connected(self, backend: HeldConnection, decision: ContainerBackend) -> None:
+    def _connected(self, backend: ITransport, decision: ContainerBackend) -> Splice | None:
+        """The relay to the container, or L{None} if the client left meanwhile."""
         self.connecting = None
         if self.lost:
-            backend.transport.loseConnection()  # type: ignore[union-attr]  # a connected protocol
-            return
-        client, server = self.transport, backend.transport
-        assert client is not None and server is not None
+            return None
         log.info("tcp: {client} port {port} relayed to container {container} at {backend}", client=self.client,
                  port=decision.external_port, container=decision.container.id, backend=str(decision.target))
-        set_no_delay(client)
-        set_no_delay(server)
         initial, self.buffered = b"".join(self.buffered), []
-        factory = self.factory
-        splice(client, server, a_to_b_initial=initial, idle_timeout=factory.idle_timeout,
-               clock=factory.reactor if factory.idle_timeout is not None else None,
-               on_close=self._report(decision))
+        return Splice(initial, self.factory.idle_timeout, self.factory.reactor, self._report(decision))
 
     def _report(self, decision: ContainerBackend) -> Any:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""

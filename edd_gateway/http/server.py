@@ -523,8 +523,8 @@ class HTTPServerProtocol(Protocol):
             idle_timeout=self.settings.websocket_idle_timeout, clock=self.context.clock,
             on_close=self._tunnel_report(request), on_idle=lambda: self.limit_hit("websocket-idle"),
         )
-        self.transport.resumeProducing()  # type: ignore[attr-defined]  # TCP and TLS transports are producers
-        backend.resumeProducing()  # type: ignore[attr-defined]  # a TCP transport
+        # No resumeProducing here: splice resumed both sides before its
+        # initial writes, and a pause those writes caused must stand.
 
     def _tunnel_report(self, request: TunnelledRequest) -> Callable[[int, int], None] | None:
         """The relay's C{on_close}: one tunnel record for metrics and the access log."""

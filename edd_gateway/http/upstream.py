@@ -26,7 +26,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.net.connect import OneProtocolFactory, backend_endpoint
+from edd_gateway.net.connect import ConnectFailure, ConnectProblem, OneProtocolFactory, backend_endpoint
 from edd_gateway.net.transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.headers import RESPONSE_SPECIAL, Special
@@ -470,15 +470,14 @@ def _busy(failure: Failure, target: Target) -> Failure:
 
 def connect_error(failure: Failure, target: Target, timeout: float) -> GatewayError:
     """The gateway's answer to a failed backend connection attempt."""
-    if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
-        return GatewayError(504, f"The backend {target} did not accept a connection within {timeout:g}s.")
-    if failure.check(error.ConnectionRefusedError):
-        return GatewayError(502, f"The backend {target} refused the connection.")
-    if failure.check(error.DNSLookupError):
-        return GatewayError(502, f"The backend name {target.host} does not resolve.")
     if failure.check(GatewayError):
         return failure.value  # type: ignore[return-value]  # checked just above
-    return GatewayError(502, f"The backend {target} could not be reached ({failure.getErrorMessage()}).")
+    attempt = ConnectFailure.of(failure)
+    if attempt.problem is ConnectProblem.TIMED_OUT:
+        return GatewayError(504, f"The backend {target} {attempt.describe(timeout)}.")
+    if attempt.problem is ConnectProblem.UNRESOLVED:
+        return GatewayError(502, f"The backend name {target.host} does not resolve.")
+    return GatewayError(502, f"The backend {target} {attempt.describe(timeout)}.")
 
 
 class PoolService(Service):

@@ -15,7 +15,6 @@ pin), it restarted during the login, it does not accept the gateway's key.
 
 from __future__ import annotations
 
-import ipaddress
 import struct
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -27,12 +26,12 @@ from twisted.conch.ssh.keys import Key
 from twisted.conch.ssh.userauth import SSHUserAuthClient
 from twisted.internet import error as internet_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
 from twisted.internet.interfaces import IAddress, IDelayedCall, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from edd_gateway.net.connect import ConnectFailure, ConnectProblem, endpoint_to
 from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.containers import ContainerAddressing
 from edd_gateway.net.proxyprotocol import header as proxy_header
@@ -103,14 +102,7 @@ class UpstreamConnector:
         return _Attempt(self, container, user, client).start()
 
     def endpoint(self, host: str) -> IStreamClientEndpoint:
-        port, timeout = self.settings.port, self.settings.timeout
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return HostnameEndpoint(self.reactor, host, port, timeout=timeout)
-        if address.version == 6:
-            return TCP6ClientEndpoint(self.reactor, host, port, timeout=timeout)
-        return TCP4ClientEndpoint(self.reactor, host, port, timeout=timeout)
+        return endpoint_to(self.reactor, host, self.settings.port, self.settings.timeout)
 
 
 class _Attempt:
@@ -244,7 +236,7 @@ class _Attempt:
             return
         self._stopDeadline()
         cid = self.container.id
-        if reason.check(internet_error.ConnectionRefusedError):
+        if ConnectFailure.of(reason).problem is ConnectProblem.REFUSED:
             self.refuse(f"container {cid} is not accepting SSH connections (connection refused)")
         else:
             self.refuse(f"cannot reach container {cid}: {reason.getErrorMessage()}")

@@ -19,25 +19,25 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from twisted.internet import defer, error
+from twisted.internet import defer
 from twisted.internet.interfaces import (
     IAddress,
     IDelayedCall,
     IOpenSSLServerConnectionCreator,
     IProtocolFactory,
+    ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.net.connect import HeldConnection, OneProtocolFactory, backend_endpoint
+from edd_gateway.net.connect import ConnectFailure, ConnectProblem, Splice, backend_endpoint, connect_and_splice
 from edd_gateway.net.transport import set_no_delay, swap_protocol
 from edd_gateway.front.admission import NO_ADMISSION
 from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
 from edd_gateway.routes.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.ops.observe import GatewayObserver, route_label, tunnel_reporter
 from edd_gateway.net.proxyprotocol import header as proxy_header
-from edd_gateway.net.relay import splice
 from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.net.addresses import describe_peer
@@ -213,25 +213,19 @@ class ClientHelloProtocol(Protocol):
     def _pass_through(self, hello: ClientHello, route: Route) -> None:
         transport = self.transport
         assert transport is not None
-        transport.pauseProducing()  # type: ignore[attr-defined]  # TCP and TLS transports have it
         timeout = route.connect_timeout or self._factory.connect_timeout
-        backend = HeldConnection()
-        endpoint = backend_endpoint(self._factory.reactor, route.target, timeout)
-        self._connecting = endpoint.connect(OneProtocolFactory(backend))
-        self._connecting.addCallbacks(
-            self._backend_connected,
-            self._backend_failed,
-            callbackArgs=(hello, route),
-            errbackArgs=(hello, route, timeout),
-        )
+        self._connecting = connect_and_splice(
+            backend_endpoint(self._factory.reactor, route.target, timeout), transport,
+            lambda backend: self._backend_connected(backend, hello, route))
+        self._connecting.addErrback(self._backend_failed, hello, route, timeout)
 
-    def _backend_connected(self, backend: HeldConnection, hello: ClientHello, route: Route) -> None:
+    def _backend_connected(self, backend: ITransport, hello: ClientHello, route: Route) -> Splice | None:
+        """The relay to the passthrough backend (after a PROXY header), or L{None} if the client left."""
         self._connecting = None
         if self._lost:
-            backend.transport.loseConnection()  # type: ignore[union-attr]  # a connected protocol
-            return
+            return None
         client = self.transport
-        assert client is not None and backend.transport is not None
+        assert client is not None
         self._factory.stats.passed_through += 1
         self._log.info(
             "tls: {client} SNI {sni} passed through to {backend} ({source}){proxy}",
@@ -241,24 +235,16 @@ class ClientHelloProtocol(Protocol):
             source=route.source or "?",
             proxy=f" with a PROXY protocol {route.proxy_protocol} header" if route.proxy_protocol else "",
         )
-        set_no_delay(client)
-        set_no_delay(backend.transport)
         if route.proxy_protocol is not None:
             # First on the wire, before the replayed ClientHello: the backend
             # (or what fronts it) reads the client's address from it.
-            backend.transport.write(proxy_header(route.proxy_protocol, client.getPeer(), client.getHost()))
+            backend.write(proxy_header(route.proxy_protocol, client.getPeer(), client.getHost()))
         initial = self._parser.buffered + b"".join(self._late_bytes)
         self._late_bytes = []
         self.transport = None
-        splice(
-            client,
-            backend.transport,
-            a_to_b_initial=initial,
-            idle_timeout=self._factory.idle_timeout,
-            clock=self._factory.clock if self._factory.idle_timeout is not None else None,
-            on_close=self._tunnel_report(route),
-            on_idle=self._limit_hit("tcp-idle"),
-        )
+        factory = self._factory
+        return Splice(initial, factory.idle_timeout, factory.clock, self._tunnel_report(route),
+                      self._limit_hit("tcp-idle"))
 
     def _limit_hit(self, limit: str) -> Callable[[], None]:
         admission = self._factory.admission
@@ -276,7 +262,8 @@ class ClientHelloProtocol(Protocol):
             # The client left first and cancelled the attempt: nobody to tell.
             return
         self._factory.stats.backend_failures += 1
-        if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
+        problem = ConnectFailure.of(failure)
+        if problem.problem is ConnectProblem.TIMED_OUT:
             self._factory.admission.hit("backend-connect-timeout", self.client_ip)
         self._refuse(
             "SNI {sni}: the passthrough backend {backend} ({source}) {problem}",
@@ -284,7 +271,7 @@ class ClientHelloProtocol(Protocol):
             sni=hello.server_name,
             backend=str(route.target),
             source=route.source or "?",
-            problem=_connect_problem(failure, timeout),
+            problem=problem.describe(timeout),
         )
 
     def _refuse(self, what: str, alert: bytes | None, **fields: object) -> None:
@@ -302,16 +289,6 @@ class ClientHelloProtocol(Protocol):
 
 def _closing(transport: object) -> bool:
     return not getattr(transport, "connected", True) or bool(getattr(transport, "disconnecting", False))
-
-
-def _connect_problem(failure: Failure, timeout: float) -> str:
-    if failure.check(error.TimeoutError, defer.TimeoutError, defer.CancelledError):
-        return f"did not accept a connection within {timeout:g}s"
-    if failure.check(error.ConnectionRefusedError):
-        return "refused the connection"
-    if failure.check(error.DNSLookupError):
-        return "does not resolve"
-    return f"could not be reached ({failure.getErrorMessage()})"
 
 
 class TLSListenerFactory(Factory):
