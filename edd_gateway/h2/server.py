@@ -1,0 +1,327 @@
+"""
+One client connection speaking HTTP/2 (negotiated by ALPN on terminated
+TLS): the C{h2} library's state machine, fed the client's bytes and asked
+for the frames to send, with one L{H2Stream} per request.
+
+Each stream is answered by the HTTP/1.1 code (routing, limits, the backend
+pool, the access log): this module only turns frames into stream events and
+stream writes into frames, within the windows the client grants.  What C{h2}
+does not bound one frame at a time, L{FrameGuard} does, before C{h2} reads
+the bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from h2.config import H2Configuration
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    ConnectionTerminated,
+    DataReceived,
+    Event,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from h2.exceptions import ProtocolError, StreamClosedError
+from h2.settings import SettingCodes, Settings
+from twisted.internet import error
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from edd_gateway.h2.guard import FrameGuard, GuardLimits, Violation
+from edd_gateway.h2.request import H2RequestError, h1_view
+from edd_gateway.h2.stream import H2Stream
+from edd_gateway.http.answer import LocalAnswer
+from edd_gateway.http.clientside import ClientContext, ContextSource
+from edd_gateway.http.deadline import Deadline
+from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway.http.headers import analyse_request, new_request_id
+from edd_gateway.http.routing import route_request
+from edd_gateway.net.transport import set_no_delay
+
+__all__ = ["H2ServerProtocol", "H2Settings"]
+
+log = Logger()
+
+#: The receive window of the whole connection, all its streams together.
+CONNECTION_WINDOW = 1 << 24
+
+
+@dataclass(frozen=True)
+class H2Settings:
+    """The HTTP/2 limits a listener advertises and enforces (C{--h2-*})."""
+
+    #: SETTINGS_MAX_CONCURRENT_STREAMS: a browser opens up to 100 (Chromium) or 250 (Firefox asks for more).
+    max_concurrent_streams: int = 128
+    #: SETTINGS_INITIAL_WINDOW_SIZE: what one stream may send before it is acknowledged.
+    initial_window: int = 1 << 20
+    guard: GuardLimits = field(default_factory=GuardLimits)
+
+
+@implementer(IPushProducer)
+class H2ServerProtocol(Protocol):
+    """One HTTP/2 client connection; the producer its transport pauses when the socket is full."""
+
+    def __init__(self, factory: ContextSource, settings: H2Settings) -> None:
+        self.factory = factory
+        self.settings = settings
+        self.streams: dict[int, H2Stream] = {}
+        self.closing = False
+        self.paused = False
+        self.client_ip = ""
+        self.context: ClientContext
+        self.h2: H2Connection
+
+    # Connection
+
+    def connectionMade(self) -> None:
+        transport = self.transport
+        assert transport is not None
+        host = getattr(transport.getPeer(), "host", "")
+        self.client_ip = host[7:] if host.startswith("::ffff:") else host
+        self.context = self.factory.context_for(transport, self.client_ip)
+        proxy = self.context.settings
+        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
+        # In force from the start (not "pending until acknowledged", as an
+        # update would be): h2 enforces its own local settings.
+        self.h2.local_settings = Settings(client=False, initial_values={
+            SettingCodes.MAX_CONCURRENT_STREAMS: self.settings.max_concurrent_streams,
+            SettingCodes.INITIAL_WINDOW_SIZE: self.settings.initial_window,
+            SettingCodes.MAX_HEADER_LIST_SIZE: proxy.max_header_bytes,
+            SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
+        })
+        self.h2.initiate_connection()
+        # The connection's window starts at 64 KiB whatever SETTINGS say: a
+        # few streams' uploads would share that.  DATA are acknowledged only
+        # as they are passed on, so a larger window costs no memory unless used.
+        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.guard = FrameGuard(self.settings.guard, self.context.clock.seconds)
+        self.deadline = Deadline(self.context.clock, self._idle)
+        self.deadline.set(proxy.keepalive_timeout)
+        transport.registerProducer(self, True)  # type: ignore[attr-defined]  # TCP and TLS transports have it
+        set_no_delay(transport)
+        self._send()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.h2 is None:
+            return
+        violation = self.guard.feed(data)
+        if violation is not None:
+            self._calm_down(violation)
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except ProtocolError as problem:
+            self._protocol_error(problem)
+            return
+        for event in events:
+            self._event(event)
+        self._send()
+
+    def connectionLost(self, reason: Failure = Failure(error.ConnectionDone())) -> None:
+        self.closing = True
+        self.deadline.release()
+        for stream in list(self.streams.values()):
+            stream.connection_lost()
+        self.streams.clear()
+        self.h2 = None  # type: ignore[assignment]  # dropped once done: nothing reads it after the close
+
+    # Events
+
+    def _event(self, event: Event) -> None:
+        if isinstance(event, DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.received(event.data, event.flow_controlled_length)
+            else:
+                self.acknowledge(event.stream_id, event.flow_controlled_length)
+        elif isinstance(event, RequestReceived):
+            self._request(event.stream_id, event.headers, event.stream_ended is not None)
+        elif isinstance(event, StreamEnded):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.request_ended()
+        elif isinstance(event, WindowUpdated):
+            self._window_opened(event.stream_id)
+        elif isinstance(event, RemoteSettingsChanged):
+            if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                self._window_opened(0)
+        elif isinstance(event, StreamReset):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.reset_by_client()
+        elif isinstance(event, ConnectionTerminated):
+            # The client's GOAWAY: no new stream; the open ones finish.
+            self.closing = True
+            if not self.streams:
+                self._close()
+
+    def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        stream = H2Stream(self, stream_id, request_ended=ended)
+        self.streams[stream_id] = stream
+        self.deadline.clear()
+        if self.closing:
+            stream.reset(int(ErrorCodes.REFUSED_STREAM))
+            return
+        try:
+            view = h1_view(headers, ended)
+            info = analyse_request(view.method, view.target, "1.1", view.headers,
+                                   allow_underscores=self.context.settings.allow_underscore_headers)
+            limit = self.context.settings.max_body_size
+            if limit and info.content_length > limit:
+                raise GatewayError(413, f"The request body is larger than {limit} bytes.")
+            job = route_request(stream, info)
+        except (GatewayError, H2RequestError) as problem:
+            status, detail = problem.status, problem.detail
+            log.info("h2: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
+            request_id = new_request_id()
+            job = LocalAnswer(stream, None, render_error(status, detail, request_id), True, status, request_id)
+        stream.start_job(job)
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.window_opened()
+            return
+        for stream in list(self.streams.values()):
+            stream.window_opened()
+
+    # What streams ask
+
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.h2.send_headers(stream_id, headers)
+        self._send()
+
+    def send_data(self, stream_id: int, data: bytes) -> int:
+        """Send what the windows allow of C{data} now; how many bytes went."""
+        if self.paused or self.h2 is None:
+            return 0
+        h2 = self.h2
+        allowed = min(len(data), h2.local_flow_control_window(stream_id))
+        frame = h2.max_outbound_frame_size
+        sent = 0
+        while sent < allowed:
+            chunk = data[sent:sent + min(frame, allowed - sent)]
+            h2.send_data(stream_id, chunk)
+            sent += len(chunk)
+        if sent:
+            self._send()
+        return sent
+
+    def end_stream(self, stream_id: int, complete: bool) -> None:
+        """The response is done; a request still arriving is stopped (RFC 9113 8.1, RST_STREAM NO_ERROR)."""
+        if self.h2 is None:
+            return
+        self.h2.end_stream(stream_id)
+        if not complete:
+            self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        self._send()
+
+    def reset_stream(self, stream_id: int, code: int) -> None:
+        if self.h2 is None:
+            return
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except StreamClosedError:
+            return
+        self._send()
+
+    def acknowledge(self, stream_id: int, length: int) -> None:
+        """Open the windows again by C{length}: the client may send that much more."""
+        if self.h2 is None or not length:
+            return
+        # A closed stream's bytes still count against the connection's
+        # window: h2 then opens only that one.
+        self.h2.acknowledge_received_data(length, stream_id)
+        self._send()
+
+    def stream_closed(self, stream: H2Stream) -> None:
+        self.streams.pop(stream.stream_id, None)
+        if self.streams or self.h2 is None:
+            return
+        if self.closing:
+            self._close()
+        else:
+            self.deadline.set(self.context.settings.keepalive_timeout)
+
+    # Ending
+
+    def drain(self) -> None:
+        """The gateway is stopping: GOAWAY now, then close once the streams in flight have finished."""
+        if self.closing or self.h2 is None:
+            return
+        self.closing = True
+        self.h2.close_connection(ErrorCodes.NO_ERROR)
+        self._send()
+        if not self.streams:
+            self._close()
+
+    def _idle(self) -> None:
+        if self.streams:
+            return
+        self.context.admission.hit("idle", self.client_ip)
+        self.drain()
+
+    def _calm_down(self, violation: Violation) -> None:
+        log.info("h2: {client} {detail}; GOAWAY ENHANCE_YOUR_CALM and closing", client=self.client_ip,
+                 detail=violation.detail)
+        self.context.admission.hit(violation.limit, self.client_ip)
+        self._abandon(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _protocol_error(self, problem: ProtocolError) -> None:
+        code = getattr(problem, "error_code", ErrorCodes.PROTOCOL_ERROR)
+        log.info("h2: {client} broke the protocol ({problem}); GOAWAY {code} and closing",
+                 client=self.client_ip, problem=str(problem) or type(problem).__name__,
+                 code=ErrorCodes(code).name if code in ErrorCodes._value2member_map_ else code)
+        self.context.admission.garbage(self.client_ip)
+        # h2 has queued its GOAWAY already.
+        self._send()
+        self._abandon(None)
+
+    def _abandon(self, code: ErrorCodes | None) -> None:
+        self.closing = True
+        if code is not None:
+            try:
+                self.h2.close_connection(code)
+            except ProtocolError:
+                pass
+            self._send()
+        for stream in list(self.streams.values()):
+            stream.connection_lost()
+        self.h2 = None  # type: ignore[assignment]  # no frame is read or sent after this
+        self._close()
+
+    def _close(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    def _send(self) -> None:
+        h2 = self.h2
+        if h2 is None:
+            return
+        data = h2.data_to_send()
+        if data:
+            self.transport.write(data)  # type: ignore[union-attr]  # connected
+
+    # IPushProducer: the client's socket buffer
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._window_opened(0)
+
+    def stopProducing(self) -> None:
+        pass
+
