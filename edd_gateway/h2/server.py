@@ -29,6 +29,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
+from hyperframe.frame import GoAwayFrame
 from twisted.internet import error
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Protocol
@@ -260,8 +261,14 @@ class H2ServerProtocol(Protocol):
         if self.closing or self.h2 is None:
             return
         self.closing = True
-        self.h2.close_connection(ErrorCodes.NO_ERROR)
         self._send()
+        # Written by hand: h2's close_connection moves its state machine to
+        # CLOSED, after which the streams in flight could send nothing more.
+        # New streams are refused by C{closing} instead.
+        goaway = GoAwayFrame(0)
+        goaway.last_stream_id = self.h2.highest_inbound_stream_id
+        goaway.error_code = ErrorCodes.NO_ERROR
+        self.transport.write(goaway.serialize())  # type: ignore[union-attr]  # connected
         if not self.streams:
             self._close()
 
