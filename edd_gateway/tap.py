@@ -43,6 +43,10 @@ from edd_gateway.routes.containers import ADDRESS_MODES, DEFAULT_SERVICE_DNS, EX
 from edd_gateway.routes.containers import parse_port_map, parse_port_range  # noqa: E402
 from edd_gateway.front.drain import ConnectionTracker, GatewayService, TrackedFactory  # noqa: E402
 from edd_gateway.http.factory import HTTPProxyFactory  # noqa: E402
+from edd_gateway.h2.guard import GuardLimits  # noqa: E402
+from edd_gateway.h2.negotiate import ProtocolChooserFactory  # noqa: E402
+from edd_gateway.h2.server import H2ServerProtocol, H2Settings  # noqa: E402
+from edd_gateway.tls.context import ALPN_PROTOCOL, ALPN_WITH_H2  # noqa: E402
 from edd_gateway.http.settings import ProxySettings, parse_networks  # noqa: E402
 from edd_gateway.http.upstream import PoolService, UpstreamPool  # noqa: E402
 from edd_gateway.ops.metrics import GatewayMetrics  # noqa: E402
@@ -170,6 +174,10 @@ class Options(usage.Options):
          "subset of " + ",".join(n.decode() for n in ssh_algorithms.MACS) + ")."],
         ["ssh-proxy-protocol", None, None, "PROXY protocol header (none, v1 or v2; default none) first on the "
          "connection to containers' sshd (stock OpenSSH reads none).", proxy_protocol_version],
+        ["h2-max-streams", None, 128, "HTTP/2 streams a client may have open at once on one connection "
+         "(SETTINGS_MAX_CONCURRENT_STREAMS).", int],
+        ["h2-max-resets", None, 200, "HTTP/2 streams a client may reset within 10 s before the connection gets "
+         "GOAWAY ENHANCE_YOUR_CALM (the rapid-reset attack, CVE-2023-44487).", int],
         *_admission.OPTIONS,
     ]
 
@@ -181,6 +189,7 @@ class Options(usage.Options):
          "stateful tickets, on this replica only)."],
         ["ssh-allow-sha1-rsa", None, "Accept SHA-1 ssh-rsa signatures from users' RSA keys, and offer ssh-rsa "
          "for an RSA host key (off: rsa-sha2-256/512 only)."],
+        ["no-http2", None, "Speak HTTP/1.1 only inside terminated TLS (no ALPN h2)."],
     ]
 
     def __init__(self) -> None:
@@ -593,16 +602,29 @@ def build_tls_side(gateway: Gateway, https: HTTPProxyFactory) -> TLSListenerFact
                             rotation=config["tls-ticket-rotation"], check_interval=config["cert-check-interval"])
     if tickets.service is not None:
         tickets.service.setServiceParent(top)
-    tls = build_tls(gateway.live, https, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
+    inner, alpn = build_terminated_protocols(gateway, https)
+    tls = build_tls(gateway.live, inner, reactor, tls_dirs=config["tls-dir"], default_cert=config["default-cert"],
                     dev_cert_dir=config["dev-cert-dir"], check_interval=config["cert-check-interval"],
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=gateway.settings.connect_timeout,
                     idle_timeout=config["tcp-idle-timeout"], handshake_timeout=config["tls-handshake-timeout"],
                     containers=gateway.containers, container_proxy_protocol=config["container-proxy-protocol"],
-                    tickets=tickets, observer=gateway.observer, admission=gateway.admission)
+                    tickets=tickets, observer=gateway.observer, admission=gateway.admission, alpn=alpn)
     tls.service.setServiceParent(top)
     gateway.monitoring.tls(tls.store, tls.service, tls.factory.stats)
     gateway.monitoring.tickets(tickets.ring, tickets.service)
     return tls.factory
+
+
+def build_terminated_protocols(gateway: Gateway, https: HTTPProxyFactory) -> tuple[Any, tuple[bytes, ...]]:
+    """What speaks inside terminated TLS, and the ALPN names offered for it: HTTP/2 and HTTP/1.1 unless --no-http2."""
+    config = gateway.config
+    if config["no-http2"]:
+        return https, (ALPN_PROTOCOL,)
+    settings = H2Settings(max_concurrent_streams=config["h2-max-streams"],
+                          guard=GuardLimits(resets=config["h2-max-resets"]))
+    chooser = ProtocolChooserFactory(https, lambda: H2ServerProtocol(https, settings), gateway.reactor,
+                                     gateway.settings.header_timeout)
+    return chooser, ALPN_WITH_H2
 
 
 def build_listeners(gateway: Gateway, handlers: dict[Verdict, Any], ssh: GatewaySSHFactory) -> None:

@@ -15,6 +15,8 @@ open connections.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from twisted.logger import Logger
@@ -25,6 +27,7 @@ from edd_gateway.tls.store import CertificateStore, LoadedCertificate
 
 __all__ = [
     "ALPN_PROTOCOL",
+    "ALPN_WITH_H2",
     "TLS12_CIPHERS",
     "SNIConnectionCreator",
     "chosen_certificate",
@@ -52,15 +55,28 @@ class _CertificateContext(SSL.Context):
     certificate: LoadedCertificate | None = None
 
 
-def _select_alpn(connection: SSL.Connection, offered: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
-    # h2 is not spoken here: pick http/1.1 when offered, otherwise go on
-    # without ALPN rather than fail clients offering only unknown names.
-    if ALPN_PROTOCOL in offered:
-        return ALPN_PROTOCOL
-    return SSL.NO_OVERLAPPING_PROTOCOLS
+def alpn_selector(
+    preference: Sequence[bytes],
+) -> Callable[[SSL.Connection, list[bytes]], bytes | SSL._NoOverlappingProtocols]:
+    """
+    The ALPN callback choosing the first of C{preference} (the server's
+    order: h2, then http/1.1) that the client offered.
+    """
+    def select(connection: SSL.Connection, offered: list[bytes]) -> bytes | SSL._NoOverlappingProtocols:
+        for protocol in preference:
+            if protocol in offered:
+                return protocol
+        # Go on without ALPN rather than fail clients offering only unknown names.
+        return SSL.NO_OVERLAPPING_PROTOCOLS
+    return select
 
 
-def _policy_context(certificate: LoadedCertificate | None, tickets: bool = True) -> _CertificateContext:
+#: The protocols spoken inside terminated TLS, in the gateway's order, with HTTP/2 on.
+ALPN_WITH_H2 = (b"h2", ALPN_PROTOCOL)
+
+
+def _policy_context(certificate: LoadedCertificate | None, tickets: bool = True,
+                    alpn: Sequence[bytes] = (ALPN_PROTOCOL,)) -> _CertificateContext:
     """
     A context with the gateway's TLS policy.  OpenSSL takes protocol
     versions, ciphers and options from the connection's first context but the
@@ -76,7 +92,7 @@ def _policy_context(certificate: LoadedCertificate | None, tickets: bool = True)
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_NO_RENEGOTIATION | (0 if tickets else SSL.OP_NO_TICKET))
     context.set_session_id(_SESSION_ID_CONTEXT)
     context.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    context.set_alpn_select_callback(_select_alpn)
+    context.set_alpn_select_callback(alpn_selector(alpn))
     if certificate is not None:
         context.use_certificate(certificate.certificate)
         for intermediate in certificate.chain:
@@ -119,8 +135,10 @@ class SNIConnectionCreator:
         log: Logger | None = None,
         ticket_keys: _openssl.TicketKeyLookup | None = None,
         tickets: bool = True,
+        alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
     ) -> None:
         self._store = store
+        self._alpn = tuple(alpn)
         self._log = Logger() if log is None else log
         self._contexts: dict[LoadedCertificate, _CertificateContext] = {}
         self._generation = store.generation
@@ -128,7 +146,7 @@ class SNIConnectionCreator:
         # The first context carries the policy, the session cache and the
         # ticket keys for every connection (OpenSSL uses the connection's
         # first context for both); certificates come from the switch.
-        self._base = _policy_context(None, tickets)
+        self._base = _policy_context(None, tickets, self._alpn)
         self._base.set_tlsext_servername_callback(self._choose_certificate)
         if tickets and ticket_keys is not None:
             _openssl.set_ticket_key_callback(self._base, ticket_keys, self._ticket_callback_failed)
@@ -152,7 +170,7 @@ class SNIConnectionCreator:
             self._generation = self._store.generation
         context = self._contexts.get(certificate)
         if context is None:
-            context = self._contexts[certificate] = _policy_context(certificate, self._tickets)
+            context = self._contexts[certificate] = _policy_context(certificate, self._tickets, self._alpn)
         return context
 
     def _choose_certificate(self, connection: SSL.Connection) -> None:
@@ -174,9 +192,13 @@ def server_connection_creator(
     log: Logger | None = None,
     ticket_keys: _openssl.TicketKeyLookup | None = None,
     tickets: bool = True,
+    alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
 ) -> SNIConnectionCreator:
-    """The connection creator terminating TLS with C{store}'s certificates (and C{ticket_keys}' keys)."""
-    return SNIConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets)
+    """
+    The connection creator terminating TLS with C{store}'s certificates (and
+    C{ticket_keys}' keys), negotiating the first of C{alpn} a client offers.
+    """
+    return SNIConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets, alpn=alpn)
 
 
 def negotiated_server_name(connection: SSL.Connection) -> str | None:

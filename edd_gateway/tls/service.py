@@ -31,7 +31,7 @@ from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES
 from edd_gateway.routes.containers import ContainerRouter
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.tls import openssl as _openssl
-from edd_gateway.tls.context import server_connection_creator
+from edd_gateway.tls.context import ALPN_PROTOCOL, server_connection_creator
 from edd_gateway.tls.devcert import ensure_dev_certificate
 from edd_gateway.tls.listener import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, TLSListenerFactory
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore
@@ -256,6 +256,7 @@ def build_tls(
     tickets: TicketSetup | None = None,
     observer: Any = None,
     admission: Any = NO_ADMISSION,
+    alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to
@@ -270,7 +271,7 @@ def build_tls(
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
     if tickets is None:
         tickets = TicketSetup(True)
-    creator = server_connection_creator(store, ticket_keys=tickets.ring, tickets=tickets.enabled)
+    creator = server_connection_creator(store, ticket_keys=tickets.ring, tickets=tickets.enabled, alpn=alpn)
     factory = TLSListenerFactory(
         routes,
         store,
