@@ -169,7 +169,8 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertIsInstance(router, ContainerRouter)
         self.assertIs(router.directory, source.directory)
         self.assertIs(handlers[Verdict.TLS].containers, router)
-        self.assertIs(handlers[Verdict.TLS].terminator.wrappedFactory.containers, router)
+        # Inside TLS, HTTP/1.1 or HTTP/2 by ALPN: both answered by the https factory.
+        self.assertIs(handlers[Verdict.TLS].terminator.wrappedFactory.http1.containers, router)
         self.assertEqual((router.domain, router.port_map), ("compute.test", {18000: 8000}))
         self.assertIs(ssh_only.directory, source.directory)
         self.assertIs(ssh_only.connector.pins, source.pins)
