@@ -71,6 +71,7 @@ class HandEndpoint:
         assert self.factory is not None
         protocol = self.factory.buildProtocol(BACKEND)
         assert protocol is not None
+        transport.protocol = protocol
         protocol.makeConnection(transport)
         self.attempt.callback(protocol)
 
@@ -112,8 +113,9 @@ class ConnectAndSpliceTests(SynchronousTestCase):
         self.assertEqual(closed, [(0, 4)])
 
     def test_client_gone_closes_the_backend(self) -> None:
-        self.start(None)
+        result = self.start(None)
         self.endpoint.complete(self.backend)
+        self.successResultOf(result)
         self.assertFalse(self.backend.connected)
         self.assertEqual(self.backend.value(), b"")
 
