@@ -61,6 +61,7 @@ LIMITS = (
     "header-timeout", "request-line", "header-size", "header-count", "body-size", "body-timeout", "body-streams",
     "idle", "stream-idle", "websocket-idle", "tcp-idle",
     "backend-connect-timeout", "backend-response-timeout", "ssh-login-grace",
+    "h2-rapid-reset", "h2-ping-flood", "h2-settings-flood", "h2-window-update-flood", "h2-empty-frames",
 )  # fmt: skip
 
 #: The limits whose hits are strikes of kind C{limit} against the client: a
@@ -70,6 +71,8 @@ LIMITS = (
 STRIKING_LIMITS = frozenset({
     "max-connections-per-ip", "rate", "sniff-timeout", "tls-hello-timeout", "tls-handshake-timeout",
     "header-timeout", "request-line", "header-size", "header-count", "body-timeout",
+    # HTTP/2 floods (edd_gateway.h2.guard): no browser comes near them.
+    "h2-rapid-reset", "h2-ping-flood", "h2-settings-flood", "h2-window-update-flood", "h2-empty-frames",
 })  # fmt: skip
 
 #: Seconds between two refusal log lines for one client (the lines between

@@ -12,7 +12,7 @@ the bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -88,7 +88,7 @@ class H2ServerProtocol(Protocol):
         assert transport is not None
         host = getattr(transport.getPeer(), "host", "")
         self.client_ip = host[7:] if host.startswith("::ffff:") else host
-        self.context = self.factory.context_for(transport, self.client_ip)
+        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol="h2")
         proxy = self.context.settings
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None))
         # In force from the start (not "pending until acknowledged", as an
@@ -156,6 +156,7 @@ class H2ServerProtocol(Protocol):
             if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_opened(0)
         elif isinstance(event, StreamReset):
+            self._note("reset-received", _code_name(event.error_code))
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.reset_by_client()
@@ -168,6 +169,7 @@ class H2ServerProtocol(Protocol):
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         stream = H2Stream(self, stream_id, request_ended=ended)
         self.streams[stream_id] = stream
+        self._note("stream", "-")
         self.deadline.clear()
         if self.closing:
             stream.reset(int(ErrorCodes.REFUSED_STREAM))
@@ -234,6 +236,7 @@ class H2ServerProtocol(Protocol):
             self.h2.reset_stream(stream_id, code)
         except StreamClosedError:
             return
+        self._note("reset-sent", _code_name(code))
         self._send()
 
     def acknowledge(self, stream_id: int, length: int) -> None:
@@ -269,6 +272,7 @@ class H2ServerProtocol(Protocol):
         goaway.last_stream_id = self.h2.highest_inbound_stream_id
         goaway.error_code = ErrorCodes.NO_ERROR
         self.transport.write(goaway.serialize())  # type: ignore[union-attr]  # connected
+        self._note("goaway-sent", "NO_ERROR")
         if not self.streams:
             self._close()
 
@@ -285,10 +289,10 @@ class H2ServerProtocol(Protocol):
         self._abandon(ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _protocol_error(self, problem: ProtocolError) -> None:
-        code = getattr(problem, "error_code", ErrorCodes.PROTOCOL_ERROR)
+        code = _code_name(getattr(problem, "error_code", ErrorCodes.PROTOCOL_ERROR))
         log.info("h2: {client} broke the protocol ({problem}); GOAWAY {code} and closing",
-                 client=self.client_ip, problem=str(problem) or type(problem).__name__,
-                 code=ErrorCodes(code).name if code in ErrorCodes._value2member_map_ else code)
+                 client=self.client_ip, problem=str(problem) or type(problem).__name__, code=code)
+        self._note("goaway-sent", code)
         self.context.admission.garbage(self.client_ip)
         # h2 has queued its GOAWAY already.
         self._send()
@@ -301,11 +305,17 @@ class H2ServerProtocol(Protocol):
                 self.h2.close_connection(code)
             except ProtocolError:
                 pass
+            self._note("goaway-sent", code.name)
             self._send()
         for stream in list(self.streams.values()):
             stream.connection_lost()
         self.h2 = None  # type: ignore[assignment]  # no frame is read or sent after this
         self._close()
+
+    def _note(self, event: str, code: str) -> None:
+        observer = self.context.observer
+        if observer is not None:
+            observer.http2(event, code)
 
     def _close(self) -> None:
         transport = self.transport
@@ -332,3 +342,11 @@ class H2ServerProtocol(Protocol):
     def stopProducing(self) -> None:
         pass
 
+
+
+def _code_name(code: int) -> str:
+    """An HTTP/2 error code's name (RFC 9113 7), or its number when it has none."""
+    try:
+        return ErrorCodes(code).name
+    except ValueError:
+        return str(code)

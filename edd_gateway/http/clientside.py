@@ -75,6 +75,8 @@ class ClientContext:
     main_site: str | None
     misdirected: Callable[[Any, str], bool] | None
     transport: Any
+    #: The protocol the client speaks: C{http/1.1}, or C{h2} (what the access log's C{proto=} says).
+    protocol: str = "http/1.1"
 
 
 class Flow(Protocol):

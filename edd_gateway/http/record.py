@@ -65,6 +65,10 @@ class RequestRecordFields:
         return self.info.request_id if self.info is not None else self._request_id
 
     @property
+    def proto(self) -> str:
+        return self.context.protocol
+
+    @property
     def route_label(self) -> str:
         return route_label(self.route)
 

@@ -242,12 +242,16 @@ class AccessLog:
         started = request.started
         responded = request.responded
         duration_ms = _ms(now - started)
+        proto = request.proto
         line = (f'{client} "{method} {host or ""}{target}" {status} {bytes_out} {duration_ms}ms '
                 f"route={route} backend={backend} id={request_id}")
+        if proto != "http/1.1":
+            line += f" proto={proto}"
         self._emit(line, {
             "kind": "http",
             "client": client,
             "scheme": request.scheme,
+            "proto": proto,
             "method": method,
             "host": host,
             "target": target,
@@ -293,6 +297,9 @@ class AccessLog:
             "bytes_down": record.bytes_down,
             "duration_ms": duration_ms,
         })
+
+    def http2(self, event: str, code: str) -> None:
+        pass
 
     def ssh_login(self, outcome: str) -> None:
         """Logins are counted by the metrics and logged by the SSH door itself."""

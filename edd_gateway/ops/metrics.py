@@ -90,6 +90,7 @@ class GatewayMetrics:
         self.http_bytes: dict[str, list[int]] = {}
         self.bytes: collections.Counter[tuple[str, str]] = collections.Counter()
         self.tunnels: collections.Counter[str] = collections.Counter()
+        self.http2_events: collections.Counter[tuple[str, str]] = collections.Counter()
         self.ssh_logins: collections.Counter[str] = collections.Counter()
         self.ssh_sessions: collections.Counter[str] = collections.Counter()
         self.listeners: list[ListenerStats] = []
@@ -138,6 +139,9 @@ class GatewayMetrics:
 
     def ssh_login(self, outcome: str) -> None:
         self.ssh_logins[outcome] += 1
+
+    def http2(self, event: str, code: str) -> None:
+        self.http2_events[(event, code)] += 1
 
     # Sources read at scrape time
 
@@ -197,6 +201,11 @@ class _Collector:
             transferred.add_metric([protocol, direction], count)
         yield transferred
         yield _counter("edd_gateway_tunnels", "Byte tunnels ended, by kind.", "kind", m.tunnels)
+        http2 = CounterMetricFamily("edd_gateway_http2_events", "HTTP/2 streams opened, streams reset (by "
+                                    "either side) and GOAWAYs sent, by error code.", labels=["event", "code"])
+        for (event, code), count in sorted(m.http2_events.items()):
+            http2.add_metric([event, code], count)
+        yield http2
         yield _counter("edd_gateway_ssh_logins", "SSH login attempts, by outcome.", "outcome", m.ssh_logins)
         yield _counter("edd_gateway_ssh_sessions", "SSH connections ended, by outcome.", "outcome", m.ssh_sessions)
 

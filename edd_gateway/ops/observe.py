@@ -78,6 +78,9 @@ class HTTPRequestRecord(Protocol):
     def backend(self) -> str: ...
     @property
     def request_id(self) -> str: ...
+    @property
+    def proto(self) -> str:
+        """C{http/1.1}, or C{h2} for a request on an HTTP/2 stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +147,8 @@ class GatewayObserver(Protocol):
     def tunnel(self, record: TunnelRecord) -> None: ...
     def ssh_session(self, record: SSHSessionRecord) -> None: ...
     def ssh_login(self, outcome: str) -> None: ...
+    def http2(self, event: str, code: str) -> None:
+        """An HTTP/2 connection event: C{stream} (opened), C{reset-sent}, C{reset-received} or C{goaway-sent}, with its error code's name."""
 
 
 class Observers:
@@ -167,3 +172,7 @@ class Observers:
     def ssh_login(self, outcome: str) -> None:
         for observer in self.observers:
             observer.ssh_login(outcome)
+
+    def http2(self, event: str, code: str) -> None:
+        for observer in self.observers:
+            observer.http2(event, code)

@@ -157,6 +157,7 @@ def http_record(**overrides: Any) -> SimpleNamespace:
         client_ip="203.0.113.9", scheme="https", method=b"GET", host=b"app.test",
         request_target=b"/some/path?x=1", status=200, route_label="app.test/", backend="10.0.0.5:8000",
         bytes_in=12, bytes_out=3456, started=100.0, responded=100.0042, request_id="req-1", completed=True,
+        proto="http/1.1",
     )
     fields.update(overrides)
     return SimpleNamespace(**fields)
@@ -188,13 +189,19 @@ class AccessLogTests(SynchronousTestCase):
         self.access.http_request(http_record(), 100.01234)  # type: ignore[arg-type]
         event = self.only_event()
         self.assertEqual(self.fields(event), {
-            "kind": "http", "client": "203.0.113.9", "scheme": "https", "method": "GET", "host": "app.test",
-            "target": "/some/path?x=1", "status": 200, "route": "app.test/", "backend": "10.0.0.5:8000",
+            "kind": "http", "client": "203.0.113.9", "scheme": "https", "proto": "http/1.1", "method": "GET",
+            "host": "app.test", "target": "/some/path?x=1", "status": 200, "route": "app.test/", "backend": "10.0.0.5:8000",
             "bytes_in": 12, "bytes_out": 3456, "duration_ms": 12.3, "upstream_ms": 4.2, "request_id": "req-1",
             "completed": True,
         })
         self.assertEqual(formatEvent(event), '203.0.113.9 "GET app.test/some/path?x=1" 200 3456 12.3ms '
                                              'route=app.test/ backend=10.0.0.5:8000 id=req-1')
+
+    def test_http2_request_says_so(self) -> None:
+        self.access.http_request(http_record(proto="h2"), 100.01234)  # type: ignore[arg-type]
+        event = self.only_event()
+        self.assertEqual(self.fields(event)["proto"], "h2")
+        self.assertTrue(formatEvent(event).endswith(" id=req-1 proto=h2"), formatEvent(event))
 
     def test_http_request_answered_by_the_gateway(self) -> None:
         record = http_record(method=b"-", host=None, request_target=b"-", status=400, route_label="-",
