@@ -99,6 +99,9 @@ class H2ServerProtocol(Protocol):
             SettingCodes.MAX_HEADER_LIST_SIZE: proxy.max_header_bytes,
             SettingCodes.ENABLE_CONNECT_PROTOCOL: 1,
         })
+        # h2 gives its HPACK decoder the bound only once a changed setting
+        # is acknowledged; these are in force from the start.
+        self.h2.decoder.max_header_list_size = proxy.max_header_bytes
         self.h2.initiate_connection()
         # The connection's window starts at 64 KiB whatever SETTINGS say: a
         # few streams' uploads would share that.  DATA are acknowledged only

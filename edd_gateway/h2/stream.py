@@ -175,7 +175,9 @@ class H2Stream:
         self.deadline.set(self.context.settings.websocket_idle_timeout)
 
     def body_progress(self) -> None:
-        self._moved = True
+        # Counted where bytes really move (sent within the window, or read
+        # from the client): a backend filling a spent window is no progress.
+        pass
 
     def job_finished(self, job: Job) -> None:
         self.finish()
@@ -250,6 +252,8 @@ class H2Stream:
         out = self._out
         while out:
             sent = self.connection.send_data(self.stream_id, out[0])
+            if sent:
+                self._moved = True
             if sent < len(out[0]):
                 out[0] = out[0][sent:]
                 break

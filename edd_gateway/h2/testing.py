@@ -22,7 +22,7 @@ from twisted.internet.address import IPv4Address
 from edd_gateway.h2.server import H2ServerProtocol, H2Settings
 from edd_gateway.http.testing import FakeConnection, ProxyHarness
 
-__all__ = ["H2TestClient", "connect_h2", "frames"]
+__all__ = ["H2TestClient", "connect_h2", "frames", "open_h2"]
 
 
 class H2TestClient:
@@ -84,14 +84,20 @@ class H2TestClient:
         return dict(received[-1].headers) if received else {}
 
 
-def connect_h2(harness: ProxyHarness, settings: H2Settings | None = None, ip: str = "203.0.113.7",
-               port: int = 40000) -> H2TestClient:
-    """An HTTP/2 client connection to C{harness}'s proxy (as if ALPN said h2)."""
+def open_h2(harness: ProxyHarness, settings: H2Settings | None = None, ip: str = "203.0.113.7",
+            port: int = 40000) -> tuple[H2ServerProtocol, FakeConnection]:
+    """The gateway's side of a new HTTP/2 connection to C{harness}'s proxy (as if ALPN said h2); nothing sent yet."""
     transport = FakeConnection(peer=IPv4Address("TCP", ip, port))
     protocol = H2ServerProtocol(harness.factory, settings or H2Settings())
     transport.protocol = protocol
     protocol.makeConnection(transport)
-    return H2TestClient(protocol, transport)
+    return protocol, transport
+
+
+def connect_h2(harness: ProxyHarness, settings: H2Settings | None = None, ip: str = "203.0.113.7",
+               port: int = 40000) -> H2TestClient:
+    """An HTTP/2 client connection to C{harness}'s proxy, the preface exchanged."""
+    return H2TestClient(*open_h2(harness, settings, ip, port))
 
 
 def frames(data: bytes) -> list[Frame]:
