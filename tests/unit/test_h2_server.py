@@ -186,3 +186,58 @@ class LimitTests(SynchronousTestCase):
 def _headers_frame(stream_id: int, block: bytes) -> bytes:
     """A HEADERS frame with END_HEADERS and END_STREAM, for a header block already HPACK-encoded."""
     return len(block).to_bytes(3, "big") + b"\x01\x05" + stream_id.to_bytes(4, "big") + block
+
+
+class WebSocketTests(SynchronousTestCase):
+    """RFC 8441: extended CONNECT on a stream, an HTTP/1.1 upgrade to the backend."""
+
+    def setUp(self) -> None:
+        self.proxy = ProxyHarness([backend_route("app.test", "/")], scheme="https")
+        self.client = connect_h2(self.proxy)
+        self.stream = self.client.conn.get_next_available_stream_id()
+        self.client.conn.send_headers(self.stream, [
+            (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+            (b":authority", b"app.test"), (b":path", b"/chat"), (b"sec-websocket-version", b"13"),
+        ])
+        self.client.flush()
+        self.backend = self.proxy.accept()
+
+    def upgrade(self, rest: bytes = b"") -> None:
+        self.backend.send(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Sec-WebSocket-Accept: x\r\n\r\n" + rest)
+        self.client.flush()
+
+    def test_the_backend_gets_an_http11_upgrade(self) -> None:
+        head = self.backend.received()
+        self.assertTrue(head.startswith(b"GET /chat HTTP/1.1\r\n"), head)
+        self.assertIn(b"Upgrade: websocket\r\n", head)
+        self.assertIn(b"sec-websocket-version: 13\r\n", head)
+        self.assertRegex(head, rb"sec-websocket-key: [A-Za-z0-9+/]{22}==\r\n")
+
+    def test_101_is_200_then_bytes_both_ways(self) -> None:
+        self.upgrade(b"hello")
+        self.assertEqual(self.client.headers(self.stream)[b":status"], b"200")
+        self.assertEqual(self.client.body(self.stream), b"hello")
+        self.backend.clear()
+        self.client.conn.send_data(self.stream, b"\x81\x02hi")
+        self.client.flush()
+        self.assertEqual(self.backend.received(), b"\x81\x02hi")
+        self.assertFalse(self.client.of(StreamEnded, self.stream))
+
+    def test_backend_close_ends_the_stream(self) -> None:
+        self.upgrade()
+        self.backend.close()
+        self.client.flush()
+        self.assertTrue(self.client.of(StreamEnded, self.stream))
+
+    def test_client_reset_closes_the_backend(self) -> None:
+        self.upgrade()
+        self.client.conn.reset_stream(self.stream)
+        self.client.flush()
+        self.assertTrue(self.backend.closing)
+
+    def test_backend_declining_is_an_ordinary_answer(self) -> None:
+        self.backend.send(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 2\r\n\r\nno")
+        self.client.flush()
+        self.assertEqual(self.client.headers(self.stream)[b":status"], b"403")
+        self.assertEqual(self.client.body(self.stream), b"no")
