@@ -77,6 +77,8 @@ class H2ServerProtocol(Protocol):
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
         self.paused = False
+        #: A stream has been opened: the connection is in use (metrics count it once).
+        self._used = False
         self.client_ip = ""
         self.context: ClientContext
         self.h2: H2Connection
@@ -172,6 +174,11 @@ class H2ServerProtocol(Protocol):
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         stream = H2Stream(self, stream_id, request_ended=ended)
         self.streams[stream_id] = stream
+        if not self._used:
+            # Counted apart from TLS connections: browsers open spare
+            # connections that never carry a request (preconnects).
+            self._used = True
+            self._note("connection", "-")
         self._note("stream", "-")
         self.deadline.clear()
         if self.closing:

@@ -23,7 +23,7 @@ from edd_gateway.http.clientside import ClientContext, Job, TunnelledRequest
 from edd_gateway.http.deadline import Deadline
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import FlowTransport, Throttle
-from edd_gateway.h2.reframe import Headers, ResponseReframer
+from edd_gateway.h2.reframe import CONNECTION_SPECIFIC, Headers, ResponseReframer
 from edd_gateway.h2.tunnel import StreamTunnel
 
 if TYPE_CHECKING:
@@ -198,7 +198,7 @@ class H2Stream:
         """RFC 8441: the backend's 101 is the stream's 200; DATA frames carry the WebSocket both ways."""
         self.job = None
         self.phase = StreamPhase.STREAMING
-        self.connection.send_headers(self.stream_id, [(b":status", b"200")])
+        self.connection.send_headers(self.stream_id, [(b":status", b"200"), *switched_headers(head)])
         self.tunnel = StreamTunnel(self, backend, request, rest)
 
     # Flow
@@ -318,3 +318,22 @@ class H2Stream:
             self.phase = StreamPhase.BODY
             self.deadline.set(self.context.settings.body_timeout)
         job.start()
+
+
+#: What a 101 says that only HTTP/1.1's upgrade needs (RFC 8441 5: the 200 carries none of it).
+_UPGRADE_ONLY = frozenset({b"sec-websocket-accept"})
+
+
+def switched_headers(head: bytes) -> Headers:
+    """
+    The header fields of a backend's 101 head worth passing on in the
+    stream's 200: the negotiated subprotocol and extensions above all
+    (permessage-deflate's frames are unreadable to a client not told of it).
+    """
+    fields: Headers = []
+    for line in head.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        name = name.strip().lower()
+        if colon and name not in CONNECTION_SPECIFIC and name not in _UPGRADE_ONLY:
+            fields.append((name, value.strip()))
+    return fields

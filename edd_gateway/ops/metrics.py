@@ -201,8 +201,9 @@ class _Collector:
             transferred.add_metric([protocol, direction], count)
         yield transferred
         yield _counter("edd_gateway_tunnels", "Byte tunnels ended, by kind.", "kind", m.tunnels)
-        http2 = CounterMetricFamily("edd_gateway_http2_events", "HTTP/2 streams opened, streams reset (by "
-                                    "either side) and GOAWAYs sent, by error code.", labels=["event", "code"])
+        http2 = CounterMetricFamily("edd_gateway_http2_events", "HTTP/2 connections that carried a stream, "
+                                    "streams opened, streams reset (by either side) and GOAWAYs sent, by error "
+                                    "code.", labels=["event", "code"])
         for (event, code), count in sorted(m.http2_events.items()):
             http2.add_metric([event, code], count)
         yield http2

@@ -148,7 +148,7 @@ class GatewayObserver(Protocol):
     def ssh_session(self, record: SSHSessionRecord) -> None: ...
     def ssh_login(self, outcome: str) -> None: ...
     def http2(self, event: str, code: str) -> None:
-        """An HTTP/2 connection event: C{stream} (opened), C{reset-sent}, C{reset-received} or C{goaway-sent}, with its error code's name."""
+        """An HTTP/2 event: C{connection} (its first stream), C{stream} (opened), C{reset-sent}, C{reset-received} or C{goaway-sent}, with its error code's name (C{-} for none)."""
 
 
 class Observers:
