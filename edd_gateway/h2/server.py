@@ -83,6 +83,8 @@ class H2ServerProtocol(Protocol):
         #: Within dataReceived: frames are sent once at its end.
         self._receiving = False
         self._send_call: IDelayedCall | None = None
+        #: Streams with frames to send at the end of the turn, in the order they became ready.
+        self._ready: dict[H2Stream, None] = {}
         self.client_ip = ""
         self.context: ClientContext
         self.h2: H2Connection
@@ -228,12 +230,20 @@ class H2ServerProtocol(Protocol):
 
     # What streams ask
 
-    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> None:
-        self.h2.send_headers(stream_id, headers)
+    def stream_ready(self, stream: H2Stream) -> None:
+        """C{stream} has frames to send: they go at the end of this turn (L{_send})."""
+        self._ready[stream] = None
         self._send_soon()
 
-    def send_data(self, stream_id: int, data: bytes) -> int:
-        """Send what the windows allow of C{data} now; how many bytes went."""
+    def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> None:
+        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        self._send_soon()
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
+        """
+        Send what the windows allow of C{data} now (with END_STREAM when
+        C{end_stream} and all of it goes); how many bytes went.
+        """
         if self.paused or self.h2 is None:
             return 0
         h2 = self.h2
@@ -241,30 +251,30 @@ class H2ServerProtocol(Protocol):
         frame = h2.max_outbound_frame_size
         sent = 0
         while sent < allowed:
-            chunk = data[sent:sent + min(frame, allowed - sent)]
-            h2.send_data(stream_id, chunk)
-            sent += len(chunk)
+            size = min(frame, allowed - sent)
+            h2.send_data(stream_id, data[sent:sent + size],
+                         end_stream=end_stream and sent + size == len(data))
+            sent += size
         if sent:
             self._send_soon()
         return sent
 
-    def end_stream(self, stream_id: int, complete: bool) -> None:
-        """The response is done; a request still arriving is stopped (RFC 9113 8.1, RST_STREAM NO_ERROR)."""
+    def end_stream(self, stream_id: int) -> None:
+        """The response is done (an empty DATA frame with END_STREAM)."""
         if self.h2 is None:
             return
         self.h2.end_stream(stream_id)
-        if not complete:
-            self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
         self._send_soon()
 
-    def reset_stream(self, stream_id: int, code: int) -> None:
+    def reset_stream(self, stream_id: int, code: int, note: bool = True) -> None:
         if self.h2 is None:
             return
         try:
             self.h2.reset_stream(stream_id, code)
         except StreamClosedError:
             return
-        self._note("reset-sent", _code_name(code))
+        if note:
+            self._note("reset-sent", _code_name(code))
         self._send_soon()
 
     def acknowledge(self, stream_id: int, length: int) -> None:
@@ -362,10 +372,22 @@ class H2ServerProtocol(Protocol):
         self._send_call = self.context.clock.callLater(0, self._send)
 
     def _send(self) -> None:
-        self._send_call = None
+        if self._send_call is not None:
+            if self._send_call.active():
+                self._send_call.cancel()
+            self._send_call = None
         h2 = self.h2
         if h2 is None:
             return
+        # Inside, the streams' sends queue frames for the write just below.
+        receiving, self._receiving = self._receiving, True
+        try:
+            while self._ready:
+                ready, self._ready = self._ready, {}
+                for stream in ready:
+                    stream.flush()
+        finally:
+            self._receiving = receiving
         data = h2.data_to_send()
         if data:
             self.transport.write(data)  # type: ignore[union-attr]  # connected

@@ -81,6 +81,7 @@ class H2Stream:
         self.reframer = ResponseReframer(self._head, self._body)
         self._out: deque[bytes] = deque()
         self._ending = False
+        self._pending_head: Headers | None = None
         self.closed = False
         #: The client's DATA not yet delivered (reading paused): bytes and their flow-controlled size.
         self._held: deque[tuple[bytes, int]] = deque()
@@ -137,7 +138,7 @@ class H2Stream:
         self.reset_by_client()
 
     def window_opened(self) -> None:
-        self._flush()
+        self.flush()
 
     # ClientSide
 
@@ -185,7 +186,7 @@ class H2Stream:
     def finish(self) -> None:
         """The response is all written: END_STREAM once the bytes held for the window have gone."""
         self._ending = True
-        self._flush()
+        self.connection.stream_ready(self)
 
     def abort(self) -> None:
         """A response already begun cannot be answered otherwise: reset this stream only."""
@@ -234,30 +235,53 @@ class H2Stream:
     def _head(self, status: int, headers: Headers) -> None:
         if self.closed:
             return
-        self.connection.send_headers(self.stream_id, [(b":status", b"%d" % status), *headers])
+        head = [(b":status", b"%d" % status), *headers]
+        if status < 200:
+            # 1xx: sent as they come, the final head follows.
+            self.connection.send_headers(self.stream_id, head)
+            return
+        self._pending_head = head
+        self.connection.stream_ready(self)
 
     def _body(self, data: bytes) -> None:
         if self.closed or not data:
             return
         self._out.append(data)
-        self._flush()
+        self.connection.stream_ready(self)
 
     def send_body(self, data: bytes) -> None:
         """Bytes for the client from outside the reframer (the tunnel's)."""
         self._body(data)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """
+        Send the head and what the windows allow of the body.  Called at the
+        end of the reactor turn that produced them (L{H2ServerProtocol.stream_ready}),
+        so that a response whose end is known by then goes out with
+        END_STREAM on its last frame instead of one empty DATA frame more.
+        """
         if self.closed:
             return
         out = self._out
+        head, self._pending_head = self._pending_head, None
+        if head is not None:
+            end = self._ending and not out
+            self.connection.send_headers(self.stream_id, head, end_stream=end)
+            if end:
+                self._ended()
+                return
         while out:
-            sent = self.connection.send_data(self.stream_id, out[0])
+            last = self._ending and len(out) == 1
+            sent = self.connection.send_data(self.stream_id, out[0], end_stream=last)
             if sent:
                 self._moved = True
             if sent < len(out[0]):
                 out[0] = out[0][sent:]
                 break
             out.popleft()
+            if last:
+                self._ended()
+                return
         throttle = self._backend_throttle
         if out:
             if throttle is not None and not throttle.paused:
@@ -270,9 +294,15 @@ class H2Stream:
         if self.tunnel is not None:
             self.tunnel.resume_backend()
         if self._ending:
-            self._ending = False
-            self.connection.end_stream(self.stream_id, complete=self._request_ended and not self._held)
-            self._gone()
+            self.connection.end_stream(self.stream_id)
+            self._ended()
+
+    def _ended(self) -> None:
+        """END_STREAM is sent: a request still arriving is stopped (RFC 9113 8.1, RST_STREAM NO_ERROR)."""
+        self._ending = False
+        if not (self._request_ended and not self._held):
+            self.connection.reset_stream(self.stream_id, NO_ERROR, note=False)
+        self._gone()
 
     def reset(self, code: int) -> None:
         if not self.closed:
