@@ -35,7 +35,7 @@ from twisted.python.failure import Failure
 from edd_gateway.routes.model import Route
 from edd_gateway.state.changefeed import Change
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
-from edd_gateway.state.nats import REFRESHED_SUBJECT, ContainerEvent, refreshed_message
+from edd_gateway.state.events import REFRESHED_SUBJECT, ContainerEvent, refreshed_message
 from edd_gateway.state.routes_sync import merge_routes
 
 __all__ = ["ChangeFeed", "ContainerDatabase", "EventFeed", "StateService", "StateStatus"]
