@@ -33,10 +33,10 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway.routes.model import Route
-from edd_gateway.state.changefeed import Change
-from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
 from edd_gateway.state.events import REFRESHED_SUBJECT, ContainerEvent, refreshed_message
+from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
 from edd_gateway.state.routes_sync import merge_routes
+from edd_gateway.state.triggers import Change
 
 __all__ = ["ChangeFeed", "ContainerDatabase", "EventFeed", "StateService", "StateStatus"]
 
