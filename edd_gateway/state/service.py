@@ -264,6 +264,7 @@ class StateService(Service):
         else:
             self._queue.ask(change.container_ids, change.user_ids)
         self._queue.kick_soon()
+
     def _changes_listening(self) -> None:
         if self._connected:
             self.request_full_resync("change feed listening")
