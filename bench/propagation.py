@@ -79,7 +79,7 @@ from edd_gateway.routes.containers import ContainerRouter  # noqa: E402
 from edd_gateway.routes.loader import load_routes_file  # noqa: E402
 from edd_gateway.routes.table import LiveRouteTable, RouteTable  # noqa: E402
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot, IngressRule  # noqa: E402
-from edd_gateway.state.nats import REFRESHED_SUBJECT  # noqa: E402
+from edd_gateway.state.events import REFRESHED_SUBJECT  # noqa: E402
 from edd_gateway.tap import default_routes_path  # noqa: E402
 from edd_gateway.testing import ComputeService, GatewayProcess, as_deferred, poll_until, run_process  # noqa: E402
 from edd_gateway.testing.nats import ThrowawayNats  # noqa: E402

@@ -71,7 +71,7 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def _install_change_feed(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from edd_gateway.state.changefeed import ChangeFeedError, install
+    from edd_gateway.state.triggers import ChangeFeedError, install
 
     dsn = args.dsn or os.environ.get("DATABASE_URL")
     if not dsn:

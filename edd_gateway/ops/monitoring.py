@@ -150,11 +150,17 @@ class Monitoring:
 
     def state(self, state: StateService | None, directory_ready: Any) -> None:
         """The database and NATS (C{state}), or the local containers file (C{directory_ready()})."""
-        metrics = self.metrics
         if state is None:
             self.readiness.parts["containers"] = lambda: Part(OK, required=True) if directory_ready() \
                 else Part(DOWN, "the containers file is not loaded yet", required=True)
             return
+        self._state_metrics(state)
+        self._database_parts(state)
+        self._feed_parts(state)
+
+    def _state_metrics(self, state: StateService) -> None:
+        """Which components are up, what the state service read and heard, how fast changes propagate."""
+        metrics = self.metrics
 
         def up() -> Samples:
             status = state.status()
@@ -184,6 +190,8 @@ class Monitoring:
                               "Seconds from a NATS event's or a change notification's arrival to its change "
                               "being served.", lag)
 
+    def _database_parts(self, state: StateService) -> None:
+        """Readiness: the containers read at least once (required), PostgreSQL reachable now."""
         def containers() -> Part:
             status = state.status()
             if not status.containers_ready:
@@ -200,6 +208,9 @@ class Monitoring:
 
         self.readiness.parts["containers"] = containers
         self.readiness.parts["database"] = database
+
+    def _feed_parts(self, state: StateService) -> None:
+        """Readiness of the feeds configured: NATS, and the change feed (degraded only when nothing else announces)."""
         if state.events is not None:
             events = state.events
 

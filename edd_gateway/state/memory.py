@@ -15,11 +15,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, fail, succeed
 
 from edd_gateway.routes.model import Route
-from edd_gateway.state.changefeed import Change, parse_change
+from edd_gateway.state.events import ContainerEvent, EventRejected, parse_event
 from edd_gateway.state.model import Container, HostKeyPin
-from edd_gateway.state.nats import ContainerEvent, EventRejected, parse_event
 from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.routes_sync import StaticRouteRow, file_route_rows, routes_from_rows
+from edd_gateway.state.triggers import Change, parse_change
 
 __all__ = ["MemoryChangeFeed", "MemoryDatabase", "MemoryEventFeed"]
 

@@ -1,217 +1,27 @@
 """
-The compute service's events over NATS: which subjects the gateway hears,
-what a message names (L{parse_event}, pure), and the nats-py client living
-inside Twisted's asyncio reactor (L{NatsEventFeed}), consuming the
-C{COMPUTE} JetStream stream through a durable consumer when there is one,
-plain core subscriptions otherwise.
-
-An event is only a hint: its subject names a container (or an SSH key) and
-the gateway re-reads that from PostgreSQL, so duplicated, reordered or lost
-events cannot leave a wrong route.  That is why parsing trusts the subject
-and only adds to it from the body: a body that cannot be decoded (protobuf,
-or JSON) is logged once per kind of subject, and what the subject names is
-re-read all the same.  Only a subject of another shape is rejected.
+The nats-py client that hears the compute service's events
+(L{NatsEventFeed}), living inside Twisted's asyncio reactor: it consumes
+the C{COMPUTE} JetStream stream through a durable consumer when there is
+one (L{edd_gateway.state.jetstream}), plain core subscriptions otherwise,
+and hands each message, parsed (L{edd_gateway.state.events}), to its owner.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import re
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from edd_gateway.state.events_pb import DecodeError, message_class
+from edd_gateway.state.events import SUBJECTS, ContainerEvent, EventRejected, parse_event
+from edd_gateway.state.jetstream import DURABLE, STREAM, durable_consumer, settle
 
-__all__ = [
-    "CONTAINER_ACTIONS", "ContainerEvent", "DURABLE", "EventRejected", "INGRESS_ACTIONS", "NatsEventFeed",
-    "REFRESHED_SUBJECT", "SSHKEY_ACTIONS", "STREAM", "SUBJECTS", "parse_event", "refreshed_message", "registered",
-]
+__all__ = ["NatsEventFeed", "registered"]
 
-SUBJECTS = ("compute.container.*.*", "compute.ingress.*.*", "compute.sshkey.*.*")
-REFRESHED_SUBJECT = "gateway.router.refreshed"
-STREAM = "COMPUTE"
-DURABLE = "gateway-service"
-CONTAINER_ACTIONS = frozenset({"created", "started", "stopped", "deleted", "ssh_toggled", "https_toggled",
-                               "ip_assigned"})
-INGRESS_ACTIONS = frozenset({"created", "deleted", "requested", "delete_requested"})
-SSHKEY_ACTIONS = frozenset({"created", "deleted"})
-_ACTIONS = {"container": CONTAINER_ACTIONS, "ingress": INGRESS_ACTIONS, "sshkey": SSHKEY_ACTIONS}
-_MAX_BODY = 64 * 1024
-_TOKEN = re.compile(r"[^\s.*>]{1,253}")
 _log = Logger()
-
-
-class EventRejected(ValueError):
-    """A subject that is not a compute event subject; the reason is logged."""
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerEvent:
-    """
-    A hint that something the routes depend on changed.
-
-    @ivar kind: C{"container"}, C{"ingress"} or C{"sshkey"}.
-    @ivar container_ids: the containers to re-read: the subject's id, and the
-        body's C{container_id} too when the two differ (empty for C{sshkey}).
-    @ivar user_ids: the users whose SSH keys to re-read (C{sshkey} events:
-        the body's user id, as text like the table's C{user_id}).
-    @ivar full_resync: nothing says what to re-read (an C{sshkey} event
-        whose body names no user): read everything.
-    @ivar known_action: whether C{action} is one the compute service is
-        known to send (others are re-read all the same).
-    """
-
-    subject: str
-    kind: str
-    action: str
-    container_ids: tuple[str, ...]
-    user_ids: tuple[str, ...] = ()
-    full_resync: bool = False
-    known_action: bool = True
-
-
-class _Undecodable(ValueError):
-    """A body that says nothing usable: only the subject counts."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Body:
-    container_id: str | None = None
-    user_id: str | None = None
-
-
-# The kinds whose undecodable bodies were logged already: a publisher
-# sending a format the gateway cannot read would otherwise log every message.
-_undecodable_kinds: set[str] = set()
-
-
-def parse_event(subject: str, data: bytes) -> ContainerEvent:
-    """
-    The event a message on C{compute.<kind>.<id>.<action>} carries, C{kind}
-    being C{container}, C{ingress} (C{id} a container id) or C{sshkey}
-    (C{id} a key id).  The body is protobuf (the compute service's
-    messages), or JSON when it starts with C{{} (C{container_id} /
-    C{containerId}, C{user_id} / C{userId}, a user id as a number or a
-    string).  Whatever the body, the subject's container is re-read; an
-    C{sshkey} event re-reads its user's keys, or everything when the body
-    names no user.  Never raises for a body.
-
-    @raise EventRejected: for a subject of another shape.
-    """
-    kind, subject_id, action = _split(subject)
-    try:
-        body = _read_body(kind, action, data)
-    except _Undecodable as problem:
-        _log_undecodable(kind, subject, str(problem))
-        body = _Body()
-    known = action in _ACTIONS[kind]
-    if kind == "sshkey":
-        if body.user_id is None:
-            return ContainerEvent(subject, kind, action, (), full_resync=True, known_action=known)
-        return ContainerEvent(subject, kind, action, (), (body.user_id,), known_action=known)
-    # Re-reading is harmless, missing a change is not: when the two ids
-    # disagree, both containers are re-read.
-    body_id = body.container_id
-    ids = (subject_id,) if body_id is None or body_id == subject_id else (body_id, subject_id)
-    return ContainerEvent(subject, kind, action, ids, known_action=known)
-
-
-def _split(subject: str) -> tuple[str, str, str]:
-    parts = subject.split(".")
-    if len(parts) != 4 or parts[0] != "compute" or parts[1] not in _ACTIONS:
-        raise EventRejected(f"not a compute container, ingress or sshkey subject: {subject!r}")
-    _, kind, subject_id, action = parts
-    if not _TOKEN.fullmatch(subject_id) or not _TOKEN.fullmatch(action):
-        raise EventRejected(f"malformed subject {subject!r}")
-    return kind, subject_id, action
-
-
-def _log_undecodable(kind: str, subject: str, problem: str) -> None:
-    if kind not in _undecodable_kinds:
-        _undecodable_kinds.add(kind)
-        _log.warn("nats: cannot decode the body of a message on {subject} ({problem}); re-reading what the subject "
-                  "names (further such bodies on compute.{kind}.* are not logged)",
-                  subject=subject, problem=problem, kind=kind)
-
-
-def _read_body(kind: str, action: str, data: bytes) -> _Body:
-    if len(data) > _MAX_BODY:
-        raise _Undecodable(f"{len(data)} bytes, more than {_MAX_BODY}")
-    stripped = data.strip()
-    if not stripped:
-        return _Body()
-    if stripped.startswith(b"{"):
-        # No message of the compute service starts with "{" (it would be
-        # field 15 opening a group), but a message can start with "\n"
-        # (field 1): JSON is tried first only on what looks like JSON, and
-        # protobuf still gets its turn.
-        try:
-            document = json.loads(data)
-        except (ValueError, RecursionError):
-            pass
-        else:
-            return _from_json(kind, document)
-    return _from_protobuf(kind, action, data)
-
-
-def _from_json(kind: str, document: dict[str, Any]) -> _Body:
-    if kind == "sshkey":
-        return _Body(user_id=_user_id(_either(document, "user_id", "userId")))
-    value = _either(document, "container_id", "containerId")
-    if value is None:
-        return _Body()
-    if not isinstance(value, str):
-        raise _Undecodable(f"container_id is a {type(value).__name__}, not a string")
-    return _Body(container_id=_container_id(value))
-
-
-def _either(document: dict[str, Any], snake: str, camel: str) -> Any:
-    value = document.get(snake)
-    return document.get(camel) if value is None else value
-
-
-def _from_protobuf(kind: str, action: str, data: bytes) -> _Body:
-    cls = message_class(kind, action)
-    try:
-        message = cls.FromString(data)
-    except DecodeError as error:
-        raise _Undecodable(f"neither JSON nor {cls.DESCRIPTOR.full_name}: {error}") from None
-    if kind == "sshkey":
-        # proto3 cannot tell an unset int64 from 0, and no user has id 0.
-        return _Body(user_id=_user_id(message.user_id or None))
-    return _Body(container_id=_container_id(message.container_id) if message.container_id else None)
-
-
-def _container_id(value: str) -> str:
-    if not _TOKEN.fullmatch(value):
-        raise _Undecodable(f"container_id {value[:80]!r} is empty or has spaces or dots")
-    return value
-
-
-def _user_id(value: object) -> str | None:
-    """The table's C{user_id} is TEXT: the compute service's int64, as text."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return str(value)
-    # Protobuf's JSON mapping writes an int64 as a string.
-    if isinstance(value, str) and _TOKEN.fullmatch(value):
-        return value
-    raise _Undecodable(f"user id {str(value)[:80]!r} is not a positive integer or a string without spaces or dots")
-
-
-def refreshed_message(containers: int, running: int, routes: int, reason: str, now: float) -> bytes:
-    """The body of L{REFRESHED_SUBJECT}, published after every full resync."""
-    timestamp = datetime.fromtimestamp(now, timezone.utc).isoformat().replace("+00:00", "Z")
-    body = {"containers": containers, "running": running, "routes": routes, "reason": reason, "timestamp": timestamp}
-    return json.dumps(body, sort_keys=True).encode("utf-8")
 
 
 def _deferred(coroutine: Coroutine[Any, Any, Any]) -> Deferred[Any]:
@@ -242,20 +52,10 @@ class NatsEventFeed:
     every C{reconnect_wait} seconds; L{start} fires once it is up.  Needs
     Twisted's asyncio reactor.
 
-    The consumer is a push consumer (created if missing: deliver all, ack
-    explicit, no filter), acked by hand.  nats-py's pull C{fetch(n)} keeps a
-    partly filled batch until its timeout, so a pull loop would either hold
-    a lone event for seconds or make a round trip per message; a push
-    consumer hands each message over as soon as it is stored, the server
-    bounds the unacked ones (C{max_ack_pending}) and redelivers by itself.
-
-    Each gateway replica needs its own C{durable} name: a durable consumer is
-    one cursor over the stream, whose messages it splits between its
-    subscribers (nats-py even refuses a second subscriber to a push consumer:
-    "already bound"), so replicas sharing one would not each hear every
-    event.  A second replica finding the consumer bound falls back to core
-    subscriptions, with a warning, until its next reconnection.  C{ack_wait} and C{max_deliver} apply when the feed creates the
-    consumer; an existing one keeps its configuration.
+    Why the consumer is a push one, and why each replica needs its own
+    C{durable} name: L{edd_gateway.state.jetstream}.  C{ack_wait} and
+    C{max_deliver} apply when the feed creates the consumer; an existing
+    one keeps its configuration.
     """
 
     _request_timeout = 5.0
@@ -365,7 +165,8 @@ class NatsEventFeed:
             if client is None:
                 raise ConnectionError("the feed is stopped")
             js = client.jetstream(timeout=self._request_timeout)
-            config = await self._consumer(client, js)
+            config = await durable_consumer(client, js, self.durable, subscribed=self._push, ack_wait=self._ack_wait,
+                                            max_deliver=self._max_deliver, max_ack_pending=self._max_ack_pending)
             if config is not None:
                 await self._drop_core()
                 if self._push is not None and self._push.subject != config.deliver_subject:
@@ -384,44 +185,6 @@ class NatsEventFeed:
             previous, self._mode = self._mode, "core" if config is None else "jetstream"
             if previous is not None and previous != self._mode:
                 _log.info("nats: now hearing events through {how}", how=self._how())
-
-    async def _consumer(self, client: Any, js: Any) -> Any:
-        """The durable consumer's configuration (created if missing), or None to use core subscriptions."""
-        from nats.errors import Error as NatsError
-        from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-        from nats.js.errors import NotFoundError, ServiceUnavailableError
-
-        try:
-            await js.stream_info(STREAM)
-        except (NotFoundError, ServiceUnavailableError):
-            return None  # no such stream, or a server without JetStream
-        except NatsError as error:
-            return self._not_jetstream(f"cannot read the stream ({type(error).__name__}: {error})")
-        try:
-            try:
-                info = await js.consumer_info(STREAM, self.durable)
-            except NotFoundError:
-                # A consumer lost while connected is made again on the
-                # subject this connection already listens to.
-                deliver = self._push.subject if self._push is not None else client.new_inbox()
-                info = await js.add_consumer(STREAM, ConsumerConfig(
-                    name=self.durable, durable_name=self.durable, description="edd-gateway: container routes",
-                    deliver_subject=deliver, deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self._ack_wait, max_deliver=self._max_deliver, max_ack_pending=self._max_ack_pending))
-                _log.info("nats: created the durable consumer {durable} on {stream}", durable=self.durable,
-                          stream=STREAM)
-        except NatsError as error:
-            return self._not_jetstream(f"cannot read or create it ({type(error).__name__}: {error})")
-        if not info.config.deliver_subject:
-            return self._not_jetstream("it is a pull consumer; the gateway needs a push one")
-        if info.push_bound and self._push is None:
-            return self._not_jetstream("another subscriber is bound to it (each replica needs its own durable name)")
-        return info.config
-
-    def _not_jetstream(self, why: str) -> None:
-        _log.warn("nats: not using the durable consumer {durable} on {stream}: {why}; using core subscriptions",
-                  durable=self.durable, stream=STREAM, why=why)
-        return None
 
     async def _drop_core(self) -> None:
         subscriptions, self._core = self._core, []
@@ -452,11 +215,11 @@ class NatsEventFeed:
             # Heartbeat or flow control, on a consumer someone else made with
             # them: not an event.  Flow control wants an empty reply.
             if msg.reply and self._client is not None:
-                await _settle(self._client.publish(msg.reply, b""))
+                await settle(self._client.publish(msg.reply, b""))
             return
         event = self._parse(msg)
         if event is None:
-            await _settle(msg.term())
+            await settle(msg.term())
             return
         applied = self._deliver(event)
         if applied is not None:
@@ -464,7 +227,7 @@ class NatsEventFeed:
 
     def _applied(self, msg: Any) -> None:
         self._failing = None
-        self._spawn(_settle(msg.ack()))
+        self._spawn(settle(msg.ack()))
 
     def _not_applied(self, event: ContainerEvent, reason: Failure) -> None:
         # One line per run of the same error (PostgreSQL down fails them all).
@@ -555,14 +318,6 @@ async def registered(client: Any) -> None:
     """
     await client.flush()
     await client.flush()
-
-
-async def _settle(acknowledgement: Coroutine[Any, Any, Any]) -> None:
-    """Ack or term, best effort: a message not acked is redelivered, which is the point."""
-    try:
-        await acknowledgement
-    except Exception as error:
-        _log.debug("nats: cannot acknowledge a message: {error}", error=error)
 
 
 def _as_twisted_cancellation(reason: Failure) -> None:

@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from edd_gateway.state.events_pb import MESSAGES, message_class
-from edd_gateway.state.nats import STREAM
+from edd_gateway.state.jetstream import STREAM
 
 from .tools import ProcessRun, as_deferred, free_port, poll_until, reactor_or_installed, require_tool, run_process
 

@@ -8,7 +8,7 @@ the unit tests lean on cannot drift from the real store it stands for.
    L{LocalContainersSource} that hands its calls to it, L{MemoryDatabase} and
    L{PostgresDatabase}; L{PersistentHostKeyPinsTestsMixin}
    adds, for the file and PostgreSQL, that pins outlive the store object.
- - L{ContainerDatabaseTestsMixin}: L{edd_gateway.state.service.ContainerDatabase}
+ - L{ContainerDatabaseTestsMixin}: L{edd_gateway.state.sources.ContainerDatabase}
    (what the state service needs of PostgreSQL), run over L{MemoryDatabase}
    and L{PostgresDatabase}.  The local containers file is no such database
    (it is read whole into the directory, and keeps pins only): it is in the
@@ -29,7 +29,7 @@ from typing import Any
 from edd_gateway.routes.loader import load_routes_text
 from edd_gateway.ssh.pins import HostKeyPins
 from edd_gateway.state.model import Container, HostKeyPin, IngressRule
-from edd_gateway.state.service import ContainerDatabase
+from edd_gateway.state.sources import ContainerDatabase
 from tests._support.routes_sync import FILE
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFRWnd03oL7qVUScEq+4xbgWp5e4Apuox818FnnDghrf dev@laptop"

@@ -18,7 +18,7 @@ from twisted.internet import reactor, ssl
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.state.nats import REFRESHED_SUBJECT
+from edd_gateway.state.events import REFRESHED_SUBJECT
 from edd_gateway.testing import (
     BackendServer,
     EchoResource,

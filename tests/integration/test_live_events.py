@@ -53,7 +53,7 @@ from twisted.internet.task import deferLater
 from twisted.python import log
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.state.nats import DURABLE, STREAM
+from edd_gateway.state.jetstream import DURABLE, STREAM
 from edd_gateway.testing import ComputeService, EndToEndMixin, NewContainer, NewSSHKey, as_deferred, free_port, \
     poll_until, require_asyncio_reactor
 from edd_gateway.testing.nats import add_compute_stream, compute_message, start_nats

@@ -10,9 +10,8 @@ from __future__ import annotations
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.state.changefeed import (
-    CHANNEL, Change, ChangeFeedError, ChangeFeedListener, install,
-)
+from edd_gateway.state.changefeed import ChangeFeedListener
+from edd_gateway.state.triggers import CHANNEL, Change, ChangeFeedError, install
 from edd_gateway.testing import poll_until
 from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
 

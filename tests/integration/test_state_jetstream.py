@@ -14,7 +14,9 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.state.nats import STREAM, ContainerEvent, NatsEventFeed
+from edd_gateway.state.events import ContainerEvent
+from edd_gateway.state.jetstream import STREAM
+from edd_gateway.state.nats import NatsEventFeed
 from edd_gateway.testing import as_deferred, poll_until, require_asyncio_reactor
 from edd_gateway.testing.nats import ThrowawayNats, add_compute_stream, compute_message, start_nats
 

@@ -17,7 +17,8 @@ from twisted.trial.unittest import TestCase
 
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.state.model import ContainerDirectory, IngressRule
-from edd_gateway.state.nats import REFRESHED_SUBJECT, NatsEventFeed
+from edd_gateway.state.events import REFRESHED_SUBJECT
+from edd_gateway.state.nats import NatsEventFeed
 from edd_gateway.state.postgres import PostgresDatabase
 from edd_gateway.state.service import StateService
 from edd_gateway.testing import as_deferred, poll_until, require_asyncio_reactor

@@ -35,7 +35,8 @@ from edd_gateway.tls.clienthello import ClientHello, ClientHelloError, ClientHel
 from edd_gateway.http.requestline import HTTP2_REFUSAL
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import BackendConnection, ClientConnection, ProxyHarness, backend_route
-from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_text
+from edd_gateway.routes.loader import RoutesFileError, load_routes_text
+from edd_gateway.routes.route_reader import ROUTE_KEYS
 from edd_gateway.routes.model import Route
 from edd_gateway.front.sniff import SNIFF_MAX_BYTES, SniffingFactory, Verdict, classify
 from edd_gateway.ssh.username import DEFAULT_USER, InvalidUsername, SSHTarget, parse_ssh_username

@@ -28,7 +28,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.net.proxyprotocol import V2_SIGNATURE, awaiting_header, header, parse_version, v1_header, v2_header
-from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_text
+from edd_gateway.routes.loader import RoutesFileError, load_routes_text
+from edd_gateway.routes.route_reader import ROUTE_KEYS
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import RouteTable
 from edd_gateway.front.sniff import SniffingFactory, Verdict

@@ -1,9 +1,10 @@
 """
-Tests for L{edd_gateway.state.changefeed} and its use by the state service:
-the notification payloads (pure), the orchestration over the memory fakes
-and a fake clock (what is re-read, polling against resync, unannounced
-changes, waiters), and the statements the operator command installs.  Against
-a throwaway PostgreSQL: C{tests/integration/test_state_changefeed.py}.
+Tests for the PostgreSQL change feed (L{edd_gateway.state.triggers}) and its
+use by the state service: the notification payloads (pure), the
+orchestration over the memory fakes and a fake clock (what is re-read,
+polling against resync, unannounced changes, waiters), and the statements
+the operator command installs.  Against a throwaway PostgreSQL:
+C{tests/integration/test_state_changefeed.py}.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.state.changefeed import (
+from edd_gateway.state.triggers import (
     Change, install_statements, parse_change,
 )
 from edd_gateway.state.memory import MemoryChangeFeed, MemoryDatabase, MemoryEventFeed

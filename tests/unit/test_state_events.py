@@ -1,5 +1,5 @@
 """
-Tests for L{edd_gateway.state.nats}'s pure half: what each subject and body
+Tests for L{edd_gateway.state.events}, the pure half: what each subject and body
 (the compute service's protobuf messages, JSON in both casings, junk) names
 to re-read, that junk is logged once per kind, and the body of
 C{gateway.router.refreshed}; and L{NatsEventFeed}'s wiring of nats-py's
@@ -23,16 +23,16 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.logger import ILogObserver, Logger
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from edd_gateway.state import nats as events
-from edd_gateway.state.events_pb import MESSAGES
-from edd_gateway.state.nats import (
+from edd_gateway.state import events
+from edd_gateway.state.events import (
     SUBJECTS,
     ContainerEvent,
     EventRejected,
-    NatsEventFeed,
     parse_event,
     refreshed_message,
 )
+from edd_gateway.state.events_pb import MESSAGES
+from edd_gateway.state.nats import NatsEventFeed
 from edd_gateway.testing import as_deferred, poll_until
 from edd_gateway.testing.nats import compute_event, compute_message
 

@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.state.memory import MemoryDatabase, MemoryEventFeed
 from edd_gateway.state.model import Container, ContainerDirectory, HostKeyPin, IngressRule
-from edd_gateway.state.nats import REFRESHED_SUBJECT
+from edd_gateway.state.events import REFRESHED_SUBJECT
 from edd_gateway.state.routes_sync import StaticRouteRow
 from edd_gateway.state.service import DEFAULT_RESYNC_INTERVAL, StateService
 
