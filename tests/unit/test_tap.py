@@ -25,7 +25,8 @@ from edd_gateway.state.nats import NatsEventFeed
 from edd_gateway.state.postgres import PostgresDatabase
 from edd_gateway.state.service import StateService
 from edd_gateway.routes.service import RoutesService
-from edd_gateway.tap import DEFAULT_STATE_FILE, Options, makeService
+from edd_gateway.state.localfile import DEFAULT_STATE_FILE
+from edd_gateway.tap import Options, makeService
 
 CONTAINERS = """\
 containers:
