@@ -21,7 +21,8 @@ from edd_gateway.front import admission as _admission
 from edd_gateway.front.drain import ConnectionTracker, GatewayService, TrackedFactory
 from edd_gateway.front.listeners import listener_service
 from edd_gateway.front.rawtcp import RawTCPFactory
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.h2.guard import GuardLimits
 from edd_gateway.h2.negotiate import ProtocolChooserFactory
 from edd_gateway.h2.server import H2ServerProtocol, H2Settings

@@ -35,7 +35,7 @@ from edd_gateway.assembly import installed_asyncio_reactor  # noqa: E402
 from edd_gateway.front import admission as _admission  # noqa: E402
 from edd_gateway.front.drain import GatewayService  # noqa: E402
 from edd_gateway.front.listeners import check_endpoint, install_start_failure_hook, listener_service  # noqa: E402
-from edd_gateway.front.sniff import Verdict  # noqa: E402
+from edd_gateway.front.classify import Verdict  # noqa: E402
 from edd_gateway.http.settings import ProxySettings  # noqa: E402
 from edd_gateway.ops.admin import admin_site  # noqa: E402
 from edd_gateway.options import DEFAULT_LISTEN, GROUPS  # noqa: E402

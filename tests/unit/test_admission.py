@@ -26,7 +26,8 @@ from edd_gateway.front.drain import ConnectionTracker, TrackedFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness
 from edd_gateway.ops.metrics import GatewayMetrics
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.tap import Options
 from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
 from edd_gateway.tls.testing import MemoryClient

@@ -37,7 +37,8 @@ from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import BackendConnection, ClientConnection, ProxyHarness, backend_route
 from edd_gateway.routes.loader import ROUTE_KEYS, RoutesFileError, load_routes_text
 from edd_gateway.routes.model import Route
-from edd_gateway.front.sniff import SNIFF_MAX_BYTES, SniffingFactory, Verdict, classify
+from edd_gateway.front.classify import SNIFF_MAX_BYTES, Verdict, classify
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh.username import DEFAULT_USER, InvalidUsername, SSHTarget, parse_ssh_username
 from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
 from edd_gateway.tls.testing import captured_client_hello, handshake_bytes, records

@@ -18,7 +18,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from edd_gateway.routes.containers import ContainerRouter
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh import GatewaySSHFactory
 from edd_gateway.state.localfile import LocalContainersSource, LocalPinStore
 from edd_gateway.state.nats import NatsEventFeed
