@@ -34,7 +34,8 @@ from twisted.python.failure import Failure
 from edd_gateway.net.connect import ConnectFailure, ConnectProblem, Splice, backend_endpoint, connect_and_splice
 from edd_gateway.net.transport import set_no_delay, swap_protocol
 from edd_gateway.front.admission import NO_ADMISSION
-from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES, ClientHelloParser
+from edd_gateway.tls.clienthello_body import ClientHello, ClientHelloError
 from edd_gateway.routes.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.ops.observe import GatewayObserver, route_label, tunnel_reporter
 from edd_gateway.net.proxyprotocol import header as proxy_header

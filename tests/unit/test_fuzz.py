@@ -31,7 +31,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.tls.clienthello import ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.tls.clienthello import ClientHelloParser
+from edd_gateway.tls.clienthello_body import ClientHello, ClientHelloError
 from edd_gateway.http.requestline import HTTP2_REFUSAL
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import BackendConnection, ClientConnection, ProxyHarness, backend_route
