@@ -24,7 +24,7 @@ class HandoverTransport(StringTransportWithDisconnection):
 
     @property
     def wrappedProtocol(self) -> protocol.Protocol:
-        # None until a test sets C{protocol}: hasattr() must not raise first.
+        # None until a test sets C{protocol}, so that hasattr() (swap_protocol) finds it anyway.
         return getattr(self, "protocol", None)  # type: ignore[return-value]  # None only before that
 
     @wrappedProtocol.setter
