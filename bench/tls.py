@@ -181,7 +181,8 @@ def twistd(python: str) -> str:
 
 
 def start_gateway(procs: ProcessSet, workdir: Path, python: str, backend_port: int, tls_backend_port: int,
-                  secret: Path, cpus: Sequence[int] | None, name: str = "gateway") -> tuple[Started, int]:
+                  secret: Path, cpus: Sequence[int] | None, name: str = "gateway",
+                  extra: str = "") -> tuple[Started, int]:
     port = free_port()
     routes = workdir / "routes.yaml"
     routes.write_text(
@@ -191,7 +192,7 @@ def start_gateway(procs: ProcessSet, workdir: Path, python: str, backend_port: i
     )
     command = (f"{twistd(python)} -n --pidfile= --logfile={workdir / (name + '.log')} edd-gateway "
                f"--routes {routes} --tls-dir {secret} --listen tcp:{port}:interface=127.0.0.1 "
-               "--admin none --no-access-log")
+               f"--admin none --no-access-log {extra}")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     started = procs.start(f"{name}-tls", shlex.split(command), cpus=cpus, env=env, cwd=workdir)

@@ -28,8 +28,9 @@ __all__ = ["H2TestClient", "connect_h2", "frames", "open_h2"]
 class H2TestClient:
     """One client connection: C{conn} is its C{h2} state, C{events} what it has received so far."""
 
-    def __init__(self, protocol: H2ServerProtocol, transport: FakeConnection) -> None:
+    def __init__(self, protocol: H2ServerProtocol, transport: FakeConnection, clock: Any = None) -> None:
         self.protocol = protocol
+        self.clock = clock
         self.transport = transport
         self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
         self.events: list[Event] = []
@@ -40,6 +41,9 @@ class H2TestClient:
         """Send what the client has queued, then read what the gateway wrote; the new events."""
         new: list[Event] = []
         for _ in range(100):
+            if self.clock is not None:
+                # The gateway sends a turn's frames together, at the end of the turn.
+                self.clock.advance(0)
             outgoing = self.conn.data_to_send()
             if outgoing and not self.transport.lost:
                 self.protocol.dataReceived(outgoing)
@@ -97,7 +101,7 @@ def open_h2(harness: ProxyHarness, settings: H2Settings | None = None, ip: str =
 def connect_h2(harness: ProxyHarness, settings: H2Settings | None = None, ip: str = "203.0.113.7",
                port: int = 40000) -> H2TestClient:
     """An HTTP/2 client connection to C{harness}'s proxy, the preface exchanged."""
-    return H2TestClient(*open_h2(harness, settings, ip, port))
+    return H2TestClient(*open_h2(harness, settings, ip, port), clock=harness.clock)
 
 
 def frames(data: bytes) -> list[Frame]:

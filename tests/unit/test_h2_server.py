@@ -169,6 +169,7 @@ class LimitTests(SynchronousTestCase):
         self.assertFalse(client.transport.disconnecting)
         client.transport.clear()
         backend.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        proxy.clock.advance(0)
         after = frames(client.transport.value())
         self.assertEqual([type(f).__name__ for f in after], ["HeadersFrame", "DataFrame", "DataFrame"])
         self.assertEqual(after[1].data, b"ok")

@@ -1,0 +1,80 @@
+"""
+The HPACK encoder of the gateway's response heads (RFC 7541): the static
+table only, every other field a literal without indexing, no Huffman
+coding — the way nginx encodes its responses.
+
+Hand-written rather than the C{hpack} library's encoder, which C{h2} uses by
+default: that one searches its dynamic table field by field and
+Huffman-codes every string in Python, a seventh of a proxied request's time
+through the gateway.  Without a dynamic table nothing here depends on the
+previous head, so encoding is a dictionary lookup per field; what it costs
+is the bytes a dynamic table would have saved on repeated values (a
+response's C{date}, C{server}, C{x-request-id} change or are short).
+Decoding the client's heads stays the C{hpack} library's, with its bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from hpack.table import HeaderTable
+
+__all__ = ["StaticTableEncoder"]
+
+_FULL: dict[tuple[bytes, bytes], int] = {}
+_NAME: dict[bytes, int] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+    _FULL.setdefault((_name, _value), _index)
+    _NAME.setdefault(_name, _index)
+
+
+def _integer(value: int, prefix_bits: int, first: int) -> bytes:
+    """RFC 7541 5.1: C{value} in a C{prefix_bits}-bit prefix whose high bits are C{first}'s."""
+    limit = (1 << prefix_bits) - 1
+    if value < limit:
+        return bytes((first | value,))
+    out = bytearray((first | limit,))
+    value -= limit
+    while value >= 128:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _string(data: bytes) -> bytes:
+    """RFC 7541 5.2, without Huffman coding."""
+    return _integer(len(data), 7, 0x00) + data
+
+
+class StaticTableEncoder:
+    """
+    Stands in for C{hpack.Encoder} on an C{h2} connection
+    (C{connection.encoder}): C{h2} calls L{encode} and sets
+    L{header_table_size} when the client's SETTINGS change it.
+    """
+
+    def __init__(self) -> None:
+        #: The client's bound on the table; this encoder uses none of it.
+        self.header_table_size = 4096
+        # The first block says so (a dynamic table size update to 0), so the
+        # client's decoder keeps no entries of ours either.
+        self._announce = True
+
+    def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        out = []
+        if self._announce:
+            self._announce = False
+            out.append(b"\x20")
+        full, names = _FULL, _NAME
+        for name, value in headers:
+            index = full.get((name, value))
+            if index is not None:
+                out.append(_integer(index, 7, 0x80))
+                continue
+            index = names.get(name)
+            if index is not None:
+                out.append(_integer(index, 4, 0x00) + _string(value))
+            else:
+                out.append(b"\x00" + _string(name) + _string(value))
+        return b"".join(out)
