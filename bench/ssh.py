@@ -248,7 +248,8 @@ def serve(work: Path, port: int, sshd_port: int, cipher: str | None) -> None:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from edd_gateway.front.sniff import SniffingFactory, Verdict
+    from edd_gateway.front.classify import Verdict
+    from edd_gateway.front.sniff import SniffingFactory
     from edd_gateway.ssh import MemoryHostKeyPins, SSHSettings, build_ssh_factory
     from edd_gateway.ssh.algorithms import Algorithms
     from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot

@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from twisted.python.usage import UsageError
 
 from edd_gateway.front.bans import DEFAULT_ALLOW, BanList, BanSettings, client_key, parse_allow
-from edd_gateway.front.drain import is_open
+from edd_gateway.front.connections import is_open
 
 __all__ = [
     "LIMITS",

@@ -17,7 +17,7 @@ forget.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -27,8 +27,12 @@ from twisted.internet.interfaces import IAddress, IProtocolFactory, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from zope.interface import Interface
 
-__all__ = ["ConnectionTracker", "GatewayService", "TrackedFactory", "innermost_protocol", "is_open"]
+from edd_gateway.front.admission import NO_ADMISSION, Admission, NoAdmission
+from edd_gateway.front.connections import innermost_protocol, is_open
+
+__all__ = ["ConnectionTracker", "GatewayService", "IAdmittedOnFirstBytes", "TrackedFactory"]
 
 log = Logger()
 
@@ -36,24 +40,6 @@ log = Logger()
 DRAIN_POLL_INTERVAL = 0.1
 #: Seconds the SSH goodbyes and TLS close alerts get after the grace period.
 FINAL_CLOSE_TIME = 1.0
-
-
-def is_open(transport: Any) -> bool:
-    """Whether the connection below C{transport} (a wrapper's included) is still open."""
-    while transport is not None:
-        disconnected = getattr(transport, "disconnected", None)
-        if disconnected is not None:
-            return not disconnected
-        transport = getattr(transport, "transport", None)
-    return False
-
-
-def innermost_protocol(transport: Any) -> Any:
-    """The protocol speaking on C{transport}, under TLS or PROXY-protocol wrappers."""
-    protocol: Any = getattr(transport, "protocol", None) or getattr(transport, "wrappedProtocol", None)
-    while getattr(protocol, "wrappedProtocol", None) is not None:
-        protocol = protocol.wrappedProtocol
-    return protocol
 
 
 class ConnectionTracker:
@@ -86,23 +72,40 @@ class ConnectionTracker:
         return len(self.open_transports())
 
 
+class IAdmittedOnFirstBytes(Interface):
+    """
+    A protocol that can be admitted on its first bytes rather than when it
+    is built.  Behind a C{haproxy:} listener the address a factory is given
+    is the balancer's; the client's is known once the PROXY header is read,
+    which is before any byte reaches the protocol.
+    """
+
+    def admit_on_first_bytes(admit: Callable[[Any], bool]) -> None:
+        """
+        Call C{admit(transport)} before handling the first bytes received;
+        when it answers false (admission has closed the connection), handle
+        none of them.
+        """
+
+
 class TrackedFactory(Factory):
     """
     A listener's factory that records each protocol it builds in a
     tracker.  Not a WrappingFactory: that would put a wrapper in front of
     every read and write of the connection's life.
 
-    With C{admission} (L{edd_gateway.front.admission.Admission}) each connection
-    is admitted first; a refused one gets no protocol, so Twisted closes
-    its socket at once.  C{behind_proxy} (a C{haproxy:} listener): the
-    address given here is the balancer's, so the protocol admits the
-    connection on its first bytes instead (its C{admit_later}).
+    Each connection is admitted first (C{admission}:
+    L{edd_gateway.front.admission.Admission}; L{NoAdmission} by default); a
+    refused one gets no protocol, so Twisted closes its socket at once.
+    C{behind_proxy} (a C{haproxy:} listener): the address given here is the
+    balancer's, so the protocol, an L{IAdmittedOnFirstBytes}, admits the
+    connection on its first bytes instead.
     """
 
     noisy = False
 
-    def __init__(self, wrapped: IProtocolFactory, tracker: ConnectionTracker, admission: Any = None,
-                 behind_proxy: bool = False) -> None:
+    def __init__(self, wrapped: IProtocolFactory, tracker: ConnectionTracker,
+                 admission: Admission | NoAdmission = NO_ADMISSION, behind_proxy: bool = False) -> None:
         self.wrapped = wrapped
         self.tracker = tracker
         self.admission = admission
@@ -112,14 +115,12 @@ class TrackedFactory(Factory):
         protocol = self.wrapped.buildProtocol(addr)
         if protocol is None:
             return None
-        admission = self.admission
-        if admission is not None:
-            if self.behind_proxy:
-                name = self.tracker.name
-                protocol.admit_later = (  # type: ignore[attr-defined]  # grafted
-                    lambda transport: admission.admit_transport(transport, name))
-            elif admission.admit(str(getattr(addr, "host", "")), protocol, self.tracker.name) is not None:
-                return None
+        admission, name = self.admission, self.tracker.name
+        if self.behind_proxy:
+            IAdmittedOnFirstBytes(protocol).admit_on_first_bytes(
+                lambda transport: admission.admit_transport(transport, name))
+        elif admission.admit(str(getattr(addr, "host", "")), protocol, name) is not None:
+            return None
         self.tracker.add_protocol(protocol)
         return protocol  # type: ignore[return-value]  # a Protocol
 

@@ -17,7 +17,8 @@ from edd_gateway.front.bans import BAN_KINDS
 from edd_gateway.front.drain import ConnectionTracker, GatewayService
 from edd_gateway.ops.metrics import GatewayMetrics, Histogram, ListenerStats
 from edd_gateway.routes.table import LiveRouteTable
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.state.service import StateService
 from edd_gateway.tls.service import CertificateRenewalService
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore

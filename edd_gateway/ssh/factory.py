@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from twisted.conch.avatar import ConchUser
 from twisted.conch.interfaces import IConchUser
@@ -33,6 +33,7 @@ from zope.interface import implementer
 from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.containers import ContainerAddressing
 from edd_gateway.front.admission import NO_ADMISSION
+from edd_gateway.front.drain import IAdmittedOnFirstBytes
 from edd_gateway.ops.observe import GatewayObserver, SSHSessionRecord
 from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh._logging import conch_logger
@@ -155,6 +156,7 @@ class UpstreamRealm:
         return connecting.addCallback(ready)
 
 
+@implementer(IAdmittedOnFirstBytes)
 class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTransport):
     """
     The user's SSH transport: login grace time from the first byte, dead-peer
@@ -169,10 +171,10 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
     # Ciphers, MACs, key exchanges, strict kex and the packet framing:
     # ServerTransportCrypto (edd_gateway.ssh.transport_crypto).
     supportedCompressions = [b"none"]
-    #: Set by an C{--ssh-listen haproxy:} listener: admission waits for the
-    #: client's first bytes, the first that come after the PROXY header
-    #: (before it the peer is the balancer).  Called with the transport.
-    admit_later: Any = None
+    #: Given by an C{--ssh-listen haproxy:} listener (L{admit_on_first_bytes}):
+    #: admission waits for the client's first bytes, the first that come
+    #: after the PROXY header (before it the peer is the balancer).
+    _admit_later: Callable[[Any], bool] | None = None
 
     def __init__(self) -> None:
         self._grace: IDelayedCall | None = None
@@ -192,12 +194,15 @@ class GatewayServerTransport(ServerTransportCrypto, ssh_transport.SSHServerTrans
         self._grace = self.factory.clock.callLater(self.factory.settings.login_grace_time, self._graceExpired)
         super().connectionMade()
 
+    def admit_on_first_bytes(self, admit: Callable[[Any], bool]) -> None:
+        self._admit_later = admit
+
     def dataReceived(self, data: bytes) -> None:
         # Wire bytes up; packet payloads down (see sendPacket): close enough
         # for the access log and byte counters, and free of a write wrapper.
         self.bytes_up += len(data)
-        if self.admit_later is not None:
-            admit, self.admit_later = self.admit_later, None
+        if self._admit_later is not None:
+            admit, self._admit_later = self._admit_later, None
             if not admit(self.transport):
                 return
         if self.keepalive is not None:

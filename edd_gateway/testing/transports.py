@@ -24,7 +24,8 @@ class HandoverTransport(StringTransportWithDisconnection):
 
     @property
     def wrappedProtocol(self) -> protocol.Protocol:
-        return getattr(self, "protocol", None)  # type: ignore[return-value]
+        # None until a test sets C{protocol}, so that hasattr() (swap_protocol) finds it anyway.
+        return getattr(self, "protocol", None)  # type: ignore[return-value]  # None only before that
 
     @wrappedProtocol.setter
     def wrappedProtocol(self, value: protocol.Protocol) -> None:
@@ -41,7 +42,7 @@ class RecordingProtocol(protocol.Protocol):
     def connectionMade(self) -> None:
         self.events.append(("made", b""))
         if self.close_at_start:
-            self.transport.loseConnection()  # type: ignore[union-attr]
+            self.transport.loseConnection()  # type: ignore[union-attr]  # set by makeConnection
 
     def dataReceived(self, data: bytes) -> None:
         self.events.append(("data", data))
@@ -60,7 +61,7 @@ class RecordingFactory(protocol.Factory):
         self.close_at_start = close_at_start
         self.refuse = refuse
 
-    def buildProtocol(self, addr: IAddress) -> RecordingProtocol | None:  # type: ignore[override]
+    def buildProtocol(self, addr: IAddress) -> RecordingProtocol | None:  # type: ignore[override]  # a port's peer
         self.peers.append(addr)
         if self.refuse:
             return None

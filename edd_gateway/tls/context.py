@@ -3,19 +3,20 @@ TLS termination contexts: the pyOpenSSL server connections that the
 gateway's C{TLSMemoryBIOFactory} wraps around the HTTP side.
 
 It owns the TLS policy (TLS 1.2 and 1.3 only, ECDHE with AES-GCM or
-ChaCha20-Poly1305 for TLS 1.2, ALPN C{http/1.1}, session resumption, no
-renegotiation) and the choice of certificate at handshake time: a servername
-callback asks the L{CertificateStore} and switches the connection to that
-certificate's context, the way txsni's C{SNIMap} does.  Twisted's
-C{CertificateOptions(contextForServerName=)} would leave the chain and the
-policy to us anyway, and one context per loaded certificate, built once and
-dropped when the store replaces the certificate, keeps reloads from touching
-open connections.
+ChaCha20-Poly1305 for TLS 1.2, ALPN, session resumption, no renegotiation)
+and one context per loaded certificate, built once and dropped when the store
+replaces the certificate, so that reloads never touch open connections.  The
+certificate is not chosen here: the listener chose it from the ClientHello it
+parsed (L{edd_gateway.tls.listener}), and a connection starts with that
+certificate's context already in place, so the handshake makes no choice of
+its own.  Twisted's C{CertificateOptions} would leave the chain and the
+policy to us anyway.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from OpenSSL import SSL
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
@@ -29,7 +30,8 @@ __all__ = [
     "ALPN_PROTOCOL",
     "ALPN_WITH_H2",
     "TLS12_CIPHERS",
-    "SNIConnectionCreator",
+    "CertificateConnectionCreator",
+    "PresentsCertificate",
     "chosen_certificate",
     "negotiated_server_name",
     "server_connection_creator",
@@ -103,25 +105,34 @@ def _policy_context(certificate: LoadedCertificate | None, tickets: bool = True,
     return context
 
 
-def _peer_description(connection: SSL.Connection) -> str:
-    protocol = connection.get_app_data()
-    transport = getattr(protocol, "transport", None)
-    if transport is None:
-        return "an unknown peer"
-    peer = transport.getPeer()
-    return str(getattr(peer, "host", peer))
+def _accept_server_name(connection: SSL.Connection) -> None:
+    """
+    The servername callback, which chooses nothing: OpenSSL acknowledges a
+    client's SNI, and keeps it in a TLS 1.2 session for its resumptions, only
+    when such a callback accepts the name.
+    """
+
+
+class PresentsCertificate(Protocol):
+    """A TLS transport given its certificate before its handshake (L{edd_gateway.tls.terminated.TerminatedTLS})."""
+
+    @property
+    def certificate(self) -> LoadedCertificate: ...
 
 
 @implementer(IOpenSSLServerConnectionCreator)
-class SNIConnectionCreator:
+class CertificateConnectionCreator:
     """
-    Server connections whose certificate the store chooses by SNI.
+    Server connections presenting the certificate their TLS transport was
+    given (L{PresentsCertificate}).
 
     Usable as the C{contextFactory} of
-    C{TLSMemoryBIOFactory(creator, False, wrapped)}.  A connection picks its
-    certificate during its handshake from the store's current index, so a
-    reload serves new connections while open ones keep the context they
-    hold.
+    C{TLSMemoryBIOFactory(creator, False, wrapped)} whose protocol is given
+    a certificate.  A connection is made with the policy context, then moved
+    to its certificate's context before any byte is read: OpenSSL keeps the
+    first context's session cache and ticket keys for the connection's whole
+    life, so every certificate shares one cache and one ticket key, and takes
+    the certificate and the ALPN callback from the second.
 
     Session tickets: with C{ticket_keys}, OpenSSL encrypts and decrypts them
     with the keys it holds at each ticket (L{edd_gateway.tls.tickets});
@@ -145,9 +156,10 @@ class SNIConnectionCreator:
         self._tickets = tickets
         # The first context carries the policy, the session cache and the
         # ticket keys for every connection (OpenSSL uses the connection's
-        # first context for both); certificates come from the switch.
+        # first context for both); certificates come from the context
+        # connection_for moves each connection to.
         self._base = _policy_context(None, tickets, self._alpn)
-        self._base.set_tlsext_servername_callback(self._choose_certificate)
+        self._base.set_tlsext_servername_callback(_accept_server_name)
         if tickets and ticket_keys is not None:
             _openssl.set_ticket_key_callback(self._base, ticket_keys, self._ticket_callback_failed)
 
@@ -157,8 +169,14 @@ class SNIConnectionCreator:
         self._log.error("tls: the session ticket callback failed ({problem}); that handshake went without "
                         "its ticket", problem=repr(problem))
 
-    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self._base, None)
+    def serverConnectionForTLS(self, tlsProtocol: PresentsCertificate) -> SSL.Connection:
+        return self.connection_for(tlsProtocol.certificate)
+
+    def connection_for(self, certificate: LoadedCertificate) -> SSL.Connection:
+        """A server connection whose handshake will present C{certificate}."""
+        connection = SSL.Connection(self._base, None)
+        connection.set_context(self.context_for(certificate))
+        return connection
 
     def context_for(self, certificate: LoadedCertificate) -> SSL.Context:
         """The (cached) context presenting C{certificate}."""
@@ -173,19 +191,6 @@ class SNIConnectionCreator:
             context = self._contexts[certificate] = _policy_context(certificate, self._tickets, self._alpn)
         return context
 
-    def _choose_certificate(self, connection: SSL.Connection) -> None:
-        server_name = negotiated_server_name(connection)
-        certificate = self._store.choose(server_name)
-        if certificate is None:
-            # Without a certificate OpenSSL fails the handshake itself.
-            self._log.info(
-                "TLS from {peer}: no certificate for server name {server_name}",
-                peer=_peer_description(connection),
-                server_name=server_name,
-            )
-            return
-        connection.set_context(self.context_for(certificate))
-
 
 def server_connection_creator(
     store: CertificateStore,
@@ -193,12 +198,12 @@ def server_connection_creator(
     ticket_keys: _openssl.TicketKeyLookup | None = None,
     tickets: bool = True,
     alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
-) -> SNIConnectionCreator:
+) -> CertificateConnectionCreator:
     """
     The connection creator terminating TLS with C{store}'s certificates (and
     C{ticket_keys}' keys), negotiating the first of C{alpn} a client offers.
     """
-    return SNIConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets, alpn=alpn)
+    return CertificateConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets, alpn=alpn)
 
 
 def negotiated_server_name(connection: SSL.Connection) -> str | None:

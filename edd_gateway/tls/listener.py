@@ -8,8 +8,9 @@ decides by SNI alone: a host whose route passes TLS through, or a
 container name (C{<container-id>.<container-domain>}) that no loaded
 certificate covers, gets the raw stream relayed to its backend, ClientHello
 first, without ever being decrypted; any other name is handed to a
-C{TLSMemoryBIOProtocol} that terminates TLS with the certificate store's
-choice and speaks HTTP inside, the buffered bytes replayed into it.  A malformed, oversized or late
+C{TLSMemoryBIOProtocol} that terminates TLS with the certificate chosen
+here, once for the connection, and speaks HTTP inside, the buffered bytes
+replayed into it.  A malformed, oversized or late
 ClientHello, or a name no certificate covers when there is no default, is
 closed with a log line naming the client and the reason.
 """
@@ -34,7 +35,8 @@ from twisted.python.failure import Failure
 from edd_gateway.net.connect import ConnectFailure, ConnectProblem, Splice, backend_endpoint, connect_and_splice
 from edd_gateway.net.transport import set_no_delay, swap_protocol
 from edd_gateway.front.admission import NO_ADMISSION
-from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES, ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.tls.clienthello import DEFAULT_MAX_BYTES, ClientHelloParser
+from edd_gateway.tls.clienthello_body import ClientHello, ClientHelloError
 from edd_gateway.routes.containers import ContainerDecision, ContainerRefused, ContainerRouter
 from edd_gateway.ops.observe import GatewayObserver, route_label, tunnel_reporter
 from edd_gateway.net.proxyprotocol import header as proxy_header
@@ -42,7 +44,7 @@ from edd_gateway.routes.model import Route
 from edd_gateway.routes.table import LiveRouteTable
 from edd_gateway.net.addresses import describe_peer
 from edd_gateway.tls.context import server_connection_creator
-from edd_gateway.tls.store import CertificateStore
+from edd_gateway.tls.store import CertificateStore, LoadedCertificate
 from edd_gateway.tls.terminated import TerminatedTLS, TerminatorFactory
 
 __all__ = [
@@ -160,11 +162,19 @@ class ClientHelloProtocol(Protocol):
         self._timer = None
 
     def _decide(self, hello: ClientHello) -> None:
+        """Pass through, terminate with the certificate chosen here once for the connection, or refuse."""
         self._decided = True
         self._stop_timer()
         name = hello.server_name
         route = self._factory.routes.current.tls_passthrough(name) if name is not None else None
-        if route is None and name is not None:
+        if route is not None:
+            self._pass_through(hello, route)
+            return
+        store = self._factory.store
+        covering = store.covering(name) if name is not None else None
+        if covering is None and name is not None:
+            # A container name a loaded certificate covers is terminated here,
+            # its requests routed inside; any other goes to the container as is.
             decision = self._container_decision(name)
             if isinstance(decision, ContainerRefused):
                 self._factory.stats.container_refusals += 1
@@ -175,24 +185,23 @@ class ClientHelloProtocol(Protocol):
                 route = decision.route(name, tls_passthrough=True)
                 if self._factory.container_proxy_protocol is not None:
                     route = replace(route, proxy_protocol=self._factory.container_proxy_protocol)
-        if route is not None:
-            self._pass_through(hello, route)
-        elif self._factory.store.choose(name) is None:
+                self._pass_through(hello, route)
+                return
+        certificate = covering or store.default
+        if certificate is None:
             self._factory.stats.no_certificate += 1
             what = "sent no SNI" if name is None else "asked for {sni}, which no certificate covers,"
             self._refuse(what + " and there is no default certificate", _ALERT_UNRECOGNIZED_NAME, sni=name)
         else:
-            self._terminate(hello)
+            self._terminate(hello, certificate)
 
     def _container_decision(self, name: str) -> ContainerDecision | None:
-        # A container name a loaded certificate covers is terminated here,
-        # its requests routed inside; any other goes to the container as is.
         containers = self._factory.containers
-        if containers is None or self._factory.store.covers(name):
+        if containers is None:
             return None
         return containers.route(name, self.transport)
 
-    def _terminate(self, hello: ClientHello) -> None:
+    def _terminate(self, hello: ClientHello, certificate: LoadedCertificate) -> None:
         transport = self.transport
         assert transport is not None
         self._factory.stats.terminated += 1
@@ -203,7 +212,7 @@ class ClientHelloProtocol(Protocol):
         # Known here already: the HTTP side asks for both on every
         # connection (getPeer) or request (the 421 check).
         assert self._peer is not None  # set in connectionMade
-        tls = self._factory.terminator.terminate(self._peer, hello.server_name)
+        tls = self._factory.terminator.terminate(self._peer, hello.server_name, certificate)
         swap_protocol(transport, tls)
         tls.makeConnection(transport)
         self.transport = None
@@ -300,8 +309,9 @@ class TLSListenerFactory(Factory):
     @param https: the factory of the protocol speaking inside terminated
         TLS (the HTTP proxy with C{scheme="https"}).
     @param reactor: connects passthrough backends and schedules timeouts.
-    @param creator: the server connection creator; by default one choosing
-        from C{store} by SNI.
+    @param creator: the server connection creator, given the certificate
+        chosen here for each terminated connection; by default one over
+        C{store}'s certificates.
     @param idle_timeout: seconds a passthrough relay may move nothing
         before both sides are closed; L{None} for never.
     @param handshake_timeout: seconds a terminated connection has, from its

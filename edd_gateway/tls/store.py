@@ -145,14 +145,17 @@ class CertificateStore:
 
     def choose(self, server_name: str | None) -> LoadedCertificate | None:
         """The certificate to present for an SNI name (L{None}: no SNI)."""
-        index = self._index
         if server_name is None:
-            return index.default
-        return index.covering(normalize_name(server_name)) or index.default
+            return self._index.default
+        return self.covering(server_name) or self._index.default
+
+    def covering(self, name: str) -> LoadedCertificate | None:
+        """The certificate naming C{name} exactly or by wildcard; L{None} when none does (the default aside)."""
+        return self._index.covering(normalize_name(name))
 
     def covers(self, name: str) -> bool:
         """Whether some certificate names C{name} exactly or by wildcard."""
-        return self._index.covering(normalize_name(name)) is not None
+        return self.covering(name) is not None
 
     def expiring_within(self, days: float) -> tuple[LoadedCertificate, ...]:
         now = self._now()

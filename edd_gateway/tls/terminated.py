@@ -26,7 +26,7 @@ from zope.interface import directlyProvides, providedBy
 from edd_gateway.net.transport import write_now
 from edd_gateway.front.admission import NO_ADMISSION, NoAdmission
 from edd_gateway.tls import openssl as _openssl
-from edd_gateway.tls.context import chosen_certificate
+from edd_gateway.tls.secret import LoadedCertificate
 from edd_gateway.net.addresses import describe_peer
 
 __all__ = ["TerminatedTLS", "TerminatorFactory"]
@@ -77,8 +77,12 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
     factory: TerminatorFactory  # the one that builds it
 
     def __init__(self, factory: Any, wrappedProtocol: Any, _connectWrapped: bool = True, *,
-                 peer: IAddress | None = None, server_name: str | None = None) -> None:
+                 certificate: LoadedCertificate, peer: IAddress | None = None,
+                 server_name: str | None = None) -> None:
         """
+        @param certificate: what the handshake presents, chosen by the
+            listener from the ClientHello (the factory's creator sets the
+            connection up with it, L{edd_gateway.tls.context}).
         @param peer: the client's address, when the listener knew it
             already (see getPeer).
         @param server_name: the client's SNI name as the listener parsed it
@@ -86,6 +90,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
             without SNI), for the 421 check (L{misdirected}).
         """
         super().__init__(factory, wrappedProtocol, _connectWrapped)
+        self.certificate = certificate
         self.peer = peer
         self.server_name = server_name
         #: (host, misdirected?) for the last host the HTTP side asked about.
@@ -103,8 +108,7 @@ class TerminatedTLS(TLSMemoryBIOProtocol):
         last = self._last_authority
         if last is not None and last[0] == host:
             return last[1]
-        certificate = chosen_certificate(self.getHandle())
-        answer = certificate is None or not certificate.covers(host)
+        answer = not self.certificate.covers(host)
         self._last_authority = (host, answer)
         return answer
 
@@ -270,6 +274,10 @@ class TerminatorFactory(TLSMemoryBIOFactory):
         self.handshake_timeout = handshake_timeout
         self.admission = admission
 
-    def terminate(self, peer: IAddress, server_name: str | None) -> TerminatedTLS:
-        """The transport for a connection whose ClientHello the listener read (its address and SNI known)."""
-        return TerminatedTLS(self, self.wrappedFactory.buildProtocol(peer), peer=peer, server_name=server_name)
+    def terminate(self, peer: IAddress, server_name: str | None, certificate: LoadedCertificate) -> TerminatedTLS:
+        """
+        The transport for a connection whose ClientHello the listener read:
+        its address and SNI known, its certificate chosen.
+        """
+        return TerminatedTLS(self, self.wrappedFactory.buildProtocol(peer), certificate=certificate, peer=peer,
+                             server_name=server_name)

@@ -14,10 +14,8 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.front.sniff import (
-    SniffingFactory,
-    Verdict,
-)
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.testing.transports import RecordingFactory, RecordingProtocol
 
 

@@ -26,7 +26,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh import MemoryHostKeyPins, SSHSettings, build_ssh_factory
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot
 from edd_gateway.testing import (

@@ -33,7 +33,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh import MemoryHostKeyPins, SSHSettings, build_ssh_factory
 from edd_gateway.ssh import algorithms
 from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnapshot

@@ -26,9 +26,13 @@ from edd_gateway.front.drain import ConnectionTracker, TrackedFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness
 from edd_gateway.ops.metrics import GatewayMetrics
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.tap import Options
 from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
+from edd_gateway.ssh.factory import GatewaySSHFactory
+from edd_gateway.ssh.pins import MemoryHostKeyPins
+from edd_gateway.ssh.testing import directory, key
 from edd_gateway.tls.testing import MemoryClient
 from tests._support.tls import ListenerCase
 
@@ -419,15 +423,18 @@ class HookTests(SynchronousTestCase):
         self.assertEqual(factory.tracker.accepted, 1)
 
     def test_ssh_listener_behind_a_proxy_admits_on_the_first_bytes(self) -> None:
-        wrapped = RecordingFactory()
-        factory = TrackedFactory(wrapped, ConnectionTracker("haproxy:tcp:2222"), self.door, behind_proxy=True)
+        ssh = GatewaySSHFactory(directory(), MemoryHostKeyPins(), [key("host")], key("client"), MemoryReactorClock())
+        factory = TrackedFactory(ssh, ConnectionTracker("haproxy:tcp:2222"), self.door, behind_proxy=True)
         balancer = IPv4Address("TCP", "10.0.0.1", 4000)
         protocols = [factory.buildProtocol(balancer) for _ in range(3)]
         self.assertNotIn(None, protocols, "the balancer's address is never admitted")
+        # The PROXY header read, the transport names the client.
         transports = [StringTransport(peerAddress=IPv4Address("TCP", ATTACKER, 4000)) for _ in protocols]
-        self.assertTrue(protocols[0].admit_later(transports[0]))  # type: ignore[union-attr]
-        self.assertFalse(protocols[1].admit_later(transports[1]))  # type: ignore[union-attr]
-        self.assertTrue(transports[1].disconnecting)
+        for protocol, transport in zip(protocols[:2], transports):
+            protocol.makeConnection(transport)  # type: ignore[union-attr]  # not None: checked above
+            protocol.dataReceived(b"SSH-2.0-client\r\n")  # type: ignore[union-attr]  # not None: checked above
+        self.assertFalse(transports[0].disconnecting, "admitted")
+        self.assertTrue(transports[1].disconnecting, "over the per-client cap once its client is known")
 
     def test_http_limits_and_garbage(self) -> None:
         harness = ProxyHarness([], ProxySettings(max_request_line=10, header_timeout=5.0))

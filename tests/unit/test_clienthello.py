@@ -1,6 +1,7 @@
 """
-Tests for L{edd_gateway.tls.clienthello}: real ClientHellos from pyOpenSSL
-clients, split over segments and records, and malformed input of every kind.
+Tests for L{edd_gateway.tls.clienthello} and
+L{edd_gateway.tls.clienthello_body}: real ClientHellos from pyOpenSSL clients,
+split over segments and records, and malformed input of every kind.
 """
 
 from __future__ import annotations
@@ -12,12 +13,8 @@ from hypothesis import strategies as st
 from OpenSSL import SSL
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.tls.clienthello import (
-    ClientHello,
-    ClientHelloError,
-    ClientHelloParser,
-    parse_client_hello_body,
-)
+from edd_gateway.tls.clienthello import ClientHelloParser
+from edd_gateway.tls.clienthello_body import ClientHello, ClientHelloError, parse_client_hello_body
 from edd_gateway.tls.testing import captured_client_hello, handshake_bytes, records
 
 

@@ -480,7 +480,7 @@ class AddressOptionTests(SynchronousTestCase):
     def test_the_service_tree_shares_one_addressing(self) -> None:
         from twisted.internet.testing import MemoryReactorClock
 
-        from edd_gateway.front.sniff import Verdict
+        from edd_gateway.front.classify import Verdict
         from edd_gateway.tap import makeService
 
         work = self.mktemp()

@@ -16,7 +16,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.front.drain import DRAIN_POLL_INTERVAL, FINAL_CLOSE_TIME, ConnectionTracker, GatewayService
-from edd_gateway.front.drain import TrackedFactory, innermost_protocol, is_open
+from edd_gateway.front.connections import innermost_protocol, is_open
+from edd_gateway.front.drain import TrackedFactory
 
 
 class FakeTransport:

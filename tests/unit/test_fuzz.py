@@ -31,14 +31,16 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.tls.clienthello import ClientHello, ClientHelloError, ClientHelloParser
+from edd_gateway.tls.clienthello import ClientHelloParser
+from edd_gateway.tls.clienthello_body import ClientHello, ClientHelloError
 from edd_gateway.http.requestline import HTTP2_REFUSAL
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import BackendConnection, ClientConnection, ProxyHarness, backend_route
 from edd_gateway.routes.loader import RoutesFileError, load_routes_text
 from edd_gateway.routes.route_reader import ROUTE_KEYS
 from edd_gateway.routes.model import Route
-from edd_gateway.front.sniff import SNIFF_MAX_BYTES, SniffingFactory, Verdict, classify
+from edd_gateway.front.classify import SNIFF_MAX_BYTES, Verdict, classify
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh.username import DEFAULT_USER, InvalidUsername, SSHTarget, parse_ssh_username
 from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
 from edd_gateway.tls.testing import captured_client_hello, handshake_bytes, records

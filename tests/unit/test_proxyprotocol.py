@@ -32,7 +32,8 @@ from edd_gateway.routes.loader import RoutesFileError, load_routes_text
 from edd_gateway.routes.route_reader import ROUTE_KEYS
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import RouteTable
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh.factory import GatewaySSHFactory, SSHSettings
 from edd_gateway.ssh.pins import MemoryHostKeyPins
 from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings

@@ -15,14 +15,8 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.front.sniff import (
-    HTTP_METHODS,
-    SNIFF_MAX_BYTES,
-    SniffingFactory,
-    SniffingProtocol,
-    Verdict,
-    classify,
-)
+from edd_gateway.front.classify import HTTP_METHODS, SNIFF_MAX_BYTES, Verdict, classify
+from edd_gateway.front.sniff import SniffingFactory, SniffingProtocol
 from edd_gateway.testing.transports import HandoverTransport, RecordingFactory
 from edd_gateway.net.addresses import describe_peer
 

@@ -24,7 +24,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.test import iosim
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh import algorithms
 from edd_gateway.ssh.auth import GatewayLogin
 from edd_gateway.ssh.factory import GatewayAvatar, GatewaySSHFactory, SSHSettings, UpstreamRealm, build_ssh_factory

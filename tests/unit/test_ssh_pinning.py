@@ -385,7 +385,7 @@ class OptionTests(SynchronousTestCase):
 
         from twisted.internet.testing import MemoryReactorClock as Reactor
 
-        from edd_gateway.tap import build_ssh, build_state
+        from edd_gateway.assembly import build_ssh, build_state
         from edd_gateway.routes.table import LiveRouteTable, RouteTable
         from twisted.application.service import MultiService
 

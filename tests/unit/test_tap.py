@@ -18,14 +18,16 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.server import Site
 
 from edd_gateway.routes.containers import ContainerRouter
-from edd_gateway.front.sniff import SniffingFactory, Verdict
+from edd_gateway.front.classify import Verdict
+from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.ssh import GatewaySSHFactory
 from edd_gateway.state.localfile import LocalContainersSource, LocalPinStore
 from edd_gateway.state.nats import NatsEventFeed
 from edd_gateway.state.postgres import PostgresDatabase
 from edd_gateway.state.service import StateService
 from edd_gateway.routes.service import RoutesService
-from edd_gateway.tap import DEFAULT_STATE_FILE, Options, makeService
+from edd_gateway.state.localfile import DEFAULT_STATE_FILE
+from edd_gateway.tap import Options, makeService
 
 CONTAINERS = """\
 containers:

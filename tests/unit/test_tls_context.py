@@ -1,7 +1,7 @@
 """
-Tests for L{edd_gateway.tls.context}: in-memory handshakes (iosim) between a
-C{TLSMemoryBIOFactory} using the SNI connection creator and pyOpenSSL
-clients.
+Tests for L{edd_gateway.tls.context}: in-memory handshakes (iosim) between the
+terminating factory using the connection creator, given the certificate the
+listener would choose, and pyOpenSSL clients.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ from edd_gateway.tls.context import (
     server_connection_creator,
 )
 from edd_gateway.tls.devcert import self_signed_certificate, write_secret_directory
+from edd_gateway.tls.listener import TLSStats
 from edd_gateway.tls.store import CertificateStore
+from edd_gateway.tls.terminated import TerminatorFactory
 
 
 def write_pair(directory: str, *names: str) -> x509.Certificate:
@@ -127,7 +129,7 @@ class Connection:
         return self.client_peer.received
 
 
-class SNIConnectionCreatorTests(SynchronousTestCase):
+class CertificateConnectionCreatorTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.root = self.mktemp()
         self.exact = write_pair(os.path.join(self.root, "exact"), "a.cloud.example")
@@ -143,8 +145,13 @@ class SNIConnectionCreatorTests(SynchronousTestCase):
     def connect(self, client: PlainClient) -> Connection:
         address = IPv4Address("TCP", "127.0.0.1", 443)
         client_peer, server_peer = Peer(echo=False), Peer(echo=True)
-        server_factory = TLSMemoryBIOFactory(
-            self.creator, False, ServerFactory.forProtocol(lambda: server_peer), self.clock
+        # The certificate the listener chooses from the client's ClientHello
+        # (edd_gateway.tls.listener), given to the terminated connection.
+        name = None if client.server_name is None else client.server_name.decode()
+        certificate = self.store.choose(name)
+        assert certificate is not None, "the listener refuses a name no certificate serves"
+        server_factory = TerminatorFactory(
+            self.creator, ServerFactory.forProtocol(lambda: server_peer), self.clock, TLSStats(), None
         )
         client_factory = TLSMemoryBIOFactory(
             client, True, ClientFactory.forProtocol(lambda: client_peer), self.clock
@@ -154,7 +161,7 @@ class SNIConnectionCreatorTests(SynchronousTestCase):
             self.addCleanup(factory.doStop)
         client_address = IPv4Address("TCP", "192.0.2.7", 50000)
         client_protocol, server_protocol, pump = connectedServerAndClient(
-            lambda: server_factory.buildProtocol(client_address),
+            lambda: server_factory.terminate(client_address, name, certificate),
             lambda: client_factory.buildProtocol(address),
             clientTransportFactory=lambda p: FakeTransport(p, False, client_address, address),
             serverTransportFactory=lambda p: FakeTransport(p, True, address, client_address),
@@ -184,17 +191,6 @@ class SNIConnectionCreatorTests(SynchronousTestCase):
 
     def test_default_without_sni(self) -> None:
         self.assertServed(None, self.default)
-
-    def test_no_certificate_at_all(self) -> None:
-        empty = CertificateStore(log=Logger(observer=self.events.append))
-        self.creator = server_connection_creator(empty, log=Logger(observer=self.events.append))
-        connection = self.connect(PlainClient(b"a.cloud.example"))
-        self.assertFalse(connection.server_peer.handshook)
-        self.assertFalse(connection.client_peer.handshook)
-        self.assertIsInstance(connection.server_peer.lost.value, SSL.Error)
-        [message] = [formatEvent(e) for e in self.events if "no certificate" in e["log_format"]]
-        self.assertIn("a.cloud.example", message)
-        self.assertIn("192.0.2.7", message)
 
     def test_tls11_is_refused(self) -> None:
         client = PlainClient(b"a.cloud.example", version=SSL.TLS1_1_VERSION, ciphers=b"DEFAULT:@SECLEVEL=0")

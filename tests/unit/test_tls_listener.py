@@ -108,6 +108,25 @@ class TerminationTests(ListenerCase):
         self.assertIn("unknown.test", line)
         self.assertEqual(factory.stats.no_certificate, 1)
 
+    def test_no_certificate_at_all(self) -> None:
+        """
+        Refused by the listener, which chooses the certificate (once, from
+        the ClientHello), before any handshake: the client is told why, and
+        the log line names the name and the client.  (The connection creator
+        chose during the handshake before; its test moved here.)
+        """
+        factory = self.make_factory(CertificateStore(log=quiet_logger()))
+        with capturedLogs() as events:
+            _, transport = self.connect(factory)
+            client = MemoryClient(b"a.cloud.test")
+            self.handshake(client, transport)
+        self.assertFalse(client.handshook)
+        self.assertFalse(transport.connected)
+        self.assertIn("unrecognized name", str(client.error))
+        [message] = [formatEvent(e) for e in events if "no certificate" in formatEvent(e)]
+        self.assertIn("a.cloud.test", message)
+        self.assertIn("198.51.100.9", message)
+
     def test_no_sni_without_default_is_closed(self) -> None:
         store = CertificateStore(default_name="nothing.test", log=quiet_logger())
         store.add_directory(os.path.join(self.root, "exact"))
