@@ -36,9 +36,9 @@ from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.containers import ContainerAddressing
 from edd_gateway.net.proxyprotocol import header as proxy_header
 from edd_gateway.ssh._logging import conch_logger
-from edd_gateway.ssh.transport_crypto import ClientTransportCrypto
 from edd_gateway.ssh.algorithms import VERSION_STRING, Algorithms
 from edd_gateway.ssh.auth import LoginRefused, fingerprint, key_blob
+from edd_gateway.ssh.client_crypto import ClientTransportCrypto
 from edd_gateway.ssh.connection import RelayConnection
 from edd_gateway.ssh.hostkey import public_text
 from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
