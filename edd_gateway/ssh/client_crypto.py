@@ -1,7 +1,7 @@
 """
 The gateway's client side of the transport seam (containers' side):
 L{ClientTransportCrypto}, placed before Conch's C{SSHClientTransport} in
-L{edd_gateway.ssh.upstream_transport.UpstreamTransport}, adds to
+L{edd_gateway.ssh.upstream_protocol.UpstreamTransport}, adds to
 L{edd_gateway.ssh.transport_crypto.TransportCrypto} what Conch's client
 lacks or gets wrong:
 

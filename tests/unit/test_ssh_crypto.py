@@ -729,7 +729,7 @@ class OptionTests(SynchronousTestCase):
 
         from edd_gateway.ssh.factory import GatewaySSHFactory, SSHSettings
         from edd_gateway.ssh.pins import MemoryHostKeyPins
-        from edd_gateway.ssh.upstream import UpstreamTransport
+        from edd_gateway.ssh.upstream_protocol import UpstreamTransport
         from edd_gateway.ssh.testing import container, directory
 
         policy = Algorithms(kex=(b"curve25519-sha256",), ciphers=(b"aes128-gcm@openssh.com",),
