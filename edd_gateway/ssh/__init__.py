@@ -12,9 +12,11 @@ long a pin holds), C{signatures} (the signature algorithms accepted and
 offered), C{auth} (who may log in), C{upstream} (the container
 side), C{connection} and C{relay} (channels), C{keepalive}, C{factory}
 (wiring), C{algorithms} (the key exchanges, ciphers and MACs both sides
-offer, and C{--ssh-kex}/C{--ssh-ciphers}/C{--ssh-macs}), C{_packet} (the
-packet protection) and C{_transport_crypto} (the seam that puts it, strict
-key exchange and the hybrid key exchange's client side under Conch).
+offer, and C{--ssh-kex}/C{--ssh-ciphers}/C{--ssh-macs}), C{packet} (the
+packet protection), C{keyset} (an agreed cipher's protection),
+C{transport_crypto} (the seam that puts it and strict key exchange under
+Conch), C{client_crypto} (the client side's additions to it, the hybrid key
+exchange's among them) and C{conch_internals} (what the seam relies on).
 """
 
 from edd_gateway.ssh.auth import ContainerKeyChecker, GatewayLogin, LoginRefused

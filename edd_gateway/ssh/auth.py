@@ -51,7 +51,7 @@ from edd_gateway.routes.containers import ContainerAddressing
 from edd_gateway.net.addresses import describe_peer
 from edd_gateway.ssh._logging import conch_logger
 from edd_gateway.ssh.signatures import SignaturePolicy
-from edd_gateway.ssh.username import InvalidUsername, SSHTarget, parse_ssh_username, shown
+from edd_gateway.ssh.username import InvalidUsername, RequestedName, SSHTarget, parse_requested, shown, target_of
 from edd_gateway.state.model import Container, ContainerDirectory
 
 _log = Logger()
@@ -169,7 +169,7 @@ class ContainerKeyChecker:
 
     def _check(self, credentials: Any) -> GatewayLogin:
         try:
-            target = parse_ssh_username(credentials.username)
+            target = target_of(credentials.username)  # parsed already when the userauth service asks
         except InvalidUsername as problem:
             raise LoginRefused(str(problem), ssh_transport.DISCONNECT_ILLEGAL_USER_NAME) from None
         refusal = loading_refusal(self.directory)
@@ -218,6 +218,8 @@ class ContainerKeyChecker:
 class _Attempt:
     client: str
     username: str
+    #: The container the name asks for, "-" for a name that names none.
+    container: str
     fingerprint: str
     signed: bool
     #: The signature algorithm the request names (shown, "" when none).
@@ -228,7 +230,10 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     """
     ssh-userauth for the gateway: publickey only, refusals with a message,
     one log line per login attempt.  Its transport's factory provides
-    C{clock}, C{directory} and C{settings.login_grace_time}.
+    C{clock}, C{directory} and C{settings.login_grace_time}.  Each request's
+    user name is parsed once, as the request comes in; the parsed name
+    (L{RequestedName}) is what Conch's C{self.user}, the checker's
+    credentials and the log line get.
     """
 
     _log = conch_logger()
@@ -236,6 +241,8 @@ class GatewayUserAuthServer(SSHUserAuthServer):
     # MaxAuthTries is 6, but agents holding many keys offer them all.
     attemptsBeforeDisconnect = 10
     _pending: Deferred[Any] | None = None
+    #: The current request's user name, parsed as the request came in.
+    _requested: RequestedName
 
     def serviceStarted(self) -> None:
         factory = self.transport.factory  # type: ignore[union-attr]  # Conch's
@@ -258,25 +265,28 @@ class GatewayUserAuthServer(SSHUserAuthServer):
                 ssh_transport.DISCONNECT_PROTOCOL_ERROR, b"malformed authentication request")
             return None
         try:
-            parse_ssh_username(username)
+            self._requested = parse_requested(username)
         except InvalidUsername as problem:
             self._refuse(LoginRefused(str(problem), ssh_transport.DISCONNECT_ILLEGAL_USER_NAME),
-                         self._attempt(username, None, False))
+                         self._attempt(username, None, None, False))
             return None
         # Whether the container exists is not told here: see KeyOffered.
         refusal = loading_refusal(self.transport.factory.directory)  # type: ignore[union-attr]  # Conch's
         if refusal is not None:
-            self._refuse(refusal, self._attempt(username, None, False))
+            self._refuse(refusal, self._attempt(username, self._requested.target, None, False))
             return None
         return super().ssh_USERAUTH_REQUEST(packet)
 
     def auth_publickey(self, packet: bytes) -> Deferred[Any]:
+        # Conch has just set self.user to the request's name: the same name,
+        # parsed, goes into the credentials (Conch's or _query's) instead.
+        self.user = requested = self._requested
         signed = packet[:1] != b"\x00"
         try:
             algorithm, blob = getNS(packet[1:], 2)[:2]
         except (IndexError, ValueError, TypeError, struct.error):
             algorithm, blob = b"", b""
-        attempt = self._attempt(self.user, blob, signed, algorithm)  # type: ignore[arg-type]  # set by Conch first
+        attempt = self._attempt(requested, requested.target, blob, signed, algorithm)
         if attempt.fingerprint == UNREADABLE_KEY:
             # Conch's own parsing lets malformed blobs raise out of the
             # packet handler; refuse them here instead.
@@ -347,11 +357,13 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         if self.transport is not None:
             self.transport.outcome = "refused"  # type: ignore[attr-defined]  # GatewayServerTransport's
 
-    def _attempt(self, username: bytes, blob: bytes | None, signed: bool, algorithm: bytes = b"") -> _Attempt:
+    def _attempt(self, username: bytes, target: SSHTarget | None, blob: bytes | None, signed: bool,
+                 algorithm: bytes = b"") -> _Attempt:
         peer = self.transport.transport.getPeer()  # type: ignore[union-attr]  # Conch's
         return _Attempt(
             client=describe_peer(peer),
             username=username.decode("ascii", "backslashreplace"),
+            container="-" if target is None else target.container_id,
             fingerprint="-" if blob is None else fingerprint(blob),
             signed=signed,
             # Escaped (a client's bytes), without quotes: names are plain ASCII.
@@ -365,14 +377,10 @@ class GatewayUserAuthServer(SSHUserAuthServer):
         observer = getattr(getattr(transport, "factory", None), "observer", None)
         if observer is not None and count:
             observer.ssh_login(outcome)
-        try:
-            container = parse_ssh_username(attempt.username).container_id
-        except InvalidUsername:
-            container = "-"
         _log.info(
             "ssh: login {outcome} from {client} user {username} container {container} key {algorithm}{fingerprint}"
             "{offered}{why}",
-            outcome=outcome, client=attempt.client, username=shown(attempt.username), container=container,
+            outcome=outcome, client=attempt.client, username=shown(attempt.username), container=attempt.container,
             algorithm=f"{attempt.algorithm} " if attempt.algorithm else "",
             fingerprint=attempt.fingerprint, offered="" if attempt.signed else " (offered)",
             why=f": {why}" if why else "",

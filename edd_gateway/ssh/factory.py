@@ -47,7 +47,8 @@ from edd_gateway.ssh.keepalive import Keepalive, abandon, probe_connection
 from edd_gateway.ssh.pinning import FORGET_COMMAND, HostKeyPolicy, RunWatch
 from edd_gateway.ssh.pins import HostKeyPins
 from edd_gateway.ssh.signatures import SignaturePolicy, server_sig_algs
-from edd_gateway.ssh.upstream import ClientAddresses, UpstreamConnection, UpstreamConnector, UpstreamSettings
+from edd_gateway.ssh.upstream import ClientAddresses, UpstreamConnector, UpstreamSettings
+from edd_gateway.ssh.upstream_protocol import UpstreamConnection
 from edd_gateway.state.model import ContainerDirectory
 
 _log = Logger()

@@ -25,7 +25,9 @@ The constructions:
 Every construction but E&M checks the MAC or tag before it decrypts a byte
 of payload.  Cipher contexts are made once per key and direction: the CTR streams, the
 AES-GCM key, the two ChaCha20 contexts (re-nonced with each packet's
-sequence number).
+sequence number).  Which construction a negotiated cipher and MAC name
+stands for, with which part of the key exchange's keys, is
+L{edd_gateway.ssh.keyset}'s.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from dataclasses import dataclass
 from hmac import compare_digest
 from typing import Callable
 
@@ -162,7 +163,7 @@ class Plain(Outgoing, Incoming):
         return packet, *_bounds(packet, 0, length), 4 + length
 
 
-class _HMAC:
+class HMAC:
     """HMAC (RFC 2104) with the keyed inner and outer states computed once, copied per packet."""
 
     __slots__ = ("_inner", "_outer", "size")
@@ -191,7 +192,7 @@ class CTROut(Outgoing):
 
     block = 16
 
-    def __init__(self, key: bytes, iv: bytes, mac: _HMAC, etm: bool) -> None:
+    def __init__(self, key: bytes, iv: bytes, mac: HMAC, etm: bool) -> None:
         self._encrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).encryptor().update
         self._mac = mac
         self._etm = etm
@@ -211,7 +212,7 @@ class CTROut(Outgoing):
 class CTRIn(Incoming):
     """See L{CTROut}.  E&M decrypts the first block to learn the length, and keeps it until the packet is whole."""
 
-    def __init__(self, key: bytes, iv: bytes, mac: _HMAC, etm: bool) -> None:
+    def __init__(self, key: bytes, iv: bytes, mac: HMAC, etm: bool) -> None:
         self._decrypt = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor().update
         self._mac = mac
         self._etm = etm
@@ -372,58 +373,7 @@ class ChaChaPolyIn(Incoming):
         return packet, *_bounds(packet, 0, length), end
 
 
-@dataclass(frozen=True, slots=True)
-class CipherSpec:
-    """What a cipher takes from the key exchange, and whether it authenticates packets itself."""
-
-    key_size: int
-    iv_size: int
-    block: int
-    aead: bool
-
-
-CIPHERS: dict[bytes, CipherSpec] = {
-    b"chacha20-poly1305@openssh.com": CipherSpec(64, 0, 8, True),
-    b"aes256-gcm@openssh.com": CipherSpec(32, 12, 16, True),
-    b"aes128-gcm@openssh.com": CipherSpec(16, 12, 16, True),
-    b"aes256-ctr": CipherSpec(32, 16, 16, False),
-    b"aes192-ctr": CipherSpec(24, 16, 16, False),
-    b"aes128-ctr": CipherSpec(16, 16, 16, False),
-}
-#: MAC name: (hashlib name, encrypt-then-MAC).
-MACS: dict[bytes, tuple[str, bool]] = {
-    b"hmac-sha2-512-etm@openssh.com": ("sha512", True),
-    b"hmac-sha2-256-etm@openssh.com": ("sha256", True),
-    b"hmac-sha2-512": ("sha512", False),
-    b"hmac-sha2-256": ("sha256", False),
-}
-
-
-def outgoing(cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> Outgoing:
-    """The sealing side for C{cipher} (and C{mac}, unless the cipher is AEAD) with the key exchange's keys."""
-    spec = CIPHERS[cipher]
-    key = key[:spec.key_size]
-    if cipher.startswith(b"chacha20"):
-        return ChaChaPolyOut(key)
-    if spec.aead:
-        return AESGCMOut(key, iv[:spec.iv_size])
-    hash_name, etm = MACS[mac]
-    return CTROut(key, iv[:spec.iv_size], _HMAC(hash_name, integrity), etm)
-
-
-def incoming(cipher: bytes, mac: bytes, iv: bytes, key: bytes, integrity: bytes) -> Incoming:
-    """The opening side; see L{outgoing}."""
-    spec = CIPHERS[cipher]
-    key = key[:spec.key_size]
-    if cipher.startswith(b"chacha20"):
-        return ChaChaPolyIn(key)
-    if spec.aead:
-        return AESGCMIn(key, iv[:spec.iv_size])
-    hash_name, etm = MACS[mac]
-    return CTRIn(key, iv[:spec.iv_size], _HMAC(hash_name, integrity), etm)
-
-
 __all__ = [
-    "CIPHERS", "MACS", "MAX_PACKET", "AESGCMIn", "AESGCMOut", "CTRIn", "CTROut", "ChaChaPolyIn", "ChaChaPolyOut",
-    "CipherSpec", "Incoming", "Opened", "Outgoing", "PacketError", "Plain", "incoming", "outgoing",
+    "MAX_PACKET", "AESGCMIn", "AESGCMOut", "Buffer", "CTRIn", "CTROut", "ChaChaPolyIn", "ChaChaPolyOut", "HMAC",
+    "Incoming", "Opened", "Outgoing", "PacketError", "Plain",
 ]

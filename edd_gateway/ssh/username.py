@@ -6,7 +6,9 @@ never do.
 
 L{parse_ssh_username} is a pure function of the name the client sent; it
 returns an L{SSHTarget} or raises L{InvalidUsername}, whose message is fit
-to show the client (it quotes the name escaped and shortened).
+to show the client (it quotes the name escaped and shortened).  A login
+attempt parses its name once, when it starts (L{parse_requested}), and
+passes the L{RequestedName} on: the name's bytes, carrying their parse.
 """
 
 from __future__ import annotations
@@ -99,4 +101,44 @@ def parse_ssh_username(name: str | bytes) -> SSHTarget:
     return SSHTarget(container_id=container_id, user=user)
 
 
-__all__ = ["DEFAULT_USER", "MAX_USERNAME_LENGTH", "InvalidUsername", "SSHTarget", "parse_ssh_username", "shown"]
+class RequestedName(bytes):
+    """
+    A user name as a client sent it, with the target it names (C{target}).
+    It is the name's bytes to whatever signs, compares or logs them (Conch's
+    userauth keeps the name in C{self.user} and puts it in the credentials
+    it makes), so the parse travels with the name instead of being redone.
+    """
+
+    target: SSHTarget
+
+    def __new__(cls, name: bytes, target: SSHTarget) -> RequestedName:
+        requested = super().__new__(cls, name)
+        requested.target = target
+        return requested
+
+
+def parse_requested(name: bytes) -> RequestedName:
+    """
+    C{name} and its parse, done once for a login attempt.
+
+    @raise InvalidUsername: when C{name} does not follow the grammar.
+    """
+    return RequestedName(name, parse_ssh_username(name))
+
+
+def target_of(name: bytes) -> SSHTarget:
+    """
+    The target C{name} asks for: the parse it carries (a L{RequestedName}),
+    else parsed now.
+
+    @raise InvalidUsername: when C{name} does not follow the grammar.
+    """
+    if isinstance(name, RequestedName):
+        return name.target
+    return parse_ssh_username(name)
+
+
+__all__ = [
+    "DEFAULT_USER", "MAX_USERNAME_LENGTH", "InvalidUsername", "RequestedName", "SSHTarget", "parse_requested",
+    "parse_ssh_username", "shown", "target_of",
+]

@@ -19,8 +19,8 @@ from typing import Any
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, require_tool, run_process
+from edd_gateway.testing.sshd import ThrowawaySSHD, write_user_key
 
 CID = "abc123"
 
@@ -34,46 +34,27 @@ class GatewaySSHTests(EndToEndMixin, TestCase):
     async def _setUp(self) -> None:
         self.ssh_path = require_tool("ssh")
         require_tool("curl")
-        sshd = find_sshd()
-        privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
+        self.sshd = ThrowawaySSHD(self, self.work)
         self.login_user = pwd.getpwuid(os.geteuid()).pw_name
         alice = write_user_key(self.work / "alice")
         write_user_key(self.work / "bob")
         # The gateway's client key, made here so sshd can trust it before the gateway starts.
         write_user_key(self.work / "client")
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        self.sshd_port = free_port()
-        await self.start_sshd(sshd)
+        self.sshd.trust(self.work / "client.pub")
+        await self.sshd.start()
         (self.work / "containers.yaml").write_text(json.dumps({"containers": [
             {"id": CID, "user_id": "alice", "external_ip": "127.0.0.1", "ssh_enabled": True, "ssh_keys": [alice]},
             {"id": "stop1", "user_id": "alice", "status": "stopped", "external_ip": "127.0.0.1",
              "ssh_enabled": True, "ssh_keys": [alice]},
         ]}))
 
-    async def start_sshd(self, sshd: str) -> None:
-        host_key = self.work / "sshd_host_key"
-        write_user_key(host_key)
-        config = self.work / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PidFile none",
-            f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PrintMotd no", "LogLevel VERBOSE", "",
-        ]))
-        self.sshd = run_process([sshd, "-D", "-e", "-f", str(config)], timeout=self.timeout)
-        self.addCleanup(self.sshd.stop)
-        await poll_until(lambda: b"Server listening" in self.sshd.err or self.sshd.exit_code is not None,
-                         "sshd to listen")
-        if self.sshd.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(self.sshd.err)!r}")
-
     async def start(self) -> Any:
         """The gateway on the containers file, with an SSH-only listener as well as the sniffing one."""
         self.ssh_port = free_port()
         self.gateway = await self.start_gateway([
-            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd_port),
+            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd.port),
             "--ssh-listen", f"tcp:{self.ssh_port}:interface=127.0.0.1", "--ssh-host-key", str(self.work / "host"),
             "--ssh-client-key", str(self.work / "client"), "--state-file", str(self.work / "pins.json"),
         ])

@@ -49,7 +49,7 @@ from edd_gateway.testing.nats import start_nats
 from edd_gateway.testing.postgres import start_postgres
 from edd_gateway.testing.replicas import KeepAliveProbe, ProbeAnswer, ReplicaGateway, connect_probe, host_keys_seen
 from edd_gateway.testing.tools import run_process
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import ThrowawaySSHD, write_user_key
 
 DOMAIN = "compute.test"
 #: Issue 4's propagation target (event to the first request reaching the container): p99 under 50 ms.
@@ -254,22 +254,20 @@ class ScaleOutTests(EndToEndMixin, TestCase):
 
     async def test_pin_learned_through_one_replica_binds_the_other(self) -> None:
         ssh = require_tool("ssh")
-        sshd = find_sshd()
-        privilege_separation_directory_ready()
+        self.sshd = ThrowawaySSHD(self, self.work)
         alice = write_user_key(self.work / "alice")
         # The gateways' client key exists first, so the container's sshd can trust it.
         write_user_key(self.work / "client")
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
+        self.sshd.trust(self.work / "client.pub")
         write_user_key(self.work / "container_key_1")
         write_user_key(self.work / "container_key_2")
-        sshd_port = free_port()
-        await self.start_sshd(sshd, sshd_port, "container_key_1")
+        await self.sshd.start(host_key=self.work / "container_key_1")
 
         await self.shared_servers()
         await self.insert("box1", "127.0.0.1", None, user="alice", ssh=True)
         await self.server.execute("INSERT INTO ssh_keys (user_id, name, public_key, fingerprint)"
                                   " VALUES ('alice', 'laptop', %s, %s)", (alice, md5_fingerprint(alice)))
-        await self.start_ssh_replicas(["--ssh-port", str(sshd_port), "--ssh-host-key",
+        await self.start_ssh_replicas(["--ssh-port", str(self.sshd.port), "--ssh-host-key",
                                        str(self.work / "host_ed25519_key"), "--ssh-client-key",
                                        str(self.work / "client")])
 
@@ -283,7 +281,7 @@ class ScaleOutTests(EndToEndMixin, TestCase):
         # The container now shows another host key.  replica-b never saw the
         # first one: refusing means it enforces the pin replica-a wrote.
         await self.sshd.stop()
-        await self.start_sshd(sshd, sshd_port, "container_key_2")
+        await self.sshd.start(host_key=self.work / "container_key_2")
         refused = await self.ssh(ssh, "replica-b", "box1", "yes", "echo two")
         self.assertEqual(refused.exit_code, 255, self.ssh_failure(refused))
         self.assertIn(b"container box1 presented a different SSH host key", bytes(refused.err))
@@ -291,7 +289,7 @@ class ScaleOutTests(EndToEndMixin, TestCase):
         # Back to the pinned key: replica-b lets alice in, and her ssh, which
         # learned the gateway's host key through replica-a, accepts replica-b's.
         await self.sshd.stop()
-        await self.start_sshd(sshd, sshd_port, "container_key_1")
+        await self.sshd.start(host_key=self.work / "container_key_1")
         second = await self.ssh(ssh, "replica-b", "box1", "yes", "echo two")
         self.assertEqual((second.exit_code, bytes(second.out)), (0, b"two\n"), self.ssh_failure(second))
 
@@ -332,21 +330,6 @@ class ScaleOutTests(EndToEndMixin, TestCase):
         """What ssh and the container's sshd said, for a failure message."""
         return (f"ssh said: {bytes(done.err).decode(errors='replace')}\n"
                 f"the container's sshd said: {bytes(self.sshd.err).decode(errors='replace')}")
-
-    async def start_sshd(self, sshd: str, port: int, host_key: str) -> None:
-        """A throwaway sshd on 127.0.0.1:C{port} standing in for the container, with C{host_key}."""
-        config = self.work / f"sshd_config_{host_key}"
-        config.write_text("\n".join([
-            f"Port {port}", "ListenAddress 127.0.0.1", f"HostKey {self.work / host_key}", "PidFile none",
-            f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PrintMotd no", "LogLevel VERBOSE", "",
-        ]))
-        run = self.sshd = run_process([sshd, "-D", "-e", "-f", str(config)], timeout=self.timeout)
-        self.addCleanup(run.stop)
-        await poll_until(lambda: b"Server listening" in run.err or run.exit_code is not None, "sshd to listen")
-        if run.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(run.err)!r}")
 
 
 def reached(answer: ProbeAnswer, cid: str | None, backend: str | None = None) -> bool:

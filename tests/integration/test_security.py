@@ -31,11 +31,10 @@ from edd_gateway.testing import (
     RawResponse,
     echo_header,
     free_port,
-    poll_until,
     require_tool,
     run_process,
 )
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import ThrowawaySSHD, write_user_key
 from tests._support.tls_gateway import TLSCase
 
 A, B = "a.test", "b.test"
@@ -268,29 +267,14 @@ class SSHKeyTests(EndToEndMixin, TestCase):
 
     async def _setUp(self) -> None:
         self.ssh_path = require_tool("ssh")
-        sshd = find_sshd()
-        privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
+        self.sshd = ThrowawaySSHD(self, self.work)
         self.login_user = pwd.getpwuid(os.geteuid()).pw_name
         alice, bob = write_user_key(self.work / "alice"), write_user_key(self.work / "bob")
         write_user_key(self.work / "client")
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        self.sshd_port = free_port()
-        host_key = self.work / "sshd_host_key"
-        write_user_key(host_key)
-        (self.work / "sshd_config").write_text("\n".join([
-            f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PidFile none",
-            f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PrintMotd no", "LogLevel VERBOSE", "",
-        ]))
-        self.sshd = run_process([sshd, "-D", "-e", "-f", str(self.work / "sshd_config")], timeout=self.timeout)
-        self.addCleanup(self.sshd.stop)
-        await poll_until(lambda: b"Server listening" in self.sshd.err or self.sshd.exit_code is not None,
-                         "sshd to listen")
-        if self.sshd.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(self.sshd.err)!r}")
+        self.sshd.trust(self.work / "client.pub")
+        await self.sshd.start()
         owners = {"abc123": ("alice", alice), "abc12": ("bob", bob), "abc1234": ("bob", bob),
                   "xabc123": ("bob", bob)}
         (self.work / "containers.yaml").write_text(json.dumps({"containers": [
@@ -298,7 +282,7 @@ class SSHKeyTests(EndToEndMixin, TestCase):
             for cid, (user, key) in owners.items()]}))
         self.ssh_port = free_port()
         self.gateway = await self.start_gateway([
-            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd_port),
+            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd.port),
             "--ssh-listen", f"tcp:{self.ssh_port}:interface=127.0.0.1", "--ssh-host-key", str(self.work / "host"),
             "--ssh-client-key", str(self.work / "client"), "--state-file", str(self.work / "pins.json"),
         ])

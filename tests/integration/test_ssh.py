@@ -39,7 +39,7 @@ from edd_gateway.testing import (
     run_process,
     start_backend,
 )
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import SFTP, ThrowawaySSHD, write_user_key
 
 CID = "abc123"
 
@@ -62,10 +62,9 @@ class SSHEndToEndTests(TestCase):
 
     async def _start(self) -> None:
         self.ssh_path = require_tool("ssh")
-        sshd = find_sshd()
-        privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
+        self.sshd = ThrowawaySSHD(self, self.work)
         self.login_user = pwd.getpwuid(os.geteuid()).pw_name
         alice = write_user_key(self.work / "alice")
         write_user_key(self.work / "bob")
@@ -73,10 +72,9 @@ class SSHEndToEndTests(TestCase):
             CID: Container(CID, "alice", "running", "127.0.0.1", ssh_enabled=True, ssh_keys=(alice,)),
             "stop1": Container("stop1", "alice", "stopped", "127.0.0.1", ssh_enabled=True, ssh_keys=(alice,)),
         }, ready=True))
-        self.sshd_port = free_port()
         self.factory = self.gateway_factory()
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        await self.start_sshd(sshd)
+        self.sshd.trust(self.work / "client.pub")
+        await self.sshd.start(SFTP, "AllowTcpForwarding yes", "X11Forwarding no", "AcceptEnv EDD_*")
         self.gateway = self.listen(self.factory)
 
     def setUp(self) -> Any:
@@ -87,7 +85,7 @@ class SSHEndToEndTests(TestCase):
     def gateway_factory(self) -> Any:
         factory = build_ssh_factory(self.directory, MemoryHostKeyPins(), host_key_path=str(self.work / "host"),
                                     client_key_path=str(self.work / "client"), reactor=reactor,
-                                    settings=SSHSettings(ssh_port=self.sshd_port))
+                                    settings=SSHSettings(ssh_port=self.sshd.port))
         self.upstreams: list[Any] = []
         connect = factory.connector.connect
 
@@ -107,23 +105,6 @@ class SSHEndToEndTests(TestCase):
         server = start_backend(sniffer)
         self.addCleanup(server.stop)
         return server
-
-    async def start_sshd(self, sshd: str) -> None:
-        host_key = self.work / "sshd_host_key"
-        write_user_key(host_key)
-        config = self.work / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PidFile none",
-            f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "Subsystem sftp internal-sftp", "AllowTcpForwarding yes", "X11Forwarding no", "PrintMotd no",
-            "AcceptEnv EDD_*", "LogLevel VERBOSE", "",
-        ]))
-        self.sshd = run_process([sshd, "-D", "-e", "-f", str(config)], timeout=self.timeout)
-        self.addCleanup(self.sshd.stop)
-        await poll_until(lambda: self.accepts(self.sshd_port) or self.sshd.exit_code is not None, "sshd to listen")
-        if self.sshd.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(self.sshd.err)!r}")
 
     @staticmethod
     def accepts(port: int) -> bool:

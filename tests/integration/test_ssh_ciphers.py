@@ -48,7 +48,7 @@ from edd_gateway.testing import (
     run_process,
     start_backend,
 )
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import ThrowawaySSHD, write_user_key
 
 CID = "abc123"
 SIZE = 5_000_000
@@ -73,16 +73,13 @@ class Setup:
 
     async def prepare(self) -> None:
         self.ssh_path = require_tool("ssh")
-        self.sshd_path = find_sshd()
-        privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()  # type: ignore[attr-defined]
         self.work.mkdir(parents=True)
+        self.sshd = ThrowawaySSHD(self, self.work)
         self.login_user = pwd.getpwuid(os.geteuid()).pw_name
         self.alice = write_user_key(self.work / "alice")
         write_user_key(self.work / "client")
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        write_user_key(self.work / "sshd_host_key")
-        self.sshd_port = free_port()
+        self.sshd.trust(self.work / "client.pub")
         self.data = os.urandom(SIZE)
         (self.work / "data").write_bytes(self.data)
 
@@ -90,20 +87,8 @@ class Setup:
         return CID if self.login_user == "root" else f"{self.login_user}.{CID}"
 
     async def start_sshd(self, *extra: str) -> ProcessRun:
-        """The container's sshd, with C{extra} configuration lines (its algorithms)."""
-        config = self.work / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {self.work / 'sshd_host_key'}",
-            "PidFile none", f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PrintMotd no", "LogLevel DEBUG3", *extra, "",
-        ]))
-        sshd = run_process([self.sshd_path, "-D", "-e", "-f", str(config)], timeout=self.timeout)
-        self.addCleanup(sshd.stop)  # type: ignore[attr-defined]
-        await poll_until(lambda: b"Server listening" in sshd.err or sshd.exit_code is not None, "sshd to listen")
-        if sshd.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(sshd.err)!r}")
-        return sshd
+        """The container's sshd, with C{extra} configuration lines (its algorithms), logging its kex."""
+        return await self.sshd.start(*extra, log_level="DEBUG3")
 
     def ssh_argv(self, port: int, *args: str) -> list[str]:
         return [self.ssh_path, "-F", "/dev/null", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
@@ -130,7 +115,7 @@ class CipherTests(Setup, TestCase):
         }, ready=True))
         factory = build_ssh_factory(directory, MemoryHostKeyPins(), host_key_path=str(self.work / "host"),
                                     client_key_path=str(self.work / "client"), reactor=reactor,
-                                    settings=SSHSettings(ssh_port=self.sshd_port))
+                                    settings=SSHSettings(ssh_port=self.sshd.port))
         server = start_backend(SniffingFactory({Verdict.SSH: factory}, clock=reactor, listener_name="e2e-ciphers"))
         self.addCleanup(server.stop)
         self.gateway_port = server.port
@@ -305,7 +290,7 @@ class GatewayOptionTests(Setup, EndToEndMixin, TestCase):
              "ssh_keys": [self.alice]}]}))
         ssh_port = free_port()
         await self.start_gateway([
-            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd_port),
+            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd.port),
             "--ssh-listen", f"tcp:{ssh_port}:interface=127.0.0.1", "--ssh-host-key", str(self.work / "host"),
             "--ssh-client-key", str(self.work / "client"), "--state-file", str(self.work / "pins.json"),
             "--ssh-ciphers", "aes256-gcm@openssh.com,aes128-ctr", "--ssh-kex", "curve25519-sha256@libssh.org",
@@ -373,7 +358,7 @@ class AsyncSSHInteropTests(Setup, TestCase):
         }, ready=True))
         factory = build_ssh_factory(directory, MemoryHostKeyPins(), host_key_path=str(self.work / "host"),
                                     client_key_path=str(self.work / "client"), reactor=reactor,
-                                    settings=SSHSettings(ssh_port=self.sshd_port))
+                                    settings=SSHSettings(ssh_port=self.sshd.port))
         server = start_backend(SniffingFactory({Verdict.SSH: factory}, clock=reactor, listener_name="e2e-asyncssh"))
         self.addCleanup(server.stop)
         self.gateway_port = server.port
@@ -424,8 +409,8 @@ class AsyncSSHInteropTests(Setup, TestCase):
             process.exit(0)
 
         server = await aio(asyncssh.create_server(
-            Server, "127.0.0.1", self.sshd_port, server_host_keys=[str(self.work / "sshd_host_key")],
-            authorized_client_keys=str(self.work / "authorized_keys"), process_factory=handle, encoding=None,
+            Server, "127.0.0.1", self.sshd.port, server_host_keys=[str(self.sshd.host_key)],
+            authorized_client_keys=str(self.sshd.authorized_keys), process_factory=handle, encoding=None,
             **offered))
         return server, connections
 

@@ -30,8 +30,8 @@ from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.ssh import algorithms
-from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, require_tool, run_process
+from edd_gateway.testing.sshd import SFTP, ThrowawaySSHD, write_user_key
 
 CID = "abc123"
 #: Container ids of the same length, so that what ssh prints differs by nothing but the name.
@@ -68,48 +68,27 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
 
     async def _setUp(self) -> None:
         self.tools = {name: require_tool(name) for name in ("ssh", "scp", "sftp", "rsync", "git")}
-        sshd = self.sshd_path = find_sshd()
-        privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
+        self.sshd = ThrowawaySSHD(self, self.work)
         self.login_user = pwd.getpwuid(os.geteuid()).pw_name
         owner_keys = [write_key(self.work / kind, make()) for kind, make in KEY_TYPES.items()]
         write_user_key(self.work / "mallory")
         # The gateway's client key, made here so sshd can trust it before the gateway starts.
         write_user_key(self.work / "client")
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        self.sshd_port = free_port()
-        await self.start_sshd(sshd)
+        self.sshd.trust(self.work / "client.pub")
+        await self.sshd.start(SFTP)
         (self.work / "containers.yaml").write_text(json.dumps({"containers": [
             {"id": CID, "user_id": "alice", "external_ip": "127.0.0.1", "ssh_enabled": True, "ssh_keys": owner_keys},
             {"id": STOPPED, "user_id": "alice", "status": "stopped", "external_ip": "127.0.0.1",
              "ssh_enabled": True, "ssh_keys": owner_keys},
         ]}))
 
-    async def start_sshd(self, sshd: str, *extra: str) -> None:
-        """The container's sshd, with C{extra} configuration lines (its algorithms)."""
-        host_key = self.work / "sshd_host_key"
-        if not host_key.exists():
-            write_user_key(host_key)
-        config = self.work / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PidFile none",
-            f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "Subsystem sftp internal-sftp", "PrintMotd no", "LogLevel VERBOSE", *extra, "",
-        ]))
-        self.sshd = run_process([sshd, "-D", "-e", "-f", str(config)], timeout=self.timeout)
-        self.addCleanup(self.sshd.stop)
-        await poll_until(lambda: b"Server listening" in self.sshd.err or self.sshd.exit_code is not None,
-                         "sshd to listen")
-        if self.sshd.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(self.sshd.err)!r}")
-
     async def start(self, *args: str) -> None:
         """The gateway on the containers file, in its default SSH configuration plus C{args}."""
         self.ssh_port = free_port()
         self.gateway = await self.start_gateway([
-            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd_port),
+            "--containers", str(self.work / "containers.yaml"), "--ssh-port", str(self.sshd.port),
             "--ssh-listen", f"tcp:{self.ssh_port}:interface=127.0.0.1", "--ssh-host-key", str(self.work / "host"),
             "--ssh-client-key", str(self.work / "client"), "--state-file", str(self.work / "pins.json"), *args,
         ])
@@ -229,7 +208,7 @@ class UserKeyTypesTests(EndToEndMixin, TestCase):
         kinds = list(KEY_TYPES)
         for n, cipher in enumerate(name.decode() for name in algorithms.CIPHERS):
             await self.sshd.stop()
-            await self.start_sshd(self.sshd_path, f"Ciphers {cipher}")
+            await self.sshd.start(SFTP, f"Ciphers {cipher}")
             for kind in kinds:
                 done = await self.ssh(kind, "echo $SSH_CONNECTION", f"Ciphers={cipher}", verbose="-v")
                 self.assertWorked(done, f"{kind} with {cipher}")

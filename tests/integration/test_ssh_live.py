@@ -30,7 +30,7 @@ from twisted.trial.unittest import TestCase
 from edd_gateway.testing import EndToEndMixin, ProcessRun, free_port, poll_until, require_tool, run_process
 from edd_gateway.testing.compute import ComputeService, start_compute
 from edd_gateway.testing.postgres import start_postgres
-from edd_gateway.testing.sshd import find_sshd, privilege_separation_directory_ready, write_user_key
+from edd_gateway.testing.sshd import ThrowawaySSHD, write_user_key
 
 #: A change must be served within this long of its commit.
 WITHIN = 1.0
@@ -58,15 +58,12 @@ class LiveSSHTests(EndToEndMixin, TestCase):
 
     async def _setUp(self) -> None:
         self.ssh_path = require_tool("ssh")
-        self.sshd_binary = find_sshd()
-        privilege_separation_directory_ready()
         self.work = Path(self.mktemp()).absolute()
         self.work.mkdir(parents=True)
+        self.sshd = ThrowawaySSHD(self, self.work)
         self.login_user = pwd.getpwuid(os.geteuid()).pw_name
         write_user_key(self.work / "client")
-        (self.work / "authorized_keys").write_text((self.work / "client.pub").read_text())
-        self.sshd_port = free_port()
-        self.sshd: ProcessRun | None = None
+        self.sshd.trust(self.work / "client.pub")
         await self.start_sshd()
         self.server = await start_postgres(self)
         await self.server.create_compute_tables()
@@ -84,29 +81,14 @@ class LiveSSHTests(EndToEndMixin, TestCase):
         self.assertEqual(done.exit_code, 0, bytes(done.err))
 
     async def start_sshd(self) -> None:
-        """The container's sshd, with a host key made now (a rebuilt image makes a new one)."""
-        if self.sshd is not None:
-            await self.sshd.stop()
-        host_key = self.work / f"sshd_host_key_{time.monotonic_ns()}"
-        write_user_key(host_key)
-        config = self.work / "sshd_config"
-        config.write_text("\n".join([
-            f"Port {self.sshd_port}", "ListenAddress 127.0.0.1", f"HostKey {host_key}", "PidFile none",
-            f"AuthorizedKeysFile {self.work / 'authorized_keys'}", "StrictModes no", "UsePAM no",
-            "PermitRootLogin prohibit-password", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
-            "PrintMotd no", "LogLevel VERBOSE", "",
-        ]))
-        sshd = self.sshd = run_process([self.sshd_binary, "-D", "-e", "-f", str(config)], timeout=self.timeout)
-        self.addCleanup(sshd.stop)
-        await poll_until(lambda: b"Server listening" in sshd.err or sshd.exit_code is not None, "sshd to listen")
-        if sshd.exit_code is not None:
-            raise AssertionError(f"sshd did not start: {bytes(sshd.err)!r}")
+        """The container's sshd, restarted with a host key made now (a rebuilt image makes a new one)."""
+        await self.sshd.start(host_key=self.work / f"sshd_host_key_{time.monotonic_ns()}")
 
     async def start(self, *args: str) -> None:
         self.ssh_port = free_port()
         self.gateway = await self.start_gateway([
             "--database", self.server.dsn(), "--poll-interval", AN_HOUR, "--resync-interval", AN_HOUR,
-            "--ssh-port", str(self.sshd_port), "--ssh-listen", f"tcp:{self.ssh_port}:interface=127.0.0.1",
+            "--ssh-port", str(self.sshd.port), "--ssh-listen", f"tcp:{self.ssh_port}:interface=127.0.0.1",
             "--ssh-host-key", str(self.work / "host"), "--ssh-client-key", str(self.work / "client"), *args,
         ])
         await poll_until(lambda: "following PostgreSQL change feed" in self.gateway.log_text(),

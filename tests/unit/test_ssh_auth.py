@@ -36,6 +36,7 @@ from edd_gateway.ssh.auth import (
     key_blob,
     unavailable_reason,
 )
+from edd_gateway.ssh import username
 from edd_gateway.ssh.signatures import SignaturePolicy
 from edd_gateway.ssh.username import SSHTarget
 from edd_gateway.state.model import ContainerSnapshot
@@ -430,6 +431,18 @@ class UserAuthServerTests(SynchronousTestCase):
     def test_sha1_rsa_query_is_refused(self) -> None:
         self.offer(b"rsa1", "", b"ssh-rsa", typed_key("rsa"))
         self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_FAILURE])
+
+    def test_the_name_is_parsed_once_per_request(self) -> None:
+        parsed: list[bytes] = []
+        parse = username.parse_ssh_username
+        self.patch(username, "parse_ssh_username", lambda name: (parsed.append(name), parse(name))[1])
+        with capturedLogs() as events:
+            self.offer(b"alice.abc123", "alice")
+            self.sign(b"alice.abc123", "alice")
+        self.assertEqual(kinds(self.ssh.take()), [userauth.MSG_USERAUTH_PK_OK, userauth.MSG_USERAUTH_SUCCESS])
+        self.assertEqual(parsed, [b"alice.abc123", b"alice.abc123"])
+        self.assertEqual(self.realm.logins[0].target, SSHTarget("abc123", "alice"))
+        self.assertEqual([e["container"] for e in events if e.get("outcome") == "accepted"], ["abc123"])
 
     def test_invalid_name_is_told_at_once(self) -> None:
         self.request(b"a b", b"none")

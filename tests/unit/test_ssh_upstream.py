@@ -28,7 +28,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from edd_gateway.ssh.auth import LoginRefused, fingerprint
 from edd_gateway.ssh.hostkey import public_text
 from edd_gateway.ssh.pins import HostKeyPins, MemoryHostKeyPins
-from edd_gateway.ssh.upstream import UpstreamAuth, UpstreamConnection, UpstreamConnector, UpstreamSettings
+from edd_gateway.ssh.upstream import UpstreamConnector, UpstreamSettings
+from edd_gateway.ssh.upstream_protocol import UpstreamAuth, UpstreamConnection
 from edd_gateway.state.localfile import LocalPinStore
 
 from edd_gateway.ssh.testing import RecordingSSH, attach, container, key

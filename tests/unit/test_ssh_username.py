@@ -14,8 +14,11 @@ from edd_gateway.ssh.username import (
     DEFAULT_USER,
     MAX_USERNAME_LENGTH,
     InvalidUsername,
+    RequestedName,
     SSHTarget,
+    parse_requested,
     parse_ssh_username,
+    target_of,
 )
 
 container_ids = st.from_regex(r"\A[a-z0-9](?:[a-z0-9-]{0,20}[a-z0-9])?\Z")
@@ -41,6 +44,15 @@ class ParseTests(SynchronousTestCase):
 
     def test_str_names_user_and_container(self) -> None:
         self.assertEqual(str(SSHTarget("abc123", "root")), "root@abc123")
+
+    def test_a_requested_name_is_its_bytes_with_their_parse(self) -> None:
+        requested = parse_requested(b"alice.abc123")
+        self.assertEqual((requested, requested.target), (b"alice.abc123", SSHTarget("abc123", "alice")))
+        self.assertEqual(target_of(requested), SSHTarget("abc123", "alice"))
+        self.assertEqual(target_of(b"bob.c-1"), SSHTarget("c-1", "bob"))
+        self.assertEqual(target_of(RequestedName(b"x", SSHTarget("c", "u"))), SSHTarget("c", "u"), "not parsed again")
+        with self.assertRaises(InvalidUsername):
+            parse_requested(b"a b")
 
     def test_longest_label_accepted(self) -> None:
         label = "a" * 63
