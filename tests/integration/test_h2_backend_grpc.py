@@ -146,6 +146,20 @@ class GrpcBackendTests(TestCase):
         self.assertEqual(call.messages(), [b"re:m1", b"re:m2", b"re:m3"])
         self.assertEqual(call.trailers[b"grpc-status"], b"0")
 
+    async def test_a_call_in_flight_finishes_through_the_server_graceful_shutdown(self) -> None:
+        """grpc's stop(grace) sends GOAWAY: the stream it covers goes on, the connection takes no new one."""
+        call, stream = await self.call("Chat")
+        stream.send_data(grpc_frame(b"before"))
+        await call.messages_arrived(1)
+        self.server.server.stop(10)
+        await poll_until(lambda: stream.connection.closing, "the server's GOAWAY")
+        stream.send_data(grpc_frame(b"after"))
+        await call.messages_arrived(2)
+        stream.end_request()
+        await call.done
+        self.assertEqual((call.messages(), call.trailers[b"grpc-status"]), ([b"re:before", b"re:after"], b"0"))
+        self.assertEqual(self.pool.connection_count(self.server.target), 0)
+
     async def test_a_call_aborted_after_an_answer_has_its_status_in_the_trailers(self) -> None:
         call = await self.unary("Vanish", b"")
         self.assertEqual(call.ending, "ended")
