@@ -42,7 +42,6 @@ log = Logger()
 STREAM_WINDOW = 1 << 20
 #: The same for all of a connection's streams (HTTP/2 starts it at 64 KiB whatever SETTINGS say).
 CONNECTION_WINDOW = 1 << 24
-_LAST_STREAM_ID = (1 << 31) - 1  # a connection that used it takes no new stream
 _REQUEST = HeaderValidationFlags(is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False)
 _TRAILERS = _REQUEST._replace(is_trailer=True)
 
@@ -65,9 +64,9 @@ class BackendStreamListener(TypingProtocol):
 
 def checked(headers: Headers, flags: HeaderValidationFlags = _REQUEST) -> Headers:
     """
-    C{headers} normalised and validated as h2 would while sending them, or L{ProtocolError}.  Done before h2 sees
-    them: h2 validates lazily, inside its HPACK encoder, so a bad field found half-way would leave the encoder's
-    table out of step with the backend's decoder, and every later stream of the connection unreadable.
+    C{headers} normalised (names lower-cased, connection-specific fields dropped) and validated as h2 would
+    while sending them, or L{ProtocolError}.  Before h2 sees them: h2 validates lazily, inside its HPACK encoder,
+    so a bad field found half-way would leave the encoder out of step with the backend's decoder for good.
     """
     return list(validate_outbound_headers(normalize_outbound_headers(headers, flags, False), flags))
 
@@ -129,7 +128,7 @@ class _GoawayKeepsStreams(H2Connection):
     still finishes (RFC 9113 6.8: those up to C{last_stream_id}) is a protocol error.  gRPC servers send a
     graceful GOAWAY at shutdown and at C{max_connection_age}; their streams in flight must finish.  So GOAWAY
     is only reported here, and L{H2BackendProtocol} opens no new stream.  The handler overridden is h2's
-    private one; test_h2_backend's GOAWAY tests would fail should h2 stop calling it.
+    private one; the GOAWAY tests (unit, and grpc's graceful stop) fail should h2 stop calling it.
     """
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
@@ -291,7 +290,8 @@ class H2BackendProtocol(Protocol):
     # Used by the pool and by streams
 
     def has_room(self) -> bool:
-        if self.h2 is None or self.closing or self.h2.highest_outbound_stream_id >= _LAST_STREAM_ID - 2:
+        # A connection that used the last client stream id (2**31 - 1) can take no new stream.
+        if self.h2 is None or self.closing or self.h2.highest_outbound_stream_id >= (1 << 31) - 3:
             return False
         limit = self.h2.remote_settings.max_concurrent_streams if self._settings_seen else 1
         return len(self.streams) < limit
@@ -380,7 +380,7 @@ class H2BackendProtocol(Protocol):
 
     def _send(self) -> None:
         if self._send_call is not None and self._send_call.active():
-            self._send_call.cancel()
+            self._send_call.cancel()  # sent now, by dataReceived's end
         self._send_call = None
         if self.h2 is not None and self.transport is not None:
             data = self.h2.data_to_send()
