@@ -25,7 +25,8 @@ from edd_gateway.front.classify import Verdict
 from edd_gateway.front.sniff import SniffingFactory
 from edd_gateway.h2.guard import GuardLimits
 from edd_gateway.h2.negotiate import ProtocolChooserFactory
-from edd_gateway.h2.server import H2ServerProtocol, H2Settings
+from edd_gateway.h2.server import H2ServerProtocol
+from edd_gateway.h2.settings import H2Settings
 from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.upstream import PoolService, UpstreamPool

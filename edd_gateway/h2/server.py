@@ -12,7 +12,7 @@ the bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -38,7 +38,8 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway.h2.hpack_out import StaticTableEncoder
-from edd_gateway.h2.guard import FrameGuard, GuardLimits, Violation
+from edd_gateway.h2.guard import FrameGuard, Violation
+from edd_gateway.h2.settings import CONNECTION_WINDOW, H2Settings, code_name
 from edd_gateway.h2.request import H2RequestError, h1_view
 from edd_gateway.h2.stream import H2Stream
 from edd_gateway.http.answer import LocalAnswer
@@ -52,21 +53,6 @@ from edd_gateway.net.transport import set_no_delay
 __all__ = ["H2ServerProtocol", "H2Settings"]
 
 log = Logger()
-
-#: The receive window of the whole connection, all its streams together.
-CONNECTION_WINDOW = 1 << 24
-
-
-@dataclass(frozen=True)
-class H2Settings:
-    """The HTTP/2 limits a listener advertises and enforces (C{--h2-*})."""
-
-    #: SETTINGS_MAX_CONCURRENT_STREAMS: a browser opens up to 100 (Chromium) or 250 (Firefox asks for more).
-    max_concurrent_streams: int = 128
-    #: SETTINGS_INITIAL_WINDOW_SIZE: what one stream may send before it is acknowledged.
-    initial_window: int = 1 << 20
-    guard: GuardLimits = field(default_factory=GuardLimits)
-
 
 @implementer(IPushProducer)
 class H2ServerProtocol(Protocol):
@@ -181,7 +167,7 @@ class H2ServerProtocol(Protocol):
             if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_opened(0)
         elif isinstance(event, StreamReset):
-            self._note("reset-received", _code_name(event.error_code))
+            self._note("reset-received", code_name(event.error_code))
             stream = self.streams.get(event.stream_id)
             if stream is not None:
                 stream.reset_by_client()
@@ -274,7 +260,7 @@ class H2ServerProtocol(Protocol):
         except StreamClosedError:
             return
         if note:
-            self._note("reset-sent", _code_name(code))
+            self._note("reset-sent", code_name(code))
         self._send_soon()
 
     def acknowledge(self, stream_id: int, length: int) -> None:
@@ -327,7 +313,7 @@ class H2ServerProtocol(Protocol):
         self._abandon(ErrorCodes.ENHANCE_YOUR_CALM)
 
     def _protocol_error(self, problem: ProtocolError) -> None:
-        code = _code_name(getattr(problem, "error_code", ErrorCodes.PROTOCOL_ERROR))
+        code = code_name(getattr(problem, "error_code", ErrorCodes.PROTOCOL_ERROR))
         log.info("h2: {client} broke the protocol ({problem}); GOAWAY {code} and closing",
                  client=self.client_ip, problem=str(problem) or type(problem).__name__, code=code)
         self._note("goaway-sent", code)
@@ -405,10 +391,3 @@ class H2ServerProtocol(Protocol):
         pass
 
 
-
-def _code_name(code: int) -> str:
-    """An HTTP/2 error code's name (RFC 9113 7), or its number when it has none."""
-    try:
-        return ErrorCodes(code).name
-    except ValueError:
-        return str(code)

@@ -19,7 +19,8 @@ from h2.events import DataReceived, Event, ResponseReceived
 from hyperframe.frame import Frame
 from twisted.internet.address import IPv4Address
 
-from edd_gateway.h2.server import H2ServerProtocol, H2Settings
+from edd_gateway.h2.server import H2ServerProtocol
+from edd_gateway.h2.settings import H2Settings
 from edd_gateway.http.testing import FakeConnection, ProxyHarness
 
 __all__ = ["H2TestClient", "connect_h2", "frames", "open_h2"]

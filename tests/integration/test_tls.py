@@ -39,7 +39,10 @@ class CertificateChoiceTests(TLSCase):
     async def test_protocol_policy(self) -> None:
         await self.start()
         _, modern = await self.s_client("app.cloud.test", "-alpn", "h2,http/1.1")
-        self.assertIn("ALPN protocol: http/1.1", modern)
+        # HTTP/2 first when offered (docs/http2.md), HTTP/1.1 for a client offering only it.
+        self.assertIn("ALPN protocol: h2", modern)
+        _, http11 = await self.s_client("app.cloud.test", "-alpn", "http/1.1")
+        self.assertIn("ALPN protocol: http/1.1", http11)
         self.assertIn("TLSv1.3", modern)
         _, tls12 = await self.s_client("app.cloud.test", "-tls1_2")
         self.assertRegex(tls12, r"Cipher is ECDHE-(ECDSA|RSA)-(AES\d+-GCM-SHA\d+|CHACHA20-POLY1305)")

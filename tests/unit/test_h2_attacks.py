@@ -27,7 +27,7 @@ from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.guard import FrameGuard, GuardLimits
-from edd_gateway.h2.server import H2Settings
+from edd_gateway.h2.settings import H2Settings
 from edd_gateway.h2.testing import frames, open_h2
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness, backend_route

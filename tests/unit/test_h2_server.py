@@ -10,7 +10,7 @@ from h2.errors import ErrorCodes
 from h2.events import ConnectionTerminated, ResponseReceived, StreamEnded, StreamReset, WindowUpdated
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.h2.server import H2Settings
+from edd_gateway.h2.settings import H2Settings
 from edd_gateway.h2.testing import connect_h2, frames
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness, backend_route
