@@ -19,13 +19,15 @@ from collections.abc import Callable
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpResponseParser
 
+from edd_gateway.http.headers import HOP_BY_HOP
+
 Headers = list[tuple[bytes, bytes]]
 
 __all__ = ["ResponseReframer"]
 
-#: RFC 9113 8.2.2: never sent in HTTP/2, whatever the Connection header names.
-CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                 b"upgrade", b"te", b"trailer"})
+#: RFC 9113 8.2.2: never sent in HTTP/2, whatever the Connection header names:
+#: the HTTP/1.1 side's hop-by-hop fields.
+CONNECTION_SPECIFIC = HOP_BY_HOP
 
 
 class ResponseReframer:

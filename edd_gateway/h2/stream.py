@@ -24,7 +24,7 @@ from edd_gateway.http.deadline import Deadline
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import FlowTransport, Throttle
 from edd_gateway.h2.reframe import CONNECTION_SPECIFIC, Headers, ResponseReframer
-from edd_gateway.h2.tunnel import StreamTunnel
+from edd_gateway.h2.tunnel import StreamReading, StreamTunnel
 
 if TYPE_CHECKING:
     from edd_gateway.h2.server import H2ServerProtocol
@@ -43,28 +43,6 @@ class StreamPhase(Enum):
     WAITING = "waiting"
     BUSY = "busy"
     STREAMING = "streaming"
-
-
-class _Reading:
-    """The stream's reading, as the producer a backend transport may pause (L{Throttle}'s transport)."""
-
-    __slots__ = ("stream", "producer")
-
-    def __init__(self, stream: H2Stream) -> None:
-        self.stream = stream
-        self.producer: Any = None
-
-    def pauseProducing(self) -> None:
-        self.stream.pause_reading()
-
-    def resumeProducing(self) -> None:
-        self.stream.resume_reading()
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        raise NotImplementedError("a stream's reading produces for nobody")
-
-    def unregisterProducer(self) -> None:
-        pass
 
 
 class H2Stream:
@@ -214,7 +192,7 @@ class H2Stream:
         return throttle
 
     def throttle_client(self, backend: FlowTransport) -> Throttle:
-        throttle = Throttle(_Reading(self))
+        throttle = Throttle(StreamReading(self))
         backend.registerProducer(throttle, True)
         return throttle
 

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IPushProducer, ITransport
+from twisted.internet.interfaces import ITransport
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from edd_gateway.net.transport import swap_protocol
-from edd_gateway.ops.observe import TunnelRecord
+from edd_gateway.http.flow import Throttle
+from edd_gateway.ops.observe import tunnel_reporter
 
 if TYPE_CHECKING:
     from edd_gateway.h2.stream import H2Stream
@@ -29,12 +29,18 @@ if TYPE_CHECKING:
 __all__ = ["StreamTunnel"]
 
 
-@implementer(IPushProducer)
-class _StreamReading:
-    """Registered with the backend transport: its full buffer pauses the stream's reading."""
+class StreamReading:
+    """
+    A stream's reading as the transport a L{Throttle} pauses: a backend's
+    full buffer (an exchange's, or the tunnel's) stops the stream's
+    WINDOW_UPDATEs, not the connection's reading.
+    """
+
+    __slots__ = ("stream", "producer")
 
     def __init__(self, stream: H2Stream) -> None:
         self.stream = stream
+        self.producer: Any = None
 
     def pauseProducing(self) -> None:
         self.stream.pause_reading()
@@ -42,7 +48,10 @@ class _StreamReading:
     def resumeProducing(self) -> None:
         self.stream.resume_reading()
 
-    def stopProducing(self) -> None:
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        raise NotImplementedError("a stream's reading produces for nobody")
+
+    def unregisterProducer(self) -> None:
         pass
 
 
@@ -70,9 +79,11 @@ class StreamTunnel:
         self.bytes_down = 0
         self._backend_paused = False
         self._done = False
-        self.started = stream.context.clock.seconds()
+        context = stream.context
+        self._on_close = tunnel_reporter(context.observer, context.clock, "websocket", context.client_ip,
+                                         request.route_label, request.backend, request.request_id)
         swap_protocol(backend, _BackendEnd(self))
-        backend.registerProducer(_StreamReading(stream), True)  # type: ignore[attr-defined]  # TCP transports have it
+        backend.registerProducer(Throttle(StreamReading(stream)), True)  # type: ignore[attr-defined]  # TCP transports have it
         backend.resumeProducing()  # type: ignore[attr-defined]  # held paused by the pool until now
         if rest:
             self.to_client(rest)
@@ -117,10 +128,5 @@ class StreamTunnel:
         self._report()
 
     def _report(self) -> None:
-        observer = self.stream.context.observer
-        if observer is None:
-            return
-        context = self.stream.context
-        observer.tunnel(TunnelRecord("websocket", context.client_ip, self.request.route_label,
-                                     self.request.backend, self.bytes_up, self.bytes_down, self.started,
-                                     context.clock.seconds(), self.request.request_id))
+        if self._on_close is not None:
+            self._on_close(self.bytes_up, self.bytes_down)
