@@ -29,7 +29,7 @@ from edd_gateway.h2.server import H2ServerProtocol
 from edd_gateway.h2.settings import H2Settings
 from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.http.settings import ProxySettings
-from edd_gateway.http.upstream import PoolService, UpstreamPool
+from edd_gateway.http.pool import PoolService, UpstreamPool
 from edd_gateway.ops.admin import Readiness
 from edd_gateway.ops.logs import AccessLog
 from edd_gateway.ops.metrics import GatewayMetrics

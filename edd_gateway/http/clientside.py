@@ -22,7 +22,7 @@ from edd_gateway.http.settings import ProxySettings
 if TYPE_CHECKING:
     from edd_gateway.routes.containers import ContainerRouter
     from edd_gateway.http.flow import FlowTransport, Throttle
-    from edd_gateway.http.upstream import UpstreamPool
+    from edd_gateway.http.pool import UpstreamPool
     from edd_gateway.ops.observe import GatewayObserver
     from edd_gateway.routes.table import LiveRouteTable
 

@@ -18,16 +18,8 @@ from twisted.python.failure import Failure
 from edd_gateway.net.transport import write_now
 from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import GatewayError, render_error
-from edd_gateway.http.headers import (
-    BODY_CHUNKED,
-    BODY_NONE,
-    BODY_UNTIL_CLOSE,
-    RequestInfo,
-    Special,
-    body_kind_of,
-    client_head,
-    upstream_request_head,
-)
+from edd_gateway.http.headers import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, RequestInfo, upstream_request_head
+from edd_gateway.http.response_head import Special, body_kind_of, client_head
 from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error

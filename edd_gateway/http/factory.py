@@ -17,7 +17,7 @@ from edd_gateway.routes.containers import ContainerRouter
 from edd_gateway.http.clientside import AdmissionHooks, ClientContext
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
-from edd_gateway.http.upstream import UpstreamPool
+from edd_gateway.http.pool import UpstreamPool
 from edd_gateway.ops.observe import GatewayObserver
 from edd_gateway.routes.table import LiveRouteTable
 

@@ -1,7 +1,8 @@
 """
-Pure header work of the proxy: what a request head means (framing,
-keep-alive, upgrade), which headers cross the proxy, and the forwarding
-headers that carry the client's address.
+Pure header work of the proxy on the way in: what a request head means
+(framing, keep-alive, upgrade), which headers cross the proxy, and the
+forwarding headers that carry the client's address.  The way back is
+L{edd_gateway.http.response_head}.
 
 llhttp already refuses most malformed heads; the checks here are those it
 leaves to the application (one Host, exactly ``chunked`` as the only
@@ -19,7 +20,6 @@ import re
 from dataclasses import dataclass
 
 from edd_gateway.http.errors import GatewayError
-from edd_gateway.routes.model import HeaderEdits
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -89,7 +89,7 @@ def new_request_id() -> str:
 _KNOWN_TOKENS: dict[bytes, frozenset[bytes]] = {}
 
 
-def _tokens(value: bytes) -> frozenset[bytes]:
+def connection_options(value: bytes) -> frozenset[bytes]:
     """The options of a Connection header, lower-cased (memoised: the same
     few values, "keep-alive" above all, arrive on every message)."""
     known = _KNOWN_TOKENS.get(value)
@@ -124,6 +124,91 @@ _MEANINGFUL = frozenset(
 )
 
 
+class _MeaningfulFields:
+    """
+    The fields of a request head that decide what it means, read in one
+    pass (L{read}); the others are only passed on.
+    """
+
+    __slots__ = ("host", "content_length", "transfer_encoding", "connection", "upgrade_header",
+                 "upgrade_value", "expect_continue", "request_id", "dropped")
+
+    def __init__(self) -> None:
+        self.host: bytes | None = None
+        self.content_length: bytes | None = None
+        self.transfer_encoding: list[bytes] = []
+        self.connection: set[bytes] = set()
+        self.upgrade_header = False
+        self.upgrade_value = b""
+        self.expect_continue = False
+        self.request_id = ""
+        self.dropped: list[bytes] = []
+
+    def read(self, headers: Headers, allow_underscores: bool) -> None:
+        """@raise GatewayError: 400 for a field that could be read two ways."""
+        for raw_name, value in headers:
+            # llhttp already refuses these; checked again because a request
+            # head that could be read two ways must never reach a backend.
+            if _BAD_VALUE_BYTES.search(value):
+                raise GatewayError(400, "A header value holds a control character.")
+            if b"_" in raw_name and not allow_underscores:
+                # Dropped, not refused: nginx's default (ignore_invalid_headers),
+                # which clients sending such names already live with.
+                self.dropped.append(raw_name)
+                continue
+            name = raw_name.lower()
+            if name in _MEANINGFUL:
+                self._take(name, value)
+
+    def _take(self, name: bytes, value: bytes) -> None:
+        if name == b"host":
+            if self.host is not None:
+                raise GatewayError(400, "The request has more than one Host header.")
+            self.host = value
+        elif name == b"content-length":
+            if self.content_length is not None and self.content_length != value:
+                raise GatewayError(400, "The request has conflicting Content-Length headers.")
+            if not value.isdigit():
+                raise GatewayError(400, "The Content-Length header is not a number.")
+            self.content_length = value
+        elif name == b"transfer-encoding":
+            self.transfer_encoding.extend(t.strip().lower() for t in value.split(b","))
+        elif name == b"connection":
+            self.connection |= connection_options(value)
+        elif name == b"upgrade":
+            self.upgrade_header = True
+            self.upgrade_value = self.upgrade_value + b", " + value if self.upgrade_value else value
+        elif name == b"expect":
+            if value.strip().lower() == b"100-continue":
+                self.expect_continue = True
+        elif name == b"x-request-id":
+            if _REQUEST_ID.match(value):
+                self.request_id = value.decode("ascii")
+
+    def framing(self, version: str) -> tuple[int, int]:
+        """
+        The request body's framing: (kind, content length).
+
+        @raise GatewayError: for a version not served, a missing Host, or
+            framing that could be read two ways.
+        """
+        if version not in ("1.1", "1.0"):
+            raise GatewayError(505 if version[:1] != "0" else 400, f"HTTP/{version} is not served.")
+        if version == "1.1" and self.host is None:
+            raise GatewayError(400, "An HTTP/1.1 request needs a Host header.")
+        transfer_encoding = self.transfer_encoding
+        if transfer_encoding and self.content_length is not None:
+            raise GatewayError(400, "The request has both Content-Length and Transfer-Encoding.")
+        if transfer_encoding:
+            if transfer_encoding != [b"chunked"]:
+                raise GatewayError(400, "The only transfer coding accepted is a single chunked.")
+            return BODY_CHUNKED, 0
+        if self.content_length is not None:
+            length = int(self.content_length)
+            return (BODY_LENGTH if length else BODY_NONE), length
+        return BODY_NONE, 0
+
+
 def analyse_request(
     method: bytes, target: bytes, version: str, headers: Headers, *, allow_underscores: bool = False
 ) -> RequestInfo:
@@ -136,78 +221,22 @@ def analyse_request(
 
     @raise GatewayError: 400 for anything that could be read two ways.
     """
-    host: bytes | None = None
-    content_length: bytes | None = None
-    transfer_encoding: list[bytes] = []
-    connection: set[bytes] = set()
-    upgrade_header = False
-    expect_continue = False
-    request_id = ""
-    upgrade_value = b""
-    dropped: list[bytes] = []
-    for raw_name, value in headers:
-        # llhttp already refuses these; checked again because a request
-        # head that could be read two ways must never reach a backend.
-        if _BAD_VALUE_BYTES.search(value):
-            raise GatewayError(400, "A header value holds a control character.")
-        if b"_" in raw_name and not allow_underscores:
-            # Dropped, not refused: nginx's default (ignore_invalid_headers),
-            # which clients sending such names already live with.
-            dropped.append(raw_name)
-            continue
-        name = raw_name.lower()
-        if name not in _MEANINGFUL:
-            continue
-        if name == b"host":
-            if host is not None:
-                raise GatewayError(400, "The request has more than one Host header.")
-            host = value
-        elif name == b"content-length":
-            if content_length is not None and content_length != value:
-                raise GatewayError(400, "The request has conflicting Content-Length headers.")
-            if not value.isdigit():
-                raise GatewayError(400, "The Content-Length header is not a number.")
-            content_length = value
-        elif name == b"transfer-encoding":
-            transfer_encoding.extend(t.strip().lower() for t in value.split(b","))
-        elif name == b"connection":
-            connection |= _tokens(value)
-        elif name == b"upgrade":
-            upgrade_header = True
-            upgrade_value = upgrade_value + b", " + value if upgrade_value else value
-        elif name == b"expect":
-            if value.strip().lower() == b"100-continue":
-                expect_continue = True
-        elif name == b"x-request-id":
-            if _REQUEST_ID.match(value):
-                request_id = value.decode("ascii")
+    fields = _MeaningfulFields()
+    fields.read(headers, allow_underscores)
+    body, length = fields.framing(version)
     http11 = version == "1.1"
-    if version not in ("1.1", "1.0"):
-        raise GatewayError(505 if version[:1] != "0" else 400, f"HTTP/{version} is not served.")
-    if http11 and host is None:
-        raise GatewayError(400, "An HTTP/1.1 request needs a Host header.")
-    if transfer_encoding and content_length is not None:
-        raise GatewayError(400, "The request has both Content-Length and Transfer-Encoding.")
-    if transfer_encoding:
-        if transfer_encoding != [b"chunked"]:
-            raise GatewayError(400, "The only transfer coding accepted is a single chunked.")
-        body, length = BODY_CHUNKED, 0
-    elif content_length is not None:
-        length = int(content_length)
-        body = BODY_LENGTH if length else BODY_NONE
-    else:
-        body, length = BODY_NONE, 0
+    connection = fields.connection
     if http11:
         keep_alive = b"close" not in connection
     else:
         # RFC 9112 6.1: chunked framing from a 1.0 client is suspect; the
         # connection ends with this request.
-        keep_alive = b"keep-alive" in connection and not transfer_encoding
+        keep_alive = b"keep-alive" in connection and not fields.transfer_encoding
     # The Host header is never a connection option (a client naming it in
     # Connection must not strip it from the forwarded request).
     connection.discard(b"host")
-    parser_upgrade = upgrade_header and b"upgrade" in connection
-    upgrade_value = _without_http2(upgrade_value) if parser_upgrade else b""
+    parser_upgrade = fields.upgrade_header and b"upgrade" in connection
+    upgrade_value = _without_http2(fields.upgrade_value) if parser_upgrade else b""
     if parser_upgrade and not upgrade_value:
         # llhttp stopped parsing after this head all the same (it saw an
         # upgrade): the connection ends with the answer, and a body it left
@@ -216,18 +245,19 @@ def analyse_request(
         if body != BODY_NONE:
             raise GatewayError(400, "The gateway does not upgrade to HTTP/2 (Upgrade: h2c): send a request "
                                     "with a body without asking for the upgrade.")
+    dropped = fields.dropped
     return RequestInfo(
         method=method,
         target=target,
         http11=http11,
         headers=_drop_names(headers, dropped) if dropped else headers,
-        host=host,
+        host=fields.host,
         body=body,
         content_length=length,
         keep_alive=keep_alive,
         upgrade=bool(upgrade_value),
-        expect_continue=expect_continue,
-        request_id=request_id or new_request_id(),
+        expect_continue=fields.expect_continue,
+        request_id=fields.request_id or new_request_id(),
         connection_tokens=frozenset(connection),
         upgrade_value=upgrade_value,
         dropped=tuple(dropped),
@@ -292,148 +322,5 @@ def upstream_request_head(
         append(b"Transfer-Encoding: chunked")
     elif info.method in (b"POST", b"PUT", b"PATCH"):
         append(b"Content-Length: 0")
-    append(b"\r\n")
-    return b"\r\n".join(lines)
-
-
-def response_body_kind(
-    status: int, headers: Headers, head_request: bool
-) -> tuple[int, int]:
-    """
-    How a backend's response body is framed: (kind, content length).
-    """
-    return body_kind_of(status, split_response_headers(headers)[1], head_request)
-
-
-def body_kind_of(status: int, special: Special, head_request: bool) -> tuple[int, int]:
-    """L{response_body_kind} over the special fields L{split_response_headers} set apart."""
-    if head_request or status < 200 or status in (204, 304):
-        return BODY_NONE, 0
-    length: int | None = None
-    chunked = False
-    for name, _, value in special:
-        if name == b"content-length":
-            length = int(value)
-        elif name == b"transfer-encoding":
-            chunked = value.split(b",")[-1].strip().lower() == b"chunked"
-    if chunked:
-        return BODY_CHUNKED, 0
-    if length is not None:
-        return BODY_LENGTH, length
-    return BODY_UNTIL_CLOSE, 0
-
-
-RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
-_CONNECTION_STATES = frozenset({b"close"})
-
-
-Special = list[tuple[bytes, bytes, bytes]]
-
-
-def split_response_headers(headers: Headers) -> tuple[list[bytes], Special]:
-    """
-    Set apart the response fields the gateway interprets (framing,
-    hop-by-hop, request id) from those it passes on as they are, already
-    formatted as lines.  The backend connection does this field by field as
-    llhttp reports them, so that a response's headers are walked once.
-    """
-    plain: list[bytes] = []
-    special: Special = []
-    for raw_name, value in headers:
-        name = raw_name.lower()
-        if name in RESPONSE_SPECIAL:
-            special.append((name, raw_name, value))
-        else:
-            plain.append(raw_name + b": " + value)
-    return plain, special
-
-
-def client_response_head(
-    status_line: bytes,
-    headers: Headers,
-    body: int,
-    content_length: int,
-    chunk_to_client: bool,
-    keep_alive: bool,
-    http11_client: bool,
-    request_id: str,
-    upgrade: bool = False,
-    edits: HeaderEdits | None = None,
-) -> bytes:
-    """
-    The response head sent to the client: the backend's status line and
-    end-to-end headers (less and plus the route's C{edits}), the framing the
-    gateway uses towards the client, and the request id.
-    """
-    plain, special = split_response_headers(headers)
-    return client_head(
-        status_line, plain, special, body, content_length, chunk_to_client,
-        keep_alive, http11_client, request_id, upgrade, edits,
-    )
-
-
-def client_head(
-    status_line: bytes,
-    plain: list[bytes],
-    special: Special,
-    body: int,
-    content_length: int,
-    chunk_to_client: bool,
-    keep_alive: bool,
-    http11_client: bool,
-    request_id: str,
-    upgrade: bool = False,
-    edits: HeaderEdits | None = None,
-) -> bytes:
-    """L{client_response_head} over headers L{split_response_headers} split."""
-    lines = [status_line]
-    if edits is None:
-        lines += plain
-    else:
-        # Only routes that edit headers pay for looking at each name.
-        drop = edits.drop
-        lines += [line for line in plain if line.split(b":", 1)[0].strip().lower() not in drop]
-    append = lines.append
-    named: set[bytes] | None = None
-    upgrade_value = transfer_codings = b""
-    for name, raw_name, value in special:
-        if name == b"connection":
-            extra = _tokens(value) - HOP_BY_HOP - _CONNECTION_STATES
-            if extra:
-                named = (named or set()) | extra
-        elif name == b"transfer-encoding":
-            # Codings other than chunked (gzip) stay the client's to undo;
-            # the gateway re-chunks what llhttp de-chunked.
-            chunked = value.lower().rstrip().endswith(b"chunked")
-            transfer_codings = value if chunked else value + b", chunked"
-        elif name == b"upgrade":
-            upgrade_value = value
-        elif name == b"content-length" and body == BODY_NONE:
-            # A HEAD or 304 answer keeps the backend's length; otherwise the
-            # gateway states its own framing below.
-            append(raw_name + b": " + value)
-    if named:
-        # Rare: fields the backend's Connection header names are hop-by-hop.
-        lines = [lines[0]] + [
-            line for line in lines[1:] if line.split(b":", 1)[0].lower() not in named
-        ]
-        append = lines.append
-    if edits is not None:
-        # After the Connection-named removal: a backend cannot take away
-        # what the edge sets.
-        lines += edits.add
-    if upgrade:
-        append(b"Connection: upgrade")
-        append(b"Upgrade: " + upgrade_value)
-    elif body == BODY_LENGTH:
-        append(b"Content-Length: %d" % content_length)
-    elif chunk_to_client:
-        append(b"Transfer-Encoding: " + (transfer_codings or b"chunked"))
-    append(b"X-Request-ID: " + request_id.encode("ascii"))
-    if not upgrade:
-        if not keep_alive:
-            append(b"Connection: close")
-        elif not http11_client:
-            append(b"Connection: keep-alive")
     append(b"\r\n")
     return b"\r\n".join(lines)

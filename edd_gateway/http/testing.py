@@ -22,7 +22,8 @@ from twisted.python.failure import Failure
 from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
-from edd_gateway.http.upstream import UpstreamPool, UpstreamProtocol
+from edd_gateway.http.pool import UpstreamPool
+from edd_gateway.http.upstream import UpstreamProtocol
 from edd_gateway.routes.model import Route, Target
 from edd_gateway.routes.table import LiveRouteTable, RouteTable
 

@@ -13,7 +13,8 @@ from types import SimpleNamespace
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.http.testing import ProxyHarness
-from edd_gateway.http.upstream import RECHECK_AFTER, UpstreamProtocol, _Backend, still_open
+from edd_gateway.http.pool import RECHECK_AFTER, PooledBackend, still_open
+from edd_gateway.http.upstream import UpstreamProtocol
 from tests._support.http import BACKEND, ROUTES
 
 
@@ -53,7 +54,7 @@ class StillOpenTests(SynchronousTestCase):
         protocol, backend = self.connection()
         protocol.pool = harness.pool
         protocol.transport.abortConnection = lambda: setattr(protocol, "aborted", True)  # type: ignore[attr-defined]
-        harness.pool._backends[("10.0.0.5", 8080)] = _Backend(idle=[protocol], count=1)
+        harness.pool._backends[("10.0.0.5", 8080)] = PooledBackend(idle=[protocol], count=1)
         backend.close()
         protocol.idle_since = harness.clock.seconds()
         self.assertIs(harness.pool.checkout(BACKEND), protocol, "released this instant: handed out unchecked")

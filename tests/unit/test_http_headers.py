@@ -1,5 +1,6 @@
 """
-Tests for the pure header work of the proxy, L{edd_gateway.http.headers}:
+Tests for the pure header work of the proxy, L{edd_gateway.http.headers} and
+L{edd_gateway.http.response_head}:
 what a request head means, the head sent to the backend, how a response
 body is framed and the head sent back to the client.
 """
@@ -20,10 +21,9 @@ from edd_gateway.http.headers import (
     Headers,
     RequestInfo,
     analyse_request,
-    client_response_head,
-    response_body_kind,
     upstream_request_head,
 )
+from edd_gateway.http.response_head import client_response_head, response_body_kind
 from edd_gateway.routes.model import HeaderEdits
 
 
