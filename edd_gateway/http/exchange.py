@@ -17,24 +17,21 @@ from twisted.python.failure import Failure
 
 from edd_gateway.net.transport import write_now
 from edd_gateway.http.clientside import ClientSide
-from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway.http.errors import render_error
 from edd_gateway.http.headers import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, RequestInfo, upstream_request_head
-from edd_gateway.http.response_head import Special, body_kind_of, client_head
+from edd_gateway.http.response_head import Special, client_framing, client_head, interim_head
 from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
+from edd_gateway.http.retry import may_send_again
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error
 from edd_gateway.routes.model import Route
 
-__all__ = ["IDEMPOTENT", "Exchange", "Throttle"]
+__all__ = ["Exchange", "Throttle"]
 
 log = Logger()
 
 _CHUNK_END = b"0\r\n\r\n"
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-
-#: RFC 9110 9.2.2: methods whose repetition has the effect of one, which
-#: may be sent again when a backend connection fails before answering.
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 
 
 class Exchange(RequestRecordFields):
@@ -47,13 +44,7 @@ class Exchange(RequestRecordFields):
     info: RequestInfo
     route: Route
 
-    def __init__(
-        self,
-        client: ClientSide,
-        info: RequestInfo,
-        route: Route,
-        path_and_query: bytes,
-    ) -> None:
+    def __init__(self, client: ClientSide, info: RequestInfo, route: Route, path_and_query: bytes) -> None:
         self.client = client
         context = self.context = client.context
         self.flow = client.flow
@@ -63,8 +54,7 @@ class Exchange(RequestRecordFields):
         self.request_done = info.body == BODY_NONE
         #: The body is read (up to --body-buffer-size) before a backend
         #: connection is taken, so that a slow client holds none.
-        self._buffer_first = (not self.request_done and context.settings.body_buffer_size > 0
-                              and not info.upgrade)
+        self._buffer_first = not self.request_done and context.settings.body_buffer_size > 0 and not info.upgrade
         # The gateway answers 100 Continue itself when it reads the body
         # first, so the backend is not asked (it would answer a second one).
         self._continue_ourselves = self._buffer_first and info.expect_continue and info.http11
@@ -122,9 +112,7 @@ class Exchange(RequestRecordFields):
             self._attach(connection)
             return
         timeout = self.route.connect_timeout or context.settings.connect_timeout
-        pool.connect(self.target, timeout).addCallbacks(
-            self._connected, self._connect_failed
-        )
+        pool.connect(self.target, timeout).addCallbacks(self._connected, self._connect_failed)
 
     def _release_stream(self) -> None:
         if self._stream_held:
@@ -140,12 +128,10 @@ class Exchange(RequestRecordFields):
     def _connect_failed(self, failure: Failure) -> None:
         if self.finished:
             return
-        problem = failure.value if failure.check(GatewayError) else connect_error(
-            failure, self.target, self.context.settings.connect_timeout
-        )
-        if problem.status == 504:  # type: ignore[union-attr]  # a GatewayError
+        problem = connect_error(failure, self.target, self.context.settings.connect_timeout)
+        if problem.status == 504:
             self.client.limit_hit("backend-connect-timeout")
-        self.fail(problem.status, problem.detail)  # type: ignore[union-attr]  # a GatewayError
+        self.fail(problem.status, problem.detail)
 
     def _attach(self, connection: UpstreamProtocol) -> None:
         self.upstream = connection
@@ -210,8 +196,7 @@ class Exchange(RequestRecordFields):
             else:
                 self.upstream.write(_CHUNK_END)
         if self.info.body != BODY_NONE:
-            if self._stream_held:
-                self._release_stream()
+            self._release_stream()
             self.client.body_complete()
         if self._buffering:
             self._buffering = False
@@ -223,44 +208,29 @@ class Exchange(RequestRecordFields):
 
     # Response side, fed by the backend connection
 
-    def response_head(
-        self, status: int, reason: bytes, plain: list[bytes], special: Special
-    ) -> None:
+    def response_head(self, status: int, reason: bytes, plain: list[bytes], special: Special) -> None:
         status_line = b"HTTP/1.1 %d %b" % (status, reason)
         if status < 200:
             if status == 101:
                 self.status = status
-                self._pending_upgrade_head = client_head(
-                    status_line, plain, special, BODY_NONE, 0, False, True, True,
-                    self.info.request_id, upgrade=True,
-                )
+                self._pending_upgrade_head = interim_head(status_line, plain, special, self.info.request_id,
+                                                          upgrade=True)
             elif self.info.http11:
                 # 1xx answers (100 Continue, 103 Early Hints) are relayed;
                 # HTTP/1.0 clients do not know them.
-                self._out.append(client_head(
-                    status_line, plain, special, BODY_NONE, 0, False, True, True, self.info.request_id
-                ))
+                self._out.append(interim_head(status_line, plain, special, self.info.request_id))
             return
         client = self.client
         self.responded = self.context.clock.seconds()
-        if self.info.upgrade:
-            # The backend declined the upgrade: the request's leftover bytes
-            # were never HTTP, so this connection ends with the answer.
-            self.keep_alive = False
         self.status = status
-        body, length = body_kind_of(status, special, self.info.method == b"HEAD")
+        body, length, self._chunk_to_client, framed = client_framing(
+            status, special, self.info.method == b"HEAD", self.info.http11)
         self._response_body = body
-        # HTTP/1.0 clients know no chunked coding: they get the body
-        # delimited by the close instead.
-        self._chunk_to_client = self.info.http11 and body in (BODY_CHUNKED, BODY_UNTIL_CLOSE)
-        if body in (BODY_CHUNKED, BODY_UNTIL_CLOSE) and not self._chunk_to_client:
-            self.keep_alive = False
-        if not self.request_done:
-            # The backend answered before the body was all read (an early
-            # 413, a redirect): the rest of the body cannot be skipped safely.
-            self.keep_alive = False
-        if client.closing or self.context.listener.draining:
-            self.keep_alive = False
+        # A declined upgrade's leftover bytes were never HTTP; a body the
+        # backend answered before it all arrived (an early 413, a redirect)
+        # cannot be skipped safely: either way the connection ends here.
+        self.keep_alive = (self.keep_alive and framed and self.request_done and not self.info.upgrade
+                           and not client.closing and not self.context.listener.draining)
         self.response_started = True
         client.response_started()
         self._out.append(client_head(
@@ -343,12 +313,10 @@ class Exchange(RequestRecordFields):
                 target=str(self.target), client=self.context.client_ip,
                 reason=reason.getErrorMessage(),
             )
-            self.finished = True
-            self.completed = False
-            self._report()
-            self.client.abort()
+            self._cut_off()
             return
-        if self._may_retry(upstream):
+        if may_send_again(self.info, upstream, retried=self.retried, whole_body=self._replay is not None,
+                          request_done=self.request_done):
             # Most often a pooled connection the backend closed while it
             # sat idle (the race every keep-alive proxy meets): sent again,
             # once, on a new connection, when sending twice is harmless.
@@ -364,44 +332,20 @@ class Exchange(RequestRecordFields):
             return
         self.fail(502, f"The backend {self.target} closed the connection before answering.")
 
-    def _may_retry(self, upstream: UpstreamProtocol | None) -> bool:
-        """Whether a request whose backend connection failed unanswered may be sent again."""
-        if self.retried or upstream is None or upstream.received or not self.request_done:
-            return False
-        if upstream.requests < 2:
-            return False  # a new connection closed unanswered: the backend failed on this request
-        if self.info.body != BODY_NONE and self._replay is None:
-            return False  # streamed: what was sent is gone
-        if self.info.method in IDEMPOTENT:
-            return True
-        # draft-ietf-httpapi-idempotency-key-header: the client says so.
-        return any(name.lower() == b"idempotency-key" for name, _ in self.info.headers)
-
     # Ending
 
     def fail(self, status: int, detail: str) -> None:
         """Answer with the gateway's own page, or cut the client off."""
         if self.finished:
             return
-        upstream = self.upstream
-        self._detach()
-        self._release_stream()
-        self.pending_body = []
-        if upstream is not None:
-            self.context.pool.discard(upstream)
+        self._let_backend_go()
         if self.response_started:
-            self.finished = True
-            self.completed = False
-            self._report()
-            self.client.abort()
+            self._cut_off()
             return
         self.status = status
-        log.info(
-            "http: {status} to {client} for {method} {host}: {detail}",
-            status=status, client=self.context.client_ip,
-            method=self.info.method.decode("latin-1"),
-            host=(self.info.host or b"-").decode("latin-1"), detail=detail,
-        )
+        log.info("http: {status} to {client} for {method} {host}: {detail}", status=status,
+                 client=self.context.client_ip, method=self.info.method.decode("latin-1"),
+                 host=(self.info.host or b"-").decode("latin-1"), detail=detail)
         # A body still on its way cannot be skipped safely: close after.
         client = self.client
         self.keep_alive = self.keep_alive and self.request_done and not client.closing
@@ -416,13 +360,24 @@ class Exchange(RequestRecordFields):
             return
         self.finished = True
         self.completed = False
+        self._let_backend_go()
+        self._report()
+
+    def _let_backend_go(self) -> None:
+        """Give up the backend connection, the body slot and the body held for it: nothing more goes there."""
         upstream = self.upstream
         self._detach()
         self._release_stream()
         self.pending_body = []
         if upstream is not None:
             self.context.pool.discard(upstream)
+
+    def _cut_off(self) -> None:
+        """End a response already under way the only way left: close the client connection."""
+        self.finished = True
+        self.completed = False
         self._report()
+        self.client.abort()
 
     def _detach(self) -> None:
         upstream = self.upstream

@@ -55,6 +55,26 @@ def body_kind_of(status: int, special: Special, head_request: bool) -> tuple[int
     return BODY_UNTIL_CLOSE, 0
 
 
+def client_framing(status: int, special: Special, head_request: bool, http11_client: bool
+                   ) -> tuple[int, int, bool, bool]:
+    """
+    How a response body reaches the client: its kind and length from the
+    backend, whether the gateway chunks it, and whether that framing leaves
+    the connection reusable.  HTTP/1.0 clients know no chunked coding: they
+    get a chunked or close-delimited body delimited by the close instead.
+    """
+    body, length = body_kind_of(status, special, head_request)
+    unsized = body == BODY_CHUNKED or body == BODY_UNTIL_CLOSE
+    chunk_to_client = http11_client and unsized
+    return body, length, chunk_to_client, chunk_to_client or not unsized
+
+
+def interim_head(status_line: bytes, plain: list[bytes], special: Special, request_id: str, *,
+                 upgrade: bool = False) -> bytes:
+    """The head of a 1xx answer for the client: a 101 with its Upgrade, the others (100, 103) as they came."""
+    return client_head(status_line, plain, special, BODY_NONE, 0, False, True, True, request_id, upgrade=upgrade)
+
+
 def split_response_headers(headers: Headers) -> tuple[list[bytes], Special]:
     """
     Set apart the response fields the gateway interprets (framing,
