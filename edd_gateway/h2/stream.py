@@ -37,7 +37,7 @@ NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, CANCEL = 0x0, 0x1, 0x2, 0x8
 
 
 class StreamPhase(Enum):
-    """Which deadline a stream is under (as L{edd_gateway.http.server.Phase} for a connection)."""
+    """Which deadline a stream is under (as L{edd_gateway.http.phase.Phase} for a connection)."""
 
     BODY = "body"
     WAITING = "waiting"

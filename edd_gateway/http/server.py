@@ -1,9 +1,10 @@
 """
 The client side of the HTTP proxy: one protocol per client connection.
 
-llhttp (through httptools) parses the requests; each complete head becomes an
-L{Exchange} (or the gateway's own answer) in a queue, so pipelined requests
-are answered in order while only the first talks to a backend.  A request
+Its L{RequestReader} parses the requests with llhttp and bounds them; each
+complete head becomes an L{Exchange} (or the gateway's own answer) in a
+queue, so pipelined requests are answered in order while only the first
+talks to a backend.  A request
 received while another is being answered pauses reading: the gateway holds
 at most one socket read of a pipelined request, never a whole body.
 
@@ -14,16 +15,8 @@ L{ClientContext} and its L{ConnectionFlow}, and call nothing else of it.
 from __future__ import annotations
 
 from collections import deque
-from enum import Enum
 from typing import Callable, Union
 
-from httptools import (
-    HttpParserCallbackError,
-    HttpParserError,
-    HttpParserInvalidMethodError,
-    HttpParserUpgrade,
-    HttpRequestParser,
-)
 from twisted.internet import error
 from twisted.internet.interfaces import ITCPTransport, ITransport
 from twisted.internet.protocol import Protocol
@@ -38,8 +31,10 @@ from edd_gateway.http.clientside import Job as AnyJob
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import ConnectionFlow
-from edd_gateway.http.headers import BODY_NONE, RequestInfo, analyse_request, new_request_id
-from edd_gateway.http.requestline import HTTP2_REFUSAL, is_h2_preface, method_refusal
+from edd_gateway.http.phase import LINGER_TIMEOUT, Link, Phase
+from edd_gateway.http.headers import RequestInfo, new_request_id
+from edd_gateway.http.request_reader import RequestReader
+from edd_gateway.http.requestline import HTTP2_REFUSAL
 from edd_gateway.http.routing import may_keep_alive, route_request
 from edd_gateway.ops.observe import tunnel_reporter
 from edd_gateway.net.relay import splice
@@ -48,68 +43,12 @@ log = Logger()
 
 Job = Union[Exchange, LocalAnswer]
 
-
-class Phase(Enum):
-    """
-    Where an open connection's request cycle is: each phase has its own
-    deadline (L{HTTPServerProtocol._deadline_passed}).
-    """
-
-    #: Between requests: --keepalive-timeout.
-    IDLE = "idle"
-    #: A request head arriving: --header-timeout.
-    HEAD = "head"
-    #: The body of the request being answered arriving: --body-timeout
-    #: between two bytes.
-    BODY = "body"
-    #: The request is all at the backend: the route's response timeout.
-    WAITING = "waiting"
-    #: No deadline of its own: a backend being connected, a local answer.
-    BUSY = "busy"
-    #: A response under way: --websocket-idle-timeout between two bytes.
-    STREAMING = "streaming"
-
-
-class Link(Enum):
-    """
-    What the connection does with the bytes it reads, and whether it is
-    ending (C{ending}: no response keeps it open; reading stays stopped).
-    """
-
-    #: Parsed as requests.
-    OPEN = ("open", False)
-    #: An upgrade head was read: what follows is the tunnel's, held until the 101.
-    UPGRADING = ("upgrading", False)
-    #: A fatal error is answered after the requests already read; later bytes are ignored.
-    REFUSED = ("refused", False)
-    #: Closed by the gateway: the client has LINGER_TIMEOUT to take the last bytes.
-    LINGERING = ("lingering", True)
-    #: Lost, aborted, or handed over to the byte relay.
-    CLOSED = ("closed", True)
-
-    def __init__(self, label: str, ending: bool) -> None:
-        self.label = label
-        self.ending = ending
-
-
 _OPEN = Link.OPEN
 _IDLE, _HEAD, _BODY, _WAITING, _BUSY, _STREAMING = (
     Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.WAITING, Phase.BUSY, Phase.STREAMING)
 
-#: Seconds a closed connection's client gets to take the bytes still queued
-#: for it (the last response) before the connection is cut.
-LINGER_TIMEOUT = 30.0
-
 # The limit (edd_gateway.front.admission.LIMITS) each fatal answer reports.
 _LIMIT_BY_STATUS = {408: "header-timeout", 413: "body-size", 414: "request-line", 431: "header-size"}
-
-
-class _LimitError(GatewayError):
-    """A limit's answer, naming the limit when the status alone does not."""
-
-    def __init__(self, status: int, detail: str, limit: str) -> None:
-        super().__init__(status, detail)
-        self.limit = limit
 
 
 class HTTPServerProtocol(Protocol):
@@ -125,21 +64,13 @@ class HTTPServerProtocol(Protocol):
         self.receiving: Job | None = None
         self._link = _OPEN
         self._phase = _IDLE
-        self._url: list[bytes] = []
-        self._url_size = 0
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._unaccounted = 0
-        self._header_bytes = 0
-        self._body_size = 0
         self._upgrade_rest: list[bytes] = []
-        #: Messages begun plus messages completed: tells whether the message
-        #: llhttp refused began at the start of the bytes just fed.
-        self._message_events = 0
         self.client_ip = ""
         #: Bytes moved since the BODY or STREAMING deadline was last set.
         self._moved = False
         self.context: ClientContext
         self.flow: ConnectionFlow
+        self.reader: RequestReader
 
     # Connection
 
@@ -151,7 +82,7 @@ class HTTPServerProtocol(Protocol):
         self.client_ip = host
         self.context = self.factory.context_for(self.transport, host)
         self.flow = ConnectionFlow(self.transport)
-        self.parser = HttpRequestParser(self)
+        self.reader = RequestReader(self, self.settings, host)
         self.deadline = Deadline(self.context.clock, self._deadline_passed)
         # The first request is already under way (the sniffer saw its first
         # bytes; over TLS, the handshake has begun): the head's deadline, not
@@ -166,43 +97,7 @@ class HTTPServerProtocol(Protocol):
                 self._upgrade_rest.append(data)
                 self.pause_reading()
             return
-        # Bytes that move the parser past no event (a header line, a body
-        # chunk, a message end) are held inside httptools: an endless
-        # header or trailer line must meet a bound.
-        self._unaccounted += len(data)
-        events = self._message_events
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as upgrade:
-            self._upgrade_rest.append(data[upgrade.args[0]:])
-            self._link = Link.UPGRADING
-            self.pause_reading()
-            return
-        except HttpParserCallbackError as problem:
-            cause = problem.__context__
-            if isinstance(cause, GatewayError):
-                self._refuse(cause.status, cause.detail, getattr(cause, "limit", None))
-            else:
-                log.failure("http: unexpected error", Failure(cause) if cause else None)
-                self._refuse(500, "The gateway failed to handle this request.")
-            return
-        except HttpParserInvalidMethodError as problem:
-            if self._message_events == events + 1:
-                # Only the refused message began in these bytes, so they
-                # start with its method (always so for the sniffer's replay).
-                refusal = method_refusal(data)
-                self._refuse(refusal.status, refusal.detail)
-            else:
-                self._refuse(400, f"The request is malformed ({_llhttp_reason(problem)}).")
-            return
-        except HttpParserError as problem:
-            if is_h2_preface(self.parser.get_method(), b"".join(self._url)) and not self.jobs:
-                self._refuse_http2()
-                return
-            self._refuse(400, f"The request is malformed ({_llhttp_reason(problem)}).")
-            return
-        if self._unaccounted > self.settings.max_header_bytes:
-            self._refuse(431, "The request head or trailer is larger than the gateway accepts.")
+        if not self.reader.feed(data):
             return
         receiving = self.receiving
         if receiving is not None and self.jobs and receiving is not self.jobs[0]:
@@ -219,93 +114,41 @@ class HTTPServerProtocol(Protocol):
             job.client_lost()
         self.jobs.clear()
         self.receiving = None
-        # The parser and the deadline call back into this protocol: cycles
-        # that only the cyclic collector would free, which the gateway runs
-        # seldom (edd_gateway.runtime.gc).  After an attack of thousands of
-        # connections that held megabytes until a full pass; broken here,
-        # reference counting frees each connection as it closes.
-        self.parser = None  # type: ignore[assignment]  # dropped once done
+        # The reader and the deadline call back into this protocol: cycles
+        # broken here (see RequestReader.stop).
+        self.reader.stop()
         self.deadline.release()
 
-    # llhttp callbacks
+    # What the reader reports (RequestSink)
 
-    def on_message_begin(self) -> None:
-        self._message_events += 1
-        self._unaccounted = 0
-        self._url = []
-        self._url_size = 0
-        self._headers = []
-        self._header_bytes = 0
-        self._body_size = 0
+    def message_begun(self) -> None:
         if not self.jobs:
             self._phase = _HEAD
             self.deadline.set(self.settings.header_timeout)
 
-    def on_url(self, url: bytes) -> None:
-        self._url_size += len(url)
-        if self._url_size > self.settings.max_request_line:
-            raise GatewayError(414, "The request target is longer than the gateway accepts.")
-        self._url.append(url)
-        self._header_bytes += len(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._unaccounted = 0
-        headers = self._headers
-        headers.append((name, value))
-        if len(headers) > self.settings.max_headers:
-            raise _LimitError(431, "The request has more header fields than the gateway accepts.", "header-count")
-        # Counted here as well as per read: a head that completes within
-        # one read is never seen "in progress" by dataReceived.
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > self.settings.max_header_bytes:
-            raise GatewayError(431, "The request head is larger than the gateway accepts.")
-
-    def on_headers_complete(self) -> None:
-        self._unaccounted = 0
-        parser = self.parser
-        info = analyse_request(
-            parser.get_method(), b"".join(self._url), parser.get_http_version(), self._headers,
-            allow_underscores=self.settings.allow_underscore_headers,
-        )
-        if info.dropped:
-            log.info(
-                "http: dropped header {names} from {client}: a name with an underscore "
-                "(--allow-underscore-headers passes them)",
-                names=", ".join(name.decode("latin-1") for name in info.dropped), client=self.client_ip,
-            )
-        limit = self.settings.max_body_size
-        if limit and info.content_length > limit:
-            raise GatewayError(413, f"The request body is larger than {limit} bytes.")
-        if info.upgrade and info.body != BODY_NONE:
-            # llhttp hands over whatever follows an upgrade head as the new
-            # protocol's bytes, body included: the backend would wait for a
-            # body that never comes.  WebSocket handshakes have none.
-            raise GatewayError(400, "An upgrade request cannot carry a body.")
+    def head_read(self, info: RequestInfo) -> None:
         job = self._job_for(info)
         self.receiving = job
         self.jobs.append(job)
         if len(self.jobs) == 1:
             self._start(job)
 
-    def on_body(self, data: bytes) -> None:
-        self._unaccounted = 0
+    def body_read(self, data: bytes) -> None:
         self._moved = True
-        limit = self.settings.max_body_size
-        if limit:
-            self._body_size += len(data)
-            if self._body_size > limit:
-                raise GatewayError(413, f"The request body is larger than {limit} bytes.")
         job = self.receiving
         if job is not None:
             job.request_body(data)
 
-    def on_message_complete(self) -> None:
-        self._message_events += 1
-        self._unaccounted = 0
+    def message_read(self) -> None:
         job = self.receiving
         self.receiving = None
         if job is not None:
             job.request_complete()
+
+    def upgrade_begun(self, rest: bytes) -> None:
+        self._upgrade_rest.append(rest)
+        self._link = Link.UPGRADING
+        self.pause_reading()
 
     # Routing
 
@@ -392,7 +235,7 @@ class HTTPServerProtocol(Protocol):
             self.limit_hit("idle")
             self._close()
         elif self._phase == _HEAD:
-            self._refuse(408, "The request head did not arrive in time.")
+            self.refuse(408, "The request head did not arrive in time.")
         elif self._phase == _BODY and self._moved:
             self._moved = False
             self.deadline.set(self.settings.body_timeout)
@@ -437,7 +280,7 @@ class HTTPServerProtocol(Protocol):
         """Count a limit hit (and its strike) with the listeners' admission."""
         self.context.admission.hit(limit, self.client_ip)
 
-    def _refuse(self, status: int, detail: str, limit: str | None = None) -> None:
+    def refuse(self, status: int, detail: str, limit: str | None = None) -> None:
         """A fatal error in the request stream: answer in turn, then close."""
         log.info("http: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
         limit = limit or _LIMIT_BY_STATUS.get(status)
@@ -464,7 +307,7 @@ class HTTPServerProtocol(Protocol):
             while len(self.jobs) > 1 and not self.jobs[-1].request_done:
                 self.jobs.pop().client_lost()
             self.jobs.append(answer)
-            self.parser = None  # type: ignore[assignment]  # dropped once done
+            self.reader.stop()
             self._link = Link.REFUSED
             return
         for job in self.jobs:
@@ -473,21 +316,26 @@ class HTTPServerProtocol(Protocol):
         self.jobs.append(answer)
         self._start(answer)
 
-    def _refuse_http2(self) -> None:
+    def refuse_http2(self) -> bool:
         """
         The client assumed HTTP/2 ("prior knowledge"): tell it, in HTTP/2,
         that HTTP/1.1 is required, then close.  An HTTP/1.1 error page would
-        read to it as a broken frame.
+        read to it as a broken frame.  Only at the start of a connection
+        (whether it was told): after HTTP/1.1 requests, the preface is a
+        malformed request like any other.
         """
+        if self.jobs:
+            return False
         log.info(
             "http: {client} sent the HTTP/2 connection preface on an HTTP/1.1 ({scheme}) listener; "
             "answered GOAWAY HTTP_1_1_REQUIRED and closing",
             client=self.client_ip, scheme=self.scheme,
         )
         self.receiving = None
-        self.parser = None  # type: ignore[assignment]  # dropped once done
+        self.reader.stop()
         self.write(HTTP2_REFUSAL)
         self._close()
+        return True
 
     def _close(self) -> None:
         if not self._link.ending:
@@ -531,8 +379,3 @@ class HTTPServerProtocol(Protocol):
         context = self.context
         return tunnel_reporter(context.observer, context.clock, "websocket", self.client_ip,
                                request.route_label, request.backend, request.request_id)
-
-
-def _llhttp_reason(problem: HttpParserError) -> str:
-    text = str(problem) or type(problem).__name__
-    return text.strip().rstrip(".")
