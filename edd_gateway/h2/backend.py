@@ -4,7 +4,7 @@ C{protocol: grpc} and C{protocol: h2c}: L{H2BackendPool.open_stream} puts a
 proxied request on a stream of a connection with room for it, opens another
 connection when none has, up to a bound per backend, and otherwise waits.
 
-Apart from L{edd_gateway.http.upstream} because the pooling is of another
+Apart from L{edd_gateway.http.pool} because the pooling is of another
 kind: an HTTP/1.1 connection carries one exchange at a time and is checked
 out and given back whole, while an h2c connection carries as many streams at
 once as the backend's C{SETTINGS_MAX_CONCURRENT_STREAMS} allows, so this pool
