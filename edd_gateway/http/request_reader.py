@@ -108,7 +108,7 @@ class RequestReader:
         except HttpParserCallbackError as problem:
             cause = problem.__context__
             if isinstance(cause, GatewayError):
-                self.sink.refuse(cause.status, cause.detail, getattr(cause, "limit", None))
+                self.sink.refuse(cause.status, cause.detail, cause.limit if isinstance(cause, LimitError) else None)
             else:
                 log.failure("http: unexpected error", Failure(cause) if cause else None)
                 self.sink.refuse(500, "The gateway failed to handle this request.")
