@@ -184,30 +184,6 @@ def _read_fields(headers: Headers, allow_underscores: bool) -> _Fields:
             request_id, dropped)
 
 
-def _framing(version: str, host: bytes | None, content_length: bytes | None, transfer_encoding: list[bytes]
-             ) -> tuple[int, int]:
-    """
-    The request body's framing: (kind, content length).
-
-    @raise GatewayError: for a version not served, a missing Host, or
-        framing that could be read two ways.
-    """
-    if version not in ("1.1", "1.0"):
-        raise GatewayError(505 if version[:1] != "0" else 400, f"HTTP/{version} is not served.")
-    if version == "1.1" and host is None:
-        raise GatewayError(400, "An HTTP/1.1 request needs a Host header.")
-    if transfer_encoding and content_length is not None:
-        raise GatewayError(400, "The request has both Content-Length and Transfer-Encoding.")
-    if transfer_encoding:
-        if transfer_encoding != [b"chunked"]:
-            raise GatewayError(400, "The only transfer coding accepted is a single chunked.")
-        return BODY_CHUNKED, 0
-    if content_length is not None:
-        length = int(content_length)
-        return (BODY_LENGTH if length else BODY_NONE), length
-    return BODY_NONE, 0
-
-
 def analyse_request(
     method: bytes, target: bytes, version: str, headers: Headers, *, allow_underscores: bool = False
 ) -> RequestInfo:
@@ -222,8 +198,20 @@ def analyse_request(
     """
     (host, content_length, transfer_encoding, connection, upgrade_header, upgrade_value, expect_continue,
      request_id, dropped) = _read_fields(headers, allow_underscores)
-    body, length = _framing(version, host, content_length, transfer_encoding)
     http11 = version == "1.1"
+    if version not in ("1.1", "1.0"):
+        raise GatewayError(505 if version[:1] != "0" else 400, f"HTTP/{version} is not served.")
+    if http11 and host is None:
+        raise GatewayError(400, "An HTTP/1.1 request needs a Host header.")
+    if transfer_encoding and content_length is not None:
+        raise GatewayError(400, "The request has both Content-Length and Transfer-Encoding.")
+    if transfer_encoding:
+        if transfer_encoding != [b"chunked"]:
+            raise GatewayError(400, "The only transfer coding accepted is a single chunked.")
+        body, length = BODY_CHUNKED, 0
+    else:
+        length = int(content_length) if content_length is not None else 0
+        body = BODY_LENGTH if length else BODY_NONE
     if http11:
         keep_alive = b"close" not in connection
     else:
