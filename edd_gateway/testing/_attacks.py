@@ -11,8 +11,8 @@ what its modes do, each connection bound to one of C{addresses} (127.0.0.2,
    seconds;
  - C{slowloris} (C{-H}): a request head never finished, one more header
    line every C{interval};
- - C{slow-read} (C{-X}): 32 pipelined GETs, the answers read one socket
-   read every C{interval} (reading paused in between).
+ - C{slow-read} (C{-X}): C{pipelined} GETs at once, the answers read one
+   socket read every C{interval} (reading paused in between).
 
 Connections are opened at C{rate} a second per address (under the
 gateway's default connection rate) up to C{per_address} each, and opened
@@ -46,6 +46,8 @@ class AttackSettings:
     rate: float = 45.0
     host: str = "app.test"
     path: str = "/"
+    #: GETs each slow-read connection sends at once.
+    pipelined: int = 32
 
 
 class _SlowClient(protocol.Protocol):
@@ -73,7 +75,7 @@ class _SlowClient(protocol.Protocol):
                                                                         settings.host.encode()))
         else:
             request = b"GET %b HTTP/1.1\r\nHost: %b\r\n\r\n" % (settings.path.encode(), settings.host.encode())
-            self.transport.write(request * 32)
+            self.transport.write(request * settings.pipelined)
             self.transport.pauseProducing()
 
     def tick(self) -> None:

@@ -8,7 +8,7 @@ interval of an hour, so that nothing but the feed can explain a change being
 served.  Rows are written as the compute service writes them
 (L{ComputeService}), one transaction per action.
 
-Each kind of change is made 50 times and timed from the moment its COMMIT
+Each kind of change is made 100 times and timed from the moment its COMMIT
 returned to the first answer that shows it: HTTP asked in a tight loop over
 one keep-alive connection per listener (L{KeepAliveProbe}); SSH through an
 in-process Conch client that logs in as the container's owner and reads the
@@ -26,9 +26,11 @@ request answered), so that an answer costs one signed request, and spaced by
 L{SSH_PAUSE}.  Real OpenSSH logins against the same feed are
 C{tests/integration/test_ssh_live.py}'s.
 
-The target is issue 4's, p99 under 50 ms.  With 50 changes the nearest-rank
-p99 is the slowest of them: one scheduling hiccup on a busy machine fails
-it.  The figures (p50, p99, max, the three slowest, how long one answer
+The target is issue 4's, p99 under 50 ms, over 100 changes of each kind: the
+nearest-rank p99 of 100 is the second slowest, so one scheduling hiccup of
+the machine (a change at 60-100 ms while the gateway's own histogram had it
+within 5 ms, seen on a quiet 2-core machine too) does not decide it, as it
+did when 50 changes made the p99 the slowest of them.  The figures (p50, p99, max, the three slowest, how long one answer
 takes, which bounds their resolution, and the gateway's own
 C{edd_gateway_event_propagation_seconds} over the same changes, which tells
 the gateway's share from the client's) go to the test log
@@ -74,7 +76,7 @@ DOMAIN = "compute.test"
 #: Issue 4's propagation target: p99 of commit-to-served under 50 ms.
 TARGET = 0.050
 #: Changes of each kind.
-CHANGES = 50
+CHANGES = 100
 #: Where the containers' ports are (an echo backend per port): Linux routes 127/8 to lo.
 CONTAINER_IP = "127.0.1.61"
 #: Long enough that no poll or periodic full read happens during a test.
