@@ -63,14 +63,20 @@ class SlowAttackTests(EndToEndMixin, TestCase):
         self.addCleanup(attack.stop)
         await poll_until(lambda: attack.holding() >= holding, f"{holding} {kind} connections", timeout=60)
         if kind == "slow-read":
-            # Each slow reader opens with a burst of pipelined GETs: 28,800
-            # requests while 900 connections open, a request flood the victim
-            # would be measured against (its median was 3-4 x the quiet one
-            # until the backlog drained, a few seconds later). The slow read
-            # itself starts once the gateway has answered that burst.
-            burst = answered_before + holding * attack.settings.pipelined
-            await poll_until(lambda: len(self.echo.requests) >= burst, f"{burst} pipelined requests answered",
-                             timeout=60)
+            # Each slow reader opens with a burst of pipelined GETs: 32,000
+            # requests while the attack's 1,000 connections open, a request
+            # flood the victim would be measured against (its median was 3-4 x
+            # the quiet one until the backlog drained, a few seconds later).
+            # The slow read itself starts once the gateway has answered the
+            # burst of every connection opened so far, the attack fully open.
+            full = attack.settings.per_address * len(ATTACKERS)
+            pipelined = attack.settings.pipelined
+
+            def burst_answered() -> bool:
+                opened = sum(attack.opened.values())
+                return opened >= full and len(self.echo.requests) >= answered_before + opened * pipelined
+
+            await poll_until(burst_answered, "every slow reader's pipelined requests answered", timeout=60)
         statuses, times = await self.victim(50)
         quiet_median, median = statistics.median(quiet), statistics.median(times)
         print(f"{kind} {settings}: holding {attack.holding()}, opened {sum(attack.opened.values())}, "
