@@ -25,6 +25,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -37,15 +38,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edd_gateway.h2.backend_exchange import BackendExchange
+from edd_gateway.h2.grpc_status import refusal
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 from edd_gateway.h2.guard import FrameGuard, Violation
 from edd_gateway.h2.settings import CONNECTION_WINDOW, H2Settings, code_name
 from edd_gateway.h2.request import H2RequestError, h1_view
 from edd_gateway.h2.stream import H2Stream
-from edd_gateway.http.answer import LocalAnswer
 from edd_gateway.http.clientside import ClientContext, ContextSource
 from edd_gateway.http.deadline import Deadline
-from edd_gateway.http.errors import GatewayError, render_error
+from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.headers import analyse_request, new_request_id
 from edd_gateway.http.routing import route_request
 from edd_gateway.net.transport import set_no_delay
@@ -163,6 +165,11 @@ class H2ServerProtocol(Protocol):
                 stream.request_ended()
         elif isinstance(event, WindowUpdated):
             self._window_opened(event.stream_id)
+        elif isinstance(event, TrailersReceived):
+            # Only a stream relayed to an HTTP/2 backend passes request trailers on.
+            stream = self.streams.get(event.stream_id)
+            if stream is not None and isinstance(stream.job, BackendExchange):
+                stream.job.request_trailers(event.headers)
         elif isinstance(event, RemoteSettingsChanged):
             if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_opened(0)
@@ -201,8 +208,7 @@ class H2ServerProtocol(Protocol):
         except (GatewayError, H2RequestError) as problem:
             status, detail = problem.status, problem.detail
             log.info("h2: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
-            request_id = new_request_id()
-            job = LocalAnswer(stream, None, render_error(status, detail, request_id), True, status, request_id)
+            job = refusal(stream, headers, status, detail, new_request_id())
         stream.start_job(job)
 
     def _window_opened(self, stream_id: int) -> None:
