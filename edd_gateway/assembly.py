@@ -23,6 +23,8 @@ from edd_gateway.front.listeners import listener_service
 from edd_gateway.front.rawtcp import RawTCPFactory
 from edd_gateway.front.classify import Verdict
 from edd_gateway.front.sniff import SniffingFactory
+from edd_gateway.h2.backend import H2BackendPool, H2PoolService
+from edd_gateway.h2.backend_exchange import H2BackendRelay
 from edd_gateway.h2.guard import GuardLimits
 from edd_gateway.h2.negotiate import ProtocolChooserFactory
 from edd_gateway.h2.server import H2ServerProtocol
@@ -222,8 +224,14 @@ def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
                         max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout,
                         max_streams_per_client=settings.body_streams_per_client)
     PoolService(pool).setServiceParent(gateway.top)
+    # One h2c pool for every listener's streams on grpc/h2c routes: their
+    # backend connections are shared, as the HTTP/1.1 pool's are (each carries
+    # as many streams as the backend allows: a few connections per backend).
+    h2c = H2BackendPool(reactor, reactor, idle_timeout=settings.pool_idle_timeout,
+                        connect_timeout=settings.connect_timeout)
+    H2PoolService(h2c).setServiceParent(gateway.top)
     shared = dict(main_site=config["main-site"], containers=gateway.containers, observer=gateway.observer,
-                  admission=gateway.admission)
+                  admission=gateway.admission, http2_relay=H2BackendRelay(h2c))
     http = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="http", **shared)
     http.doStart()
     https = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="https",
