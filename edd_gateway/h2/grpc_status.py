@@ -88,5 +88,7 @@ def grpc_answer(status: int, detail: str, request_id: str = "") -> bytes:
 def refusal(client: ClientSide, headers: Headers, status: int, detail: str, request_id: str) -> LocalAnswer:
     """The job answering a request refused with C{status}: gRPC-shaped when C{headers} are a gRPC call's."""
     if is_grpc(headers):
-        return LocalAnswer(client, None, grpc_answer(status, detail, request_id), True, 200, request_id)
+        answer = LocalAnswer(client, None, grpc_answer(status, detail, request_id), True, 200, request_id)
+        answer.grpc_status = str(grpc_code(status))
+        return answer
     return LocalAnswer(client, None, render_error(status, detail, request_id), True, status, request_id)

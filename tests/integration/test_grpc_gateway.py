@@ -149,5 +149,6 @@ class GrpcOverTLSTests(GrpcGatewayMixin, TestCase):
         await self.blocking(lambda: self.method("unary_unary", "Echo")(b"hello", timeout=10))
         scrape = await self.scrape(self.gateway)
         self.assertGreaterEqual(scrape.value("edd_gateway_http2_events_total", event="stream"), 1)
-        self.assertIn("proto=h2", self.gateway.log_text())
+        self.assertIn('"POST grpc.test/pkg.Service/Echo" 200', self.gateway.log_text())
+        self.assertIn("proto=h2 grpc-status=0", self.gateway.log_text())
 
