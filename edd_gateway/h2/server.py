@@ -60,9 +60,10 @@ log = Logger()
 class H2ServerProtocol(Protocol):
     """One HTTP/2 client connection; the producer its transport pauses when the socket is full."""
 
-    def __init__(self, factory: ContextSource, settings: H2Settings) -> None:
+    def __init__(self, factory: ContextSource, settings: H2Settings, protocol: str = "h2") -> None:
         self.factory = factory
         self.settings = settings
+        self.protocol = protocol  # the access log's proto=: h2, or h2c with prior knowledge (plain port)
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
         self.paused = False
@@ -84,7 +85,7 @@ class H2ServerProtocol(Protocol):
         assert transport is not None
         host = getattr(transport.getPeer(), "host", "")
         self.client_ip = host[7:] if host.startswith("::ffff:") else host
-        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol="h2")
+        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol=self.protocol)
         proxy = self.context.settings
         # Outbound headers are not validated again: they are llhttp's
         # reading of the response (names lower-cased, connection-specific
@@ -166,8 +167,7 @@ class H2ServerProtocol(Protocol):
         elif isinstance(event, WindowUpdated):
             self._window_opened(event.stream_id)
         elif isinstance(event, TrailersReceived):
-            # Only a stream relayed to an HTTP/2 backend passes request trailers on.
-            stream = self.streams.get(event.stream_id)
+            stream = self.streams.get(event.stream_id)  # only a relay to an HTTP/2 backend passes them on
             if stream is not None and isinstance(stream.job, BackendExchange):
                 stream.job.request_trailers(event.headers)
         elif isinstance(event, RemoteSettingsChanged):

@@ -57,6 +57,9 @@ def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnsw
     if match is None:
         raise GatewayError(404, f"No route for host {host} and path {path}.")
     route = match.route
+    if context.protocol == "h2c" and not route.http2_backend:
+        # HTTP/2 cleartext (prior knowledge, edd_gateway.h2.prior_knowledge) serves gRPC and h2c routes only.
+        raise GatewayError(421, f"{host}{path} is not served over HTTP/2 cleartext: use HTTP/1.1 or TLS.")
     if route.redirect_https and context.scheme == "http":
         authority = f"[{host}]" if ":" in host else host
         location = f"https://{authority}{path}" + (f"?{query}" if query else "")
