@@ -152,3 +152,69 @@ class GrpcOverTLSTests(GrpcGatewayMixin, TestCase):
         self.assertIn('"POST grpc.test/pkg.Service/Echo" 200', self.gateway.log_text())
         self.assertIn("proto=h2 grpc-status=0", self.gateway.log_text())
 
+
+
+class GrpcPriorKnowledgeTests(GrpcGatewayMixin, TestCase):
+    """The plain port with --h2c-prior-knowledge: grpc.insecure_channel and curl --http2-prior-knowledge."""
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        require_module("grpc")
+        import grpc
+
+        self.grpc = grpc
+        backend, _ = self.serve_echo()
+        await self.start_backend_and_gateway(["--h2c-prior-knowledge"], [
+            {"host": "web.test", "path": "/", "target": backend.target}])
+        self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}",
+                                             options=[("grpc.default_authority", HOST)])
+        self.addCleanup(self.channel.close)
+
+    async def test_unary_server_streaming_and_bidirectional(self) -> None:
+        answer = await self.blocking(lambda: self.method("unary_unary", "Echo")(b"plain", timeout=10))
+        self.assertEqual(answer, b"echo:plain")
+        counted = await self.blocking(lambda: list(self.method("unary_stream", "Count")(b"5", timeout=10)))
+        self.assertEqual(counted, [b"1", b"2", b"3", b"4", b"5"])
+        chat = await self.blocking(lambda: list(self.method("stream_stream", "Chat")(iter([b"a", b"b"]), timeout=10)))
+        self.assertEqual(chat, [b"re:a", b"re:b"])
+
+    async def test_the_backend_status_passes_through(self) -> None:
+        def call() -> Any:
+            try:
+                self.method("unary_unary", "Missing")(b"", timeout=10)
+            except self.grpc.RpcError as error:
+                return error
+            raise AssertionError("the call succeeded")
+
+        error = await self.blocking(call)
+        self.assertEqual(error.code(), self.grpc.StatusCode.NOT_FOUND)
+
+    async def test_curl_prior_knowledge(self) -> None:
+        """curl speaks h2c to the gateway: a gRPC route answers (trailers-only, an empty call), a site 421s."""
+        empty_message = Path(self.mktemp())
+        empty_message.write_bytes(b"\x00\x00\x00\x00\x00")
+        grpc_route = await self.curl(f"http://{HOST}:{self.gateway.port}/{SERVICE}/Missing", "--http2-prior-knowledge",
+                                     "--resolve", f"{HOST}:{self.gateway.port}:127.0.0.1",
+                                     "-H", "content-type: application/grpc", "-H", "te: trailers",
+                                     "--data-binary", f"@{empty_message.absolute()}")
+        self.assertEqual(grpc_route.status, 200, grpc_route.describe())
+        self.assertEqual(grpc_route.header("grpc-status"), "5", grpc_route.describe())
+        site = await self.curl(f"http://web.test:{self.gateway.port}/", "--http2-prior-knowledge",
+                               "--resolve", f"web.test:{self.gateway.port}:127.0.0.1")
+        self.assertEqual(site.status, 421, site.describe())
+        plain = await self.curl(f"http://web.test:{self.gateway.port}/", "--resolve",
+                                f"web.test:{self.gateway.port}:127.0.0.1")
+        self.assertEqual(plain.status, 200, plain.describe())
+
+
+class PriorKnowledgeOffTests(EndToEndMixin, TestCase):
+    timeout = 60
+
+    async def test_without_the_option_the_preface_gets_goaway(self) -> None:
+        gateway = await self.start_gateway(routes=[])
+        connection = await self.raw(gateway.port)
+        connection.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        answer = await connection.read_until_closed()
+        # SETTINGS, then GOAWAY (type 7) with HTTP_1_1_REQUIRED (0xd).
+        self.assertEqual(answer[3:4], b"\x04")
+        self.assertEqual(answer[9 + 3:9 + 4], b"\x07")
+        self.assertEqual(answer[-4:], b"\x00\x00\x00\x0d")
