@@ -242,6 +242,17 @@ class GrpcErrorTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(self.pool.opening, [])
 
 
+class GrpcLimitTests(RelayTestsMixin, SynchronousTestCase):
+    settings = ProxySettings(max_body_size=10)
+
+    def test_a_limit_is_resource_exhausted(self) -> None:
+        stream = self.call(headers=[*GRPC, (b"content-length", b"100")])
+        self.client.flush()
+        [head] = self.client.of(ResponseReceived, stream)
+        self.assertEqual(dict(head.headers)[b"grpc-status"], b"8")
+        self.assertEqual(self.pool.opening, [])
+
+
 class GrpcStatusTests(SynchronousTestCase):
     def test_codes(self) -> None:
         self.assertEqual([grpc_code(s) for s in (404, 429, 502, 503, 504, 413, 500)], [12, 8, 14, 14, 4, 8, 2])
