@@ -126,6 +126,9 @@ class BackendExchange(RequestRecordFields):
         self._timer: IDelayedCall | None = None
         #: END_STREAM went to the backend (with the HEADERS when there was no body).
         self._end_sent = self.request_done
+        #: The body as sent, while it fits --body-buffer-size: what a stream the backend refused sends again.
+        self._replay: list[bytes] | None = []
+        self._retried = False
 
     # The client side (Job)
 
@@ -133,11 +136,16 @@ class BackendExchange(RequestRecordFields):
         if not self.request_done:
             self.stream.pause_reading()  # the body waits in the client's window until the backend stream opens
         timeout = self.route.connect_timeout or self.context.settings.connect_timeout
-        opened = self.pool.open_stream(self.route.target, self.head, self, timeout, end_stream=self.request_done)
+        opened = self.pool.open_stream(self.route.target, self.head, self, timeout, end_stream=self._end_sent)
         opened.addCallbacks(self._opened, self._not_opened)
 
     def request_body(self, data: bytes) -> None:
         self.bytes_in += len(data)
+        replay = self._replay
+        if replay is not None:
+            replay.append(data)
+            if self.bytes_in > self.context.settings.body_buffer_size:
+                self._replay = None
         if self.upstream is not None:
             self.upstream.send_data(data)
 
@@ -188,6 +196,9 @@ class BackendExchange(RequestRecordFields):
             backend.reset(ErrorCodes.CANCEL)
             return
         self.upstream = backend
+        if self._retried:
+            for data in self._replay or ():
+                backend.send_data(data)
         self._throttle = self.stream.throttle_backend(_BackendReading(self))
         # From now on only silence bounds the stream (--websocket-idle-timeout): a gRPC stream may stay open long.
         self.stream.response_started()
@@ -227,6 +238,7 @@ class BackendExchange(RequestRecordFields):
         if self.finished:
             return
         self._stop_timer()
+        self._replay = None  # answered: never sent again
         self.responded = self.context.clock.seconds()
         self.status = int(dict(headers).get(b":status", b"0"))
         self._note_grpc_status(headers)
@@ -259,9 +271,23 @@ class BackendExchange(RequestRecordFields):
         if self.finished:
             return
         if self.responded is None and error_code == ErrorCodes.REFUSED_STREAM:
-            self._failed(503, f"The backend {self.route.target} refused the stream.")
+            if self._retried or self._replay is None:
+                self._failed(503, f"The backend {self.route.target} refused the stream.")
+            else:
+                self._retry()
             return
         self._cut_off(error_code)
+
+    def _retry(self) -> None:
+        """
+        The backend refused the stream unprocessed (RFC 9113 8.7: its GOAWAY
+        came first): sent once more, on another connection, whatever the
+        method, with the body kept so far; the client's further DATA wait meanwhile.
+        """
+        self._retried = True
+        self.upstream = None
+        self._end_sent = self.info.body == BODY_NONE
+        self.start()
 
     def backend_lost(self, detail: str) -> None:
         if self.finished:

@@ -86,6 +86,26 @@ class RelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertTrue(trailers.stream_ended)
         self.assertEqual(len(self.client.of(StreamEnded, stream)), 1)
 
+    def test_a_stream_refused_unprocessed_is_sent_again_once(self) -> None:
+        """REFUSED_STREAM before any answer (the backend's GOAWAY came first): a second stream, the body replayed."""
+        stream = self.call()
+        first = self.pool.accept()
+        self.client.conn.send_data(stream, message(b"one"))
+        self.client.flush()
+        first.listener.response_reset(ErrorCodes.REFUSED_STREAM)
+        self.client.conn.send_data(stream, message(b"two"), end_stream=True)
+        self.client.flush()
+        self.assertEqual(len(self.pool.opening), 2)
+        second = self.pool.accept()
+        self.client.flush()
+        self.assertEqual(b"".join(second.data), message(b"one") + message(b"two"))
+        self.assertTrue(second.ended)
+        second.listener.response_reset(ErrorCodes.REFUSED_STREAM)
+        self.client.flush()
+        [head] = self.client.of(ResponseReceived, stream)
+        self.assertEqual(dict(head.headers)[b"grpc-status"], b"14")  # only once
+        self.assertEqual(len(self.pool.opening), 2)
+
     def test_a_trailers_only_answer_is_one_headers_frame(self) -> None:
         stream = self.call(end_stream=True)
         backend = self.pool.accept()
