@@ -14,15 +14,13 @@ from __future__ import annotations
 
 from typing import Protocol as TypingProtocol
 
-from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (ConnectionTerminated, DataReceived, Event, RemoteSettingsChanged, ResponseReceived,
                        StreamEnded, StreamReset, TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes, Settings
+from h2.settings import SettingCodes
 from h2.utilities import HeaderValidationFlags, normalize_outbound_headers, validate_outbound_headers
-from hyperframe.frame import Frame, GoAwayFrame
 from twisted.internet import error
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
@@ -30,6 +28,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edd_gateway.h2.backend_h2 import backend_h2
 from edd_gateway.routes.model import Target
 
 __all__ = ["BackendStream", "BackendStreamListener", "ConnectionOwner", "H2BackendProtocol", "Headers", "checked"]
@@ -40,8 +39,6 @@ log = Logger()
 #: What a response stream may have unacknowledged (SETTINGS_INITIAL_WINDOW_SIZE): the most a slow client makes
 #: the gateway hold per stream, and enough for a gRPC stream at full speed.
 STREAM_WINDOW = 1 << 20
-#: The same for all of a connection's streams (HTTP/2 starts it at 64 KiB whatever SETTINGS say).
-CONNECTION_WINDOW = 1 << 24
 _REQUEST = HeaderValidationFlags(is_client=True, is_trailer=False, is_response_header=False, is_push_promise=False)
 _TRAILERS = _REQUEST._replace(is_trailer=True)
 
@@ -122,23 +119,6 @@ class BackendStream:
         self.connection.reset(self, error_code)
 
 
-class _GoawayKeepsStreams(H2Connection):
-    """
-    h2 moves its whole connection to CLOSED on the peer's GOAWAY, after which any frame of the streams the backend
-    still finishes (RFC 9113 6.8: those up to C{last_stream_id}) is a protocol error.  gRPC servers send a
-    graceful GOAWAY at shutdown and at C{max_connection_age}; their streams in flight must finish.  So GOAWAY
-    is only reported here, and L{H2BackendProtocol} opens no new stream.  The handler overridden is h2's
-    private one; the GOAWAY tests (unit, and grpc's graceful stop) fail should h2 stop calling it.
-    """
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[Event]]:
-        event = ConnectionTerminated()
-        event.error_code = frame.error_code
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
-
-
 @implementer(IPushProducer)
 class H2BackendProtocol(Protocol):
     """One h2c connection to a backend; the producer its transport pauses when the socket buffer is full."""
@@ -159,14 +139,7 @@ class H2BackendProtocol(Protocol):
     # Protocol
 
     def connectionMade(self) -> None:
-        self.h2 = _GoawayKeepsStreams(H2Configuration(
-            client_side=True, header_encoding=None,
-            validate_outbound_headers=False, normalize_outbound_headers=False))  # see checked()
-        # In force from the start, as h2/server.py does: h2 enforces its own local settings.
-        self.h2.local_settings = Settings(client=True, initial_values={
-            SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: self.pool.stream_window})
-        self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
+        self.h2 = backend_h2(self.pool.stream_window)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]  # TCP transports have it
         self._send()
 
