@@ -176,9 +176,8 @@ class BackendExchange(RequestRecordFields):
         """The client reset its stream (or its connection went): the backend's stream is reset too."""
         if self.finished:
             return
-        self.finished = True
+        self._end()
         self.completed = False
-        self._stop_timer()
         if self.upstream is not None:
             self.upstream.reset(ErrorCodes.CANCEL)
         self._report()
@@ -263,7 +262,7 @@ class BackendExchange(RequestRecordFields):
     def response_ended(self) -> None:
         if self.finished:
             return
-        self.finished = True
+        self._end()
         self._report()
         self.stream.finish(self._response_trailers)
 
@@ -315,8 +314,7 @@ class BackendExchange(RequestRecordFields):
         if self.responded is not None:
             self._cut_off(ErrorCodes.INTERNAL_ERROR)
             return
-        self._stop_timer()
-        self.finished = True
+        self._end()
         request_id = self.info.request_id
         log.info("h2c: {status} to {client} for {method} {host}: {detail}", status=status,
                  client=self.context.client_ip, method=self.info.method.decode("latin-1"),
@@ -334,11 +332,25 @@ class BackendExchange(RequestRecordFields):
 
     def _cut_off(self, error_code: int) -> None:
         """The response cannot end well: the client's stream is reset with the backend's code."""
-        self.finished = True
+        self._end()
         self.completed = False
-        self._stop_timer()
         self._report()
         self.stream.reset(error_code)
+
+    def _end(self) -> None:
+        """
+        Nothing more goes to or comes from the backend stream: the response
+        timer stopped, and the bytes still waiting for the client's window
+        acknowledged at once.  They count against the backend connection's
+        window too, which its other streams share: a client that leaves (or a
+        response whose last frame goes out with END_STREAM, so that the
+        stream's throttle is never resumed) must not shrink it for good.
+        """
+        self.finished = True
+        self._stop_timer()
+        unacknowledged, self._unacknowledged = self._unacknowledged, 0
+        if self.upstream is not None and unacknowledged:
+            self.upstream.consumed(unacknowledged)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

@@ -175,6 +175,31 @@ class RelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.client.body(stream)), 201_000)
         self.assertEqual(backend.acknowledged, 201_000)
 
+    def test_bytes_held_for_a_client_that_leaves_are_acknowledged(self) -> None:
+        """They count against the backend connection's window, shared by its other streams."""
+        stream = self.call()
+        backend = self.pool.accept()
+        backend.listener.response_headers(OK)
+        backend.listener.response_data(b"x" * 200_000)
+        self.client.flush()
+        backend.listener.response_data(b"y" * 1000)
+        self.assertLess(backend.acknowledged, 201_000)
+        self.client.conn.reset_stream(stream, ErrorCodes.CANCEL)
+        self.client.flush()
+        self.assertEqual(backend.acknowledged, 201_000)
+        self.assertEqual(backend.reset_code, ErrorCodes.CANCEL)
+
+    def test_bytes_held_at_the_end_of_a_response_are_acknowledged(self) -> None:
+        stream = self.call(authority="h2c.test", headers=[], end_stream=True)
+        backend = self.pool.accept()
+        backend.listener.response_headers([(b":status", b"200")])
+        backend.listener.response_data(b"x" * 200_000)
+        self.client.flush()
+        backend.listener.response_data(b"y" * 1000)
+        backend.listener.response_ended()
+        self.assertEqual(backend.acknowledged, 201_000)
+        self.assertLess(len(self.client.body(stream)), 201_000)
+
     def test_a_full_backend_window_stops_acknowledging_the_client(self) -> None:
         stream = self.call()
         backend = self.pool.accept()
