@@ -306,6 +306,8 @@ class H2Stream:
             return
         self.closed = True
         self._out.clear()
+        # The client's DATA held undelivered still count against the connection's window, its other streams'.
+        self.connection.acknowledge(self.stream_id, sum(length for _, length in self._held))
         self._held.clear()
         self.deadline.release()
         self.connection.stream_closed(self)

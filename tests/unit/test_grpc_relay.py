@@ -214,6 +214,22 @@ class RelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(len(b"".join(backend.data)), 40 * 16384)
         self.assertGreater(self.window_updates(stream), 0)
 
+    def test_data_held_in_a_reset_stream_goes_back_to_the_connection_window(self) -> None:
+        """Else every client stream reset under backpressure would shrink the connection's window for good."""
+        streams = []
+        for _ in range(9):  # 9 MiB: past half the 16 MiB connection window, so h2 sends its WINDOW_UPDATE
+            stream = self.call()
+            self.pool.accept().listener.request_window_closed()
+            for _ in range(64):
+                self.client.conn.send_data(stream, b"z" * 16384)
+            self.client.flush()
+            streams.append(stream)
+        before = self.window_updates(0)  # the connection window's first increment, to 16 MiB
+        for stream in streams:
+            self.client.conn.reset_stream(stream, ErrorCodes.CANCEL)
+        self.client.flush()
+        self.assertGreaterEqual(self.window_updates(0) - before, 8 << 20)  # h2 keeps the rest for its next update
+
     def window_updates(self, stream: int) -> int:
         return sum(event.delta for event in self.client.of(WindowUpdated, stream))
 
