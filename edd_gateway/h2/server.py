@@ -37,6 +37,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 from edd_gateway.h2.guard import FrameGuard, Violation
 from edd_gateway.h2.settings import CONNECTION_WINDOW, H2Settings, code_name
@@ -102,7 +103,7 @@ class H2ServerProtocol(Protocol):
         })
         # h2 gives its HPACK decoder the bound only once a changed setting
         # is acknowledged; these are in force from the start.
-        self.h2.decoder.max_header_list_size = proxy.max_header_bytes
+        self.h2.decoder = RepeatingBlockDecoder(proxy.max_header_bytes)
         self.h2.encoder = StaticTableEncoder()  # type: ignore[assignment]  # duck-typed: h2 calls encode() and sets header_table_size
         self.h2.initiate_connection()
         # The connection's window starts at 64 KiB whatever SETTINGS say: a
