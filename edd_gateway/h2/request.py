@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 Headers = list[tuple[bytes, bytes]]
 
-__all__ = ["H2RequestError", "H1View", "Malformed", "h1_view"]
+__all__ = ["H2RequestError", "H1View", "Malformed", "h1_view", "malformed_trailers"]
 
 #: RFC 9113 8.2.1: a field name has none of 0x00-0x20, 0x41-0x5a (upper case), 0x7f-0xff, nor a colon.
 _NAME = re.compile(rb"[!-9;-@\[-~]+")
@@ -150,3 +150,18 @@ def _checked_pseudo(pseudo: dict[bytes, bytes], host: bytes | None) -> tuple[byt
     if not path or b":scheme" not in pseudo:
         raise Malformed("no :scheme, or no or an empty :path")
     return method, path
+
+
+def malformed_trailers(headers: Headers) -> str | None:
+    """
+    What makes a request's trailer section malformed (RFC 9113 8.1, 8.2:
+    no pseudo-header, the field rules of a head), or C{None}.
+    """
+    for name, value in headers:
+        if _VALUE.fullmatch(value) is None:
+            return f"a CR, LF, NUL or surrounding white space in the value of {name!r}"
+        if _NAME.fullmatch(name) is None:
+            return f"the trailer name {name!r} (a pseudo-header, empty, upper case or an invalid character)"
+        if name in _CONNECTION_SPECIFIC or (name == b"te" and value.lower() != b"trailers"):
+            return f"the connection-specific field {name!r}"
+    return None

@@ -25,6 +25,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -37,6 +38,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edd_gateway.h2.backend_exchange import BackendExchange
 from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 from edd_gateway.h2.guard import FrameGuard, Violation
@@ -56,9 +58,10 @@ log = Logger()
 class H2ServerProtocol(Protocol):
     """One HTTP/2 client connection; the producer its transport pauses when the socket is full."""
 
-    def __init__(self, factory: ContextSource, settings: H2Settings) -> None:
+    def __init__(self, factory: ContextSource, settings: H2Settings, protocol: str = "h2") -> None:
         self.factory = factory
         self.settings = settings
+        self.protocol = protocol  # the access log's proto=: h2, or h2c with prior knowledge (plain port)
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
         self.paused = False
@@ -80,7 +83,7 @@ class H2ServerProtocol(Protocol):
         assert transport is not None
         host = getattr(transport.getPeer(), "host", "")
         self.client_ip = host[7:] if host.startswith("::ffff:") else host
-        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol="h2")
+        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol=self.protocol)
         proxy = self.context.settings
         # Outbound headers are not validated again: they are llhttp's
         # reading of the response (names lower-cased, connection-specific
@@ -165,6 +168,10 @@ class H2ServerProtocol(Protocol):
                 stream.request_ended()
         elif isinstance(event, WindowUpdated):
             self._window_opened(event.stream_id)
+        elif isinstance(event, TrailersReceived):
+            stream = self.streams.get(event.stream_id)  # only a relay to an HTTP/2 backend passes them on
+            if stream is not None and isinstance(stream.job, BackendExchange):
+                stream.job.request_trailers(event.headers)
         elif isinstance(event, RemoteSettingsChanged):
             if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_opened(0)
@@ -203,7 +210,7 @@ class H2ServerProtocol(Protocol):
         if self.closing:
             stream.reset(int(ErrorCodes.REFUSED_STREAM))
             return
-        stream.start_job(job_for(stream, view, self.client_ip))
+        stream.start_job(job_for(stream, view, headers, self.client_ip))
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:

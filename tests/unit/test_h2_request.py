@@ -11,11 +11,12 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.h2.request import H2RequestError, Malformed, h1_view
+from edd_gateway.h2.request import H2RequestError, Malformed, h1_view, malformed_trailers
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"app.test")]
 _AS_A_SERVER_READS_A_REQUEST = HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
                                                      is_push_promise=False)
+_AS_A_SERVER_READS_TRAILERS = _AS_A_SERVER_READS_A_REQUEST._replace(is_trailer=True)
 
 _SOME_NAMES = [
     b":method", b":scheme", b":path", b":authority", b":protocol", b":status", b":", b"", b"x-a", b"X-Upper",
@@ -30,10 +31,10 @@ _NAMES, _VALUES = st.sampled_from(_SOME_NAMES), st.sampled_from(_SOME_VALUES)
 _FIELDS = st.lists(st.tuples(_NAMES, _VALUES), max_size=8)
 
 
-def h2_refuses(headers: list[tuple[bytes, bytes]]) -> bool:
+def h2_refuses(headers: list[tuple[bytes, bytes]], flags: HeaderValidationFlags = _AS_A_SERVER_READS_A_REQUEST) -> bool:
     """Whether the h2 library's own inbound checks (what the gateway turned off) refuse C{headers}."""
     try:
-        list(validate_headers(headers, _AS_A_SERVER_READS_A_REQUEST))
+        list(validate_headers(headers, flags))
     except ProtocolError:
         return True
     return False
@@ -69,6 +70,13 @@ class SameVerdictAsTheLibrary(SynchronousTestCase):
     def test_a_request_missing_fields_with_more(self, dropped: set[int], after: list[tuple[bytes, bytes]]) -> None:
         fields = [field for index, field in enumerate(REQUEST) if index not in dropped] + after
         self.assertEqual(refuses(fields), h2_refuses(fields), fields)
+
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.lists(st.tuples(_NAMES, _VALUES), max_size=4))
+    def test_trailers(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self.assertEqual(malformed_trailers(fields) is not None, h2_refuses(fields, _AS_A_SERVER_READS_TRAILERS),
+                         fields)
 
 
 class MalformedTests(SynchronousTestCase):
