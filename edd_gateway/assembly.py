@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application import service
 from twisted.logger import Logger
 
+from edd_gateway.domains.build import CustomDomains, build_domains
 from edd_gateway.front import admission as _admission
 from edd_gateway.front.drain import ConnectionTracker, GatewayService, TrackedFactory
 from edd_gateway.front.listeners import listener_service
@@ -87,6 +88,7 @@ class LiveState:
     pins: HostKeyPins
     publish_file_routes: Callable[[Sequence[Route]], object]
     state: StateService | None = None
+    database: PostgresDatabase | None = None
 
 
 def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: service.MultiService,
@@ -110,7 +112,7 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
                              file_routes=live.current.routes, poll_interval=config["poll-interval"],
                              resync_interval=config["resync-interval"], on_propagated=on_propagated)
         state.setServiceParent(parent)
-        return LiveState(directory, database, state.set_file_routes, state)
+        return LiveState(directory, database, state.set_file_routes, state, database)
     os.makedirs(os.path.dirname(os.path.abspath(config["state-file"])), mode=0o700, exist_ok=True)
     pins = LocalPinStore(config["state-file"])
     path = config["containers"]
@@ -183,6 +185,7 @@ class Gateway:
     observer: GatewayObserver
     state: LiveState
     containers: ContainerRouter | None
+    domains: CustomDomains | None = None
 
 
 def build_core(config: Options, reactor: Any) -> Gateway:
@@ -211,8 +214,13 @@ def build_core(config: Options, reactor: Any) -> Gateway:
     if config["container-domain"] is not None:
         containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"],
                                      config.addressing())
+    domains = None
+    if state.database is not None:
+        domains = build_domains(state.database, state.directory, reactor, top, addressing=config.addressing(),
+                                fallback=containers, poll_interval=config["poll-interval"],
+                                resync_interval=config["resync-interval"])
     return Gateway(config, reactor, top, metrics, readiness, monitoring, settings, live, admission, observer, state,
-                   containers)
+                   containers, domains)
 
 
 def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
@@ -222,7 +230,8 @@ def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
                         max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout,
                         max_streams_per_client=settings.body_streams_per_client)
     PoolService(pool).setServiceParent(gateway.top)
-    shared = dict(main_site=config["main-site"], containers=gateway.containers, observer=gateway.observer,
+    router = gateway.domains.router if gateway.domains is not None else gateway.containers
+    shared = dict(main_site=config["main-site"], containers=router, observer=gateway.observer,
                   admission=gateway.admission)
     http = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="http", **shared)
     http.doStart()
