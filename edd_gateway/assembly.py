@@ -216,9 +216,7 @@ def build_core(config: Options, reactor: Any) -> Gateway:
                                      config.addressing())
     domains = None
     if state.database is not None:
-        domains = build_domains(state.database, state.directory, reactor, top, addressing=config.addressing(),
-                                fallback=containers, poll_interval=config["poll-interval"],
-                                resync_interval=config["resync-interval"])
+        domains = build_domains(config, state.database, state.directory, reactor, top, containers)
     return Gateway(config, reactor, top, metrics, readiness, monitoring, settings, live, admission, observer, state,
                    containers, domains)
 
@@ -254,7 +252,8 @@ def build_tls_side(gateway: Gateway, https: HTTPProxyFactory) -> TLSListenerFact
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=gateway.settings.connect_timeout,
                     idle_timeout=config["tcp-idle-timeout"], handshake_timeout=config["tls-handshake-timeout"],
                     containers=gateway.containers, container_proxy_protocol=config["container-proxy-protocol"],
-                    tickets=tickets, observer=gateway.observer, admission=gateway.admission, alpn=alpn)
+                    tickets=tickets, observer=gateway.observer, admission=gateway.admission, alpn=alpn,
+                    sni_hook=gateway.domains.sni if gateway.domains is not None else None)
     tls.service.setServiceParent(top)
     gateway.monitoring.tls(tls.store, tls.service, tls.factory.stats)
     gateway.monitoring.tickets(tickets.ring, tickets.service)
