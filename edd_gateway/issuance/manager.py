@@ -128,7 +128,7 @@ class IssuanceManager(Service):
     async def load(self) -> None:
         """Serve every stored certificate that is new here (parsed once per chain)."""
         for name, stored in (await self.storage.load_certificates()).items():
-            if self._install(stored) and name not in self._in_flight:
+            if self._install(stored):
                 self.counts.loaded_from_peers += 1
 
     def _install(self, stored: StoredCertificate) -> bool:

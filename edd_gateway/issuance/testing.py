@@ -7,7 +7,7 @@ from twisted.internet.interfaces import IReactorTime
 
 from edd_gateway.issuance.storage import Attempts, StoredAccount, StoredCertificate
 
-__all__ = ["MemoryCertificateStorage"]
+__all__ = ["FakeIssuer", "MemoryCertificateStorage", "stored_certificate"]
 
 
 class MemoryCertificateStorage:
@@ -57,3 +57,39 @@ class MemoryCertificateStorage:
     def record_attempt(self, domain: str) -> Deferred[None]:
         self.attempt_times.append((domain, self._clock.seconds()))
         return succeed(None)
+
+
+def stored_certificate(domain: str, clock: IReactorTime, lifetime: float = 90 * 86400.0,
+                       age: float = 0.0) -> StoredCertificate:
+    """A self-signed certificate for C{domain}, issued C{age} seconds before C{clock}'s now, as storage holds it."""
+    from datetime import datetime, timedelta, timezone
+
+    from cryptography.hazmat.primitives import serialization
+
+    from edd_gateway.tls.devcert import self_signed_certificate
+
+    start = datetime.fromtimestamp(clock.seconds() - age, timezone.utc)
+    certificate, key = self_signed_certificate((domain,), start, start + timedelta(seconds=lifetime))
+    chain = certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    return StoredCertificate(domain, chain, key_pem, certificate.not_valid_before_utc,
+                             certificate.not_valid_after_utc)
+
+
+class FakeIssuer:
+    """An issuer that answers from C{results} (a certificate, an exception, or a Deferred) and counts its calls."""
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self.calls: list[str] = []
+        self.next: object = None
+
+    async def issue(self, domain: str) -> StoredCertificate:
+        self.calls.append(domain)
+        result, self.next = self.next, None
+        if isinstance(result, BaseException):
+            raise result
+        if isinstance(result, Deferred):
+            return await result
+        return stored_certificate(domain, self._clock)
