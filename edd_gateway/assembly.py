@@ -33,6 +33,7 @@ from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.pool import PoolService, UpstreamPool
 from edd_gateway.ops.admin import Readiness
 from edd_gateway.ops.logs import AccessLog
+from edd_gateway.ops.domain_metrics import domain_metrics
 from edd_gateway.ops.metrics import GatewayMetrics
 from edd_gateway.ops.monitoring import Monitoring
 from edd_gateway.ops.observe import GatewayObserver, Observers
@@ -217,6 +218,7 @@ def build_core(config: Options, reactor: Any) -> Gateway:
     domains = None
     if state.database is not None:
         domains = build_domains(config, state.database, state.directory, reactor, top, containers)
+        domain_metrics(metrics, domains)
     return Gateway(config, reactor, top, metrics, readiness, monitoring, settings, live, admission, observer, state,
                    containers, domains)
 

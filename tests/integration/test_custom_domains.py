@@ -114,6 +114,10 @@ class CustomDomainsTests(EndToEndMixin, TestCase):
                                f"Host: {NAME}")
         self.assertEqual(challenge.status, 200)
         self.assertEqual(challenge.json()["path"], "/.well-known/acme-challenge/nope")
+        metrics = (await curl(self.gateway.admin_url())).text
+        self.assertIn('edd_gateway_acme_certificates_total{outcome="issued"} 1.0', metrics)
+        self.assertIn(f'edd_gateway_acme_certificate_expiry_timestamp_seconds{{domain="{NAME}"}}', metrics)
+        self.assertIn('edd_gateway_custom_domains{state="served"} 1.0', metrics)
 
     async def test_http01(self) -> None:
         await self.start_all("http-01")

@@ -7,9 +7,13 @@ announcing a committed change.
 
 from __future__ import annotations
 
+import io
+
 from twisted.internet import reactor
+from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
+from edd_gateway.__main__ import main
 from edd_gateway.domains.model import CustomDomain
 from edd_gateway.domains.source import DOMAINS_FEED, DomainSource, PostgresDomains
 from edd_gateway.state.changefeed import ChangeFeedListener
@@ -58,3 +62,23 @@ class PostgresDomainsTests(DomainSourceTestsMixin, TestCase):
         await self.server.execute("UPDATE custom_domains SET status = 'active'")
         await poll_until(lambda: changes, "the notification of the update")
         self.assertTrue(changes[0].full_resync)
+
+
+class ExplainTests(TestCase):
+    async def test_explain_reads_the_database(self) -> None:
+        server = await start_postgres(self)
+        await server.create_compute_tables()
+        database = PostgresDatabase(server.dsn(), reactor)
+        self.addCleanup(database.close)
+        await database.connect()
+        await server.execute("INSERT INTO containers (id, user_id, name, namespace, status, external_ip) VALUES "
+                             "('web1', 'u1', 'n', 'ns', 'running', '10.0.0.5')")
+        await insert_domain(server, CustomDomain("d1", "u1", "web1", "app.example.test", 8080, "active"))
+        out, err = io.StringIO(), io.StringIO()
+        code = await deferToThread(main, ["explain", "--database", server.dsn(), "http://app.example.test/x"],
+                                   out, err)
+        self.assertEqual(code, 0, err.getvalue())
+        self.assertIn("requests go to 10.0.0.5:8080", out.getvalue())
+        code = await deferToThread(main, ["explain", "--database", server.dsn(), "http://nope.example.test/"],
+                                   out, err)
+        self.assertEqual(code, 3)
