@@ -61,7 +61,10 @@ class DomainRouter:
         self.fallback = fallback
 
     def under_domain(self, host: str) -> bool:
-        return self.fallback is not None and self.fallback.under_domain(host)
+        # True for every custom domain too: their requests skip the static
+        # routes' LRU, which thousands of tenants' hosts would otherwise evict.
+        return host in self.lookup.domains.current.domains or (
+            self.fallback is not None and self.fallback.under_domain(host))
 
     def http_match(self, host: str, path: str, transport: Any) -> RouteMatch | None:
         """
@@ -78,8 +81,9 @@ class DomainRouter:
         if challenge:
             answer = self.certificates.http01_answer(host, path[len(ACME_CHALLENGE_PATH):])
             if answer is not None:
-                return RouteMatch(Route(host, "/", Target("", 0, internal=ACME_HTTP01 + answer), source=source),
-                                  path)
+                # The key authorization rides in the target's unused host, so
+                # that the access log's backend= reads internal:acme-http-01.
+                return RouteMatch(Route(host, "/", Target(answer, 0, internal=ACME_HTTP01), source=source), path)
         address = self.addressing.host(container)
         if address is None:
             raise GatewayError(503, f"container {container.id} has no address yet")

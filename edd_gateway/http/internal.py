@@ -3,7 +3,7 @@ Targets the gateway serves itself (``target: internal:NAME``): the welcome
 page of the embedded default, so that a new install answers a request before
 any backend exists; and the ACME HTTP-01 answers of custom domains
 (L{edd_gateway.domains.router}), whose one-off routes carry the key
-authorization in the target's name.
+authorization in the target's (otherwise unused) host.
 """
 
 from __future__ import annotations
@@ -15,17 +15,17 @@ from edd_gateway.http.headers import RequestInfo
 from edd_gateway.routes.model import Route
 
 
-#: The internal target of an HTTP-01 challenge answer: this prefix, then the key authorization.
-ACME_HTTP01 = "acme-http-01:"
+#: The internal target of an HTTP-01 challenge answer; the key authorization is the target's C{host}.
+ACME_HTTP01 = "acme-http-01"
 
 
 def internal_answer(
     route: Route, info: RequestInfo, host: str, path: str, client_ip: str
 ) -> tuple[int, bytes]:
     """The complete response of an internal target."""
-    internal = route.target.internal or ""
-    if internal.startswith(ACME_HTTP01):
-        answer = internal[len(ACME_HTTP01):].encode("ascii")
+    internal = route.target.internal
+    if internal == ACME_HTTP01:
+        answer = route.target.host.encode("ascii")
         body = answer if info.method != b"HEAD" else b""
         return 200, _response(200, "OK", "application/octet-stream", body, info, len(answer))
     if internal != "welcome":

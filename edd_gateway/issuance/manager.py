@@ -127,7 +127,7 @@ class IssuanceManager(Service):
 
     async def load(self) -> None:
         """Serve every stored certificate that is new here (parsed once per chain)."""
-        for name, stored in (await self.storage.load_certificates()).items():
+        for stored in (await self.storage.load_certificates()).values():
             if self._install(stored):
                 self.counts.loaded_from_peers += 1
 
@@ -174,8 +174,10 @@ class IssuanceManager(Service):
         if not await self._within_caps(name):
             return self._served.get(name)
         before = self._stored.get(name)
-        deadline = self._clock.seconds() + self.policy.lease
-        while self._clock.seconds() < deadline + self.policy.lease:
+        # Another replica's lease lasts at most one lease length; waiting two
+        # covers a lease taken just before this one looked.
+        deadline = self._clock.seconds() + 2 * self.policy.lease
+        while self._clock.seconds() < deadline:
             if await self.storage.take_lease(name, self.holder, self.policy.lease):
                 try:
                     return await self._issue(name, renewal=before is not None)
@@ -212,6 +214,11 @@ class IssuanceManager(Service):
             issued = await self.issuer.issue(name)
         except AcmeProblem as problem:
             self._failed(name, problem)
+            return self._served.get(name)
+        except Exception as error:
+            # The CA unreachable, its TLS refused, a worker thread's surprise:
+            # a failure like the CA's own, backed off the same way.
+            self._failed(name, AcmeProblem(f"{type(error).__name__}: {first_line(error)}"))
             return self._served.get(name)
         await self.storage.save_certificate(issued)
         self._install(issued)

@@ -180,7 +180,8 @@ class RouterTests(SynchronousTestCase):
         self.certificates.tokens[("app.example.test", "tok")] = "tok.thumb"
         match = self.router.http_match("app.example.test", "/.well-known/acme-challenge/tok", self.transport)
         assert match is not None
-        self.assertEqual(match.route.target.internal, "acme-http-01:tok.thumb")
+        self.assertEqual((match.route.target.internal, match.route.target.host), ("acme-http-01", "tok.thumb"))
+        self.assertEqual(str(match.route.target), "internal:acme-http-01")
         other = self.router.http_match("app.example.test", "/.well-known/acme-challenge/zz", self.transport)
         assert other is not None
         self.assertFalse(other.route.redirect_https)
@@ -191,6 +192,8 @@ class RouterTests(SynchronousTestCase):
         with self.assertRaises(GatewayError):
             self.router.http_match("nope.containers.test", "/", self.transport)
         self.assertTrue(self.router.under_domain("web1.containers.test"))
+        self.assertTrue(self.router.under_domain("app.example.test"))
+        self.assertFalse(self.router.under_domain("other.example.test"))
         self.containers.replace("web1", Container("web1", "u1", "stopped"))
         self.assertIsNone(self.router.http_match("app.example.test", "/", self.transport))
 

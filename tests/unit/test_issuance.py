@@ -152,3 +152,12 @@ class SNITests(ManagerCase):
         self.assertIsNotNone(self.successResultOf(answer.certificate))
         self.assertIsInstance(self.sni.answer(NAME, ()), Terminate)
         self.clock.advance(5)
+
+
+class UnreachableCATests(ManagerCase):
+    def test_any_error_is_a_failure_backed_off(self) -> None:
+        self.issuer.next = ConnectionRefusedError("connection refused")
+        self.assertIsNone(self.successResultOf(self.manager.obtain(NAME)))
+        self.assertEqual(self.manager.counts.failed, 1)
+        self.assertIsNone(self.successResultOf(self.manager.obtain(NAME)))
+        self.assertEqual(len(self.issuer.calls), 1)
