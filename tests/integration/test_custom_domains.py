@@ -167,6 +167,10 @@ class CustomDomainsTests(EndToEndMixin, TestCase):
         self.assertEqual(response.status, 200, response.describe())
         connection = await deferToThread(handshake, self.port, NAME, self.root)
         first = presented(connection)
+        # A request first: an idle keep-alive connection then waits --keepalive-timeout (60 s), where a fresh
+        # one without ALPN gets --header-timeout (10 s) to show which HTTP it speaks.
+        answer = await deferToThread(get, connection, NAME)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 200"), answer[:200])
 
         async def renewed() -> bool:
             fresh = await deferToThread(handshake, self.port, NAME, self.root)
