@@ -25,7 +25,10 @@ except ImportError:
              "directory hides it); run .venv/bin/python -m edd_gateway, after the README's install command")
 
 from edd_gateway import __version__
+from urllib.parse import urlsplit
+
 from edd_gateway.routes.explain import ExplainInputError, explain_request, explain_url
+from edd_gateway.routes.normalize import normalize_host
 from edd_gateway.routes.loader import RoutesFileError, load_default_routes, load_routes_file
 from edd_gateway.routes.table import RouteTable
 from edd_gateway.state.localfile import DEFAULT_STATE_FILE
@@ -65,9 +68,30 @@ def _explain(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ExplainInputError as error:
         print(f"error: {error}", file=err)
         return EXIT_USAGE
+    dsn = args.database or os.environ.get("DATABASE_URL")
+    if not matched and dsn:
+        from edd_gateway.domains.explain import explain_domain
+
+        try:
+            more, matched = explain_domain(dsn, _explained_host(args))
+        except Exception as error:
+            print(f"error: --database: {str(error).strip().splitlines()[0] if str(error).strip() else error}",
+                  file=err)
+            return EXIT_INVALID
+        lines = [*lines, *more]
     for line in lines:
         print(line, file=out)
     return EXIT_OK if matched else EXIT_NO_ROUTE
+
+
+def _explained_host(args: argparse.Namespace) -> str:
+    """The normalised host an explain asks about (already checked by explain_request)."""
+    if args.host is not None:
+        host = args.host
+    else:
+        url = args.url_or_path if "://" in args.url_or_path else "http://" + args.url_or_path
+        host = urlsplit(url).netloc.rpartition("@")[2]
+    return normalize_host(host) or ""
 
 
 def _install_change_feed(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -129,6 +153,8 @@ def _parser() -> argparse.ArgumentParser:
                     "Exit 0 when a route matches, 3 when none does.")
     explain.add_argument("--routes", metavar="FILE", help="routes file (default: the built-in routes)")
     explain.add_argument("--host", metavar="HOST", help="the Host header; the argument is then a PATH")
+    explain.add_argument("--database", metavar="DSN", help="the gateway's database: a host no route matches is "
+                         "looked up in custom_domains (default: $DATABASE_URL)")
     explain.add_argument("url_or_path", metavar="URL|PATH")
     explain.set_defaults(run=_explain)
     feed = commands.add_parser(

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.application import service
 from twisted.logger import Logger
 
+from edd_gateway.domains.build import CustomDomains, build_domains
 from edd_gateway.front import admission as _admission
 from edd_gateway.front.drain import ConnectionTracker, GatewayService, TrackedFactory
 from edd_gateway.front.listeners import listener_service
@@ -35,6 +36,7 @@ from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.pool import PoolService, UpstreamPool
 from edd_gateway.ops.admin import Readiness
 from edd_gateway.ops.logs import AccessLog
+from edd_gateway.ops.domain_metrics import domain_metrics
 from edd_gateway.ops.metrics import GatewayMetrics
 from edd_gateway.ops.monitoring import Monitoring
 from edd_gateway.ops.observe import GatewayObserver, Observers
@@ -91,6 +93,7 @@ class LiveState:
     pins: HostKeyPins
     publish_file_routes: Callable[[Sequence[Route]], object]
     state: StateService | None = None
+    database: PostgresDatabase | None = None
 
 
 def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: service.MultiService,
@@ -114,7 +117,7 @@ def build_state(config: Options, reactor: Any, live: LiveRouteTable, parent: ser
                              file_routes=live.current.routes, poll_interval=config["poll-interval"],
                              resync_interval=config["resync-interval"], on_propagated=on_propagated)
         state.setServiceParent(parent)
-        return LiveState(directory, database, state.set_file_routes, state)
+        return LiveState(directory, database, state.set_file_routes, state, database)
     os.makedirs(os.path.dirname(os.path.abspath(config["state-file"])), mode=0o700, exist_ok=True)
     pins = LocalPinStore(config["state-file"])
     path = config["containers"]
@@ -187,6 +190,7 @@ class Gateway:
     observer: GatewayObserver
     state: LiveState
     containers: ContainerRouter | None
+    domains: CustomDomains | None = None
 
 
 def build_core(config: Options, reactor: Any) -> Gateway:
@@ -215,8 +219,12 @@ def build_core(config: Options, reactor: Any) -> Gateway:
     if config["container-domain"] is not None:
         containers = ContainerRouter(state.directory, config["container-domain"], config["port-map"],
                                      config.addressing())
+    domains = None
+    if state.database is not None:
+        domains = build_domains(config, state.database, state.directory, reactor, top, containers)
+        domain_metrics(metrics, domains)
     return Gateway(config, reactor, top, metrics, readiness, monitoring, settings, live, admission, observer, state,
-                   containers)
+                   containers, domains)
 
 
 def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
@@ -232,7 +240,8 @@ def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
     h2c = H2BackendPool(reactor, reactor, idle_timeout=settings.pool_idle_timeout,
                         connect_timeout=settings.connect_timeout)
     H2PoolService(h2c).setServiceParent(gateway.top)
-    shared = dict(main_site=config["main-site"], containers=gateway.containers, observer=gateway.observer,
+    router = gateway.domains.router if gateway.domains is not None else gateway.containers
+    shared = dict(main_site=config["main-site"], containers=router, observer=gateway.observer,
                   admission=gateway.admission, http2_relay=H2BackendRelay(h2c))
     http = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="http", **shared)
     http.doStart()
@@ -255,7 +264,8 @@ def build_tls_side(gateway: Gateway, https: HTTPProxyFactory) -> TLSListenerFact
                     hello_timeout=config["tls-hello-timeout"], connect_timeout=gateway.settings.connect_timeout,
                     idle_timeout=config["tcp-idle-timeout"], handshake_timeout=config["tls-handshake-timeout"],
                     containers=gateway.containers, container_proxy_protocol=config["container-proxy-protocol"],
-                    tickets=tickets, observer=gateway.observer, admission=gateway.admission, alpn=alpn)
+                    tickets=tickets, observer=gateway.observer, admission=gateway.admission, alpn=alpn,
+                    sni_hook=gateway.domains.sni if gateway.domains is not None else None)
     tls.service.setServiceParent(top)
     gateway.monitoring.tls(tls.store, tls.service, tls.factory.stats)
     gateway.monitoring.tickets(tickets.ring, tickets.service)

@@ -22,6 +22,7 @@ from twisted.python.usage import UsageError
 
 from edd_gateway.front.listeners import check_endpoint
 from edd_gateway.http.settings import parse_networks
+from edd_gateway.issuance.options import ACME, check_acme
 from edd_gateway.net.proxyprotocol import parse_version as proxy_protocol_version
 from edd_gateway.routes.containers import ADDRESS_MODES, DEFAULT_SERVICE_DNS, EXTERNAL_IP, ContainerAddressing
 from edd_gateway.routes.containers import normalize_container_domain, parse_port_map, parse_port_range
@@ -291,5 +292,8 @@ SSH = OptionGroup([
      "for an RSA host key (off: rsa-sha2-256/512 only)."],
 ], _check_ssh)
 
+#: Custom domains' certificates (L{edd_gateway.issuance.options}).
+ISSUANCE = OptionGroup(ACME, [], check_acme)
+
 #: Every group, in the order their checks run (the first problem found is the one reported).
-GROUPS = (PROCESS, PROXY, TLS, STATE, CONTAINERS, SSH)
+GROUPS = (PROCESS, PROXY, TLS, STATE, CONTAINERS, SSH, ISSUANCE)

@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from edd_gateway.h2.backend import BackendStream, BackendStreamListener
 from edd_gateway.h2.backend_head import backend_request_headers, client_response_head
 from edd_gateway.h2.grpc_status import grpc_answer, grpc_code, is_grpc
+from edd_gateway.h2.request import malformed_trailers
 from edd_gateway.h2.stream import H2Stream
 from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import GatewayError, render_error
@@ -150,8 +151,16 @@ class BackendExchange(RequestRecordFields):
             self.upstream.send_data(data)
 
     def request_trailers(self, headers: Headers) -> None:
-        """The client's trailers: sent when its request ends."""
-        self._request_trailers = headers
+        """The client's trailers: sent when its request ends, unless malformed (h2's own checks are off)."""
+        problem = malformed_trailers(headers)
+        if problem is None:
+            self._request_trailers = headers
+            return
+        log.info("h2: {client} sent malformed trailers on stream {stream} ({problem}); RST_STREAM PROTOCOL_ERROR",
+                 client=self.context.client_ip, stream=self.stream.stream_id, problem=problem)
+        self.context.admission.garbage(self.context.client_ip)
+        self.stream.reset(int(ErrorCodes.PROTOCOL_ERROR))
+        self.client_lost()  # the backend stream is reset too
 
     def request_complete(self) -> None:
         self.request_done = True

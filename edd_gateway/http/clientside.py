@@ -21,7 +21,7 @@ from edd_gateway.http.settings import ProxySettings
 
 if TYPE_CHECKING:
     from edd_gateway.http.headers import RequestInfo
-    from edd_gateway.routes.containers import ContainerRouter
+    from edd_gateway.routes.containers import HostRouter
     from edd_gateway.routes.model import Route
     from edd_gateway.http.flow import FlowTransport, Throttle
     from edd_gateway.http.pool import UpstreamPool
@@ -73,7 +73,7 @@ class ClientContext:
     listener: Listener
     # The route table access (edd_gateway.http.routing).
     routes: LiveRouteTable
-    containers: ContainerRouter | None
+    containers: HostRouter | None
     main_site: str | None
     misdirected: Callable[[Any, str], bool] | None
     transport: Any

@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
 from edd_gateway.front.admission import NO_ADMISSION
-from edd_gateway.routes.containers import ContainerRouter
+from edd_gateway.routes.containers import HostRouter
 from edd_gateway.http.clientside import AdmissionHooks, ClientContext
 from edd_gateway.http.server import HTTPServerProtocol
 from edd_gateway.http.settings import ProxySettings
@@ -41,7 +41,7 @@ class HTTPProxyFactory(Factory):
         *,
         main_site: str | None = None,
         misdirected: Callable[[Any, str], bool] | None = None,
-        containers: ContainerRouter | None = None,
+        containers: HostRouter | None = None,
         observer: GatewayObserver | None = None,
         admission: AdmissionHooks = NO_ADMISSION,
         http2_relay: Callable[[ClientSide, RequestInfo, Route, bytes], Job] | None = None,

@@ -1,7 +1,9 @@
 """
 Targets the gateway serves itself (``target: internal:NAME``): the welcome
 page of the embedded default, so that a new install answers a request before
-any backend exists.
+any backend exists; and the ACME HTTP-01 answers of custom domains
+(L{edd_gateway.domains.router}), whose one-off routes carry the key
+authorization in the target's (otherwise unused) host.
 """
 
 from __future__ import annotations
@@ -13,11 +15,20 @@ from edd_gateway.http.headers import RequestInfo
 from edd_gateway.routes.model import Route
 
 
+#: The internal target of an HTTP-01 challenge answer; the key authorization is the target's C{host}.
+ACME_HTTP01 = "acme-http-01"
+
+
 def internal_answer(
     route: Route, info: RequestInfo, host: str, path: str, client_ip: str
 ) -> tuple[int, bytes]:
     """The complete response of an internal target."""
-    if route.target.internal != "welcome":
+    internal = route.target.internal
+    if internal == ACME_HTTP01:
+        answer = route.target.host.encode("ascii")
+        body = answer if info.method != b"HEAD" else b""
+        return 200, _response(200, "OK", "application/octet-stream", body, info, len(answer))
+    if internal != "welcome":
         body = f"unknown internal target {route.target.internal}\n".encode()
         return 404, _response(404, "Not Found", "text/plain; charset=utf-8", body, info)
     text = (

@@ -20,7 +20,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from string import Formatter
-from typing import Any, Union
+from typing import Any, Protocol, Union
 
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.routes.model import Route, RouteMatch, Target
@@ -30,7 +30,7 @@ from edd_gateway.state.model import Container, ContainerDirectory, ContainerSnap
 __all__ = [
     "ADDRESS_MODES", "DEFAULT_SERVICE_DNS", "EXTERNAL_IP", "HTTP_CACHE_SIZE", "NOT_READY", "NO_INGRESS",
     "SERVICE_DNS", "ContainerAddressing", "ContainerBackend", "ContainerDecision", "ContainerRefused",
-    "ContainerRouter", "container_id_for", "decide", "normalize_container_domain", "parse_port_map",
+    "ContainerRouter", "HostRouter", "container_id_for", "decide", "normalize_container_domain", "parse_port_map",
     "parse_port_range",
 ]
 
@@ -212,6 +212,17 @@ def _port(text: str, item: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise ValueError(f"{item!r}: {text!r} is not a port (1-65535)")
     return int(text)
+
+
+class HostRouter(Protocol):
+    """
+    What the HTTP side asks once no static route matched a host: a
+    L{ContainerRouter}, or L{edd_gateway.domains.router.DomainRouter} (custom
+    domains first, then the containers' names).
+    """
+
+    def under_domain(self, host: str) -> bool: ...
+    def http_match(self, host: str, path: str, transport: Any) -> RouteMatch | None: ...
 
 
 class ContainerRouter:

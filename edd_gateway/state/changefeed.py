@@ -14,6 +14,7 @@ that its owner resyncs in full.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -25,9 +26,29 @@ from txpostgres import retrying
 from edd_gateway.state.postgres import _Connection, _Detector
 from edd_gateway.state.triggers import CHANNEL, FEED_TABLES, PRESENT_QUERY, TRIGGER, Change, first_line, parse_change
 
-__all__ = ["ChangeFeedListener"]
+__all__ = ["COMPUTE_FEED", "ChangeFeedListener", "FeedSpec"]
 
 _log = Logger()
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    """
+    Which feed a listener follows: its channel, the query counting its
+    triggers (present when the count is C{triggers}), the tables it names in
+    log lines, and the parser of its payloads.
+    """
+
+    channel: str
+    presence_query: str
+    presence_params: tuple[Any, ...]
+    triggers: int
+    tables: str
+    parse: Callable[[str], Change]
+
+
+#: The compute service's tables' feed (L{edd_gateway.state.triggers}).
+COMPUTE_FEED = FeedSpec(CHANNEL, PRESENT_QUERY, (TRIGGER,), len(FEED_TABLES), ", ".join(FEED_TABLES), parse_change)
 
 
 class ChangeFeedListener:
@@ -46,8 +67,10 @@ class ChangeFeedListener:
 
     def __init__(self, dsn: str, reactor: Any, *, clock: IReactorTime | None = None,
                  connection_factory: Callable[[], Any] | None = None, query_timeout: float = 10.0,
-                 reconnect_delays: Callable[[], Iterator[float]] | None = None) -> None:
+                 reconnect_delays: Callable[[], Iterator[float]] | None = None,
+                 feed: FeedSpec = COMPUTE_FEED) -> None:
         self.dsn = dsn
+        self.feed = feed
         self._reactor = reactor
         self._clock: IReactorTime = clock if clock is not None else reactor
         self._connection_factory = connection_factory
@@ -146,22 +169,23 @@ class ChangeFeedListener:
         if connection is None or self._stopped or not self._connected or connection.detector.connectionIsDead:
             return False
         try:
-            rows = await self._bounded(connection.runQuery(PRESENT_QUERY, (TRIGGER,)))
-            present = rows[0][0] == len(FEED_TABLES)
+            feed = self.feed
+            rows = await self._bounded(connection.runQuery(feed.presence_query, feed.presence_params))
+            present = rows[0][0] == feed.triggers
             if present and not self._listening:
                 # LISTEN before the owner's full read: a change committed
                 # after that read started is then always announced.
-                await self._bounded(connection.runOperation(f"LISTEN {CHANNEL}"))
+                await self._bounded(connection.runOperation(f"LISTEN {feed.channel}"))
                 self._listening, self.state = True, "listening"
-                _log.info("change feed: listening on {channel} (triggers on {tables})", channel=CHANNEL,
-                          tables=", ".join(FEED_TABLES))
+                _log.info("change feed: listening on {channel} (triggers on {tables})", channel=feed.channel,
+                          tables=feed.tables)
                 self._notify(self._on_listening)
             elif not present:
                 if rows[0][0]:
                     _log.warn("change feed: only {count} of the {total} triggers are present; not using the feed "
-                              "(run install-change-feed again)", count=rows[0][0], total=len(FEED_TABLES))
+                              "(run install-change-feed again)", count=rows[0][0], total=feed.triggers)
                 if self._listening:
-                    await self._bounded(connection.runOperation(f"UNLISTEN {CHANNEL}"))
+                    await self._bounded(connection.runOperation(f"UNLISTEN {feed.channel}"))
                     self._listening = False
                     _log.warn("change feed: the triggers were removed; polling instead")
                     self._notify(self._on_stopped, "triggers removed")
@@ -218,10 +242,10 @@ class ChangeFeedListener:
         return self.check()
 
     def _notified(self, notify: Any) -> None:
-        if notify.channel != CHANNEL:
+        if notify.channel != self.feed.channel:
             return
         self.notifications += 1
-        self._notify(self._on_change, parse_change(notify.payload))
+        self._notify(self._on_change, self.feed.parse(notify.payload))
 
     def _notify(self, callback: Callable[..., object], *args: object) -> None:
         try:

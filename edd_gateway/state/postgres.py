@@ -310,6 +310,14 @@ class PostgresDatabase:
         query = "DELETE FROM gateway_ssh_host_keys WHERE NOT (container_id = ANY(%s)) RETURNING container_id"
         return self._gateway_query(query, (sorted(keep),)).addCallback(len)
 
+    def gateway_query(self, query: str, params: tuple[Any, ...] = ()) -> Deferred[Any]:
+        """Rows of a query on the gateway's own tables (custom domains, ACME), bounded by the query timeout."""
+        return self._gateway_query(query, params)
+
+    def gateway_operation(self, query: str, params: tuple[Any, ...] = ()) -> Deferred[None]:
+        """A statement on the gateway's own tables, bounded by the query timeout."""
+        return self._gateway_operation(query, params)
+
     def _pool(self, dsn: str) -> _RecoveringPool:
         return _RecoveringPool(dsn, self._reactor, self._pool_size, self._detector)
 

@@ -4,12 +4,16 @@ The tables the gateway reads and owns, as SQL.
 C{GATEWAY_SCHEMA} is what the gateway creates, idempotently, in its own
 database at every connect: C{static_routes} (the original gateway's table,
 unchanged), C{gateway_file_routes} (which of those rows came from the routes
-file) and C{gateway_ssh_host_keys} (SSH host-key pins).  C{COMPUTE_SCHEMA} is
+file), C{gateway_ssh_host_keys} (SSH host-key pins), and the custom domains'
+tables (L{edd_gateway.domains.schema}: the cloud's C{custom_domains}, its change
+trigger, the ACME account, certificates and leases).  C{COMPUTE_SCHEMA} is
 the compute service's tables, which the gateway only reads: it is here for
 tests and documentation, never run by the gateway.
 """
 
 from __future__ import annotations
+
+from edd_gateway.domains.schema import DOMAIN_SCHEMA
 
 __all__ = ["COMPUTE_SCHEMA", "GATEWAY_SCHEMA"]
 
@@ -43,6 +47,7 @@ GATEWAY_SCHEMA: tuple[str, ...] = (
         pinned_at TIMESTAMPTZ NOT NULL DEFAULT now()
     )
     """,
+    *DOMAIN_SCHEMA,
 )
 
 #: The compute service's own migrations, column for column (ids are 8 hex

@@ -34,6 +34,7 @@ from edd_gateway.tls import openssl as _openssl
 from edd_gateway.tls.context import ALPN_PROTOCOL, server_connection_creator
 from edd_gateway.tls.devcert import ensure_dev_certificate
 from edd_gateway.tls.listener import DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_HELLO_TIMEOUT, TLSListenerFactory
+from edd_gateway.tls.ondemand import OnDemandTLSListenerFactory, SNIHook
 from edd_gateway.tls.store import DEFAULT_WARN_DAYS, CertificateStore
 from edd_gateway.tls.tickets import DEFAULT_ROTATION, RotatingTicketKeys, TicketKeyRing, TicketKeysError
 from edd_gateway.tls.tickets import TicketKeysFile
@@ -257,6 +258,7 @@ def build_tls(
     observer: Any = None,
     admission: Any = NO_ADMISSION,
     alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
+    sni_hook: SNIHook | None = None,
 ) -> TLSSetup:
     """
     Everything TLS needs for the service tree: give C{setup.factory} to
@@ -266,13 +268,15 @@ def build_tls(
     C{container_proxy_protocol}'s version first when it is given.
     C{tickets} (L{build_tickets}; OpenSSL's own key when not given): parent
     its C{service} too.  C{observer} and C{admission}: the factory's
-    (L{TLSListenerFactory}).
+    (L{TLSListenerFactory}).  C{sni_hook}: asked first about every name
+    (custom domains' on-demand certificates, L{edd_gateway.tls.ondemand}).
     """
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
     if tickets is None:
         tickets = TicketSetup(True)
     creator = server_connection_creator(store, ticket_keys=tickets.ring, tickets=tickets.enabled, alpn=alpn)
-    factory = TLSListenerFactory(
+    hooked = {} if sni_hook is None else {"hook": sni_hook}
+    factory = (TLSListenerFactory if sni_hook is None else OnDemandTLSListenerFactory)(
         routes,
         store,
         https,
@@ -287,6 +291,7 @@ def build_tls(
         creator=creator,
         observer=observer,
         admission=admission,
+        **hooked,
     )
     service = CertificateRenewalService(store, reactor, check_interval)
     return TLSSetup(store, factory, service, tickets)
