@@ -176,6 +176,7 @@ class GrpcPriorKnowledgeTests(GrpcGatewayMixin, TestCase):
         self.assertEqual(counted, [b"1", b"2", b"3", b"4", b"5"])
         chat = await self.blocking(lambda: list(self.method("stream_stream", "Chat")(iter([b"a", b"b"]), timeout=10)))
         self.assertEqual(chat, [b"re:a", b"re:b"])
+        self.assertIn("proto=h2c grpc-status=0", self.gateway.log_text())
 
     async def test_the_backend_status_passes_through(self) -> None:
         def call() -> Any:
