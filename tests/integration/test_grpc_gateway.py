@@ -9,13 +9,15 @@ the gateway's own gRPC-shaped answers (UNAVAILABLE, UNIMPLEMENTED).
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from edd_gateway.testing import EndToEndMixin, free_port, require_module
+from edd_gateway.testing import EndToEndMixin, free_port, poll_until, require_module
 from edd_gateway.testing.grpc import SERVICE, GrpcServer, start_grpc_server
 from edd_gateway.testing.tls import write_pair, write_pem
 
@@ -163,7 +165,7 @@ class GrpcPriorKnowledgeTests(GrpcGatewayMixin, TestCase):
 
         self.grpc = grpc
         backend, _ = self.serve_echo()
-        await self.start_backend_and_gateway(["--h2c-prior-knowledge"], [
+        await self.start_backend_and_gateway(["--h2c-prior-knowledge", "--drain-timeout", "20"], [
             {"host": "web.test", "path": "/", "target": backend.target}])
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.gateway.port}",
                                              options=[("grpc.default_authority", HOST)])
@@ -188,6 +190,24 @@ class GrpcPriorKnowledgeTests(GrpcGatewayMixin, TestCase):
 
         error = await self.blocking(call)
         self.assertEqual(error.code(), self.grpc.StatusCode.NOT_FOUND)
+
+    async def test_a_call_in_flight_finishes_through_the_drain(self) -> None:
+        """SIGTERM: the client's connection gets GOAWAY, but the stream it has open goes on to its end."""
+        go_on = threading.Event()
+
+        def requests() -> Any:
+            yield b"before"
+            go_on.wait(20)
+            yield b"after"
+
+        call = self.method("stream_stream", "Chat")(requests(), timeout=30)
+        self.assertEqual(await self.blocking(lambda: next(call)), b"re:before")
+        self.gateway.signal(signal.SIGTERM)
+        await poll_until(lambda: "drain: readiness off" in self.gateway.log_text(), "the drain to begin")
+        go_on.set()
+        self.assertEqual(await self.blocking(lambda: list(call)), [b"re:after"])
+        self.assertEqual(call.code(), self.grpc.StatusCode.OK)
+        await poll_until(lambda: "drain: every connection finished" in self.gateway.log_text(), "the drain to end")
 
     async def test_curl_prior_knowledge(self) -> None:
         """curl speaks h2c to the gateway: a gRPC route answers (trailers-only, an empty call), a site 421s."""
