@@ -19,11 +19,13 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 
-__all__ = ["CONNECTION_WINDOW", "backend_h2"]
+__all__ = ["CONNECTION_WINDOW", "MAX_FRAME_SIZE", "backend_h2"]
 
 #: What all of a connection's response streams may have unacknowledged (HTTP/2 starts it at 64 KiB whatever
 #: SETTINGS say).
 CONNECTION_WINDOW = 1 << 24
+#: SETTINGS_MAX_FRAME_SIZE towards the backend (RFC 9113 allows 16 KiB to 16 MiB).
+MAX_FRAME_SIZE = 1 << 18
 
 
 class _GoawayKeepsStreams(H2Connection):
@@ -52,8 +54,13 @@ def backend_h2(stream_window: int) -> H2Connection:
         client_side=True, header_encoding=None,
         validate_outbound_headers=False, normalize_outbound_headers=False))  # see backend_connection.checked()
     # In force from the start, as h2/server.py does: h2 enforces its own local settings.
+    # Frames of up to 256 KiB from the backend: a sixteenth of the frames (and of h2's work per frame) of its
+    # default 16 KiB for a large response; the client's own frame size still bounds what it is sent.
     h2.local_settings = Settings(client=True, initial_values={
-        SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: stream_window})
+        SettingCodes.ENABLE_PUSH: 0, SettingCodes.INITIAL_WINDOW_SIZE: stream_window,
+        SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE})
+    # h2 reads its bound from the settings only at construction and at their acknowledgement: told here.
+    h2.max_inbound_frame_size = MAX_FRAME_SIZE
     # The request heads, as the responses to clients: the hpack library's encoder searches its dynamic table
     # and Huffman-codes in Python, a tenth of a relayed gRPC call's time.
     h2.encoder = StaticTableEncoder()  # type: ignore[assignment]  # duck-typed: h2 calls encode() and sets header_table_size
