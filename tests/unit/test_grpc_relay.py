@@ -8,17 +8,22 @@ reactor; the gateway's own answers on them gRPC-shaped
 
 from __future__ import annotations
 
+from typing import Any
+
 from h2.errors import ErrorCodes
 from h2.events import DataReceived, ResponseReceived, StreamEnded, StreamReset, TrailersReceived, \
     WindowUpdated
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.backend_exchange import H2BackendRelay
+from edd_gateway.h2.backend_head import backend_request_headers, client_response_head
 from edd_gateway.h2.grpc_status import grpc_code, is_grpc, trailers_only
 from edd_gateway.h2.testing import FakeH2Pool, connect_h2
 from edd_gateway.http.errors import GatewayError
+from edd_gateway.http.headers import analyse_request
 from edd_gateway.http.settings import ProxySettings
 from edd_gateway.http.testing import ProxyHarness, backend_route
+from edd_gateway.routes.model import ResponseHeaders
 
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
 OK = [(b":status", b"200"), (b"content-type", b"application/grpc")]
@@ -328,3 +333,35 @@ class GrpcStatusTests(SynchronousTestCase):
         self.assertEqual(head[b"grpc-message"], b"50%25 down %E2%80%94 caf%C3%A9%0A")
 
 
+
+
+class BackendHeadTests(SynchronousTestCase):
+    """The pure header work of a relayed stream (L{edd_gateway.h2.backend_head})."""
+
+    def info(self, *headers: tuple[bytes, bytes]) -> Any:
+        return analyse_request(b"POST", b"/pkg.Service/Echo", "1.1", [(b"host", b"grpc.test"), *headers])
+
+    def test_a_trusted_proxy_forwarded_for_is_appended_to(self) -> None:
+        head = dict(backend_request_headers(
+            self.info((b"x-forwarded-for", b"198.51.100.1"), (b"x-forwarded-proto", b"https")),
+            b"/pkg.Service/Echo", "10.0.0.2", "http", trusted=True))
+        self.assertEqual(head[b"x-forwarded-for"], b"198.51.100.1, 10.0.0.2")
+        self.assertEqual(head[b"x-forwarded-proto"], b"https")
+
+    def test_hop_by_hop_fields_are_dropped_and_te_trailers_kept(self) -> None:
+        head = backend_request_headers(
+            self.info((b"te", b"trailers"), (b"transfer-encoding", b"chunked"), (b"keep-alive", b"5")),
+            b"/x", "10.0.0.2", "https", trusted=False)
+        names = [name for name, _ in head]
+        self.assertIn(b"te", names)
+        self.assertNotIn(b"transfer-encoding", names)
+        self.assertNotIn(b"keep-alive", names)
+        self.assertEqual(names[:4], [b":method", b":scheme", b":path", b":authority"])
+
+    def test_the_route_edits_and_the_request_id_in_the_response_head(self) -> None:
+        route = backend_route("grpc.test", "/", protocol="grpc",
+                              response_headers=ResponseHeaders(set=(("X-Served-By", "edge"),), remove=("server",)))
+        head = client_response_head([(b":status", b"200"), (b"server", b"grpc"), (b"x-a", b"1")],
+                                    route.edits_for("https"), "req-1")
+        self.assertEqual(head, [(b":status", b"200"), (b"x-a", b"1"), (b"x-served-by", b"edge"),
+                                (b"x-request-id", b"req-1")])
