@@ -2,8 +2,10 @@
 The C{h2} client state machine of one h2c backend connection
 (L{edd_gateway.h2.backend_connection}), set up once: its settings in force
 from the start, the larger connection window, GOAWAY that lets the streams
-in flight finish, and the static-table HPACK encoder of the gateway's
-responses (L{edd_gateway.h2.hpack_out}) for the request heads too.
+in flight finish, and the HPACK coders of the client side: the static-table
+encoder (L{edd_gateway.h2.hpack_out}) for the request heads, the decoder
+that remembers repeated blocks (L{edd_gateway.h2.hpack_in}) for the
+responses' heads and trailers.
 
 Apart from the connection's protocol because none of it is per event: it is
 what the connection is made of.
@@ -17,6 +19,7 @@ from h2.events import ConnectionTerminated, Event
 from h2.settings import SettingCodes, Settings
 from hyperframe.frame import Frame, GoAwayFrame
 
+from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 
 __all__ = ["CONNECTION_WINDOW", "MAX_FRAME_SIZE", "backend_h2"]
@@ -26,6 +29,8 @@ __all__ = ["CONNECTION_WINDOW", "MAX_FRAME_SIZE", "backend_h2"]
 CONNECTION_WINDOW = 1 << 24
 #: SETTINGS_MAX_FRAME_SIZE towards the backend (RFC 9113 allows 16 KiB to 16 MiB).
 MAX_FRAME_SIZE = 1 << 18
+#: The largest decoded response head or trailers (hpack's own default bound).
+MAX_HEADER_LIST = 1 << 16
 
 
 class _GoawayKeepsStreams(H2Connection):
@@ -64,6 +69,8 @@ def backend_h2(stream_window: int) -> H2Connection:
     # The request heads, as the responses to clients: the hpack library's encoder searches its dynamic table
     # and Huffman-codes in Python, a tenth of a relayed gRPC call's time.
     h2.encoder = StaticTableEncoder()  # type: ignore[assignment]  # duck-typed: h2 calls encode() and sets header_table_size
+    # A gRPC server's heads and trailers repeat call after call (":status 200", "grpc-status 0"): decoded once.
+    h2.decoder = RepeatingBlockDecoder(MAX_HEADER_LIST)
     h2.initiate_connection()
     h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
     return h2
