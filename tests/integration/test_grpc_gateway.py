@@ -42,6 +42,7 @@ class GrpcGatewayMixin(EndToEndMixin):
         self.backend = start_grpc_server()
         self.addCleanup(self.backend.stop)  # type: ignore[attr-defined]  # a TestCase mixin
         routes = [{"host": HOST, "path": "/", "target": str(self.backend.target), "protocol": "grpc"},
+                  {"host": "h2c.test", "path": "/", "target": str(self.backend.target), "protocol": "h2c"},
                   *extra_routes]
         self.gateway = await self.start_gateway(args, routes=routes)
 
@@ -53,10 +54,12 @@ class GrpcOverTLSTests(GrpcGatewayMixin, TestCase):
 
         self.grpc = grpc
         secrets = str(Path(self.mktemp()).absolute())
-        certificate = write_pair(f"{secrets}/grpc", HOST, "down.test", "nowhere.test")
+        certificate = write_pair(f"{secrets}/grpc", HOST, "down.test", "nowhere.test", "h2c.test", "h2c-down.test")
         root = Path(write_pem(Path(self.mktemp() + ".pem"), certificate)).read_bytes()
+        down = f"127.0.0.1:{free_port()}"
         await self.start_backend_and_gateway(["--tls-dir", secrets], [
-            {"host": "down.test", "path": "/", "target": f"127.0.0.1:{free_port()}", "protocol": "grpc"}])
+            {"host": "down.test", "path": "/", "target": down, "protocol": "grpc"},
+            {"host": "h2c-down.test", "path": "/", "target": down, "protocol": "h2c"}])
         self.channel = self.secure_channel(HOST, root)
         self.root = root
 
@@ -146,6 +149,23 @@ class GrpcOverTLSTests(GrpcGatewayMixin, TestCase):
         response = await self.curl(f"https://{HOST}:{self.gateway.port}/{SERVICE}/Echo", "-k", "--http1.1",
                                    "--resolve", f"{HOST}:{self.gateway.port}:127.0.0.1", "-d", "x")
         self.assertEqual(response.status, 505)
+
+    async def test_an_h2c_route_with_curl(self) -> None:
+        """protocol: h2c to any HTTP/2 backend (the gRPC server here); its failures are the usual pages."""
+        empty_message = Path(self.mktemp())
+        empty_message.write_bytes(b"\x00\x00\x00\x00\x00")
+        port = self.gateway.port
+        answer = await self.curl(f"https://h2c.test:{port}/{SERVICE}/Echo", "-k", "--http2",
+                                 "--resolve", f"h2c.test:{port}:127.0.0.1", "-H", "content-type: application/grpc",
+                                 "-H", "te: trailers", "--data-binary", f"@{empty_message.absolute()}")
+        self.assertEqual(answer.status, 200, answer.describe())
+        # curl -D - writes the trailers after the body.
+        self.assertTrue(answer.body.startswith(b"\x00\x00\x00\x00\x05echo:"), answer.describe())
+        self.assertIn(b"grpc-status: 0", answer.body, answer.describe())
+        down = await self.curl(f"https://h2c-down.test:{port}/", "-k", "--http2",
+                               "--resolve", f"h2c-down.test:{port}:127.0.0.1")
+        self.assertEqual(down.status, 502, down.describe())
+        self.assertEqual(down.header("content-type"), "text/html; charset=utf-8", down.describe())
 
     async def test_the_access_log_and_metrics_count_the_calls(self) -> None:
         await self.blocking(lambda: self.method("unary_unary", "Echo")(b"hello", timeout=10))
