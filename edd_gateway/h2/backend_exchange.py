@@ -33,7 +33,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway.h2.backend import BackendStream, BackendStreamListener
 from edd_gateway.h2.backend_head import backend_request_headers, client_response_head
-from edd_gateway.h2.grpc_status import grpc_answer, grpc_code, is_grpc
+from edd_gateway.h2.grpc_status import grpc_answer, grpc_code, grpc_timeout, is_grpc
 from edd_gateway.h2.request import malformed_trailers
 from edd_gateway.h2.stream import H2Stream
 from edd_gateway.http.clientside import ClientSide
@@ -228,8 +228,25 @@ class BackendExchange(RequestRecordFields):
 
     def _await_response(self) -> None:
         if self.responded is None and self._timer is None and not self.finished:
-            timeout = self.route.response_timeout or self.context.settings.response_timeout
+            timeout = self._response_timeout()
             self._timer = self.context.clock.callLater(timeout, self._response_timed_out, timeout)
+
+    def _response_timeout(self) -> float:
+        """
+        The route's response timeout; else, for a gRPC call with a deadline
+        (C{grpc-timeout}), that deadline: a server answers a unary call only
+        once it is done, and a call the client allows five minutes must not
+        be cut at the gateway's default (a little later than the deadline,
+        so that the backend's own DEADLINE_EXCEEDED comes first), bounded by
+        --websocket-idle-timeout; else the gateway's default.
+        """
+        settings = self.context.settings
+        if self.route.response_timeout is not None:
+            return self.route.response_timeout
+        deadline = grpc_timeout(self.info.headers) if self.grpc else None
+        if deadline is not None:
+            return min(deadline + 1.0, settings.websocket_idle_timeout)
+        return settings.response_timeout
 
     def _response_timed_out(self, timeout: float) -> None:
         self._timer = None

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 Headers = list[tuple[bytes, bytes]]
 
-__all__ = ["GRPC_CODES", "grpc_answer", "grpc_code", "is_grpc", "refusal", "trailers_only"]
+__all__ = ["GRPC_CODES", "grpc_answer", "grpc_code", "grpc_timeout", "is_grpc", "refusal", "trailers_only"]
 
 #: The codes the gateway answers with (grpc/grpc doc/statuscodes.md).
 GRPC_CODES = {
@@ -57,6 +57,21 @@ def is_grpc(headers: Headers) -> bool:
         if name == b"content-type":
             return value[:16].lower() == b"application/grpc"
     return False
+
+
+#: grpc-timeout's units (the gRPC over HTTP/2 spec), in seconds.
+_TIMEOUT_UNITS = {ord("H"): 3600.0, ord("M"): 60.0, ord("S"): 1.0, ord("m"): 1e-3, ord("u"): 1e-6, ord("n"): 1e-9}
+
+
+def grpc_timeout(headers: Headers) -> float | None:
+    """A gRPC call's deadline from its C{grpc-timeout} (1 to 8 digits and a unit), in seconds; L{None} if none or bad."""
+    for name, value in headers:
+        if name == b"grpc-timeout":
+            digits, unit = value[:-1], _TIMEOUT_UNITS.get(value[-1]) if value else None
+            if unit is None or not 1 <= len(digits) <= 8 or not digits.isdigit():
+                return None
+            return int(digits) * unit
+    return None
 
 
 def _encoded(message: str) -> bytes:

@@ -17,7 +17,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.backend_exchange import H2BackendRelay
 from edd_gateway.h2.backend_head import backend_request_headers, client_response_head
-from edd_gateway.h2.grpc_status import grpc_code, is_grpc, trailers_only
+from edd_gateway.h2.grpc_status import grpc_code, grpc_timeout, is_grpc, trailers_only
 from edd_gateway.h2.testing import FakeH2Pool, connect_h2
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.headers import analyse_request
@@ -267,6 +267,23 @@ class GrpcErrorTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(self.grpc_status(stream)[1], b"4")
         self.assertEqual(backend.reset_code, ErrorCodes.CANCEL)
 
+    def test_a_call_deadline_stands_in_for_the_response_timeout(self) -> None:
+        """grpc-timeout 2M: a unary call the server answers only when done is not cut at the default 60 s."""
+        stream = self.call(headers=[*GRPC, (b"grpc-timeout", b"2M")], end_stream=True)
+        backend = self.pool.accept()
+        self.proxy.clock.advance(61)
+        self.client.flush()
+        self.assertEqual(self.client.of(ResponseReceived, stream), [])
+        self.proxy.clock.advance(60)
+        self.assertEqual(self.grpc_status(stream)[1], b"4")
+        self.assertEqual(backend.reset_code, ErrorCodes.CANCEL)
+
+    def test_the_route_response_timeout_wins_over_the_call_deadline(self) -> None:
+        stream = self.call(authority="h2c.test", headers=[*GRPC, (b"grpc-timeout", b"100S")], end_stream=True)
+        self.pool.accept()
+        self.proxy.clock.advance(2)
+        self.assertEqual(self.grpc_status(stream)[1], b"4")
+
     def test_the_backend_lost_before_answering_is_unavailable(self) -> None:
         stream = self.call(end_stream=True)
         self.pool.accept().listener.backend_lost("The backend closed its HTTP/2 connection.")
@@ -322,6 +339,13 @@ class GrpcLimitTests(RelayTestsMixin, SynchronousTestCase):
 class GrpcStatusTests(SynchronousTestCase):
     def test_codes(self) -> None:
         self.assertEqual([grpc_code(s) for s in (404, 429, 502, 503, 504, 413, 500)], [12, 8, 14, 14, 4, 8, 2])
+
+    def test_grpc_timeout(self) -> None:
+        for value, seconds in ((b"1S", 1.0), (b"2M", 120.0), (b"1H", 3600.0), (b"500m", 0.5), (b"99999999n", 0.099999999)):
+            self.assertAlmostEqual(grpc_timeout([(b"grpc-timeout", value)]), seconds)  # type: ignore[arg-type]
+        for bad in (b"", b"S", b"1s", b"123456789S", b"-1S", b"1.5S"):
+            self.assertIsNone(grpc_timeout([(b"grpc-timeout", bad)]), bad)
+        self.assertIsNone(grpc_timeout([]))
 
     def test_is_grpc(self) -> None:
         self.assertTrue(is_grpc([(b"content-type", b"application/grpc+proto")]))
