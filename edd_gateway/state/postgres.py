@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator, Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, ensureDeferred, fail
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, FirstError, ensureDeferred, fail, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -104,6 +104,28 @@ class _Connection(txpostgres.Connection):  # type: ignore[misc]  # txpostgres ha
             # The socket is gone (file descriptor -1) before psycopg2 noticed.
             return psycopg2.OperationalError(f"connection broken: {error}")
         return None
+
+    def _runInteraction(self, interaction: Any, *args: Any, **kwargs: Any) -> Deferred[Any]:
+        """
+        txpostgres's transaction (begin, the interaction, commit or
+        rollback), but a rollback that fails because the server went away
+        mid-transaction is the interaction's own failure, which the caller
+        reports in one line: txpostgres would also log it as an unhandled
+        traceback (and raise RollbackFailed).  Still run through C{_doit},
+        so the dead-connection detector sees it.
+        """
+        cursor = self.cursor()
+
+        def commit(result: Any) -> Deferred[Any]:
+            return cursor.execute("commit").addCallback(lambda _: result)
+
+        def rollback(failure: Failure) -> Deferred[Any]:
+            return maybeDeferred(cursor.execute, "rollback").addBoth(lambda _: failure)
+
+        begun = cursor.execute("begin")
+        begun.addCallback(interaction, *args, **kwargs)
+        begun.addCallback(commit)
+        return begun.addErrback(rollback)
 
 
 class _RecoveringPool(txpostgres.ConnectionPool):  # type: ignore[misc]  # txpostgres has no types

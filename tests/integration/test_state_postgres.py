@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg2
 from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from txpostgres.txpostgres import RollbackFailed
 from twisted.trial.unittest import TestCase
 
 from edd_gateway.state.model import Container, HostKeyPin, IngressRule
-from edd_gateway.state.postgres import DatabaseUnavailable, PostgresDatabase
+from edd_gateway.state.postgres import DatabaseUnavailable, PostgresDatabase, _Connection
 from edd_gateway.testing import md5_fingerprint, poll_until
 from edd_gateway.testing.postgres import ThrowawayPostgres, start_postgres
 from edd_gateway.testing.containers import insert_container
@@ -152,6 +155,29 @@ class RecoveryTests(PostgresTestCase):
         await poll_until(lambda: database.alive, "every pooled connection to be back", timeout=15)
         self.assertEqual(sorted(await database.load_all()), ["kept"])
         self.assertEqual(sorted(await database.load_all()), ["kept"], "both pooled connections work")
+
+
+    async def test_a_transaction_cut_short_is_its_own_failure(self) -> None:
+        """
+        The server ending a connection mid-transaction fails the interaction
+        with the server's error, and nothing is logged as unhandled (the
+        stock txpostgres logs the failed rollback as a traceback: trial
+        would fail this test on it).
+        """
+        server = await start_postgres(self, dedicated=True)
+        connection = _Connection(reactor)
+        await connection.connect(server.dsn())
+        self.addCleanup(lambda: connection.close() if not connection.closed else None)
+        started = connection.runInteraction(lambda cursor: cursor.execute("SELECT pg_sleep(30)"))
+        for _ in range(50):
+            rows = await server.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                      "WHERE query = 'SELECT pg_sleep(30)' AND pid <> pg_backend_pid()")
+            if rows:
+                break
+            await deferLater(reactor, 0.05)
+        self.assertTrue(rows, "the sleeping transaction was found and ended")
+        failure = await self.assertFailure(started, psycopg2.Error)
+        self.assertNotIsInstance(failure, RollbackFailed)
 
 
 class PostgresHostKeyPinsTests(PersistentHostKeyPinsTestsMixin, PostgresTestCase):
