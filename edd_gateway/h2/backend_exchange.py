@@ -289,6 +289,10 @@ class BackendExchange(RequestRecordFields):
         if self.finished:
             return
         self._end()
+        if not self._end_sent and self.upstream is not None:
+            # The client's stream ends with the response (RST_STREAM NO_ERROR for the rest of its request,
+            # RFC 9113 8.1): the backend stream's request side would stay open, its slot held, for good.
+            self.upstream.reset(ErrorCodes.CANCEL)
         self._report()
         self.stream.finish(self._response_trailers)
 

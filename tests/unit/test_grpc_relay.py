@@ -111,6 +111,24 @@ class RelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(dict(head.headers)[b"grpc-status"], b"14")  # only once
         self.assertEqual(len(self.pool.opening), 2)
 
+    def test_a_response_that_ends_before_the_request_ends_the_backend_stream(self) -> None:
+        """The client is told to stop (RST_STREAM NO_ERROR); the backend stream's request side must not stay open."""
+        stream = self.call()
+        backend = self.pool.accept()
+        backend.listener.response_headers([*OK, (b"grpc-status", b"5")])
+        backend.listener.response_ended()
+        self.client.flush()
+        self.assertEqual(backend.reset_code, ErrorCodes.CANCEL)
+        [reset] = self.client.of(StreamReset, stream)
+        self.assertEqual(reset.error_code, ErrorCodes.NO_ERROR)
+
+    def test_a_response_after_the_whole_request_leaves_the_backend_stream_alone(self) -> None:
+        self.call(end_stream=True)
+        backend = self.pool.accept()
+        backend.listener.response_headers([*OK, (b"grpc-status", b"0")])
+        backend.listener.response_ended()
+        self.assertIsNone(backend.reset_code)
+
     def test_a_trailers_only_answer_is_one_headers_frame(self) -> None:
         stream = self.call(end_stream=True)
         backend = self.pool.accept()
