@@ -20,6 +20,7 @@ from edd_gateway.http.errors import render_error
 
 if TYPE_CHECKING:
     from edd_gateway.http.clientside import ClientSide
+    from edd_gateway.http.headers import RequestInfo
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -100,10 +101,15 @@ def grpc_answer(status: int, detail: str, request_id: str = "") -> bytes:
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 
-def refusal(client: ClientSide, headers: Headers, status: int, detail: str, request_id: str) -> LocalAnswer:
-    """The job answering a request refused with C{status}: gRPC-shaped when C{headers} are a gRPC call's."""
+def refusal(client: ClientSide, headers: Headers, status: int, detail: str, request_id: str,
+            info: RequestInfo | None = None) -> LocalAnswer:
+    """
+    The job answering a request refused with C{status}: gRPC-shaped when
+    C{headers} are a gRPC call's.  C{info} is the request's head when it
+    could be read (L{None}: refused before).
+    """
     if is_grpc(headers):
-        answer = LocalAnswer(client, None, grpc_answer(status, detail, request_id), True, 200, request_id)
+        answer = LocalAnswer(client, info, grpc_answer(status, detail, request_id), True, 200, request_id)
         answer.grpc_status = str(grpc_code(status))
         return answer
-    return LocalAnswer(client, None, render_error(status, detail, request_id), True, status, request_id)
+    return LocalAnswer(client, info, render_error(status, detail, request_id), True, status, request_id)

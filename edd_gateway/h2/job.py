@@ -15,7 +15,7 @@ from edd_gateway.h2.request import H1View, H2RequestError, Headers
 from edd_gateway.h2.stream import H2Stream
 from edd_gateway.http.clientside import Job
 from edd_gateway.http.errors import GatewayError
-from edd_gateway.http.headers import analyse_request, new_request_id
+from edd_gateway.http.headers import RequestInfo, analyse_request, new_request_id
 from edd_gateway.http.routing import route_request
 
 __all__ = ["job_for"]
@@ -30,6 +30,7 @@ def job_for(stream: H2Stream, view: H1View | H2RequestError, headers: Headers, c
     when the request's C{headers} are a gRPC call's.
     """
     settings = stream.context.settings
+    info: RequestInfo | None = None
     try:
         if isinstance(view, H2RequestError):
             raise view
@@ -42,4 +43,5 @@ def job_for(stream: H2Stream, view: H1View | H2RequestError, headers: Headers, c
     except (GatewayError, H2RequestError) as problem:
         status, detail = problem.status, problem.detail
         log.info("h2: {status} to {client}: {detail}", status=status, client=client_ip, detail=detail)
-        return refusal(stream, headers, status, detail, new_request_id())
+        # With the request's head when it was read: the access log names it, and its X-Request-ID is kept.
+        return refusal(stream, headers, status, detail, info.request_id if info else new_request_id(), info)

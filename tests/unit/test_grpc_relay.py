@@ -314,6 +314,11 @@ class GrpcErrorTests(RelayTestsMixin, SynchronousTestCase):
         self.assertIn(b"No route for host nowhere.test", text)
         self.assertEqual(self.pool.opening, [])
 
+    def test_a_refusal_keeps_the_request_id_of_a_head_it_could_read(self) -> None:
+        stream = self.call(authority="nowhere.test", headers=[*GRPC, (b"x-request-id", b"call-42")], end_stream=True)
+        self.client.flush()
+        self.assertEqual(self.client.headers(stream)[b"x-request-id"], b"call-42")
+
     def test_no_route_for_another_request_is_the_usual_page(self) -> None:
         stream = self.client.request(authority="nowhere.test")
         self.assertEqual(self.client.headers(stream)[b":status"], b"404")
