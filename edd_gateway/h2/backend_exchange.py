@@ -265,7 +265,8 @@ class BackendExchange(RequestRecordFields):
         self._stop_timer()
         self._replay = None  # answered: never sent again
         self.responded = self.context.clock.seconds()
-        self.status = int(dict(headers).get(b":status", b"0"))
+        status = dict(headers).get(b":status", b"")
+        self.status = int(status) if status.isdigit() else 0  # h2 checked it is there, not that it is a number
         self._note_grpc_status(headers)
         self.stream.send_head(client_response_head(headers, self.route.edits_for(self.context.scheme),
                                                    self.info.request_id))
