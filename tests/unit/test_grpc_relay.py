@@ -150,6 +150,21 @@ class RelayTests(RelayTestsMixin, SynchronousTestCase):
         self.assertEqual(backend.request_trailers, [(b"x-checksum", b"abc")])
         self.assertTrue(backend.ended)
 
+    def test_malformed_request_trailers_reset_both_streams(self) -> None:
+        """The h2 library's inbound checks are off: the relay refuses a malformed trailer itself (RFC 9113 8.1.1)."""
+        for trailers in ([(b"X-Upper", b"1")], [(b":path", b"/again")], [(b"x-a", b"in\r\nside")],
+                         [(b"connection", b"close")]):
+            stream = self.call()
+            backend = self.pool.accept()
+            self.client.conn.config.validate_outbound_headers = False
+            self.client.conn.config.normalize_outbound_headers = False
+            self.client.conn.send_headers(stream, trailers, end_stream=True)
+            self.client.flush()
+            [reset] = self.client.of(StreamReset, stream)
+            self.assertEqual(reset.error_code, ErrorCodes.PROTOCOL_ERROR, trailers)
+            self.assertEqual(backend.reset_code, ErrorCodes.CANCEL, trailers)
+            self.assertIsNone(backend.request_trailers, trailers)
+
     def test_data_before_the_backend_stream_opens_waits_in_the_client_window(self) -> None:
         stream = self.call()
         self.client.conn.send_data(stream, message(b"early"), end_stream=True)
