@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway.domains.model import DomainDirectory, DomainSnapshot
 from edd_gateway.domains.source import CHALLENGES_TABLE, DomainSource
+from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.sources import ChangeFeed
 from edd_gateway.state.triggers import Change, first_line
 
@@ -105,6 +106,10 @@ class DomainsService(Service):
 
     def _read_failed(self, reason: Failure) -> None:
         error = first_line(reason.value) if reason.value is not None else "?"
+        if self._last_read is None and reason.check(DatabaseUnavailable):
+            # Before the state service's first connect: nothing to say yet.
+            self.last_error = error
+            return
         if error != self.last_error:
             _log.warn("domains: cannot read custom_domains ({error}); keeping what was read before", error=error)
         self.last_error = error

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from edd_gateway.issuance.challenges import ChallengeBoard
 from edd_gateway.issuance.storage import CertificateStorage
+from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.triggers import first_line
 
 __all__ = ["ChallengeSync"]
@@ -46,6 +47,8 @@ class ChallengeSync:
         self.reads += 1
 
     def _failed(self, reason: Failure) -> None:
+        if reason.check(DatabaseUnavailable) and not self.reads:
+            return  # before the first connect: the next poll or notification reads them
         _log.warn("issuance: cannot read the other replicas' challenges ({error})",
                   error=first_line(reason.value) if reason.value is not None else "?")
 

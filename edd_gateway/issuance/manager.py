@@ -32,6 +32,7 @@ from edd_gateway.issuance.client import AcmeProblem
 from edd_gateway.issuance.loaded import loaded_certificate
 from edd_gateway.issuance.policy import Backoff, IssuancePolicy
 from edd_gateway.issuance.storage import CertificateStorage, StoredCertificate
+from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.triggers import first_line
 from edd_gateway.tls.secret import LoadedCertificate
 
@@ -122,6 +123,8 @@ class IssuanceManager(Service):
                 self.obtain(name)
 
     def _check_failed(self, reason: Failure) -> None:
+        if reason.check(DatabaseUnavailable) and not self._stored:
+            return  # before the first connect: nothing to say yet
         _log.warn("issuance: cannot read the stored certificates ({error})",
                   error=first_line(reason.value) if reason.value is not None else "?")
 

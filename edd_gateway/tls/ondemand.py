@@ -15,7 +15,8 @@ each ClientHello's name before the usual choice, and the hook answers:
    decide as on any listener.
 
 A route that passes the name through wins over the hook, as it wins over
-every certificate.
+every certificate; so does a certificate of the secret store that covers
+the name (the operator's choice is kept, and nothing is issued for it).
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
 
     def _decide(self, hello: ClientHello) -> None:
         name = hello.server_name
-        if name is None or self._factory.routes.current.tls_passthrough(name) is not None:
+        if (name is None or self._factory.routes.current.tls_passthrough(name) is not None
+                or self._factory.store.covering(name) is not None):
+            # A passthrough route, or a certificate the operator gave for the
+            # name (--tls-dir), wins over anything obtained on demand.
             super()._decide(hello)
             return
         answer = self._factory.hook.answer(name, hello.alpn)

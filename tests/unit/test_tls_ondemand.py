@@ -61,15 +61,21 @@ class OnDemandTests(ListenerCase):
         self.assertEqual(client.presented(), self.certificate.certificate)
 
     def test_left_alone(self) -> None:
-        client, _ = self.presented_to(b"a.cloud.test")
-        self.assertEqual(client.presented(), self.exact)
-        self.assertEqual(self.hook.asked[0][0], "a.cloud.test")
+        client, _ = self.presented_to(b"other.test")
+        self.assertEqual(client.presented(), self.default)
+        self.assertEqual(self.hook.asked[0][0], "other.test")
 
     def test_passthrough_wins(self) -> None:
         self.hook.answers["vm.cloud.test"] = Refuse("no")
         self.presented_to(b"vm.cloud.test")
         self.assertEqual(self.hook.asked, [])
         self.assertEqual(len(self.reactor.tcpClients), 1)
+
+    def test_operator_certificate_wins(self) -> None:
+        self.hook.answers["a.cloud.test"] = Refuse("no")
+        client, _ = self.presented_to(b"a.cloud.test")
+        self.assertEqual(client.presented(), self.exact)
+        self.assertEqual(self.hook.asked, [])
 
     def test_refuse(self) -> None:
         self.hook.answers[NAME] = Refuse("not for you")
