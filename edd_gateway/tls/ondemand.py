@@ -113,7 +113,7 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
         transport = self.transport
         assert transport is not None
         # Nothing is read while the certificate is obtained: the ClientHello is all there is to hold.
-        transport.pauseProducing()  # type: ignore[attr-defined]  # a TCP transport
+        _call_if_any(transport, "pauseProducing")
         self._log.info("tls: {client} SNI {sni}: no certificate yet; waiting for it", client=self.client,
                        sni=hello.server_name)
 
@@ -125,7 +125,7 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
                 self._refuse("SNI {sni}: {reason}", _ALERT_INTERNAL_ERROR, sni=hello.server_name,
                              reason=answer.reason)
                 return
-            transport.resumeProducing()  # type: ignore[attr-defined]  # a TCP transport
+            _call_if_any(transport, "resumeProducing")
             self._terminate(hello, certificate)
 
         def failed(reason: Failure) -> None:
@@ -144,6 +144,13 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
         self.transport = None
         tls.dataReceived(self._parser.buffered)
         self._factory.clock.callLater(VALIDATION_TIMEOUT, _abort_if_open, transport, tls)
+
+
+def _call_if_any(transport: Any, name: str) -> None:
+    """Pause or resume reading where the transport can (TCP and its wrappers can; a test's may not)."""
+    method = getattr(transport, name, None)
+    if method is not None:
+        method()
 
 
 def _abort_if_open(transport: Any, tls: Any) -> None:

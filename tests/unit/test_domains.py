@@ -184,8 +184,7 @@ class RouterTests(SynchronousTestCase):
         match = self.router.http_match("app.example.test", "/x", self.transport)
         assert match is not None
         self.assertTrue(match.route.redirect_https)
-        no_redirect = DomainDirectory(DomainSnapshot({"app.example.test": domain(redirect_https=False)}, True))
-        self.router.lookup = DomainLookup(no_redirect, self.containers)
+        self.domains.swap(DomainSnapshot({"app.example.test": domain(redirect_https=False)}, True))
         match = self.router.http_match("app.example.test", "/x", self.transport)
         assert match is not None
         self.assertFalse(match.route.redirect_https)

@@ -104,6 +104,15 @@ class OnDemandTests(ListenerCase):
         self.assertFalse(transport.connected)
         self.assertEqual(transport.value(), b"\x15\x03\x03\x00\x02\x02\x50")
 
+    def test_client_leaves_while_waiting(self) -> None:
+        arriving: Deferred[LoadedCertificate | None] = Deferred()
+        self.hook.answers[NAME] = Wait(arriving)
+        hello, transport = self.connect()
+        transport.protocol.dataReceived(MemoryClient(NAME.encode()).feed(b""))
+        transport.loseConnection()
+        arriving.callback(self.certificate)
+        self.assertEqual(transport.value(), b"")
+
     def test_validation_handshake(self) -> None:
         validation = validation_certificate(NAME, "token.thumbprint")
         self.hook.answers[NAME] = Validate(validation.certificate, validation.key)
