@@ -10,7 +10,9 @@ C{--modes}: C{plain} (keep-alive HTTP), C{https} (keep-alive HTTPS, the
 gateway terminating TLS with a P-256 certificate of its own helper) and
 C{resumed} (HTTPS with C{Connection: close}: wrk keeps its TLS session, so
 every request after the first is a new connection and a resumed TLS 1.3
-handshake).  Wall-clock
+handshake) and C{h2} (HTTP/2 on terminated TLS: C{h2load -c50 -m10}, a
+fixed C{--h2-requests} after its own warm-up, since h2load counts requests,
+not seconds).  Wall-clock
 figures move 2-3x between machines of this kind; instruction counts do not,
 so a change is judged by these.
 
@@ -44,7 +46,24 @@ from backend import start_backend  # noqa: E402
 HOST = "bench.test"
 
 
-MODES = ("plain", "https", "resumed")
+MODES = ("plain", "https", "resumed", "h2")
+
+
+def h2load(port: int, path: str, requests: int) -> int:
+    """Requests h2load completed of C{requests} (50 connections, 10 streams in flight on each)."""
+    out = subprocess.run(["h2load", "-n", str(requests), "-c50", "-m10", f"--connect-to=127.0.0.1:{port}",
+                          f"https://{HOST}:{port}{path}"], capture_output=True, text=True, timeout=900)
+    match = re.search(r"(\d+) succeeded", out.stdout)
+    if not match:
+        raise RuntimeError(f"h2load printed no count: {out.stdout} {out.stderr}")
+    return int(match.group(1))
+
+
+def drive(port: int, path: str, seconds: float, mode: str, h2_requests: int) -> int:
+    """The mode's load on the gateway: requests completed."""
+    if mode == "h2":
+        return h2load(port, path, h2_requests)
+    return wrk(port, path, seconds, mode)
 
 
 def wrk(port: int, path: str, seconds: float, mode: str = "plain") -> int:
@@ -78,7 +97,7 @@ def write_certificate(directory: Path) -> Path:
 
 
 def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port: int, path: str,
-            seconds: float, mode: str = "plain") -> dict[str, Any]:
+            seconds: float, mode: str = "plain", h2_requests: int = 5000) -> dict[str, Any]:
     port = free_port()
     routes = work / f"routes-{port}.yaml"
     routes.write_text(json.dumps({"routes": [{"host": HOST, "path": "/", "target": f"127.0.0.1:{backend_port}"}]}))
@@ -90,11 +109,15 @@ def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port:
             "--admin", "none", "--no-access-log", "--state-file", str(work / f"pins-{port}.json")]
     if mode != "plain":
         argv += ["--tls-dir", str(write_certificate(work / "tls"))]
+    if mode == "h2":
+        # 500 streams in flight want as many backend connections: kept idle
+        # between bursts (as bench/http2.py does), not reconnected.
+        argv += ["--pool-max-idle", "512"]
     gateway = procs.start(f"gateway-{port}", argv, env=env, cwd=source)
     wait_listening(gateway, port, timeout=300)
-    wrk(port, path, 10, mode)  # warm-up
+    drive(port, path, 10, mode, 1000)  # warm-up
     subprocess.run(["callgrind_control", "-z", str(gateway.pid)], check=True, capture_output=True)
-    requests = wrk(port, path, seconds, mode)
+    requests = drive(port, path, seconds, mode, h2_requests)
     subprocess.run(["callgrind_control", "-d", str(gateway.pid)], check=True, capture_output=True)
     procs.stop(gateway)
     dumps = sorted(work.glob(f"callgrind-{port}.out*"), key=lambda p: p.stat().st_mtime)
@@ -116,11 +139,13 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--path", default="/small")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--h2-requests", type=int, default=5000, help="h2 mode: requests measured (5000)")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
-    for tool in ("valgrind", "callgrind_control", "wrk"):
+    tools = ("valgrind", "callgrind_control", "wrk", *(["h2load"] if "h2" in args.modes.split(",") else []))
+    for tool in tools:
         if shutil.which(tool) is None:
-            raise SystemExit(f"{tool} is not installed (Debian: valgrind, wrk)")
+            raise SystemExit(f"{tool} is not installed (Debian: valgrind, wrk, nghttp2-client)")
     work = Path(tempfile.mkdtemp(prefix="edd-bench-instructions-"))
     stamp = time.strftime("%Y%m%dT%H%M%S")
     rows = []
@@ -130,7 +155,8 @@ def main(argv: Sequence[str]) -> int:
             sources = [checkout(ref, work / f"tree-{number}") for number, ref in enumerate(args.refs)]
             for mode in args.modes.split(","):
                 for ref, source in zip(args.refs, sources):
-                    rows.append(measure(ref, source, work, procs, backend.port, args.path, args.seconds, mode))
+                    rows.append(measure(ref, source, work, procs, backend.port, args.path, args.seconds, mode,
+                                        args.h2_requests))
                     print(f"{mode:8} {ref} ({rows[-1]['commit']}): {rows[-1]['per_request']:,} instructions per "
                           f"request ({rows[-1]['requests']} requests)", flush=True)
     finally:

@@ -24,8 +24,11 @@ from edd_gateway.front.listeners import listener_service
 from edd_gateway.front.rawtcp import RawTCPFactory
 from edd_gateway.front.classify import Verdict
 from edd_gateway.front.sniff import SniffingFactory
+from edd_gateway.h2.backend import H2BackendPool, H2PoolService
+from edd_gateway.h2.backend_exchange import H2BackendRelay
 from edd_gateway.h2.guard import GuardLimits
 from edd_gateway.h2.negotiate import ProtocolChooserFactory
+from edd_gateway.h2.prior_knowledge import PriorKnowledgeFactory
 from edd_gateway.h2.server import H2ServerProtocol
 from edd_gateway.h2.settings import H2Settings
 from edd_gateway.http.factory import HTTPProxyFactory
@@ -61,7 +64,8 @@ if TYPE_CHECKING:
     from edd_gateway.tap import Options
 
 __all__ = [
-    "Gateway", "LiveState", "build_core", "build_http", "build_listeners", "build_observer", "build_ssh",
+    "Gateway", "LiveState", "build_core", "build_http", "build_listeners", "build_observer", "build_plain_http",
+    "build_ssh",
     "build_state", "build_terminated_protocols", "build_tls_side", "installed_asyncio_reactor",
     "load_initial_routes",
 ]
@@ -230,9 +234,15 @@ def build_http(gateway: Gateway) -> tuple[HTTPProxyFactory, HTTPProxyFactory]:
                         max_per_backend=settings.pool_max_per_backend, idle_timeout=settings.pool_idle_timeout,
                         max_streams_per_client=settings.body_streams_per_client)
     PoolService(pool).setServiceParent(gateway.top)
+    # One h2c pool for every listener's streams on grpc/h2c routes: their
+    # backend connections are shared, as the HTTP/1.1 pool's are (each carries
+    # as many streams as the backend allows: a few connections per backend).
+    h2c = H2BackendPool(reactor, reactor, idle_timeout=settings.pool_idle_timeout,
+                        connect_timeout=settings.connect_timeout)
+    H2PoolService(h2c).setServiceParent(gateway.top)
     router = gateway.domains.router if gateway.domains is not None else gateway.containers
     shared = dict(main_site=config["main-site"], containers=router, observer=gateway.observer,
-                  admission=gateway.admission)
+                  admission=gateway.admission, http2_relay=H2BackendRelay(h2c))
     http = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="http", **shared)
     http.doStart()
     https = HTTPProxyFactory(gateway.live, pool, settings, reactor, scheme="https",
@@ -267,11 +277,26 @@ def build_terminated_protocols(gateway: Gateway, https: HTTPProxyFactory) -> tup
     config = gateway.config
     if config["no-http2"]:
         return https, (ALPN_PROTOCOL,)
-    settings = H2Settings(max_concurrent_streams=config["h2-max-streams"],
-                          guard=GuardLimits(resets=config["h2-max-resets"]))
+    settings = h2_settings(config)
     chooser = ProtocolChooserFactory(https, lambda: H2ServerProtocol(https, settings), gateway.reactor,
                                      gateway.settings.header_timeout)
     return chooser, ALPN_WITH_H2
+
+
+def h2_settings(config: Options) -> H2Settings:
+    """The HTTP/2 server's settings from the --h2-* options."""
+    return H2Settings(max_concurrent_streams=config["h2-max-streams"],
+                      guard=GuardLimits(resets=config["h2-max-resets"]))
+
+
+def build_plain_http(gateway: Gateway, http: HTTPProxyFactory) -> Any:
+    """What serves sniffed plain HTTP: C{http}, behind the HTTP/2 preface check with --h2c-prior-knowledge."""
+    config = gateway.config
+    if not config["h2c-prior-knowledge"]:
+        return http
+    settings = h2_settings(config)
+    return PriorKnowledgeFactory(http, lambda: H2ServerProtocol(http, settings, protocol="h2c"), gateway.reactor,
+                                 gateway.settings.header_timeout)
 
 
 def build_listeners(gateway: Gateway, handlers: dict[Verdict, Any], ssh: GatewaySSHFactory) -> None:

@@ -125,6 +125,9 @@ PROXY = OptionGroup([
 ], [
     ["allow-underscore-headers", None, "Pass request header names with an underscore to backends "
      "(dropped by default: CGI/WSGI backends read Transfer_Encoding as Transfer-Encoding)."],
+    ["h2c-prior-knowledge", None, "Serve HTTP/2 cleartext to plain-port clients that start with the HTTP/2 "
+     "preface (gRPC clients without TLS), for protocol: grpc and h2c routes only; without it the preface is "
+     "answered GOAWAY HTTP_1_1_REQUIRED."],
 ], _check_proxy)
 
 

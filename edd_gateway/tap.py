@@ -30,7 +30,8 @@ def install_reactor() -> None:
 
 install_reactor()
 
-from edd_gateway.assembly import build_core, build_http, build_listeners, build_ssh, build_tls_side  # noqa: E402
+from edd_gateway.assembly import (  # noqa: E402
+    build_core, build_http, build_listeners, build_plain_http, build_ssh, build_tls_side)
 from edd_gateway.assembly import installed_asyncio_reactor  # noqa: E402
 from edd_gateway.front import admission as _admission  # noqa: E402
 from edd_gateway.front.drain import GatewayService  # noqa: E402
@@ -192,7 +193,8 @@ def makeService(config: Options, reactor: Any = None) -> GatewayService:
     tls = build_tls_side(gateway, https)
     ssh = build_ssh(config, gateway.state, reactor, observer=gateway.observer, admission=gateway.admission)
     gateway.monitoring.ssh_keys()
-    build_listeners(gateway, {Verdict.HTTP: http, Verdict.TLS: tls, Verdict.SSH: ssh}, ssh)
+    build_listeners(gateway, {Verdict.HTTP: build_plain_http(gateway, http), Verdict.TLS: tls, Verdict.SSH: ssh},
+                    ssh)
     if config["admin"] is not None:
         # A plain child, not a listener: probes and scrapes go on while draining.
         listener_service("--admin", config["admin"], admin_site(gateway.metrics.registry, gateway.readiness),

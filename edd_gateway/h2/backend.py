@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from h2.exceptions import ProtocolError
+from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -32,7 +33,7 @@ from edd_gateway.http.upstream import connect_error
 from edd_gateway.net.connect import OneProtocolFactory, backend_endpoint
 from edd_gateway.routes.model import Target
 
-__all__ = ["BackendStream", "BackendStreamListener", "H2BackendPool", "H2BackendProtocol", "Headers"]
+__all__ = ["BackendStream", "BackendStreamListener", "H2BackendPool", "H2BackendProtocol", "H2PoolService", "Headers"]
 
 BackendKey = tuple[str, int]
 
@@ -189,3 +190,18 @@ def _busy(failure: Failure, target: Target) -> Failure:
     if failure.check(defer.TimeoutError, defer.CancelledError):
         return Failure(GatewayError(503, f"The backend {target} has no free HTTP/2 stream."))
     return failure
+
+
+class H2PoolService(Service):
+    """Starts the pool's idle-connection sweep with the gateway; GOAWAY and close to every backend at the end."""
+
+    def __init__(self, pool: H2BackendPool) -> None:
+        self.pool = pool
+
+    def startService(self) -> None:
+        super().startService()
+        self.pool.start()
+
+    def stopService(self) -> None:
+        self.pool.stop()
+        return super().stopService()

@@ -21,11 +21,6 @@ from hpack.table import HeaderTable
 
 __all__ = ["StaticTableEncoder"]
 
-_FULL: dict[tuple[bytes, bytes], int] = {}
-_NAME: dict[bytes, int] = {}
-for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
-    _FULL.setdefault((_name, _value), _index)
-    _NAME.setdefault(_name, _index)
 
 
 def _integer(value: int, prefix_bits: int, first: int) -> bytes:
@@ -47,6 +42,17 @@ def _string(data: bytes) -> bytes:
     return _integer(len(data), 7, 0x00) + data
 
 
+# Each field's encoding is bytes worked out once: a static-table field's
+# index (6.1), a static-table name's prefix for a literal value (6.2.2),
+# and the string lengths of one byte.
+_FULL: dict[tuple[bytes, bytes], bytes] = {}
+_NAME: dict[bytes, bytes] = {}
+for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
+    _FULL.setdefault((_name, _value), _integer(_index, 7, 0x80))
+    _NAME.setdefault(_name, _integer(_index, 4, 0x00))
+_SHORT_LENGTHS = [bytes((n,)) for n in range(127)]
+
+
 class StaticTableEncoder:
     """
     Stands in for C{hpack.Encoder} on an C{h2} connection
@@ -66,15 +72,18 @@ class StaticTableEncoder:
         if self._announce:
             self._announce = False
             out.append(b"\x20")
-        full, names = _FULL, _NAME
+        full, names, lengths = _FULL, _NAME, _SHORT_LENGTHS
         for name, value in headers:
-            index = full.get((name, value))
-            if index is not None:
-                out.append(_integer(index, 7, 0x80))
+            field = full.get((name, value))
+            if field is not None:
+                out.append(field)
                 continue
-            index = names.get(name)
-            if index is not None:
-                out.append(_integer(index, 4, 0x00) + _string(value))
+            prefix = names.get(name)
+            if prefix is None:
+                out.append(b"\x00" + _string(name))
             else:
-                out.append(b"\x00" + _string(name) + _string(value))
+                out.append(prefix)
+            size = len(value)
+            out.append(lengths[size] if size < 127 else _integer(size, 7, 0x00))
+            out.append(value)
         return b"".join(out)

@@ -25,6 +25,7 @@ from h2.events import (
     RequestReceived,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
@@ -37,17 +38,16 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from edd_gateway.h2.backend_exchange import BackendExchange
+from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 from edd_gateway.h2.guard import FrameGuard, Violation
 from edd_gateway.h2.settings import CONNECTION_WINDOW, H2Settings, code_name
-from edd_gateway.h2.request import H2RequestError, h1_view
+from edd_gateway.h2.job import job_for
+from edd_gateway.h2.request import H1View, H2RequestError, Malformed, h1_view
 from edd_gateway.h2.stream import H2Stream
-from edd_gateway.http.answer import LocalAnswer
 from edd_gateway.http.clientside import ClientContext, ContextSource
 from edd_gateway.http.deadline import Deadline
-from edd_gateway.http.errors import GatewayError, render_error
-from edd_gateway.http.headers import analyse_request, new_request_id
-from edd_gateway.http.routing import route_request
 from edd_gateway.net.transport import set_no_delay
 
 __all__ = ["H2ServerProtocol", "H2Settings"]
@@ -58,9 +58,10 @@ log = Logger()
 class H2ServerProtocol(Protocol):
     """One HTTP/2 client connection; the producer its transport pauses when the socket is full."""
 
-    def __init__(self, factory: ContextSource, settings: H2Settings) -> None:
+    def __init__(self, factory: ContextSource, settings: H2Settings, protocol: str = "h2") -> None:
         self.factory = factory
         self.settings = settings
+        self.protocol = protocol  # the access log's proto=: h2, or h2c with prior knowledge (plain port)
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
         self.paused = False
@@ -82,15 +83,19 @@ class H2ServerProtocol(Protocol):
         assert transport is not None
         host = getattr(transport.getPeer(), "host", "")
         self.client_ip = host[7:] if host.startswith("::ffff:") else host
-        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol="h2")
+        self.context = replace(self.factory.context_for(transport, self.client_ip), protocol=self.protocol)
         proxy = self.context.settings
         # Outbound headers are not validated again: they are llhttp's
         # reading of the response (names lower-cased, connection-specific
         # fields dropped, no CR or LF), and h2's checks cost a fifth of a
-        # request's time.
+        # request's time.  Inbound ones are checked by h1_view, in the pass
+        # that reads them (RFC 9113 8.1.1's stream error, not h2's
+        # connection error, and a tenth of a request cheaper).
         self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None,
                                                validate_outbound_headers=False,
-                                               normalize_outbound_headers=False))
+                                               normalize_outbound_headers=False,
+                                               validate_inbound_headers=False,
+                                               normalize_inbound_headers=False))
         # In force from the start (not "pending until acknowledged", as an
         # update would be): h2 enforces its own local settings.
         self.h2.local_settings = Settings(client=False, initial_values={
@@ -101,7 +106,7 @@ class H2ServerProtocol(Protocol):
         })
         # h2 gives its HPACK decoder the bound only once a changed setting
         # is acknowledged; these are in force from the start.
-        self.h2.decoder.max_header_list_size = proxy.max_header_bytes
+        self.h2.decoder = RepeatingBlockDecoder(proxy.max_header_bytes)
         self.h2.encoder = StaticTableEncoder()  # type: ignore[assignment]  # duck-typed: h2 calls encode() and sets header_table_size
         self.h2.initiate_connection()
         # The connection's window starts at 64 KiB whatever SETTINGS say: a
@@ -163,6 +168,10 @@ class H2ServerProtocol(Protocol):
                 stream.request_ended()
         elif isinstance(event, WindowUpdated):
             self._window_opened(event.stream_id)
+        elif isinstance(event, TrailersReceived):
+            stream = self.streams.get(event.stream_id)  # only a relay to an HTTP/2 backend passes them on
+            if stream is not None and isinstance(stream.job, BackendExchange):
+                stream.job.request_trailers(event.headers)
         elif isinstance(event, RemoteSettingsChanged):
             if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                 self._window_opened(0)
@@ -178,6 +187,17 @@ class H2ServerProtocol(Protocol):
                 self._close()
 
     def _request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+        view: H1View | H2RequestError
+        try:
+            view = h1_view(headers, ended)
+        except Malformed as problem:
+            log.info("h2: {client} sent a malformed request on stream {stream} ({problem}); RST_STREAM "
+                     "PROTOCOL_ERROR", client=self.client_ip, stream=stream_id, problem=str(problem))
+            self.context.admission.garbage(self.client_ip)
+            self.reset_stream(stream_id, int(ErrorCodes.PROTOCOL_ERROR))
+            return
+        except H2RequestError as problem:
+            view = problem
         stream = H2Stream(self, stream_id, request_ended=ended)
         self.streams[stream_id] = stream
         if not self._used:
@@ -190,20 +210,7 @@ class H2ServerProtocol(Protocol):
         if self.closing:
             stream.reset(int(ErrorCodes.REFUSED_STREAM))
             return
-        try:
-            view = h1_view(headers, ended)
-            info = analyse_request(view.method, view.target, "1.1", view.headers,
-                                   allow_underscores=self.context.settings.allow_underscore_headers)
-            limit = self.context.settings.max_body_size
-            if limit and info.content_length > limit:
-                raise GatewayError(413, f"The request body is larger than {limit} bytes.")
-            job = route_request(stream, info)
-        except (GatewayError, H2RequestError) as problem:
-            status, detail = problem.status, problem.detail
-            log.info("h2: {status} to {client}: {detail}", status=status, client=self.client_ip, detail=detail)
-            request_id = new_request_id()
-            job = LocalAnswer(stream, None, render_error(status, detail, request_id), True, status, request_id)
-        stream.start_job(job)
+        stream.start_job(job_for(stream, view, headers, self.client_ip))
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:

@@ -60,6 +60,8 @@ class H2Stream:
         self._out: deque[bytes] = deque()
         self._ending = False
         self._pending_head: Headers | None = None
+        #: Sent with END_STREAM after the body (an h2c backend's, L{edd_gateway.h2.backend_exchange}).
+        self._trailers: Headers | None = None
         self.closed = False
         #: The client's DATA not yet delivered (reading paused): bytes and their flow-controlled size.
         self._held: deque[tuple[bytes, int]] = deque()
@@ -161,9 +163,10 @@ class H2Stream:
     def job_finished(self, job: Job) -> None:
         self.finish()
 
-    def finish(self) -> None:
-        """The response is all written: END_STREAM once the bytes held for the window have gone."""
+    def finish(self, trailers: Headers | None = None) -> None:
+        """The response is all written: END_STREAM once the bytes held for the window have gone (on C{trailers})."""
         self._ending = True
+        self._trailers = trailers
         self.connection.stream_ready(self)
 
     def abort(self) -> None:
@@ -228,8 +231,14 @@ class H2Stream:
         self.connection.stream_ready(self)
 
     def send_body(self, data: bytes) -> None:
-        """Bytes for the client from outside the reframer (the tunnel's)."""
+        """Bytes for the client from outside the reframer (the tunnel's, an h2c backend's)."""
         self._body(data)
+
+    def send_head(self, head: Headers) -> None:
+        """A whole response head (C{:status} first) from outside the reframer: an h2c backend's."""
+        if not self.closed:
+            self._pending_head = head
+            self.connection.stream_ready(self)
 
     def flush(self) -> None:
         """
@@ -243,13 +252,13 @@ class H2Stream:
         out = self._out
         head, self._pending_head = self._pending_head, None
         if head is not None:
-            end = self._ending and not out
+            end = self._ending and not out and self._trailers is None
             self.connection.send_headers(self.stream_id, head, end_stream=end)
             if end:
                 self._ended()
                 return
         while out:
-            last = self._ending and len(out) == 1
+            last = self._ending and len(out) == 1 and self._trailers is None
             sent = self.connection.send_data(self.stream_id, out[0], end_stream=last)
             if sent:
                 self._moved = True
@@ -272,7 +281,10 @@ class H2Stream:
         if self.tunnel is not None:
             self.tunnel.resume_backend()
         if self._ending:
-            self.connection.end_stream(self.stream_id)
+            if self._trailers is not None:
+                self.connection.send_headers(self.stream_id, self._trailers, end_stream=True)
+            else:
+                self.connection.end_stream(self.stream_id)
             self._ended()
 
     def _ended(self) -> None:

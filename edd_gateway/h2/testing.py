@@ -18,12 +18,17 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, Event, ResponseReceived
 from hyperframe.frame import Frame
 from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
 
+from edd_gateway.h2.backend_connection import BackendStream, BackendStreamListener
 from edd_gateway.h2.server import H2ServerProtocol
 from edd_gateway.h2.settings import H2Settings
 from edd_gateway.http.testing import FakeConnection, ProxyHarness
+from edd_gateway.routes.model import Target
 
-__all__ = ["H2TestClient", "connect_h2", "frames", "open_h2"]
+Headers = list[tuple[bytes, bytes]]
+
+__all__ = ["FakeBackendStream", "FakeH2Pool", "H2TestClient", "connect_h2", "frames", "open_h2"]
 
 
 class H2TestClient:
@@ -114,3 +119,57 @@ def frames(data: bytes) -> list[Frame]:
         found.append(frame)
         data = data[9 + length:]
     return found
+
+
+class FakeBackendStream(BackendStream):
+    """A backend stream that records what the relay did with it; C{listener} is the relay to drive."""
+
+    def __init__(self, listener: BackendStreamListener, target: Target, headers: Headers,
+                 end_stream: bool) -> None:  # no connection behind it: BackendStream's own state is unused
+        self.listener = listener
+        self.target = target
+        self.headers = headers
+        self.data: list[bytes] = []
+        self.ended = end_stream
+        self.request_trailers: Headers | None = None
+        self.acknowledged = 0
+        self.reset_code: int | None = None
+
+    def send_data(self, data: bytes) -> None:
+        self.data.append(data)
+
+    def end_request(self, trailers: Headers | None = None) -> None:
+        self.ended = True
+        self.request_trailers = trailers
+
+    def consumed(self, n: int) -> None:
+        self.acknowledged += n
+
+    def reset(self, error_code: int = 8) -> None:
+        self.reset_code = error_code
+
+
+class FakeH2Pool:
+    """
+    The h2c backend pool's C{open_stream}, answered by the test: each call
+    waits in C{opening} until L{accept} (a L{FakeBackendStream}) or L{refuse}.
+    """
+
+    def __init__(self) -> None:
+        self.opening: list[tuple[Deferred[BackendStream], FakeBackendStream]] = []
+        self.timeouts: list[float] = []
+
+    def open_stream(self, target: Target, headers: Headers, listener: BackendStreamListener, timeout: float,
+                    end_stream: bool = False) -> Deferred[BackendStream]:
+        waiting: Deferred[BackendStream] = Deferred()
+        self.opening.append((waiting, FakeBackendStream(listener, target, headers, end_stream)))
+        self.timeouts.append(timeout)
+        return waiting
+
+    def accept(self, index: int = -1) -> FakeBackendStream:
+        waiting, stream = self.opening[index]
+        waiting.callback(stream)
+        return stream
+
+    def refuse(self, problem: Exception, index: int = -1) -> None:
+        self.opening[index][0].errback(problem)

@@ -20,7 +20,9 @@ from twisted.internet.interfaces import IReactorTime, ITransport
 from edd_gateway.http.settings import ProxySettings
 
 if TYPE_CHECKING:
+    from edd_gateway.http.headers import RequestInfo
     from edd_gateway.routes.containers import HostRouter
+    from edd_gateway.routes.model import Route
     from edd_gateway.http.flow import FlowTransport, Throttle
     from edd_gateway.http.pool import UpstreamPool
     from edd_gateway.ops.observe import GatewayObserver
@@ -77,6 +79,10 @@ class ClientContext:
     transport: Any
     #: The protocol the client speaks: C{http/1.1}, or C{h2} (what the access log's C{proto=} says).
     protocol: str = "http/1.1"
+    #: The job for a request on a route whose backend speaks HTTP/2 (C{protocol: grpc} or C{h2c}):
+    #: C{(client, info, route, path_and_query)}, raising a GatewayError for a client side it cannot relay;
+    #: L{None} when the gateway has no h2c backend pool.
+    http2_relay: Callable[[ClientSide, RequestInfo, Route, bytes], Job] | None = None
 
 
 class Flow(Protocol):

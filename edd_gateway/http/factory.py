@@ -9,6 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from edd_gateway.http.clientside import ClientSide, Job
+from edd_gateway.http.headers import RequestInfo
+from edd_gateway.routes.model import Route
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
@@ -40,6 +44,7 @@ class HTTPProxyFactory(Factory):
         containers: HostRouter | None = None,
         observer: GatewayObserver | None = None,
         admission: AdmissionHooks = NO_ADMISSION,
+        http2_relay: Callable[[ClientSide, RequestInfo, Route, bytes], Job] | None = None,
     ) -> None:
         """
         @param main_site: where a request whose Host is an IP address that no
@@ -54,6 +59,9 @@ class HTTPProxyFactory(Factory):
             log) and of every WebSocket tunnel.
         @param admission: hears of limit hits and garbage
             (L{edd_gateway.front.admission.Admission}); none counted by default.
+        @param http2_relay: the job of a request on a C{protocol: grpc} or
+            C{h2c} route (L{edd_gateway.h2.backend_exchange.H2BackendRelay});
+            without one such requests are refused (505).
         """
         self.routes = routes
         self.pool = pool
@@ -67,6 +75,7 @@ class HTTPProxyFactory(Factory):
         #: Set when the gateway drains: no response keeps its connection.
         self.draining = False
         self.admission = admission
+        self.http2_relay = http2_relay
 
     def context_for(self, transport: Any, client_ip: str) -> ClientContext:
         """What a connection from C{client_ip} on C{transport} shares, fixed as it opens."""
@@ -74,7 +83,7 @@ class HTTPProxyFactory(Factory):
         return ClientContext(
             client_ip, self.scheme, settings.is_trusted(client_ip), settings, self.pool, self.clock,
             self.observer, self.admission, self, self.routes, self.containers, self.main_site,
-            self.misdirected, transport,
+            self.misdirected, transport, http2_relay=self.http2_relay,
         )
 
     def buildProtocol(self, addr: object) -> HTTPServerProtocol:

@@ -31,6 +31,8 @@ class RequestRecordFields:
     route: Route | None
     #: The id of a response to a head that could not be read (no C{info}).
     _request_id = "-"
+    #: A gRPC call's status (edd_gateway.h2.backend_exchange sets it); "" for other requests.
+    grpc_status = ""
 
     def _report(self) -> None:
         """Tell the listener's observer (metrics, the access log) that this request ended."""

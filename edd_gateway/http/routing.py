@@ -10,7 +10,7 @@ the TLS connection was not set up for.
 from __future__ import annotations
 
 from edd_gateway.http.answer import LocalAnswer
-from edd_gateway.http.clientside import ClientSide
+from edd_gateway.http.clientside import ClientSide, Job
 from edd_gateway.http.errors import GatewayError, render_error
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.headers import BODY_NONE, RequestInfo
@@ -26,7 +26,7 @@ from edd_gateway.routes.normalize import (
 __all__ = ["may_keep_alive", "route_request"]
 
 
-def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnswer:
+def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnswer | Job:
     """
     What answers one request head: an exchange with the route's backend, or
     the gateway's own answer (a redirect, an internal page).
@@ -57,6 +57,9 @@ def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnsw
     if match is None:
         raise GatewayError(404, f"No route for host {host} and path {path}.")
     route = match.route
+    if context.protocol == "h2c" and not route.http2_backend:
+        # HTTP/2 cleartext (prior knowledge, edd_gateway.h2.prior_knowledge) serves gRPC and h2c routes only.
+        raise GatewayError(421, f"{host}{path} is not served over HTTP/2 cleartext: use HTTP/1.1 or TLS.")
     if route.redirect_https and context.scheme == "http":
         authority = f"[{host}]" if ":" in host else host
         location = f"https://{authority}{path}" + (f"?{query}" if query else "")
@@ -68,7 +71,20 @@ def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnsw
         status, response = internal_answer(route, info, host, path, context.client_ip)
         return _local(client, info, status, response, route)
     upstream_path = match.upstream_path + ("?" + query if query else "")
+    if route.http2_backend:
+        return _http2_job(client, info, route, upstream_path.encode("latin-1"))
     return Exchange(client, info, route, upstream_path.encode("latin-1"))
+
+
+def _http2_job(client: ClientSide, info: RequestInfo, route: Route, path_and_query: bytes) -> Job:
+    """A route whose backend speaks HTTP/2 (gRPC): relayed stream to stream, for HTTP/2 clients only."""
+    relay = client.context.http2_relay
+    if relay is None or client.context.protocol == "http/1.1":
+        # An HTTP/1.1 request cannot carry what such a backend needs
+        # (trailers, a stream both ways): refused, not translated.
+        raise GatewayError(505, f"{route.host}{route.path} is served over HTTP/2 only (its backend speaks "
+                                f"{route.protocol}): connect with HTTP/2 (ALPN h2 over TLS).")
+    return relay(client, info, route, path_and_query)
 
 
 def _host_and_target(info: RequestInfo) -> tuple[str, str, str]:

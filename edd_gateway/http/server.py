@@ -154,7 +154,10 @@ class HTTPServerProtocol(Protocol):
 
     def _job_for(self, info: RequestInfo) -> Job:
         try:
-            return route_request(self, info)
+            job = route_request(self, info)
+            # An HTTP/1.1 connection is never relayed to an HTTP/2 backend (routing answers 505).
+            assert isinstance(job, (Exchange, LocalAnswer))
+            return job
         except GatewayError as problem:
             return self._local_error(info, problem.status, problem.detail)
 

@@ -173,6 +173,7 @@ class ProxyHarness:
         routes: Sequence[Route],
         settings: ProxySettings | None = None,
         scheme: str = "http",
+        http2_relay: Any = None,
     ) -> None:
         self.settings = settings or ProxySettings()
         self.reactor = MemoryReactorClock()
@@ -185,7 +186,8 @@ class ProxyHarness:
             max_streams_per_client=self.settings.body_streams_per_client,
         )
         self.routes = LiveRouteTable(RouteTable(routes))
-        self.factory = HTTPProxyFactory(self.routes, self.pool, self.settings, self.reactor, scheme)
+        self.factory = HTTPProxyFactory(self.routes, self.pool, self.settings, self.reactor, scheme,
+                                        http2_relay=http2_relay)
         self.clients: list[ClientConnection] = []
         self.backends: list[BackendConnection] = []
         self._handled: set[int] = set()

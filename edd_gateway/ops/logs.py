@@ -247,6 +247,9 @@ class AccessLog:
                 f"route={route} backend={backend} id={request_id}")
         if proto != "http/1.1":
             line += f" proto={proto}"
+        grpc_status = request.grpc_status
+        if grpc_status:
+            line += f" grpc-status={grpc_status}"
         self._emit(line, {
             "kind": "http",
             "client": client,
@@ -264,6 +267,7 @@ class AccessLog:
             "upstream_ms": None if responded is None else _ms(responded - started),
             "request_id": request_id,
             "completed": request.completed,
+            **({"grpc_status": grpc_status} if grpc_status else {}),
         })
 
     def tunnel(self, record: TunnelRecord) -> None:

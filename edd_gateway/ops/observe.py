@@ -55,6 +55,8 @@ class HTTPRequestRecord(Protocol):
         L{None} (local answers, failures).
     @ivar request_id: the X-Request-ID the request carried or was given.
     @ivar completed: false when the response was cut short.
+    @ivar grpc_status: a gRPC call's status (C{grpc-status}: the backend's,
+        or the gateway's own answer's), C{""} for any other request.
     """
 
     client_ip: str
@@ -65,6 +67,7 @@ class HTTPRequestRecord(Protocol):
     started: float
     responded: float | None
     completed: bool
+    grpc_status: str
 
     @property
     def method(self) -> bytes: ...

@@ -12,6 +12,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 
+#: A route's C{protocol}: how the gateway speaks to its backend.  C{grpc} and
+#: C{h2c} are HTTP/2 cleartext (C{grpc} also words the gateway's own errors as
+#: gRPC statuses); C{http} is HTTP/1.1.
+PROTOCOLS = ("http", "grpc", "h2c")
+
+
 class MatchKind(str, Enum):
     """How a route's path is compared with a request's path."""
 
@@ -115,6 +121,9 @@ class Route:
     @ivar hsts: the Strict-Transport-Security policy sent with every answer
         on this route over terminated TLS (never over plain HTTP); L{None}
         sends none.
+    @ivar protocol: one of L{PROTOCOLS}: C{http} (the default) sends the
+        route's requests to its backend as HTTP/1.1; C{grpc} and C{h2c} as
+        HTTP/2 cleartext streams, for HTTP/2 clients only (see docs/http2.md).
     """
 
     host: str
@@ -141,8 +150,12 @@ class Route:
     edits_plain: HeaderEdits | None = field(init=False, repr=False, compare=False)
     edits_tls: HeaderEdits | None = field(init=False, repr=False, compare=False)
     own_answer_tls: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    protocol: str = "http"
+    #: The backend speaks HTTP/2 cleartext (C{protocol} grpc or h2c): made once, read on every request.
+    http2_backend: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "http2_backend", self.protocol != "http")
         label = "container" if self.source.startswith("container ") else self.host + self.path
         object.__setattr__(self, "label", label)
         object.__setattr__(self, "edits_plain", _edits(self.response_headers, None))

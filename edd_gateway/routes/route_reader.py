@@ -24,14 +24,14 @@ from edd_gateway.routes.fields import (
     parse_route_path,
     parse_target,
 )
-from edd_gateway.routes.model import Hsts, MatchKind, ResponseHeaders, Route, Target
+from edd_gateway.routes.model import PROTOCOLS, Hsts, MatchKind, ResponseHeaders, Route, Target
 
 __all__ = ["ROUTE_KEYS", "RouteReader"]
 
 ROUTE_KEYS = (
     "host", "path", "target", "strip_prefix", "match",
     "connect_timeout", "response_timeout", "redirect_https", "tls", "proxy_protocol",
-    "response_headers", "hsts",
+    "response_headers", "hsts", "protocol",
 )
 _REQUIRED_KEYS = ("host", "path", "target")
 _RESPONSE_HEADERS_KEYS = ("set", "remove")
@@ -63,6 +63,7 @@ class RouteReader(NodeReader):
         values = {name: value for name, (_, value) in fields.items()}
         match = self._choice(values.get("match"), "match", ("prefix", "exact"), "prefix")
         tls = self._choice(values.get("tls"), "tls", ("terminate", "passthrough"), "terminate")
+        protocol = self._choice(values.get("protocol"), "protocol", PROTOCOLS, "http")
         host = self._parsed(values["host"], "host", parse_route_host) if "host" in values else INVALID
         path = (self._parsed(values["path"], "path", parse_route_path, MatchKind(match))
                 if "path" in values and match is not INVALID else INVALID)
@@ -79,7 +80,8 @@ class RouteReader(NodeReader):
         }
         response_headers = self._response_headers(values.get("response_headers"))
         hsts = self._hsts(values.get("hsts"))
-        parts = [match, tls, host, path, target, proxy_protocol, response_headers, hsts, *settings.values()]
+        parts = [match, tls, protocol, host, path, target, proxy_protocol, response_headers, hsts,
+                 *settings.values()]
         if missing or any(part is INVALID for part in parts):
             return None
         passthrough = tls == "passthrough"
@@ -91,6 +93,8 @@ class RouteReader(NodeReader):
             return None
         if passthrough and not self._passthrough_ok(values["tls"], path, match, target):
             return None
+        if protocol != "http" and not self._http2_ok(values["protocol"], protocol, passthrough, target):
+            return None
         if proxy_protocol is not None and not passthrough:
             # HTTP routes share pooled keep-alive backend connections between
             # clients: a header sent once per connection cannot name them.
@@ -99,7 +103,8 @@ class RouteReader(NodeReader):
             return None
         return Route(host=host, path=path, target=target, match=MatchKind(match),
                      tls_passthrough=passthrough, source=f"{self.source_name}:{self.line(node)}",
-                     proxy_protocol=proxy_protocol, response_headers=response_headers, hsts=hsts, **settings)
+                     proxy_protocol=proxy_protocol, response_headers=response_headers, hsts=hsts,
+                     protocol=protocol, **settings)
 
     def _response_headers(self, node: Node | None) -> ResponseHeaders | None:
         """C{response_headers: {set: {Name: value}, remove: [Name]}}; L{None} when absent or empty."""
@@ -193,6 +198,18 @@ class RouteReader(NodeReader):
             return False
         if target.internal is not None:
             self.problem(node, "tls: passthrough needs a host:port target, not an internal one")
+            return False
+        return True
+
+    def _http2_ok(self, node: Node, protocol: str, passthrough: bool, target: Target) -> bool:
+        # The gateway speaks HTTP/2 to the backend itself: it must see the
+        # requests (TLS terminated) and have a backend to speak to.
+        if passthrough:
+            self.problem(node, f"protocol: {protocol} needs tls: terminate (with passthrough the gateway never "
+                         "sees the requests; the backend's own TLS carries its HTTP/2)")
+            return False
+        if target.internal is not None:
+            self.problem(node, f"protocol: {protocol} needs a host:port target, not an internal one")
             return False
         return True
 

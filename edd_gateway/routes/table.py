@@ -26,7 +26,8 @@ _EXPLAIN_OTHERS_LIMIT = 20
 def describe_route(route: Route) -> str:
     """One line naming a route, for logs and C{explain}."""
     flags = ["strip_prefix" if route.strip_prefix else "", "redirect_https" if route.redirect_https else "",
-             "tls passthrough" if route.tls_passthrough else ""]
+             "tls passthrough" if route.tls_passthrough else "",
+             f"protocol {route.protocol} (HTTP/2 cleartext to the backend)" if route.http2_backend else ""]
     extra = "".join(f", {flag}" for flag in flags if flag)
     return f"{route.source or '?'}: {route.host} {route.match.value} {route.path} -> {route.target}{extra}"
 

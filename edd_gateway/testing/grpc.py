@@ -10,7 +10,9 @@ C{Count} (server streaming: the request is a number n, the answers C{b"1"}
 to n), C{Chat} (bidirectional: each request answered C{b"re:" + request} as
 it comes), C{Missing} (aborts with NOT_FOUND, "no such thing", before any
 answer: a trailers-only response) and C{Vanish} (server streaming: one
-answer, C{b"partial"}, then the same abort, in trailers).
+answer, C{b"partial"}, then the same abort, in trailers) and C{Whoami}
+(unary: answers the X-Forwarded-For the call came with, and sets the
+trailing metadata C{x-trailer: yes}).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ def _missing(request: bytes, context: Any) -> bytes:
     raise AssertionError("abort returns only by raising")
 
 
+def _whoami(request: bytes, context: Any) -> bytes:
+    metadata = dict(context.invocation_metadata())
+    context.set_trailing_metadata((("x-trailer", "yes"),))
+    return str(metadata.get("x-forwarded-for", "-")).encode()
+
+
 def _vanish(request: bytes, context: Any) -> Iterator[bytes]:
     yield b"partial"
     _missing(request, context)
@@ -98,7 +106,8 @@ def start_grpc_server() -> GrpcServer:
              "Count": (grpc.unary_stream_rpc_method_handler, _count),
              "Chat": (grpc.stream_stream_rpc_method_handler, _chat),
              "Missing": (grpc.unary_unary_rpc_method_handler, _missing),
-             "Vanish": (grpc.unary_stream_rpc_method_handler, _vanish)}
+             "Vanish": (grpc.unary_stream_rpc_method_handler, _vanish),
+             "Whoami": (grpc.unary_unary_rpc_method_handler, _whoami)}
     handlers = {name: kind(behaviour, request_deserializer=same, response_serializer=same)
                 for name, (kind, behaviour) in kinds.items()}
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))

@@ -6,10 +6,11 @@ block on one connection.
 
 from __future__ import annotations
 
-from hpack import Decoder
+from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 
 _names = st.one_of(st.sampled_from([b":status", b"content-type", b"content-length", b"server", b"set-cookie",
@@ -32,3 +33,60 @@ class EncoderTests(SynchronousTestCase):
         encoder = StaticTableEncoder()
         encoder.encode([])  # the first block's table size update
         self.assertEqual(encoder.encode([(b":status", b"200"), (b":status", b"404")]), b"\x88\x8d")
+
+
+_request_fields = st.lists(st.tuples(st.sampled_from([b":method", b":path", b"user-agent", b"accept", b"cookie",
+                                                      b"x-trace"]),
+                                     st.sampled_from([b"GET", b"/", b"/a", b"curl", b"*/*", b"a=1", b""])),
+                           max_size=6)
+
+
+def _outcome(decoder: Decoder, block: bytes) -> object:
+    """The list C{decoder} reads from C{block}, or the kind of error it raises."""
+    try:
+        return list(decoder.decode(block, raw=True))
+    except HPACKError as error:
+        return type(error)
+
+
+class RepeatingBlockDecoderTests(SynchronousTestCase):
+    """L{RepeatingBlockDecoder} reads every block as the C{hpack} library's own decoder does."""
+
+    @given(st.lists(st.tuples(_request_fields, st.booleans(), st.sampled_from([None, 0, 256, 4096])),
+                    min_size=1, max_size=12))
+    def test_same_lists_as_the_library(self, heads: list[tuple[list[tuple[bytes, bytes]], bool, int | None]]) -> None:
+        """Blocks from a real encoder (indexing, Huffman), repeated or not, with table size changes between."""
+        encoder, plain, repeating = Encoder(), Decoder(), RepeatingBlockDecoder(1 << 16)
+        blocks: list[bytes] = []
+        for fields, repeat, resize in heads:
+            if resize is not None:
+                encoder.header_table_size = resize
+            blocks.append(encoder.encode(fields))
+            if repeat:
+                # The same block again: a client's repeated request, valid only while the table is unchanged.
+                blocks.append(blocks[-1])
+        for block in blocks:
+            self.assertEqual(_outcome(repeating, block), _outcome(plain, block))
+
+    def test_a_repeated_block_is_decoded_once(self) -> None:
+        encoder, decoder = Encoder(), RepeatingBlockDecoder(1 << 16)
+        fields = [(b":method", b"GET"), (b":path", b"/a")]
+        decoder.decode(encoder.encode(fields), raw=True)  # adds to the table
+        block = encoder.encode(fields)  # indexed now
+        first = decoder.decode(block, raw=True)
+        decoded: list[bytes] = []
+        decoder._decode_indexed = lambda data: decoded.append(bytes(data))  # type: ignore[method-assign]
+        self.assertEqual(decoder.decode(block, raw=True), first)
+        self.assertEqual(decoded, [])
+
+    def test_a_changed_table_is_decoded_again(self) -> None:
+        encoder, decoder = Encoder(), RepeatingBlockDecoder(1 << 16)
+        decoder.decode(encoder.encode([(b"x-a", b"1")]), raw=True)
+        block = encoder.encode([(b"x-a", b"1")])  # dynamic index 62
+        self.assertEqual(list(decoder.decode(block, raw=True)), [(b"x-a", b"1")])
+        decoder.decode(Encoder().encode([(b"x-b", b"2")]), raw=True)  # another entry at 62 now
+        self.assertEqual(list(decoder.decode(block, raw=True)), [(b"x-b", b"2")])
+
+    def test_the_size_bound_still_holds(self) -> None:
+        self.assertRaises(OversizedHeaderListError, RepeatingBlockDecoder(100).decode,
+                          Encoder().encode([(b"x-big", b"v" * 200)]), True)

@@ -157,7 +157,7 @@ def http_record(**overrides: Any) -> SimpleNamespace:
         client_ip="203.0.113.9", scheme="https", method=b"GET", host=b"app.test",
         request_target=b"/some/path?x=1", status=200, route_label="app.test/", backend="10.0.0.5:8000",
         bytes_in=12, bytes_out=3456, started=100.0, responded=100.0042, request_id="req-1", completed=True,
-        proto="http/1.1",
+        proto="http/1.1", grpc_status="",
     )
     fields.update(overrides)
     return SimpleNamespace(**fields)
@@ -202,6 +202,12 @@ class AccessLogTests(SynchronousTestCase):
         event = self.only_event()
         self.assertEqual(self.fields(event)["proto"], "h2")
         self.assertTrue(formatEvent(event).endswith(" id=req-1 proto=h2"), formatEvent(event))
+
+    def test_a_grpc_call_names_its_status(self) -> None:
+        self.access.http_request(http_record(proto="h2", grpc_status="5"), 100.01234)  # type: ignore[arg-type]
+        event = self.only_event()
+        self.assertEqual(self.fields(event)["grpc_status"], "5")
+        self.assertTrue(formatEvent(event).endswith(" proto=h2 grpc-status=5"), formatEvent(event))
 
     def test_http_request_answered_by_the_gateway(self) -> None:
         record = http_record(method=b"-", host=None, request_target=b"-", status=400, route_label="-",

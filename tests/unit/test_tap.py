@@ -20,6 +20,10 @@ from twisted.web.server import Site
 from edd_gateway.routes.containers import ContainerRouter
 from edd_gateway.front.classify import Verdict
 from edd_gateway.front.sniff import SniffingFactory
+from edd_gateway.h2.backend import H2PoolService
+from edd_gateway.h2.backend_exchange import H2BackendRelay
+from edd_gateway.h2.prior_knowledge import PriorKnowledgeFactory
+from edd_gateway.http.factory import HTTPProxyFactory
 from edd_gateway.ssh import GatewaySSHFactory
 from edd_gateway.state.localfile import LocalContainersSource, LocalPinStore
 from edd_gateway.state.nats import NatsEventFeed
@@ -149,6 +153,24 @@ class ServiceTreeTests(SynchronousTestCase):
         self.assertTrue(os.path.exists(os.path.join(self.work, "host")))
         self.assertTrue(os.path.isdir(os.path.join(self.work, "state")))
         self.assertFalse([s for s in services if isinstance(s, (StateService, LocalContainersSource))])
+
+    def test_one_h2c_pool_for_grpc_routes(self) -> None:
+        _, services = self.build()
+        [pool_service] = [s for s in services if isinstance(s, H2PoolService)]
+        sniffer = self.listeners(services)[0].factory
+        http = sniffer.handlers[Verdict.HTTP]
+        self.assertIsInstance(http, HTTPProxyFactory)  # no prior knowledge unless asked
+        https = sniffer.handlers[Verdict.TLS].terminator.wrappedFactory.http1
+        for factory in (http, https):
+            self.assertIsInstance(factory.http2_relay, H2BackendRelay)
+            self.assertIs(factory.http2_relay.pool, pool_service.pool)
+
+    def test_h2c_prior_knowledge(self) -> None:
+        options, services = self.build("--h2c-prior-knowledge")
+        self.assertTrue(options["h2c-prior-knowledge"])
+        handler = self.listeners(services)[0].factory.handlers[Verdict.HTTP]
+        self.assertIsInstance(handler, PriorKnowledgeFactory)
+        self.assertIsInstance(handler.http1, HTTPProxyFactory)
 
     def test_local_containers_and_routing(self) -> None:
         containers = os.path.join(self.work, "containers.yaml")
