@@ -134,7 +134,16 @@ class BlockingAcme:
         @raise AcmeProblem: the order failed (the CA's problem document in it).
         """
         try:
-            return self._issue(domain, key_pem, publisher)
+            try:
+                return self._issue(domain, key_pem, publisher)
+            except messages.Error as error:
+                if error.code != "accountDoesNotExist":
+                    raise
+                # The CA forgot the stored account (deactivated, or a test CA
+                # restarted): register the key again, and order once more.
+                self.account_uri = None
+                self._net.account = None
+                return self._issue(domain, key_pem, publisher)
         except AcmeProblem:
             raise
         except (errors.Error, messages.Error) as error:
