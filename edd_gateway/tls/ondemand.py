@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from edd_gateway.net.transport import swap_protocol
 from edd_gateway.tls.clienthello_body import ClientHello
+from edd_gateway.tls.context import CertificateSource
 from edd_gateway.tls.listener import ClientHelloProtocol, TLSListenerFactory
 from edd_gateway.tls.secret import LoadedCertificate, ServerPrivateKey
 
@@ -75,8 +76,12 @@ class Refuse:
 SNIAnswer = Union[Terminate, Wait, Validate, Refuse, None]
 
 
-class SNIHook(Protocol):
-    """What the listener asks about a ClientHello's name (L{edd_gateway.issuance.manager.OnDemandSNI})."""
+class SNIHook(CertificateSource, Protocol):
+    """
+    What the listener asks about a ClientHello's name
+    (L{edd_gateway.issuance.sni.OnDemandSNI}); the certificates it answers
+    with, for the contexts' cache (L{CertificateSource}).
+    """
 
     def answer(self, name: str, alpn: tuple[str, ...]) -> SNIAnswer: ...
 
