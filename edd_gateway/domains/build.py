@@ -19,9 +19,10 @@ from edd_gateway.domains.model import DomainDirectory, DomainLookup
 from edd_gateway.domains.router import DomainRouter
 from edd_gateway.domains.service import DomainsService
 from edd_gateway.domains.source import DOMAINS_FEED, PostgresDomains
+from edd_gateway.issuance.challenge_sync import ChallengeSync
 from edd_gateway.issuance.challenges import ChallengeBoard
 from edd_gateway.issuance.issuer import Issuer
-from edd_gateway.issuance.manager import IssuanceManager
+from edd_gateway.issuance.manager import IssuanceManager, replica_name
 from edd_gateway.issuance.options import issuance_settings
 from edd_gateway.issuance.sealing import load_storage_key
 from edd_gateway.issuance.sni import OnDemandSNI
@@ -50,21 +51,23 @@ def build_domains(config: Any, database: PostgresDatabase, containers: Container
                   parent: MultiService, fallback: HostRouter | None) -> CustomDomains:
     """The custom domains read from C{database}'s C{custom_domains}, served to running C{containers}."""
     directory = DomainDirectory()
+    lookup = DomainLookup(directory, containers)
+    issuing = config["acme-directory"] is not None
+    storage = PostgresCertificateStorage(database, load_storage_key(config["acme-storage-key"])) if issuing else None
+    board, holder = ChallengeBoard(), replica_name()
+    sync = ChallengeSync(storage, board, holder) if storage is not None else None
     changes = ChangeFeedListener(database.dsn, reactor, feed=DOMAINS_FEED)
     service = DomainsService(PostgresDomains(database), directory, reactor, changes=changes,
-                             poll_interval=config["poll-interval"], resync_interval=config["resync-interval"])
+                             poll_interval=config["poll-interval"], resync_interval=config["resync-interval"],
+                             on_challenges=sync.read if sync is not None else None)
     service.setServiceParent(parent)
-    lookup = DomainLookup(directory, containers)
-    router = DomainRouter(lookup, config.addressing(), fallback=fallback)
-    domains = CustomDomains(directory, lookup, router, service)
-    if config["acme-directory"] is not None:
-        settings, policy = issuance_settings(config)
-        storage = PostgresCertificateStorage(database, load_storage_key(config["acme-storage-key"]))
-        board = ChallengeBoard()
-        manager = IssuanceManager(lookup, storage, Issuer(settings, storage, board, reactor), board, reactor,
-                                  policy=policy)
-        manager.setServiceParent(parent)
-        router.certificates = manager
-        domains.issuance = manager
-        domains.sni = OnDemandSNI(manager, lookup, board, reactor, policy.first_wait)
-    return domains
+    if storage is None:
+        return CustomDomains(directory, lookup, DomainRouter(lookup, config.addressing(), fallback=fallback),
+                             service)
+    settings, policy = issuance_settings(config)
+    issuer = Issuer(settings, storage, board, reactor, holder=holder)
+    manager = IssuanceManager(lookup, storage, issuer, board, reactor, policy=policy, holder=holder)
+    manager.setServiceParent(parent)
+    router = DomainRouter(lookup, config.addressing(), certificates=manager, fallback=fallback)
+    return CustomDomains(directory, lookup, router, service, manager,
+                         OnDemandSNI(manager, lookup, board, reactor, policy.first_wait))

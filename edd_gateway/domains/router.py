@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from edd_gateway.domains.model import DomainLookup
+from edd_gateway.domains.model import DomainLookup, ServedDomain
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.internal import ACME_HTTP01
 from edd_gateway.routes.containers import ContainerAddressing, HostRouter
@@ -59,6 +59,12 @@ class DomainRouter:
         self.addressing = addressing
         self.certificates = certificates
         self.fallback = fallback
+        # Each served host's two routes (proxied, and redirected once it has a
+        # certificate): building a Route costs more than the rest of the
+        # decision.  Emptied whenever either directory swaps, so nothing
+        # outlives the snapshots it was built from; bounded by the table.
+        self._routes: dict[str, tuple[Route, Route]] = {}
+        lookup.observe(self._routes.clear)
 
     def under_domain(self, host: str) -> bool:
         # True for every custom domain too: their requests skip the static
@@ -68,25 +74,35 @@ class DomainRouter:
 
     def http_match(self, host: str, path: str, transport: Any) -> RouteMatch | None:
         """
-        The route of a served custom domain (a one-off, never cached), else the fallback's answer.
+        The route of a served custom domain, else the fallback's answer.
 
         @raise GatewayError: 503 for a served domain whose container has no address yet.
         """
-        served = self.lookup.served(host)
-        if served is None:
-            return self.fallback.http_match(host, path, transport) if self.fallback is not None else None
-        domain, container = served.domain, served.container
-        source = f"custom domain {host} (container {container.id})"
-        challenge = path.startswith(ACME_CHALLENGE_PATH)
-        if challenge:
+        routes = self._routes.get(host)
+        if routes is None:
+            served = self.lookup.served(host)
+            if served is None:
+                return self.fallback.http_match(host, path, transport) if self.fallback is not None else None
+            routes = self._build(host, served)
+        if path.startswith(ACME_CHALLENGE_PATH):
             answer = self.certificates.http01_answer(host, path[len(ACME_CHALLENGE_PATH):])
             if answer is not None:
                 # The key authorization rides in the target's unused host, so
                 # that the access log's backend= reads internal:acme-http-01.
-                return RouteMatch(Route(host, "/", Target(answer, 0, internal=ACME_HTTP01), source=source), path)
+                return RouteMatch(Route(host, "/", Target(answer, 0, internal=ACME_HTTP01),
+                                        source=routes[0].source), path)
+            return RouteMatch(routes[0], path)
+        redirect = routes[1].redirect_https and self.certificates.has_certificate(host)
+        return RouteMatch(routes[1] if redirect else routes[0], path)
+
+    def _build(self, host: str, served: ServedDomain) -> tuple[Route, Route]:
+        domain, container = served.domain, served.container
         address = self.addressing.host(container)
         if address is None:
             raise GatewayError(503, f"container {container.id} has no address yet")
-        redirect = domain.redirect_https and not challenge and self.certificates.has_certificate(host)
-        route = Route(host, "/", Target(address, domain.target_port), redirect_https=redirect, source=source)
-        return RouteMatch(route, path)
+        source = f"custom domain {host} (container {container.id})"
+        target = Target(address, domain.target_port)
+        routes = (Route(host, "/", target, source=source),
+                  Route(host, "/", target, redirect_https=domain.redirect_https, source=source))
+        self._routes[host] = routes
+        return routes

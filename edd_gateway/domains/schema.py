@@ -8,16 +8,19 @@ The custom domains' tables, as SQL, created with the gateway's own
  - C{gateway_domain_settings}: the gateway's per-domain choices the cloud's
    table has no column for (C{redirect_https}), a table of its own so that
    C{custom_domains} keeps the cloud's exact shape;
- - a trigger on both announcing every change with C{pg_notify} on
-   L{DOMAINS_CHANNEL} (created only when missing; a role that may not create
-   it leaves the gateway polling, with a notice);
+ - a trigger on both (and on the challenges table) announcing every change
+   with C{pg_notify} on L{DOMAINS_CHANNEL}, its payload the table's name
+   (created only when missing; a role that may not create it leaves the
+   gateway polling, with a notice);
  - C{gateway_acme_account}, C{gateway_acme_certificates}: the ACME account
    key and every certificate with its key, keys encrypted (see
    L{edd_gateway.issuance.sealing}), shared by every replica;
  - C{gateway_acme_leases}: which replica issues for a domain now (a lease
    that expires, so a replica that died mid-issuance holds nothing for long);
  - C{gateway_acme_attempts}: every issuance attempt, for the caps that bound
-   all replicas together (per domain, per hour overall).
+   all replicas together (per domain, per hour overall);
+ - C{gateway_acme_challenges}: the challenges placed for orders under way,
+   so that every replica answers the CA's validation.
 """
 
 from __future__ import annotations
@@ -49,6 +52,11 @@ BEGIN
         CREATE TRIGGER {DOMAIN_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON gateway_domain_settings
             FOR EACH STATEMENT EXECUTE FUNCTION {_FUNCTION}();
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{DOMAIN_TRIGGER}'
+                   AND tgrelid = 'gateway_acme_challenges'::regclass) THEN
+        CREATE TRIGGER {DOMAIN_TRIGGER} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON gateway_acme_challenges
+            FOR EACH STATEMENT EXECUTE FUNCTION {_FUNCTION}();
+    END IF;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE NOTICE 'edd-gateway: cannot create the custom domains trigger; polling custom_domains instead';
 END
@@ -75,7 +83,6 @@ DOMAIN_SCHEMA: tuple[str, ...] = (
         redirect_https BOOLEAN NOT NULL DEFAULT true
     )
     """,
-    _TRIGGER_SQL,
     """
     CREATE TABLE IF NOT EXISTS gateway_acme_account (
         directory TEXT PRIMARY KEY,
@@ -109,4 +116,17 @@ DOMAIN_SCHEMA: tuple[str, ...] = (
         outcome TEXT
     )
     """,
+    # Not secret: a key authorization is what the CA reads over plain HTTP.
+    """
+    CREATE TABLE IF NOT EXISTS gateway_acme_challenges (
+        domain TEXT NOT NULL,
+        token TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        key_authorization TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        placed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (domain, token)
+    )
+    """,
+    _TRIGGER_SQL,
 )

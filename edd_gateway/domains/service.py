@@ -2,12 +2,16 @@
 Keeping the domain directory in step with the database: L{DomainsService}
 reads the whole table at start, whenever the change feed announces a change
 or starts listening (after each reconnection too), and as a net every
-C{resync_interval} seconds (every C{poll_interval} while no feed listens).
+C{resync_interval} seconds (every C{poll_interval} while no feed listens,
+asking the feed each time whether its triggers are there now: they come
+with the tables, at the first connect of any replica).
 A failed read keeps the last snapshot and is retried at the next tick; one
 read at a time, and a hint arriving during a read asks for one more.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -17,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from edd_gateway.domains.model import DomainDirectory, DomainSnapshot
-from edd_gateway.domains.source import DomainSource
+from edd_gateway.domains.source import CHALLENGES_TABLE, DomainSource
+from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.sources import ChangeFeed
 from edd_gateway.state.triggers import Change, first_line
 
@@ -30,12 +35,15 @@ class DomainsService(Service):
     """
     @param changes: the domains' change feed (a L{ChangeFeedListener} on
         L{edd_gateway.domains.source.DOMAINS_FEED}), if any.
+    @param on_challenges: called when the same feed says the pending ACME
+        challenges changed, and when it starts listening (issuance's
+        L{edd_gateway.issuance.challenge_sync.ChallengeSync}).
     @ivar reads: how many reads were applied (for tests and /metrics).
     """
 
     def __init__(self, source: DomainSource, directory: DomainDirectory, clock: IReactorTime, *,
                  changes: ChangeFeed | None = None, poll_interval: float = 5.0,
-                 resync_interval: float = 30.0) -> None:
+                 resync_interval: float = 30.0, on_challenges: Callable[[], object] | None = None) -> None:
         self.source = source
         self.directory = directory
         self.changes = changes
@@ -48,16 +56,17 @@ class DomainsService(Service):
         self._poller: LoopingCall | None = None
         self.reads = 0
         self.last_error: str | None = None
+        self._on_challenges = on_challenges or (lambda: None)
         if changes is not None:
-            changes.bind(self._changed, lambda: self.read("the domains feed listening"), self._feed_stopped)
+            changes.bind(self._changed, self._listening, self._feed_stopped)
 
     def startService(self) -> None:
         super().startService()
+        if self.changes is not None:
+            self.changes.start().addErrback(self._feed_failed)
         poller = self._poller = LoopingCall(self._tick)
         poller.clock = self._clock
         poller.start(self._poll_interval, now=True)
-        if self.changes is not None:
-            self.changes.start().addErrback(self._feed_failed)
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
@@ -97,6 +106,10 @@ class DomainsService(Service):
 
     def _read_failed(self, reason: Failure) -> None:
         error = first_line(reason.value) if reason.value is not None else "?"
+        if self._last_read is None and reason.check(DatabaseUnavailable):
+            # Before the state service's first connect: nothing to say yet.
+            self.last_error = error
+            return
         if error != self.last_error:
             _log.warn("domains: cannot read custom_domains ({error}); keeping what was read before", error=error)
         self.last_error = error
@@ -108,7 +121,14 @@ class DomainsService(Service):
             self.read("a change during the last read")
 
     def _tick(self) -> None:
-        listening = self.changes is not None and self.changes.listening
+        changes = self.changes
+        listening = changes is not None and changes.listening
+        if changes is not None and not listening:
+            # The triggers appear with the tables, at the first connect of
+            # any replica: look again (it LISTENs, and tells us, once they are).
+            changes.check()
+        if not listening:
+            self._on_challenges()
         last = self._last_read
         if last is None or self.last_error is not None:
             self.read("start" if last is None else "a failed read")
@@ -118,7 +138,14 @@ class DomainsService(Service):
             self.read("periodic resync")
 
     def _changed(self, change: Change) -> None:
-        self.read(f"a change to {change.table}")
+        if change.table == CHALLENGES_TABLE:
+            self._on_challenges()
+        else:
+            self.read(f"a change to {change.table}")
+
+    def _listening(self) -> None:
+        self.read("the domains feed listening")
+        self._on_challenges()
 
     def _feed_stopped(self, reason: str) -> None:
         _log.warn("domains: the feed stopped ({reason}); polling every {interval:g} s", reason=reason,

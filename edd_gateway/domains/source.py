@@ -20,7 +20,7 @@ from edd_gateway.domains.schema import DOMAIN_TRIGGER, DOMAINS_CHANNEL
 from edd_gateway.state.changefeed import FeedSpec
 from edd_gateway.state.triggers import Change
 
-__all__ = ["DOMAINS_FEED", "DomainSource", "PostgresDomains", "SqlRunner"]
+__all__ = ["CHALLENGES_TABLE", "DOMAINS_FEED", "DomainSource", "PostgresDomains", "SqlRunner"]
 
 _log = Logger()
 
@@ -54,14 +54,20 @@ class PostgresDomains:
         return self._sql.gateway_query(SELECT_DOMAINS).addCallback(convert)
 
 
+#: The table whose notifications say the pending ACME challenges changed (not the domains).
+CHALLENGES_TABLE = "gateway_acme_challenges"
+
+
 def _any_change(payload: str) -> Change:
-    # The table is small and a change rare: any notification re-reads it whole.
-    return Change("custom_domains", full_resync=True)
+    # The payload is the table's name.  The domains table is small and a
+    # change rare: any notification of it re-reads it whole.
+    table = CHALLENGES_TABLE if payload == CHALLENGES_TABLE else "custom_domains"
+    return Change(table, full_resync=True)
 
 
 #: The change feed of C{custom_domains} (and the gateway's settings beside it).
 DOMAINS_FEED = FeedSpec(
     DOMAINS_CHANNEL,
-    "SELECT count(*) FROM pg_trigger WHERE tgname = %s AND tgrelid IN "
-    "(to_regclass('custom_domains'), to_regclass('gateway_domain_settings'))",
-    (DOMAIN_TRIGGER,), 2, "custom_domains, gateway_domain_settings", _any_change)
+    "SELECT count(*) FROM pg_trigger WHERE tgname = %s AND tgrelid IN (to_regclass('custom_domains'),"
+    " to_regclass('gateway_domain_settings'), to_regclass('gateway_acme_challenges'))",
+    (DOMAIN_TRIGGER,), 3, "custom_domains, gateway_domain_settings, gateway_acme_challenges", _any_change)

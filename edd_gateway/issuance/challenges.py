@@ -12,8 +12,10 @@ while an order waits.
    dropped its TLS-ALPN-01 class (it kept HTTP-01 and DNS-01), so the
    challenge type is registered here, on the library's own base class.
 
-The board is in memory, per replica: the CA's validation must reach the
-replica that placed the order (see docs/custom-domains.md).
+The board is in memory, per replica; the replica that places a challenge
+also writes it to the challenges table, whose notification has every other
+replica load it (L{edd_gateway.issuance.challenge_sync}), so the CA's
+validation may reach any of them.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-__all__ = ["ACME_TLS_ALPN", "ChallengeBoard", "TLSALPN01", "TLSALPN01Response", "Validation",
+__all__ = ["ACME_TLS_ALPN", "ChallengeBoard", "PendingChallenge", "TLSALPN01", "TLSALPN01Response", "Validation",
            "validation_certificate"]
 
 #: The ALPN protocol of TLS-ALPN-01 validation handshakes.
@@ -88,12 +90,30 @@ def validation_certificate(domain: str, key_authorization: str) -> Validation:
     return Validation(certificate, key)
 
 
+@dataclass(frozen=True)
+class PendingChallenge:
+    """A challenge some replica placed, as the challenges table holds it (so every replica answers it)."""
+
+    domain: str
+    kind: str
+    token: str
+    key_authorization: str
+
+
 class ChallengeBoard:
-    """The challenges this replica answers now, placed for an order and taken down after it."""
+    """
+    The challenges this replica answers now: its own, placed for its orders
+    and taken down after them, and the other replicas' (L{replace_shared},
+    from the challenges table), so that the CA's validation may reach any
+    replica behind the load balancer.
+    """
 
     def __init__(self) -> None:
         self._http: dict[tuple[str, str], str] = {}
         self._tls: dict[str, Validation] = {}
+        self._shared_http: dict[tuple[str, str], str] = {}
+        self._shared_tls: dict[str, str] = {}
+        self._validations: dict[tuple[str, str], Validation] = {}
 
     def put_http01(self, domain: str, token: str, key_authorization: str) -> None:
         self._http[(domain, token)] = key_authorization
@@ -102,13 +122,31 @@ class ChallengeBoard:
         self._tls[domain] = validation
 
     def clear(self, domain: str) -> None:
-        """Take down every challenge of C{domain}."""
+        """Take down every challenge of C{domain} this replica placed."""
         self._tls.pop(domain, None)
         for key in [key for key in self._http if key[0] == domain]:
             del self._http[key]
 
+    def replace_shared(self, pending: list[PendingChallenge]) -> None:
+        """The other replicas' challenges now (the whole table: what is not in it is gone)."""
+        self._shared_http = {(c.domain, c.token): c.key_authorization for c in pending if c.kind == "http-01"}
+        self._shared_tls = {c.domain: c.key_authorization for c in pending if c.kind == "tls-alpn-01"}
+        wanted = set(self._shared_tls.items())
+        self._validations = {key: value for key, value in self._validations.items() if key in wanted}
+
     def http01(self, domain: str, token: str) -> str | None:
-        return self._http.get((domain, token))
+        return self._http.get((domain, token)) or self._shared_http.get((domain, token))
 
     def tls_alpn01(self, domain: str) -> Validation | None:
-        return self._tls.get(domain)
+        own = self._tls.get(domain)
+        if own is not None:
+            return own
+        key_authorization = self._shared_tls.get(domain)
+        if key_authorization is None:
+            return None
+        # Made once per challenge, at its first validation handshake here.
+        key = (domain, key_authorization)
+        validation = self._validations.get(key)
+        if validation is None:
+            validation = self._validations[key] = validation_certificate(domain, key_authorization)
+        return validation

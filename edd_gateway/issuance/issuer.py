@@ -3,7 +3,8 @@ One issuance, from the reactor's side: the account (loaded from storage,
 or made, registered and saved: the first replica's is every replica's),
 a new key for the domain, the order run in a worker thread
 (L{edd_gateway.issuance.client.BlockingAcme}: the C{acme} library blocks),
-its challenges placed on the L{ChallengeBoard} from the reactor thread, and
+its challenges placed on the L{ChallengeBoard} from the reactor thread and
+in the challenges table for the other replicas, and
 the result as a L{StoredCertificate} ready for storage.
 """
 
@@ -16,9 +17,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 
-from edd_gateway.issuance.challenges import ChallengeBoard, validation_certificate
+from edd_gateway.issuance.challenges import ChallengeBoard, PendingChallenge, validation_certificate
 from edd_gateway.issuance.client import AcmeSettings, BlockingAcme, new_account_key
 from edd_gateway.issuance.storage import CertificateStorage, StoredAccount, StoredCertificate
 
@@ -33,12 +35,26 @@ def thread_runner(reactor: Any) -> RunInThread:
     return lambda function, *args: deferToThreadPool(reactor, reactor.getThreadPool(), function, *args)
 
 
-class BoardPublisher:
-    """The worker thread's way to the board: every change made on the reactor thread (C{call})."""
+#: Seconds between a challenge written to the table and the CA told to validate it: the other
+#: replicas' notification and read (milliseconds on one network), with room to spare.
+SHARE_DELAY = 0.5
 
-    def __init__(self, board: ChallengeBoard, call: Callable[..., Any]) -> None:
+
+class BoardPublisher:
+    """
+    The worker thread's way to the board and the challenges table: every
+    change made on the reactor thread (C{call}, which waits for a Deferred's
+    result), the table written before the CA is told to validate.
+    """
+
+    def __init__(self, board: ChallengeBoard, call: Callable[..., Any], storage: CertificateStorage, holder: str,
+                 clock: Any, share_delay: float = SHARE_DELAY) -> None:
         self._board = board
         self._call = call
+        self._storage = storage
+        self._holder = holder
+        self._clock = clock
+        self._share_delay = share_delay
 
     def publish(self, domain: str, kind: str, token: str, key_authorization: str) -> None:
         if kind == "http-01":
@@ -46,9 +62,15 @@ class BoardPublisher:
         else:
             # Made in the worker thread: an EC key and a signature are the slow part.
             self._call(self._board.put_tls_alpn01, domain, validation_certificate(domain, key_authorization))
+        self._call(self._share, PendingChallenge(domain, kind, token, key_authorization))
+
+    def _share(self, challenge: PendingChallenge) -> Deferred[None]:
+        shared = self._storage.put_challenge(challenge, self._holder)
+        return shared.addCallback(lambda _: deferLater(self._clock, self._share_delay, lambda: None))
 
     def withdraw(self, domain: str) -> None:
         self._call(self._board.clear, domain)
+        self._call(self._storage.delete_challenges, domain, self._holder)
 
 
 def certificate_from_chain(domain: str, chain_pem: str, key_pem: bytes) -> StoredCertificate:
@@ -69,16 +91,17 @@ class Issuer:
     @param call_in_reactor: what the worker thread calls the board through
         (C{blockingCallFromThread} on C{reactor} by default).
     @param make_acme: the blocking client's constructor (a fake in tests).
+    @param holder: this replica's name on the challenges it shares.
     """
 
     def __init__(self, settings: AcmeSettings, storage: CertificateStorage, board: ChallengeBoard, reactor: Any, *,
-                 run: RunInThread | None = None, call_in_reactor: Callable[..., Any] | None = None,
+                 holder: str, run: RunInThread | None = None, call_in_reactor: Callable[..., Any] | None = None,
                  make_acme: Callable[[AcmeSettings, bytes, str | None], Any] = BlockingAcme) -> None:
         self.settings = settings
         self.storage = storage
         self._run = run if run is not None else thread_runner(reactor)
         call = call_in_reactor or (lambda function, *args: blockingCallFromThread(reactor, function, *args))
-        self._publisher = BoardPublisher(board, call)
+        self._publisher = BoardPublisher(board, call, storage, holder, reactor)
         self._make_acme = make_acme
         self._acme: Any = None
 

@@ -32,6 +32,7 @@ from edd_gateway.issuance.client import AcmeProblem
 from edd_gateway.issuance.loaded import loaded_certificate
 from edd_gateway.issuance.policy import Backoff, IssuancePolicy
 from edd_gateway.issuance.storage import CertificateStorage, StoredCertificate
+from edd_gateway.state.postgres import DatabaseUnavailable
 from edd_gateway.state.triggers import first_line
 from edd_gateway.tls.secret import LoadedCertificate
 
@@ -78,6 +79,8 @@ class IssuanceManager(Service):
         self._in_flight: dict[str, Deferred[LoadedCertificate | None]] = {}
         self._backoff = Backoff(policy)
         self._checker: LoopingCall | None = None
+        #: Incremented whenever a served certificate is added or replaced (the TLS contexts' cache follows it).
+        self.generation = 0
 
     # What the HTTP side asks (CertificateView) and the TLS side reads.
     def has_certificate(self, name: str) -> bool:
@@ -88,6 +91,10 @@ class IssuanceManager(Service):
 
     def certificate_for(self, name: str) -> LoadedCertificate | None:
         return self._served.get(name)
+
+    def certificates(self) -> tuple[LoadedCertificate, ...]:
+        """Every certificate served now."""
+        return tuple(self._served.values())
 
     def expiry(self) -> dict[str, float]:
         """Each served certificate's end of validity (POSIX seconds), by domain."""
@@ -122,6 +129,8 @@ class IssuanceManager(Service):
                 self.obtain(name)
 
     def _check_failed(self, reason: Failure) -> None:
+        if reason.check(DatabaseUnavailable) and not self._stored:
+            return  # before the first connect: nothing to say yet
         _log.warn("issuance: cannot read the stored certificates ({error})",
                   error=first_line(reason.value) if reason.value is not None else "?")
 
@@ -143,6 +152,7 @@ class IssuanceManager(Service):
             return False
         self._stored[stored.domain] = stored
         self._served[stored.domain] = loaded
+        self.generation += 1
         return True
 
     def obtain(self, name: str) -> Deferred[LoadedCertificate | None]:

@@ -8,6 +8,7 @@ shared through it) and C{--acme-storage-key} (their keys are sealed with it).
 
 from __future__ import annotations
 
+import os
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,9 @@ def check_acme(config: Any) -> None:
         load_storage_key(config["acme-storage-key"])
     except ValueError as problem:
         raise UsageError(f"--acme-storage-key: {problem}") from None
+    bundle = config["acme-ca-bundle"]
+    if bundle is not None and not os.access(bundle, os.R_OK):
+        raise UsageError(f"--acme-ca-bundle: cannot read {bundle}")
     kinds = tuple(kind.strip() for kind in config["acme-challenges"].split(",") if kind.strip())
     unknown = [kind for kind in kinds if kind not in CHALLENGE_TYPES]
     if not kinds or unknown:

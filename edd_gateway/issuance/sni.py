@@ -45,6 +45,13 @@ class OnDemandSNI:
         self._clock = clock
         self.first_wait = first_wait
 
+    @property
+    def generation(self) -> int:
+        return self.manager.generation
+
+    def certificates(self) -> tuple[LoadedCertificate, ...]:
+        return self.manager.certificates()
+
     def answer(self, name: str, alpn: tuple[str, ...]) -> SNIAnswer:
         if ACME_TLS_ALPN in alpn:
             validation = self.board.tls_alpn01(name)

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from twisted.internet.defer import Deferred, ensureDeferred
 
 from edd_gateway.domains.source import SqlRunner
+from edd_gateway.issuance.challenges import PendingChallenge
 from edd_gateway.issuance.sealing import Sealer
 
 __all__ = ["Attempts", "CertificateStorage", "PostgresCertificateStorage", "StoredAccount", "StoredCertificate"]
@@ -66,6 +67,9 @@ class CertificateStorage(Protocol):
     def release_lease(self, domain: str, holder: str) -> Deferred[None]: ...
     def attempts(self, domain: str) -> Deferred[Attempts]: ...
     def record_attempt(self, domain: str) -> Deferred[None]: ...
+    def put_challenge(self, challenge: PendingChallenge, holder: str) -> Deferred[None]: ...
+    def delete_challenges(self, domain: str, holder: str) -> Deferred[None]: ...
+    def load_challenges(self, other_than: str) -> Deferred[list[PendingChallenge]]: ...
 
 
 _TAKE_LEASE = (
@@ -160,3 +164,21 @@ class PostgresCertificateStorage:
 
     def record_attempt(self, domain: str) -> Deferred[None]:
         return self._sql.gateway_operation("INSERT INTO gateway_acme_attempts (domain) VALUES (%s)", (domain,))
+
+    def put_challenge(self, challenge: PendingChallenge, holder: str) -> Deferred[None]:
+        query = ("INSERT INTO gateway_acme_challenges (domain, token, kind, key_authorization, holder)"
+                 " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (domain, token) DO UPDATE SET kind = EXCLUDED.kind,"
+                 " key_authorization = EXCLUDED.key_authorization, holder = EXCLUDED.holder, placed_at = now()")
+        return self._sql.gateway_operation(query, (challenge.domain, challenge.token, challenge.kind,
+                                                   challenge.key_authorization, holder))
+
+    def delete_challenges(self, domain: str, holder: str) -> Deferred[None]:
+        query = "DELETE FROM gateway_acme_challenges WHERE domain = %s AND holder = %s"
+        return self._sql.gateway_operation(query, (domain, holder))
+
+    def load_challenges(self, other_than: str) -> Deferred[list[PendingChallenge]]:
+        """The challenges other replicas placed within the last hour (older ones are a dead replica's)."""
+        query = ("SELECT domain, kind, token, key_authorization FROM gateway_acme_challenges WHERE holder <> %s"
+                 " AND placed_at > now() - interval '1 hour'")
+        return self._sql.gateway_query(query, (other_than,)).addCallback(
+            lambda rows: [PendingChallenge(domain, kind, token, key) for domain, kind, token, key in rows])

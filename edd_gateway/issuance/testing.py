@@ -5,6 +5,7 @@ from __future__ import annotations
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
 
+from edd_gateway.issuance.challenges import PendingChallenge
 from edd_gateway.issuance.storage import Attempts, StoredAccount, StoredCertificate
 
 __all__ = ["FakeIssuer", "MemoryCertificateStorage", "stored_certificate"]
@@ -19,6 +20,7 @@ class MemoryCertificateStorage:
         self.certificates: dict[str, StoredCertificate] = {}
         self.leases: dict[str, tuple[str, float]] = {}
         self.attempt_times: list[tuple[str, float]] = []
+        self.challenges: dict[tuple[str, str], tuple[PendingChallenge, str]] = {}
 
     def load_account(self, directory: str) -> Deferred[StoredAccount | None]:
         return succeed(self.accounts.get(directory))
@@ -57,6 +59,18 @@ class MemoryCertificateStorage:
     def record_attempt(self, domain: str) -> Deferred[None]:
         self.attempt_times.append((domain, self._clock.seconds()))
         return succeed(None)
+
+    def put_challenge(self, challenge: PendingChallenge, holder: str) -> Deferred[None]:
+        self.challenges[(challenge.domain, challenge.token)] = (challenge, holder)
+        return succeed(None)
+
+    def delete_challenges(self, domain: str, holder: str) -> Deferred[None]:
+        for key in [key for key, (_, by) in self.challenges.items() if key[0] == domain and by == holder]:
+            del self.challenges[key]
+        return succeed(None)
+
+    def load_challenges(self, other_than: str) -> Deferred[list[PendingChallenge]]:
+        return succeed([challenge for challenge, by in self.challenges.values() if by != other_than])
 
 
 def stored_certificate(domain: str, clock: IReactorTime, lifetime: float = 90 * 86400.0,

@@ -258,6 +258,10 @@ class MemoryChangeFeed:
         if self.clock is not None:
             self.clock.advance(0)
 
+    def deliver(self, change: Change) -> None:
+        """A change parsed already (by another feed's parser, e.g. the custom domains')."""
+        self._on_change(change)
+
     def stop(self) -> None:
         self.stopped = True
         self.listening = False

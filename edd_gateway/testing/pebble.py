@@ -52,9 +52,13 @@ class ThrowawayPebble:
     def directory(self) -> str:
         return f"https://127.0.0.1:{self.port}/dir"
 
+    _output_before = ""
+
     @property
     def output(self) -> str:
-        return bytes(self._pebble.out + self._pebble.err).decode("utf-8", "replace") if self._pebble else ""
+        """Everything pebble printed, across restarts."""
+        now = bytes(self._pebble.out + self._pebble.err).decode("utf-8", "replace") if self._pebble else ""
+        return self._output_before + now
 
     @property
     def orders(self) -> int:
@@ -62,6 +66,10 @@ class ThrowawayPebble:
         return self.output.count("Added order")
 
     def _write_files(self) -> Path:
+        path = self.workdir / "pebble-config.json"
+        if path.exists():
+            # A restart: the same TLS certificate, which clients trust already.
+            return path
         now = datetime.now(timezone.utc)
         certificate, key = self_signed_certificate(("localhost", "127.0.0.1"), now - timedelta(hours=1),
                                                    now + timedelta(days=2))
@@ -78,7 +86,6 @@ class ThrowawayPebble:
         }
         if self.validity is not None:
             config["certificateValidityPeriod"] = self.validity
-        path = self.workdir / "pebble-config.json"
         path.write_text(json.dumps({"pebble": config}))
         return path
 
@@ -116,6 +123,12 @@ class ThrowawayPebble:
         path = self.workdir / "pebble-root.pem"
         path.write_bytes(pem)
         return str(path)
+
+    async def restart(self) -> None:
+        """A new pebble on the same ports and TLS certificate: it remembers no account, order or root."""
+        await self.stop()
+        self._output_before = self.output
+        await self.start()
 
     async def stop(self) -> None:
         for run in (self._pebble, self._dns):

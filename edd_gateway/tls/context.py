@@ -15,7 +15,7 @@ policy to us anyway.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Protocol
 
 from OpenSSL import SSL
@@ -29,6 +29,7 @@ from edd_gateway.tls.store import CertificateStore, LoadedCertificate
 __all__ = [
     "ALPN_PROTOCOL",
     "ALPN_WITH_H2",
+    "CertificateSource",
     "TLS12_CIPHERS",
     "CertificateConnectionCreator",
     "PresentsCertificate",
@@ -113,6 +114,14 @@ def _accept_server_name(connection: SSL.Connection) -> None:
     """
 
 
+class CertificateSource(Protocol):
+    """Certificates served besides the store's (custom domains' on-demand ones), with a change counter."""
+
+    @property
+    def generation(self) -> int: ...
+    def certificates(self) -> Iterable[LoadedCertificate]: ...
+
+
 class PresentsCertificate(Protocol):
     """A TLS transport given its certificate before its handshake (L{edd_gateway.tls.terminated.TerminatedTLS})."""
 
@@ -147,12 +156,14 @@ class CertificateConnectionCreator:
         ticket_keys: _openssl.TicketKeyLookup | None = None,
         tickets: bool = True,
         alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
+        extra: CertificateSource | None = None,
     ) -> None:
         self._store = store
+        self._extra = extra
         self._alpn = tuple(alpn)
         self._log = Logger() if log is None else log
         self._contexts: dict[LoadedCertificate, _CertificateContext] = {}
-        self._generation = store.generation
+        self._generation = self._generations()
         self._tickets = tickets
         # The first context carries the policy, the session cache and the
         # ticket keys for every connection (OpenSSL uses the connection's
@@ -169,6 +180,9 @@ class CertificateConnectionCreator:
         self._log.error("tls: the session ticket callback failed ({problem}); that handshake went without "
                         "its ticket", problem=repr(problem))
 
+    def _generations(self) -> tuple[int, int]:
+        return self._store.generation, self._extra.generation if self._extra is not None else 0
+
     def serverConnectionForTLS(self, tlsProtocol: PresentsCertificate) -> SSL.Connection:
         return self.connection_for(tlsProtocol.certificate)
 
@@ -180,12 +194,16 @@ class CertificateConnectionCreator:
 
     def context_for(self, certificate: LoadedCertificate) -> SSL.Context:
         """The (cached) context presenting C{certificate}."""
-        if self._generation != self._store.generation:
-            # Drop contexts of replaced certificates; open connections keep
-            # theirs alive through their own reference.
+        generation = self._generations()
+        if self._generation != generation:
+            # Drop contexts of replaced certificates (the store's, and the
+            # ones obtained on demand); open connections keep theirs alive
+            # through their own reference.
             current = set(self._store.certificates())
+            if self._extra is not None:
+                current.update(self._extra.certificates())
             self._contexts = {c: x for c, x in self._contexts.items() if c in current}
-            self._generation = self._store.generation
+            self._generation = generation
         context = self._contexts.get(certificate)
         if context is None:
             context = self._contexts[certificate] = _policy_context(certificate, self._tickets, self._alpn)
@@ -198,12 +216,15 @@ def server_connection_creator(
     ticket_keys: _openssl.TicketKeyLookup | None = None,
     tickets: bool = True,
     alpn: Sequence[bytes] = (ALPN_PROTOCOL,),
+    extra: CertificateSource | None = None,
 ) -> CertificateConnectionCreator:
     """
     The connection creator terminating TLS with C{store}'s certificates (and
-    C{ticket_keys}' keys), negotiating the first of C{alpn} a client offers.
+    C{ticket_keys}' keys), negotiating the first of C{alpn} a client offers;
+    C{extra}'s certificates are served too (their contexts dropped once replaced).
     """
-    return CertificateConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets, alpn=alpn)
+    return CertificateConnectionCreator(store, log=log, ticket_keys=ticket_keys, tickets=tickets, alpn=alpn,
+                                        extra=extra)
 
 
 def negotiated_server_name(connection: SSL.Connection) -> str | None:

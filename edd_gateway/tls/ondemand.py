@@ -15,7 +15,8 @@ each ClientHello's name before the usual choice, and the hook answers:
    decide as on any listener.
 
 A route that passes the name through wins over the hook, as it wins over
-every certificate.
+every certificate; so does a certificate of the secret store that covers
+the name (the operator's choice is kept, and nothing is issued for it).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from zope.interface import implementer
 
 from edd_gateway.net.transport import swap_protocol
 from edd_gateway.tls.clienthello_body import ClientHello
+from edd_gateway.tls.context import CertificateSource
 from edd_gateway.tls.listener import ClientHelloProtocol, TLSListenerFactory
 from edd_gateway.tls.secret import LoadedCertificate, ServerPrivateKey
 
@@ -74,8 +76,12 @@ class Refuse:
 SNIAnswer = Union[Terminate, Wait, Validate, Refuse, None]
 
 
-class SNIHook(Protocol):
-    """What the listener asks about a ClientHello's name (L{edd_gateway.issuance.manager.OnDemandSNI})."""
+class SNIHook(CertificateSource, Protocol):
+    """
+    What the listener asks about a ClientHello's name
+    (L{edd_gateway.issuance.sni.OnDemandSNI}); the certificates it answers
+    with, for the contexts' cache (L{CertificateSource}).
+    """
 
     def answer(self, name: str, alpn: tuple[str, ...]) -> SNIAnswer: ...
 
@@ -87,7 +93,10 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
 
     def _decide(self, hello: ClientHello) -> None:
         name = hello.server_name
-        if name is None or self._factory.routes.current.tls_passthrough(name) is not None:
+        if (name is None or self._factory.routes.current.tls_passthrough(name) is not None
+                or self._factory.store.covering(name) is not None):
+            # A passthrough route, or a certificate the operator gave for the
+            # name (--tls-dir), wins over anything obtained on demand.
             super()._decide(hello)
             return
         answer = self._factory.hook.answer(name, hello.alpn)
@@ -109,7 +118,7 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
         transport = self.transport
         assert transport is not None
         # Nothing is read while the certificate is obtained: the ClientHello is all there is to hold.
-        transport.pauseProducing()  # type: ignore[attr-defined]  # a TCP transport
+        _call_if_any(transport, "pauseProducing")
         self._log.info("tls: {client} SNI {sni}: no certificate yet; waiting for it", client=self.client,
                        sni=hello.server_name)
 
@@ -121,7 +130,7 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
                 self._refuse("SNI {sni}: {reason}", _ALERT_INTERNAL_ERROR, sni=hello.server_name,
                              reason=answer.reason)
                 return
-            transport.resumeProducing()  # type: ignore[attr-defined]  # a TCP transport
+            _call_if_any(transport, "resumeProducing")
             self._terminate(hello, certificate)
 
         def failed(reason: Failure) -> None:
@@ -140,6 +149,13 @@ class OnDemandHelloProtocol(ClientHelloProtocol):
         self.transport = None
         tls.dataReceived(self._parser.buffered)
         self._factory.clock.callLater(VALIDATION_TIMEOUT, _abort_if_open, transport, tls)
+
+
+def _call_if_any(transport: Any, name: str) -> None:
+    """Pause or resume reading where the transport can (TCP and its wrappers can; a test's may not)."""
+    method = getattr(transport, name, None)
+    if method is not None:
+        method()
 
 
 def _abort_if_open(transport: Any, tls: Any) -> None:

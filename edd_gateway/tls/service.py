@@ -274,7 +274,8 @@ def build_tls(
     store = load_store(tls_dirs, default_cert, dev_cert_dir, reactor)
     if tickets is None:
         tickets = TicketSetup(True)
-    creator = server_connection_creator(store, ticket_keys=tickets.ring, tickets=tickets.enabled, alpn=alpn)
+    creator = server_connection_creator(store, ticket_keys=tickets.ring, tickets=tickets.enabled, alpn=alpn,
+                                        extra=sni_hook)
     hooked = {} if sni_hook is None else {"hook": sni_hook}
     factory = (TLSListenerFactory if sni_hook is None else OnDemandTLSListenerFactory)(
         routes,

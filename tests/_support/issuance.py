@@ -9,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+from edd_gateway.issuance.challenges import PendingChallenge
 from edd_gateway.issuance.storage import CertificateStorage, StoredAccount, StoredCertificate
 
 NOT_BEFORE = datetime(2026, 12, 1, tzinfo=timezone.utc)
@@ -74,3 +75,18 @@ class CertificateStorageTestsMixin:
         await storage.record_attempt("b.test")
         attempts = await storage.attempts("a.test")
         self.check().assertEqual((attempts.domain, attempts.overall), (2, 3))
+
+    async def test_challenges(self) -> None:
+        storage = await self.make_storage()
+        one = PendingChallenge("a.test", "http-01", "tok1", "tok1.thumb")
+        two = PendingChallenge("a.test", "tls-alpn-01", "tok2", "tok2.thumb")
+        await storage.put_challenge(one, "replica-1")
+        await storage.put_challenge(two, "replica-1")
+        await storage.put_challenge(PendingChallenge("b.test", "http-01", "tok3", "tok3.thumb"), "replica-2")
+        seen = await storage.load_challenges("replica-2")
+        self.check().assertEqual(sorted(seen, key=lambda c: c.token), [one, two])
+        await storage.delete_challenges("a.test", "replica-2")
+        self.check().assertEqual(len(await storage.load_challenges("replica-2")), 2)
+        await storage.delete_challenges("a.test", "replica-1")
+        self.check().assertEqual(await storage.load_challenges("replica-2"), [])
+        self.check().assertEqual(len(await storage.load_challenges("replica-1")), 1)

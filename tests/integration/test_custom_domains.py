@@ -161,6 +161,36 @@ class CustomDomainsTests(EndToEndMixin, TestCase):
             self.assertEqual(refused.status, 404, refused.describe())
         self.assertEqual(self.pebble.orders, orders)
 
+    async def check_validation_elsewhere(self, challenges: str, evidence: str) -> None:
+        # Pebble validates at the first gateway's listener; the order is placed by a second one.
+        await self.start_all(challenges)
+        issuing = await self.start_gateway(self.args)
+        await self.served_plain(issuing.port)
+        response, seconds = await self.first_https(issuing.port)
+        self.assertEqual(response.status, 200, response.describe())
+        print(f"\nfirst connection, validated at another replica: {seconds:.2f} s")
+        self.assertIn("obtained a certificate for app.example.test", issuing.log_text())
+        self.assertNotIn("obtained a certificate", self.gateway.log_text())
+        self.assertIn(evidence, self.gateway.log_text())
+
+    async def test_http01_answered_by_another_replica(self) -> None:
+        await self.check_validation_elsewhere("http-01", "backend=internal:acme-http-01")
+
+    async def test_tls_alpn01_answered_by_another_replica(self) -> None:
+        await self.check_validation_elsewhere("tls-alpn-01", "ACME TLS-ALPN-01 validation handshake")
+
+    async def test_ca_forgets_the_account(self) -> None:
+        await self.start_all("http-01")
+        response, _ = await self.first_https(self.port)
+        self.assertEqual(response.status, 200, response.describe())
+        await self.pebble.restart()
+        self.root = self.pebble.fetch_root()
+        await add_domain(self.server, "b.example.test", "web1", self.backend.port)
+        await self.served_plain(self.port, "b.example.test")
+        response, _ = await self.first_https(self.port, "b.example.test")
+        self.assertEqual(response.status, 200, response.describe())
+        self.assertEqual(self.pebble.output.count("There are now 1 accounts in memory"), 2)
+
     async def test_renewal_without_restart(self) -> None:
         await self.start_all("http-01", validity=15)
         response, _ = await self.first_https(self.port)

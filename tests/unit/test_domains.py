@@ -16,6 +16,7 @@ from edd_gateway.domains.model import DomainDirectory, DomainLookup, DomainSnaps
 from edd_gateway.domains.router import DomainRouter
 from edd_gateway.domains.rows import domains_from_rows, normalize_domain
 from edd_gateway.domains.service import DomainsService
+from edd_gateway.domains.source import DOMAINS_FEED
 from edd_gateway.domains.testing import MemoryDomains, domain
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.routes.containers import ContainerAddressing, ContainerRouter
@@ -122,6 +123,20 @@ class ServiceTests(SynchronousTestCase):
         self.clock.pump([5] * 6)
         self.assertEqual(service.reads, reads + 1)
 
+    def test_challenge_notifications(self) -> None:
+        calls: list[int] = []
+        service = DomainsService(self.source, self.directory, self.clock, changes=self.changes,
+                                 on_challenges=lambda: calls.append(1))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertEqual(calls, [1], "read when the feed starts listening")
+        reads = self.source.reads
+        # The domains feed's payloads are table names, parsed by its own FeedSpec.
+        self.changes.deliver(DOMAINS_FEED.parse("gateway_acme_challenges"))
+        self.assertEqual((calls, self.source.reads), ([1, 1], reads))
+        self.changes.deliver(DOMAINS_FEED.parse("custom_domains"))
+        self.assertEqual((calls, self.source.reads), ([1, 1], reads + 1))
+
     def test_failed_read_keeps_snapshot(self) -> None:
         service = self.start()
         self.source.down = True
@@ -169,8 +184,7 @@ class RouterTests(SynchronousTestCase):
         match = self.router.http_match("app.example.test", "/x", self.transport)
         assert match is not None
         self.assertTrue(match.route.redirect_https)
-        no_redirect = DomainDirectory(DomainSnapshot({"app.example.test": domain(redirect_https=False)}, True))
-        self.router.lookup = DomainLookup(no_redirect, self.containers)
+        self.domains.swap(DomainSnapshot({"app.example.test": domain(redirect_https=False)}, True))
         match = self.router.http_match("app.example.test", "/x", self.transport)
         assert match is not None
         self.assertFalse(match.route.redirect_https)
@@ -202,3 +216,19 @@ class RouterTests(SynchronousTestCase):
         with self.assertRaises(GatewayError) as raised:
             self.router.http_match("app.example.test", "/", self.transport)
         self.assertEqual(raised.exception.status, 503)
+
+
+class FeedAppearsTests(SynchronousTestCase):
+    def test_triggers_looked_for_at_each_poll(self) -> None:
+        clock, changes = Clock(), MemoryChangeFeed(installed=False)
+        calls: list[int] = []
+        service = DomainsService(MemoryDomains(), DomainDirectory(), clock, changes=changes, poll_interval=5,
+                                 on_challenges=lambda: calls.append(1))
+        service.startService()
+        self.addCleanup(service.stopService)
+        self.assertFalse(changes.listening)
+        polled = len(calls)
+        changes.installed = True
+        clock.advance(5)
+        self.assertTrue(changes.listening)
+        self.assertGreater(len(calls), polled)

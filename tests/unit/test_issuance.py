@@ -14,7 +14,9 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.domains.model import DomainDirectory, DomainLookup, DomainSnapshot
 from edd_gateway.domains.testing import domain
-from edd_gateway.issuance.challenges import ChallengeBoard, validation_certificate
+from edd_gateway.issuance.challenge_sync import ChallengeSync
+from edd_gateway.issuance.challenges import ChallengeBoard, PendingChallenge, validation_certificate
+from edd_gateway.issuance.issuer import BoardPublisher
 from edd_gateway.issuance.client import AcmeProblem
 from edd_gateway.issuance.manager import IssuanceManager
 from edd_gateway.issuance.policy import IssuancePolicy
@@ -161,3 +163,32 @@ class UnreachableCATests(ManagerCase):
         self.assertEqual(self.manager.counts.failed, 1)
         self.assertIsNone(self.successResultOf(self.manager.obtain(NAME)))
         self.assertEqual(len(self.issuer.calls), 1)
+
+
+class SharedChallengeTests(ManagerCase):
+    def test_other_replicas_challenges_answered_here(self) -> None:
+        self.storage.put_challenge(PendingChallenge(NAME, "http-01", "tok", "tok.thumb"), "other")
+        self.storage.put_challenge(PendingChallenge(NAME, "tls-alpn-01", "tok2", "tok2.thumb"), "other")
+        self.storage.put_challenge(PendingChallenge("mine.test", "http-01", "t", "t.thumb"), "me")
+        sync = ChallengeSync(self.storage, self.board, "me")
+        sync.read()
+        self.assertEqual(self.board.http01(NAME, "tok"), "tok.thumb")
+        self.assertIsNone(self.board.http01("mine.test", "t"), "its own are on the board already")
+        validation = self.board.tls_alpn01(NAME)
+        assert validation is not None
+        self.assertIs(self.board.tls_alpn01(NAME), validation, "made once")
+        self.storage.delete_challenges(NAME, "other")
+        sync.read()
+        self.assertIsNone(self.board.http01(NAME, "tok"))
+        self.assertIsNone(self.board.tls_alpn01(NAME))
+
+    def test_publisher_shares_before_validation(self) -> None:
+        publisher = BoardPublisher(self.board, lambda function, *args: function(*args), self.storage, "me",
+                                   self.clock)
+        publisher.publish(NAME, "http-01", "tok", "tok.thumb")
+        self.assertEqual(self.board.http01(NAME, "tok"), "tok.thumb")
+        self.assertEqual(list(self.storage.challenges), [(NAME, "tok")])
+        publisher.withdraw(NAME)
+        self.assertIsNone(self.board.http01(NAME, "tok"))
+        self.assertEqual(self.storage.challenges, {})
+        self.clock.advance(1)

@@ -38,6 +38,8 @@ class AcmeOptionsTests(SynchronousTestCase):
         self.assertIn("--acme-directory must be", self.refused("--database", DSN, "--acme-directory", "ca.test",
                                                                 *key))
         self.assertIn("--acme-renew-fraction", self.refused(*base, *key, "--acme-renew-fraction", "1.5"))
+        self.assertIn("--acme-ca-bundle: cannot read", self.refused(*base, *key, "--acme-ca-bundle",
+                                                                     self.mktemp()))
 
     def test_settings(self) -> None:
         options = Options()
