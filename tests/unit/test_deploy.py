@@ -30,6 +30,7 @@ import yaml
 from twisted.python.usage import UsageError
 from twisted.trial.unittest import SynchronousTestCase
 
+from edd_gateway.issuance.sealing import generate_key_text
 from edd_gateway.routes.loader import load_routes_file, load_routes_text
 from edd_gateway.tap import Options
 from edd_gateway.testing import require_module
@@ -215,10 +216,18 @@ class EnvironmentMixin:
         environ = dict(os.environ)
         environ["DATABASE_URL"] = EXAMPLE_DATABASE_URL
         self.patch(os, "environ", environ)  # type: ignore[attr-defined]
+        # The parser opens the ACME storage key: a real key stands in for
+        # the one the pod mounts from its secret.
+        self.storage_key = self.mktemp()  # type: ignore[attr-defined]
+        with open(self.storage_key, "w") as file:
+            file.write(generate_key_text())
+
+    def in_this_test(self, argv: list[str]) -> list[str]:
+        return [argument.replace(POD_STORAGE_KEY, self.storage_key) for argument in argv]
 
     def gatewayOptions(self, argv: list[str]) -> Options:
         options = Options()
-        options.parseOptions(argv)
+        options.parseOptions(self.in_this_test(argv))
         return options
 
     def twistdOptions(self, argv: list[str]) -> Any:
@@ -226,8 +235,12 @@ class EnvironmentMixin:
         from twisted.scripts.twistd import ServerOptions
 
         config = ServerOptions()
-        config.parseOptions(argv)
+        config.parseOptions(self.in_this_test(argv))
         return config
+
+
+#: Where the Deployment mounts the edd-gateway-acme secret's key.
+POD_STORAGE_KEY = "/etc/edd-gateway/acme/storage-key"
 
 
 def deployment_args() -> list[str]:
@@ -505,6 +518,16 @@ class ConsistencyTests(EnvironmentMixin, SynchronousTestCase):
             self.assertIn("secret", volume, option)
             self.assertProjected(volume, relative)
             self.assertEqual(volume["secret"]["defaultMode"], 0o440, option)
+
+    def test_acme_storage_key_is_mounted(self) -> None:
+        """Custom domains are on, with the sealing key from a secret both replicas mount."""
+        options = self.options()
+        self.assertTrue(options["acme-directory"].startswith("https://"))
+        self.assertIn(f"--acme-storage-key={POD_STORAGE_KEY}", deployment_args())
+        volume, relative = self.mounted(POD_STORAGE_KEY)
+        self.assertEqual(volume["secret"]["secretName"], "edd-gateway-acme")
+        self.assertProjected(volume, relative)
+        self.assertEqual(volume["secret"]["defaultMode"], 0o440)
 
     def test_grace_period_outlasts_the_drain(self) -> None:
         """SIGKILL comes after preStop and the whole drain timeout."""
