@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -39,6 +38,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway.h2.backend_exchange import BackendExchange
+from edd_gateway.h2.framing import FramingConnection
 from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 from edd_gateway.h2.guard import FrameGuard, Violation
@@ -74,7 +74,7 @@ class H2ServerProtocol(Protocol):
         self._ready: dict[H2Stream, None] = {}
         self.client_ip = ""
         self.context: ClientContext
-        self.h2: H2Connection
+        self.h2: FramingConnection
 
     # Connection
 
@@ -91,7 +91,7 @@ class H2ServerProtocol(Protocol):
         # request's time.  Inbound ones are checked by h1_view, in the pass
         # that reads them (RFC 9113 8.1.1's stream error, not h2's
         # connection error, and a tenth of a request cheaper).
-        self.h2 = H2Connection(H2Configuration(client_side=False, header_encoding=None,
+        self.h2 = FramingConnection(H2Configuration(client_side=False, header_encoding=None,
                                                validate_outbound_headers=False,
                                                normalize_outbound_headers=False,
                                                validate_inbound_headers=False,
@@ -229,7 +229,7 @@ class H2ServerProtocol(Protocol):
         self._send_soon()
 
     def send_headers(self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False) -> None:
-        self.h2.send_headers(stream_id, headers, end_stream=end_stream)
+        self.h2.send_response_head(stream_id, headers, end_stream=end_stream)
         self._send_soon()
 
     def send_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> int:
@@ -245,8 +245,8 @@ class H2ServerProtocol(Protocol):
         sent = 0
         while sent < allowed:
             size = min(frame, allowed - sent)
-            h2.send_data(stream_id, data[sent:sent + size],
-                         end_stream=end_stream and sent + size == len(data))
+            h2.send_data_frame(stream_id, data[sent:sent + size],
+                               end_stream=end_stream and sent + size == len(data))
             sent += size
         if sent:
             self._send_soon()
