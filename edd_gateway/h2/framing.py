@@ -15,8 +15,6 @@ go through C{h2}.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 from h2.connection import ConnectionInputs, H2Connection
 from h2.stream import StreamInputs
 
@@ -34,13 +32,12 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
 class FramingConnection(H2Connection):
     """An C{H2Connection} (server side) whose final response heads and DATA are written without frame objects."""
 
-    def send_response_head(self, stream_id: int, headers: Iterable[tuple[bytes, bytes]],
+    def send_response_head(self, stream_id: int, headers: list[tuple[bytes, bytes]],
                            end_stream: bool = False) -> None:
         """
         Send a stream's head: a final response's (C{:status} first, 2xx to
         5xx) here, anything else (1xx, trailers) by C{h2}'s C{send_headers}.
         """
-        headers = list(headers)
         stream = self.streams.get(stream_id)
         if (stream is None or not headers or headers[0][0] != b":status" or headers[0][1][:1] == b"1"
                 or stream.state_machine.headers_sent):

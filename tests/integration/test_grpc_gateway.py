@@ -38,6 +38,17 @@ class GrpcGatewayMixin(EndToEndMixin):
         """A grpcio call in a thread, so that the reactor (and the gateway's log reader) keeps running."""
         return await deferToThread(call)  # type: ignore[no-any-return]  # deferToThread is untyped
 
+    async def rpc_error(self, method: Any, request: bytes = b"") -> Any:
+        """The RpcError a unary C{method} raises (failing the test if the call succeeds)."""
+        def call() -> Any:
+            try:
+                method(request, timeout=10)
+            except self.grpc.RpcError as error:
+                return error
+            raise AssertionError("the call succeeded")
+
+        return await self.blocking(call)
+
     async def start_backend_and_gateway(self, args: list[str], extra_routes: Sequence[dict[str, Any]] = ()) -> None:
         self.backend = start_grpc_server()
         self.addCleanup(self.backend.stop)  # type: ignore[attr-defined]  # a TestCase mixin
@@ -100,14 +111,7 @@ class GrpcOverTLSTests(GrpcGatewayMixin, TestCase):
         self.assertEqual(trailers["x-trailer"], "yes")
 
     async def test_the_backend_status_passes_through(self) -> None:
-        def call() -> Any:
-            try:
-                self.method("unary_unary", "Missing")(b"", timeout=10)
-            except self.grpc.RpcError as error:
-                return error
-            raise AssertionError("the call succeeded")
-
-        error = await self.blocking(call)
+        error = await self.rpc_error(self.method("unary_unary", "Missing"))
         self.assertEqual((error.code(), error.details()), (self.grpc.StatusCode.NOT_FOUND, "no such thing"))
 
     async def test_the_status_after_a_message_passes_through(self) -> None:
@@ -125,15 +129,8 @@ class GrpcOverTLSTests(GrpcGatewayMixin, TestCase):
         self.assertEqual(error.code(), self.grpc.StatusCode.NOT_FOUND)
 
     async def failed_call(self, channel: Any) -> Any:
-        def call() -> Any:
-            try:
-                channel.unary_unary(f"/{SERVICE}/Echo", request_serializer=None,
-                                    response_deserializer=None)(b"x", timeout=10)
-            except self.grpc.RpcError as error:
-                return error
-            raise AssertionError("the call succeeded")
-
-        return await self.blocking(call)
+        return await self.rpc_error(channel.unary_unary(f"/{SERVICE}/Echo", request_serializer=None,
+                                                        response_deserializer=None), b"x")
 
     async def test_a_backend_down_is_unavailable(self) -> None:
         error = await self.failed_call(self.secure_channel("down.test", self.root))
@@ -201,14 +198,7 @@ class GrpcPriorKnowledgeTests(GrpcGatewayMixin, TestCase):
         self.assertIn("proto=h2c grpc-status=0", self.gateway.log_text())
 
     async def test_the_backend_status_passes_through(self) -> None:
-        def call() -> Any:
-            try:
-                self.method("unary_unary", "Missing")(b"", timeout=10)
-            except self.grpc.RpcError as error:
-                return error
-            raise AssertionError("the call succeeded")
-
-        error = await self.blocking(call)
+        error = await self.rpc_error(self.method("unary_unary", "Missing"))
         self.assertEqual(error.code(), self.grpc.StatusCode.NOT_FOUND)
 
     async def test_a_call_in_flight_finishes_through_the_drain(self) -> None:
