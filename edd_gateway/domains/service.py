@@ -98,8 +98,10 @@ class DomainsService(Service):
         self.reads += 1
         self.last_error = None
         before = self.directory.current
-        self.directory.swap(DomainSnapshot(domains, ready=True))
         if not before.ready or before.domains != domains:
+            # Only a change is swapped in: observers (the router's cache of
+            # built routes) keep what they have across an unchanged poll.
+            self.directory.swap(DomainSnapshot(domains, ready=True))
             listed = sum(1 for domain in domains.values() if domain.listed)
             _log.info("domains: {count} custom domains ({listed} verified or active) read after {reason}",
                       count=len(domains), listed=listed, reason=reason)

@@ -18,7 +18,7 @@ from edd_gateway.domains.model import CustomDomain
 from edd_gateway.domains.rows import SELECT_DOMAINS, domains_from_rows
 from edd_gateway.domains.schema import DOMAIN_TRIGGER, DOMAINS_CHANNEL
 from edd_gateway.state.changefeed import FeedSpec
-from edd_gateway.state.triggers import Change
+from edd_gateway.state.triggers import Change, present_query
 
 __all__ = ["CHALLENGES_TABLE", "DOMAINS_FEED", "DomainSource", "PostgresDomains", "SqlRunner"]
 
@@ -66,8 +66,6 @@ def _any_change(payload: str) -> Change:
 
 
 #: The change feed of C{custom_domains} (and the gateway's settings beside it).
-DOMAINS_FEED = FeedSpec(
-    DOMAINS_CHANNEL,
-    "SELECT count(*) FROM pg_trigger WHERE tgname = %s AND tgrelid IN (to_regclass('custom_domains'),"
-    " to_regclass('gateway_domain_settings'), to_regclass('gateway_acme_challenges'))",
-    (DOMAIN_TRIGGER,), 3, "custom_domains, gateway_domain_settings, gateway_acme_challenges", _any_change)
+_FEED_TABLES = ("custom_domains", "gateway_domain_settings", CHALLENGES_TABLE)
+DOMAINS_FEED = FeedSpec(DOMAINS_CHANNEL, present_query(_FEED_TABLES), (DOMAIN_TRIGGER,), len(_FEED_TABLES),
+                        ", ".join(_FEED_TABLES), _any_change)

@@ -31,7 +31,6 @@ from edd_gateway.h2.backend_connection import (
 from edd_gateway.http.errors import GatewayError
 from edd_gateway.http.upstream import connect_error
 from edd_gateway.net.connect import OneProtocolFactory, backend_endpoint
-from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.model import Target
 
 __all__ = ["BackendStream", "BackendStreamListener", "H2BackendPool", "H2BackendProtocol", "H2PoolService", "Headers"]
@@ -159,8 +158,6 @@ class H2BackendPool:
         def connected(_: object) -> H2BackendProtocol:
             backend.opening -= 1
             if protocol.h2 is not None:  # not closed by the backend in the same turn
-                # A turn's frames leave in one write; Nagle would hold the next turn's behind its ACK.
-                set_no_delay(protocol.transport)
                 backend.connections.append(protocol)
             return protocol
 

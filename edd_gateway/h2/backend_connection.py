@@ -29,6 +29,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from edd_gateway.h2.backend_h2 import backend_h2
+from edd_gateway.net.transport import set_no_delay
 from edd_gateway.routes.model import Target
 
 __all__ = ["BackendStream", "BackendStreamListener", "ConnectionOwner", "H2BackendProtocol", "Headers", "checked"]
@@ -141,6 +142,9 @@ class H2BackendProtocol(Protocol):
     def connectionMade(self) -> None:
         self.h2 = backend_h2(self.pool.stream_window)
         self.transport.registerProducer(self, True)  # type: ignore[union-attr]  # TCP transports have it
+        # Before the preface, as the HTTP/1.1 side does: a turn's frames leave
+        # in one write, and Nagle would hold the next turn's behind its ACK.
+        set_no_delay(self.transport)
         self._send()
 
     def dataReceived(self, data: bytes) -> None:

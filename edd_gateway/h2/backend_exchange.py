@@ -105,7 +105,7 @@ class BackendExchange(RequestRecordFields):
         self.stream = stream
         context = self.context = stream.context
         self.info, self.route, self.pool = info, route, pool
-        self.grpc = is_grpc(info.headers) or route.protocol == "grpc"
+        self.grpc = route.protocol == "grpc" or is_grpc(info.headers)
         self.head = backend_request_headers(info, path_and_query, context.client_ip, context.scheme,
                                             context.trusted_peer)
         self.upstream: BackendStream | None = None
@@ -379,9 +379,7 @@ class BackendExchange(RequestRecordFields):
         """
         self.finished = True
         self._stop_timer()
-        unacknowledged, self._unacknowledged = self._unacknowledged, 0
-        if self.upstream is not None and unacknowledged:
-            self.upstream.consumed(unacknowledged)
+        self.client_window_open()
 
     def _stop_timer(self) -> None:
         if self._timer is not None:

@@ -33,8 +33,8 @@ def backend_request_headers(info: RequestInfo, path_and_query: bytes, client_ip:
     if info.host is not None:
         head.append((b":authority", info.host))
     forwarded_for = real_ip = proto = forwarded_host = b""
+    # The fields are h1_view's: names lower-case, te only "trailers" (RFC 9113 8.2).
     for name, value in info.headers:
-        name = name.lower()
         if name in FORWARDING:
             if not trusted:
                 continue
@@ -50,8 +50,7 @@ def backend_request_headers(info: RequestInfo, path_and_query: bytes, client_ip:
                 head.append((name, value))
         elif name == b"te":
             # RFC 9113 8.2.2: the only TE HTTP/2 allows; gRPC needs it.
-            if value.strip().lower() == b"trailers":
-                head.append((b"te", b"trailers"))
+            head.append((b"te", b"trailers"))
         elif name not in _SKIPPED:
             head.append((name, value))
     client = client_ip.encode("ascii")

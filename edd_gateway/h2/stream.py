@@ -221,8 +221,7 @@ class H2Stream:
             # 1xx: sent as they come, the final head follows.
             self.connection.send_headers(self.stream_id, head)
             return
-        self._pending_head = head
-        self.connection.stream_ready(self)
+        self.send_head(head)
 
     def _body(self, data: bytes) -> None:
         if self.closed or not data:

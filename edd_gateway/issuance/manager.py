@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.service import Service
@@ -55,7 +55,6 @@ class IssuanceCounts:
     failed: int = 0
     capped: int = 0
     loaded_from_peers: int = 0
-    outcomes: dict[str, int] = field(default_factory=dict)
 
 
 class IssuanceManager(Service):

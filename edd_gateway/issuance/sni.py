@@ -20,7 +20,6 @@ L{edd_gateway.tls.ondemand.SNIHook}): what a ClientHello's name gets.
 
 from __future__ import annotations
 
-from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -67,14 +66,6 @@ class OnDemandSNI:
                     f"no certificate within {self.first_wait:g} s (the issuance goes on; try again shortly)")
 
     def _bounded(self, obtaining: Deferred[LoadedCertificate | None]) -> Deferred[LoadedCertificate | None]:
-        waited: Deferred[LoadedCertificate | None] = Deferred()
-
-        def settle(result: Any) -> None:
-            if timer.active():
-                timer.cancel()
-            if not waited.called:
-                waited.callback(result if isinstance(result, LoadedCertificate) else None)
-
-        timer = self._clock.callLater(self.first_wait, settle, None)
-        obtaining.addBoth(settle)
-        return waited
+        # The manager hands each caller its own Deferred (failures already
+        # None): a timeout cancels this wait only, not the issuance.
+        return obtaining.addTimeout(self.first_wait, self._clock, onTimeoutCancel=lambda result, timeout: None)

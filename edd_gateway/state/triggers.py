@@ -19,7 +19,7 @@ container, or a user whose SSH keys changed), never what the row now says.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,10 +100,13 @@ def remove_statements() -> list[str]:
 #: How many of the row triggers are present and enabled, on the tables the
 #: search path finds (the ones the gateway reads).  Catalogs are readable by
 #: every role, so the gateway's read-only role can ask.
-PRESENT_QUERY = (
-    "SELECT count(*) FROM pg_trigger WHERE tgname = %s AND tgenabled <> 'D' AND tgrelid IN ("
-    + ", ".join(f"to_regclass('{table}')" for table in FEED_TABLES) + ")"
-)
+def present_query(tables: Iterable[str]) -> str:
+    """How many of a feed's triggers (the query's one parameter names them) are present and enabled on C{tables}."""
+    return ("SELECT count(*) FROM pg_trigger WHERE tgname = %s AND tgenabled <> 'D' AND tgrelid IN ("
+            + ", ".join(f"to_regclass('{table}')" for table in tables) + ")")
+
+
+PRESENT_QUERY = present_query(FEED_TABLES)
 
 
 class ChangeFeedError(Exception):

@@ -163,7 +163,8 @@ class CertificateConnectionCreator:
         self._alpn = tuple(alpn)
         self._log = Logger() if log is None else log
         self._contexts: dict[LoadedCertificate, _CertificateContext] = {}
-        self._generation = self._generations()
+        self._store_generation = store.generation
+        self._extra_generation = extra.generation if extra is not None else 0
         self._tickets = tickets
         # The first context carries the policy, the session cache and the
         # ticket keys for every connection (OpenSSL uses the connection's
@@ -180,9 +181,6 @@ class CertificateConnectionCreator:
         self._log.error("tls: the session ticket callback failed ({problem}); that handshake went without "
                         "its ticket", problem=repr(problem))
 
-    def _generations(self) -> tuple[int, int]:
-        return self._store.generation, self._extra.generation if self._extra is not None else 0
-
     def serverConnectionForTLS(self, tlsProtocol: PresentsCertificate) -> SSL.Connection:
         return self.connection_for(tlsProtocol.certificate)
 
@@ -194,8 +192,10 @@ class CertificateConnectionCreator:
 
     def context_for(self, certificate: LoadedCertificate) -> SSL.Context:
         """The (cached) context presenting C{certificate}."""
-        generation = self._generations()
-        if self._generation != generation:
+        # Two integers compared per handshake, no call: this runs for every connection.
+        extra = self._extra
+        if self._store.generation != self._store_generation or (
+                extra is not None and extra.generation != self._extra_generation):
             # Drop contexts of replaced certificates (the store's, and the
             # ones obtained on demand); open connections keep theirs alive
             # through their own reference.
@@ -203,7 +203,8 @@ class CertificateConnectionCreator:
             if self._extra is not None:
                 current.update(self._extra.certificates())
             self._contexts = {c: x for c, x in self._contexts.items() if c in current}
-            self._generation = generation
+            self._store_generation = self._store.generation
+            self._extra_generation = extra.generation if extra is not None else 0
         context = self._contexts.get(certificate)
         if context is None:
             context = self._contexts[certificate] = _policy_context(certificate, self._tickets, self._alpn)

@@ -36,14 +36,12 @@ from zope.interface import implementer
 from edd_gateway.net.transport import swap_protocol
 from edd_gateway.tls.clienthello_body import ClientHello
 from edd_gateway.tls.context import CertificateSource
-from edd_gateway.tls.listener import ClientHelloProtocol, TLSListenerFactory
+from edd_gateway.tls.listener import _ALERT_INTERNAL_ERROR, _ALERT_UNRECOGNIZED_NAME, ClientHelloProtocol, TLSListenerFactory
 from edd_gateway.tls.secret import LoadedCertificate, ServerPrivateKey
 
 __all__ = ["OnDemandHelloProtocol", "OnDemandTLSListenerFactory", "Refuse", "SNIAnswer", "SNIHook", "Terminate",
            "Validate", "Wait"]
 
-_ALERT_UNRECOGNIZED_NAME = b"\x15\x03\x03\x00\x02\x02\x70"
-_ALERT_INTERNAL_ERROR = b"\x15\x03\x03\x00\x02\x02\x50"
 #: Seconds a validation connection may stay open (the CA closes it after its handshake).
 VALIDATION_TIMEOUT = 10.0
 
