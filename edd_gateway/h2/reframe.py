@@ -42,19 +42,32 @@ class ResponseReframer:
         # llhttp calls the body callback straight, without a frame of ours.
         self.on_body = on_body
         self._headers: Headers = []
-        self._parser = HttpResponseParser(self)
+        self._parser: HttpResponseParser | None = HttpResponseParser(self)
         #: The head is complete; the rest is body only (a HEAD response's, say, never ends in llhttp's eyes).
         self.head_done = False
 
     def feed(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:  # closed: the stream is gone, so are its bytes
+            return
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except HttpParserUpgrade:
             # A 101 head: the tunnel's own code answers the stream.
             pass
         except HttpParserError as problem:
             # The gateway wrote these bytes itself: a bug, not the client's doing.
             raise RuntimeError(f"the gateway wrote an HTTP/1.1 response llhttp refuses: {problem}") from None
+
+    def close(self) -> None:
+        """
+        Stop: later bytes are dropped.  The parser (which holds this object)
+        and the stream's callbacks are let go, so that no reference cycle
+        keeps either alive.
+        """
+        self._parser = None
+        self._on_head = _ignore_head
+        self.on_body = _ignore_body
 
     # llhttp callbacks
 
@@ -73,3 +86,11 @@ class ResponseReframer:
         if status >= 200:
             self.head_done = True
         self._on_head(status, kept)
+
+
+def _ignore_head(status: int, headers: Headers) -> None:
+    pass
+
+
+def _ignore_body(data: bytes) -> None:
+    pass
