@@ -78,7 +78,9 @@ class ResponseReframer:
         self._headers.append((name.lower(), value))
 
     def on_headers_complete(self) -> None:
-        status = self._parser.get_status_code()
+        parser = self._parser
+        assert parser is not None  # llhttp calls back only from feed(), which a closed re-framer skips
+        status = parser.get_status_code()
         headers = self._headers
         named = {token.strip().lower() for name, value in headers if name == b"connection"
                  for token in value.split(b",")}
