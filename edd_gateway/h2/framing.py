@@ -11,17 +11,28 @@ the stream's state machines are given the same inputs, the same windows
 are spent) and writes the frames' nine-byte headers itself (RFC 9113 4.1).
 Informational heads and trailers, which C{h2}'s stream treats apart, still
 go through C{h2}.
+
+Receiving is the same the other way: a HEADERS frame that opens a stream in
+one frame (END_HEADERS, no padding, no priority) is read from its nine
+bytes and handed to the same C{h2} steps (the HPACK decoder, the
+connection's and the new stream's state machines, which make the events);
+C{h2}'s frame buffer builds a frame object with a set of flags per frame
+and counts the open streams by walking them all, which was about a tenth of
+an HTTP/2 request's instructions.  Every other frame, and any frame while
+C{h2}'s buffer holds part of one, goes to C{h2}'s own C{receive_data}.
 """
 
 from __future__ import annotations
 
-from h2.connection import ConnectionInputs, H2Connection
+from h2.connection import AllowedStreamIDs, ConnectionInputs, H2Connection, _decode_headers
+from h2.events import Event
+from h2.exceptions import ProtocolError
 from h2.stream import StreamInputs
 
 __all__ = ["FramingConnection"]
 
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
-_END_STREAM, _END_HEADERS = 0x1, 0x4
+_END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
@@ -75,3 +86,47 @@ class FramingConnection(H2Connection):
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
         self._data_to_send += frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
+
+    def receive_data(self, data: bytes) -> list[Event]:  # type: ignore[override]  # h2 takes any buffer; the gateway passes bytes
+        """C{h2}'s C{receive_data}, with the HEADERS frames that open a stream read here."""
+        buffered = self.incoming_buffer
+        if buffered._preamble_len or buffered._data or buffered._headers_buffer:
+            return super().receive_data(data)
+        events: list[Event] = []
+        start, size = 0, len(data)
+        while size - start >= 9:
+            length = int.from_bytes(data[start:start + 3], "big")
+            end = start + 9 + length
+            if end > size:
+                break
+            flags = data[start + 4]
+            stream_id = int.from_bytes(data[start + 5:start + 9], "big") & 0x7FFFFFFF
+            if (data[start + 3] == _HEADERS and flags & (_END_HEADERS | _PADDED | _PRIORITY) == _END_HEADERS
+                    and stream_id & 1 and stream_id > self.highest_inbound_stream_id
+                    and length <= self.max_inbound_frame_size
+                    and len(self.streams) < self.local_settings.max_concurrent_streams):
+                try:
+                    events += self._receive_request_head(stream_id, data[start + 9:end], flags & _END_STREAM)
+                except ProtocolError as problem:  # as h2's receive_data: GOAWAY queued, then raised
+                    self._terminate_connection(problem.error_code)
+                    raise
+            else:
+                events += super().receive_data(data[start:end])
+            start = end
+            if buffered._headers_buffer:  # a head continued in CONTINUATION frames: h2 reads the rest
+                break
+        if start < size:
+            events += super().receive_data(data[start:])
+        return events
+
+    def _receive_request_head(self, stream_id: int, block: bytes, end_stream: int) -> list[Event]:
+        """
+        What C{h2}'s C{_receive_headers_frame} does for a stream's opening
+        head (the stream count is under the limit: fewer streams are kept
+        than that, open or not).
+        """
+        headers = _decode_headers(self.decoder, block)
+        events = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
+        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        _, stream_events = stream.receive_headers(headers, bool(end_stream), self.config.header_encoding)
+        return events + stream_events
