@@ -22,7 +22,7 @@ from edd_gateway.http.headers import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, 
 from edd_gateway.http.response_head import Special, client_framing, client_head, interim_head
 from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
-from edd_gateway.http.retry import may_send_again
+from edd_gateway.http.retry import look_before_reuse, may_send_again
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error
 from edd_gateway.routes.model import Route
 
@@ -107,7 +107,8 @@ class Exchange(RequestRecordFields):
                                f"{self.target} at once; try again when one has arrived.")
                 return
             self._stream_held = True
-        connection = None if fresh else pool.checkout(self.target)
+        connection = None if fresh else pool.checkout(
+            self.target, look=look_before_reuse(self.info, self.retried, self.request_done))
         if connection is not None:
             self._attach(connection)
             return

@@ -82,12 +82,16 @@ class UpstreamPool:
             for connection in list(backend.idle):
                 connection.transport.loseConnection()
 
-    def checkout(self, target: Target) -> UpstreamProtocol | None:
+    def checkout(self, target: Target, look: bool = True) -> UpstreamProtocol | None:
         """
         An idle connection to C{target} that is still open, or L{None}: the
         fast path.  Backends close idle connections when they like (Node.js
-        after 5 s, Go's IdleTimeout): each is looked at before it is handed
-        out, and one the backend closed or spoke on is dropped.
+        after 5 s, Go's IdleTimeout): unless C{look} is false, each is looked
+        at before it is handed out, and one the backend closed or spoke on
+        is dropped.  The caller passes C{look=False} for a request it would
+        send again on a new connection if this one failed unanswered
+        (L{edd_gateway.http.retry.sendable_again}), as nginx's
+        C{proxy_next_upstream} does: the look is a system call per request.
         """
         backend = self._backends.get((target.host, target.port))
         if backend is None:
@@ -97,7 +101,7 @@ class UpstreamPool:
             connection = idle.pop()
             # Released this instant (keep-alive under load): no backend's
             # idle timer is that short, and the look costs a system call.
-            if self.clock.seconds() - connection.idle_since < RECHECK_AFTER or still_open(connection):
+            if not look or self.clock.seconds() - connection.idle_since < RECHECK_AFTER or still_open(connection):
                 return connection
             connection.listener = None
             if connection.transport is not None:

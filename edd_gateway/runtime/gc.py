@@ -18,7 +18,7 @@ from __future__ import annotations
 import gc
 
 #: Allocations between young-generation passes (CPython's default is 700).
-YOUNG_THRESHOLD = 10_000
+YOUNG_THRESHOLD = 100_000
 
 
 def settle_heap() -> None:

@@ -62,3 +62,14 @@ class StillOpenTests(SynchronousTestCase):
         harness.clock.advance(RECHECK_AFTER)
         self.assertIsNone(harness.pool.checkout(BACKEND))
         self.assertTrue(getattr(protocol, "aborted", False), "the closed connection was not dropped")
+
+    def test_unlooked_when_a_failure_would_be_sent_again(self) -> None:
+        """C{look=False} (a GET, which a failed reuse sends again): handed out with no system call."""
+        harness = ProxyHarness(ROUTES)
+        protocol, backend = self.connection()
+        protocol.pool = harness.pool
+        harness.pool._backends[("10.0.0.5", 8080)] = PooledBackend(idle=[protocol], count=1)
+        backend.close()
+        protocol.idle_since = harness.clock.seconds() - 60
+        self.assertIs(harness.pool.checkout(BACKEND, look=False), protocol)
+        self.assertFalse(still_open(protocol), "the backend did close it: the look would have dropped it")
