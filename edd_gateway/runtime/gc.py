@@ -9,15 +9,20 @@ table, certificates, the Service of a thousand ports): full passes walked all
 of it, a few percent of a TLS handshake's CPU (measured with perf).  So, once
 the service has started: what is alive then is frozen out of collection
 (C{gc.freeze}, made for long-running servers), and young passes run every
-C{YOUNG_THRESHOLD} allocations, as Python 3.13 moved towards.  Objects are
-still freed by reference counting at once; only reference cycles wait longer.
+C{YOUNG_THRESHOLD} allocations.  Objects are still freed by reference
+counting at once; only reference cycles wait longer, and a request leaves
+none (C{tests/unit/test_h2_garbage.py} for HTTP/2 streams).  A young pass
+walks every young object still alive, which under load is the requests in
+flight: with 500 HTTP/2 streams in flight, passes every 10,000 allocations
+took 436 ms of CPU over 65,000 requests (C{gc.callbacks}), every 100,000
+allocations 70 ms, at most some megabytes of cyclic garbage waiting longer.
 """
 
 from __future__ import annotations
 
 import gc
 
-#: Allocations between young-generation passes (CPython's default is 700).
+#: Allocations between young-generation passes (CPython's default is 700; 10,000 until 2026-12-04).
 YOUNG_THRESHOLD = 100_000
 
 
