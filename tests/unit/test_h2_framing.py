@@ -11,6 +11,7 @@ from h2.connection import H2Connection
 from h2.events import DataReceived, ResponseReceived, StreamEnded
 from h2.exceptions import StreamClosedError
 from h2.frame_buffer import FrameBuffer
+from h2.stream import H2StreamStateMachine
 from hyperframe.frame import Frame
 from h2.settings import SettingCodes
 from hypothesis import example, given, settings, strategies as st
@@ -40,9 +41,10 @@ def pair(kind: type[H2Connection]) -> tuple[H2Connection, H2Connection]:
     return server, client
 
 
-def request(server: H2Connection, client: H2Connection, stream_id: int) -> None:
+def request(server: H2Connection, client: H2Connection, stream_id: int, ended: bool = True) -> None:
+    """A request on C{stream_id}: all of it, or (not C{ended}) its head, its body still to come."""
     client.send_headers(stream_id, [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"),
-                                    (b":authority", b"app.test")], end_stream=True)
+                                    (b":authority", b"app.test")], end_stream=ended)
     server.receive_data(client.data_to_send())
 
 
@@ -53,17 +55,20 @@ _bodies = st.lists(st.one_of(st.binary(max_size=100), st.integers(0, 70000).map(
 
 class SameAsH2(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
-    @given(st.lists(st.tuples(st.sampled_from([b"200", b"404", b"503"]), _heads, _bodies, st.booleans()),
-                    min_size=1, max_size=4))
-    def test_same_bytes_and_books(self, responses: list[tuple[bytes, list[tuple[bytes, bytes]], list[bytes], bool]]
-                                  ) -> None:
-        """A 100 Continue or not, a head (large ones in CONTINUATION frames), DATA frames, END_STREAM last."""
+    @given(st.lists(st.tuples(st.sampled_from([b"200", b"404", b"503"]), _heads, _bodies, st.booleans(),
+                              st.booleans()), min_size=1, max_size=4))
+    def test_same_bytes_and_books(self, responses: list[tuple[bytes, list[tuple[bytes, bytes]], list[bytes], bool,
+                                                              bool]]) -> None:
+        """
+        A 100 Continue or not, a head (large ones in CONTINUATION frames),
+        DATA frames, END_STREAM last; the request whole or still arriving.
+        """
         stock, stock_client = pair(H2Connection)
         framing, framing_client = pair(FramingConnection)
-        for number, (status, head, bodies, interim) in enumerate(responses):
+        for number, (status, head, bodies, interim, ended) in enumerate(responses):
             stream_id = 1 + 2 * number
             for server, client in ((stock, stock_client), (framing, framing_client)):
-                request(server, client, stream_id)
+                request(server, client, stream_id, ended)
             fields = [(b":status", status), *head]
             if interim:
                 stock.send_headers(stream_id, [(b":status", b"100")])
@@ -77,8 +82,8 @@ class SameAsH2(SynchronousTestCase):
                     stock.send_data(stream_id, piece, end_stream=last)
                     framing.send_data_frame(stream_id, piece, end_stream=last)  # type: ignore[attr-defined]
             self.assertEqual(framing.data_to_send(), stock.data_to_send())
-            self.assertEqual(framing.streams[stream_id].state_machine.state,
-                             stock.streams[stream_id].state_machine.state)
+            self.assertEqual(machine_books(framing.streams[stream_id].state_machine),
+                             machine_books(stock.streams[stream_id].state_machine))
             self.assertEqual(framing.streams[stream_id].outbound_flow_control_window,
                              stock.streams[stream_id].outbound_flow_control_window)
             self.assertEqual(framing.outbound_flow_control_window, stock.outbound_flow_control_window)
@@ -117,7 +122,8 @@ class FramingTests(SynchronousTestCase):
 _REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"app.test")]
 
 _actions = st.lists(st.one_of(
-    st.tuples(st.just("request"), st.booleans(), st.sampled_from([0, 1, 300, 20000]), st.booleans()),
+    st.tuples(st.just("request"), st.booleans(), st.sampled_from([0, 1, 300, 20000]), st.booleans(),
+              st.sampled_from([b"", b"4", b"abc"])),
     st.tuples(st.just("data"), st.booleans()),
     st.tuples(st.just("raw"), st.sampled_from(["even", "zero", "reused", "ahead", "padded", "continued",
                                                    "unfinished"])),
@@ -140,10 +146,11 @@ def client_bytes(actions: list[tuple[object, ...]]) -> list[bytes]:
     for action in actions:
         kind = action[0]
         if kind == "request":
-            _, end, extra, priority = action
+            _, end, extra, priority, length = action
             # (h2 as a client cannot split a head with a priority into CONTINUATION frames)
             size = min(int(extra), 300) if priority else int(extra)  # type: ignore[call-overload]
-            fields = [*_REQUEST, *([(b"x-extra", b"v" * size)] if size else [])]
+            fields = [*_REQUEST, *([(b"x-extra", b"v" * size)] if size else []),
+                      *([(b"content-length", length)] if length else [])]  # type: ignore[list-item]
             client.send_headers(next_id, fields, end_stream=bool(end), priority_weight=16 if priority else None)
             if not end:
                 open_ids.append(next_id)
@@ -209,16 +216,24 @@ def server_for(kind: type[H2Connection]) -> H2Connection:
     return server
 
 
+def machine_books(machine: H2StreamStateMachine) -> tuple[object, ...]:
+    """All a stream's state machine keeps."""
+    return (machine.state, machine.client, machine.headers_sent, machine.trailers_sent, machine.headers_received,
+            machine.trailers_received, machine.stream_closed_by)
+
+
 def outcome(server: H2Connection, data: bytes) -> tuple[object, ...]:
     """What receiving C{data} did: the events (or the error), the bytes to send, the books."""
     try:
-        result: object = [repr(event) for event in server.receive_data(data)]
+        result: object = [(repr(event), getattr(event, "stream_ended", None) is not None,
+                           getattr(event, "priority_updated", None) is not None)
+                          for event in server.receive_data(data)]
     except Exception as problem:  # noqa: BLE001 - the error itself is what is compared
         result = (type(problem).__name__, getattr(problem, "error_code", None), str(problem))
     books = (server.highest_inbound_stream_id, server.state_machine.state,
              # h2 forgets closed streams when it next counts the open ones, whenever that is
-             sorted((sid, s.state_machine.state, s.inbound_flow_control_window) for sid, s in server.streams.items()
-                    if not s.closed),
+             sorted((sid, machine_books(s.state_machine), s.inbound_flow_control_window, s._expected_content_length)
+                    for sid, s in server.streams.items() if not s.closed),
              server.inbound_flow_control_window, server.decoder.header_table.dynamic_entries)
     return result, server.data_to_send(), books
 
@@ -227,9 +242,9 @@ class ReceivingSameAsH2(SynchronousTestCase):
     @settings(max_examples=400, deadline=None)
     @given(_actions, st.lists(st.integers(0, 3), max_size=16), st.integers(0, 30))
     # One stream more than the limit (3 here), each head read on its own.
-    @example([("request", True, 0, False)] * 4, [], 0)
+    @example([("request", True, 0, False, b"")] * 4, [], 0)
     # A head that h2 holds for its CONTINUATION, then another stream's HEADERS in the same read.
-    @example([("ping",), ("raw", "unfinished"), ("request", True, 0, False)], [2, 0], 0)
+    @example([("ping",), ("raw", "unfinished"), ("request", True, 0, False, b"")], [2, 0], 0)
     def test_same_events_answers_and_books(self, actions: list[tuple[object, ...]], joins: list[int],
                                            cut: int) -> None:
         """
@@ -260,7 +275,7 @@ class ReceivingSameAsH2(SynchronousTestCase):
         preface, ping = client_bytes([("ping",)])
         server.receive_data(preface + ping)
         counting = server.incoming_buffer = CountingBuffer()  # the preface is read: none expected now
-        events = server.receive_data(client_bytes([("request", True, 0, False)])[1])
+        events = server.receive_data(client_bytes([("request", True, 0, False, b"")])[1])
         self.assertEqual([type(e).__name__ for e in events], ["RequestReceived", "StreamEnded"])
         self.assertEqual(counting.reads, 0)
         server.receive_data(ping)
