@@ -47,7 +47,7 @@ from edd_gateway.h2.job import job_for
 from edd_gateway.h2.request import H1View, H2RequestError, Malformed, h1_view
 from edd_gateway.h2.stream import H2Stream
 from edd_gateway.http.clientside import ClientContext, ContextSource
-from edd_gateway.http.deadline import Deadline
+from edd_gateway.http.deadline import Deadline, DeadlineGroup
 from edd_gateway.net.transport import set_no_delay
 
 __all__ = ["H2ServerProtocol", "H2Settings"]
@@ -91,11 +91,9 @@ class H2ServerProtocol(Protocol):
         # request's time.  Inbound ones are checked by h1_view, in the pass
         # that reads them (RFC 9113 8.1.1's stream error, not h2's
         # connection error, and a tenth of a request cheaper).
-        self.h2 = FramingConnection(H2Configuration(client_side=False, header_encoding=None,
-                                               validate_outbound_headers=False,
-                                               normalize_outbound_headers=False,
-                                               validate_inbound_headers=False,
-                                               normalize_inbound_headers=False))
+        self.h2 = FramingConnection(H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False, validate_inbound_headers=False, normalize_inbound_headers=False))
         # In force from the start (not "pending until acknowledged", as an
         # update would be): h2 enforces its own local settings.
         self.h2.local_settings = Settings(client=False, initial_values={
@@ -115,6 +113,7 @@ class H2ServerProtocol(Protocol):
         self.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
         self.guard = FrameGuard(self.settings.guard, self.context.clock.seconds)
         self.deadline = Deadline(self.context.clock, self._idle)
+        self.stream_deadlines = DeadlineGroup(self.context.clock)  # the streams': one timer, none per request
         self.deadline.set(proxy.keepalive_timeout)
         transport.registerProducer(self, True)  # type: ignore[attr-defined]  # TCP and TLS transports have it
         set_no_delay(transport)
@@ -149,6 +148,7 @@ class H2ServerProtocol(Protocol):
         for stream in list(self.streams.values()):
             stream.connection_lost()
         self.streams.clear()
+        self.stream_deadlines.cancel()
         self.h2 = None  # type: ignore[assignment]  # dropped once done: nothing reads it after the close
 
     # Events

@@ -20,7 +20,6 @@ from twisted.internet.interfaces import ITransport
 from twisted.logger import Logger
 
 from edd_gateway.http.clientside import ClientContext, Job, TunnelledRequest
-from edd_gateway.http.deadline import Deadline
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import FlowTransport, Throttle
 from edd_gateway.h2.reframe import CONNECTION_SPECIFIC, Headers, ResponseReframer
@@ -71,7 +70,7 @@ class H2Stream:
         self.paused = False
         self._backend_throttle: Throttle | None = None
         self.tunnel: StreamTunnel | None = None
-        self.deadline = Deadline(self.context.clock, self._deadline_passed)
+        self.deadline = connection.stream_deadlines.deadline(self._deadline_passed)
         self.phase = StreamPhase.BUSY
         self._moved = False
 
