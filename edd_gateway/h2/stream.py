@@ -23,6 +23,9 @@ from edd_gateway.http.clientside import ClientContext, Job, TunnelledRequest
 from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import FlowTransport, Throttle
 from edd_gateway.h2.reframe import CONNECTION_SPECIFIC, Headers, ResponseReframer
+from edd_gateway.h2.response_fields import response_fields
+from edd_gateway.http.response_head import Special
+from edd_gateway.routes.model import HeaderEdits
 from edd_gateway.h2.tunnel import StreamReading, StreamTunnel
 
 if TYPE_CHECKING:
@@ -55,10 +58,13 @@ class H2Stream:
         self.stream_id = stream_id
         self.context: ClientContext = connection.context
         self.job: Job | None = None
-        self.reframer = ResponseReframer(self._head, self._body)
+        #: Made when HTTP/1.1 bytes first come (the gateway's own answers): a proxied head comes as fields.
+        self.reframer: ResponseReframer | None = None
         self._out: deque[bytes] = deque()
         self._ending = False
         self._pending_head: Headers | None = None
+        #: The exchange's final head came as fields (L{final_head}): what it writes next is body.
+        self._head_taken = False
         #: Sent with END_STREAM after the body (an h2c backend's, L{edd_gateway.h2.backend_exchange}).
         self._trailers: Headers | None = None
         self.closed = False
@@ -123,8 +129,21 @@ class H2Stream:
     # ClientSide
 
     def write(self, data: bytes) -> None:
-        """HTTP/1.1 response bytes from the job: re-framed."""
-        self.reframer.feed(data)
+        """HTTP/1.1 response bytes from the job: re-framed; after a head taken as fields, body bytes as they are."""
+        if self._head_taken:
+            self._body(data)
+            return
+        reframer = self.reframer
+        if reframer is None:
+            reframer = self.reframer = ResponseReframer(self._head, self._body)
+        reframer.feed(data)
+
+    def final_head(self, status: int, status_line: bytes, plain: list[bytes], special: Special, body: int,
+                   content_length: int, chunk_to_client: bool, keep_alive: bool, http11_client: bool,
+                   request_id: str, edits: HeaderEdits | None) -> None:
+        """A proxied response's head, taken as fields (L{response_fields}): the re-framer reads no more."""
+        self._head_taken = True
+        self._head(status, response_fields(plain, special, body, content_length, request_id, edits))
 
     def pause_reading(self) -> None:
         self.paused = True
@@ -316,7 +335,8 @@ class H2Stream:
         # cycles, they waited for the collector, whose passes over 500
         # streams in flight were a fifth of the gateway's CPU.
         self.deadline.release()
-        self.reframer.close()
+        if self.reframer is not None:
+            self.reframer.close()
         self.job = None
         self.tunnel = None
         self._backend_throttle = None

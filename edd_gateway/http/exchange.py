@@ -19,7 +19,7 @@ from edd_gateway.net.transport import write_now
 from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import render_error
 from edd_gateway.http.headers import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, RequestInfo, upstream_request_head
-from edd_gateway.http.response_head import Special, client_framing, client_head, interim_head
+from edd_gateway.http.response_head import Special, client_framing, interim_head
 from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
 from edd_gateway.http.retry import look_before_reuse, may_send_again
@@ -217,9 +217,9 @@ class Exchange(RequestRecordFields):
                 self._pending_upgrade_head = interim_head(status_line, plain, special, self.info.request_id,
                                                           upgrade=True)
             elif self.info.http11:
-                # 1xx answers (100 Continue, 103 Early Hints) are relayed;
-                # HTTP/1.0 clients do not know them.
-                self._out.append(interim_head(status_line, plain, special, self.info.request_id))
+                # 1xx answers (100 Continue, 103 Early Hints) are relayed at once, ahead of a final head an HTTP/2
+                # stream takes as fields (below); HTTP/1.0 clients do not know them.
+                self.flow.write(interim_head(status_line, plain, special, self.info.request_id))
             return
         client = self.client
         self.responded = self.context.clock.seconds()
@@ -234,11 +234,13 @@ class Exchange(RequestRecordFields):
                            and not client.closing and not self.context.listener.draining)
         self.response_started = True
         client.response_started()
-        self._out.append(client_head(
-            status_line, plain, special, body, length, self._chunk_to_client,
-            self.keep_alive, self.info.http11, self.info.request_id,
-            edits=self.route.edits_for(self.context.scheme),
-        ))
+        head = client.final_head(status, status_line, plain, special, body, length, self._chunk_to_client,
+                                 self.keep_alive, self.info.http11, self.info.request_id,
+                                 self.route.edits_for(self.context.scheme))
+        if head is None:  # an HTTP/2 stream took it as fields: the body follows as it is
+            self._chunk_to_client = False
+        else:
+            self._out.append(head)
 
     def response_body(self, data: bytes) -> None:
         self.bytes_out += len(data)
@@ -250,9 +252,8 @@ class Exchange(RequestRecordFields):
 
     def flush(self) -> None:
         """
-        Write what one read of the backend produced, in one send: the head
-        and the first body bytes of a small answer leave together, as
-        nginx sends them, instead of costing a system call each.
+        Write what one read of the backend produced, in one send: the head and the first body bytes of a small
+        answer leave together, as nginx sends them, instead of costing a system call each.
         """
         out = self._out
         if out:
@@ -392,8 +393,7 @@ class Exchange(RequestRecordFields):
     def _finish(self) -> None:
         if self.finished:
             return
-        if self._stream_held:
-            self._release_stream()
+        self._release_stream()
         self.finished = True
         self._report()
         self.client.job_finished(self)
