@@ -7,7 +7,7 @@ the client (L{edd_gateway.h2.testing}).
 from __future__ import annotations
 
 from h2.errors import ErrorCodes
-from h2.events import ConnectionTerminated, ResponseReceived, StreamEnded, StreamReset, WindowUpdated
+from h2.events import ConnectionTerminated, InformationalResponseReceived, ResponseReceived, StreamEnded, StreamReset, WindowUpdated
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.settings import H2Settings
@@ -48,6 +48,20 @@ class RequestTests(SynchronousTestCase):
         self.assertNotIn(b"transfer-encoding", self.client.headers(stream))
         self.assertEqual(self.client.body(stream), b"abcde")
         self.assertTrue(self.client.of(StreamEnded, stream))
+
+    def test_early_hints_then_the_answer_in_one_read(self) -> None:
+        """The 103 goes first, as its own HEADERS; the final head (taken as fields) and its body after it."""
+        stream = self.client.request()
+        backend = self.proxy.accept()
+        backend.send(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nLink: </a.css>; rel=preload\r\n\r\nok")
+        self.client.flush()
+        [hints] = self.client.of(InformationalResponseReceived, stream)
+        [answer] = self.client.of(ResponseReceived, stream)
+        self.assertLess(self.client.events.index(hints), self.client.events.index(answer))
+        self.assertEqual(dict(hints.headers)[b":status"], b"103")
+        self.assertEqual(dict(answer.headers)[b"link"], b"</a.css>; rel=preload")
+        self.assertEqual(self.client.body(stream), b"ok")
 
     def test_body_of_unannounced_length_is_chunked_to_the_backend(self) -> None:
         stream = self.client.request(method="POST", end_stream=False)
