@@ -37,7 +37,7 @@ class StreamDeadlineTests(SynchronousTestCase):
     def group_calls(self, client: H2TestClient) -> list[IDelayedCall]:
         group = client.protocol.stream_deadlines
         return [call for call in self.proxy.clock.getDelayedCalls()
-                if getattr(call.func, "__self__", None) is group]
+                if getattr(getattr(call, "func", None), "__self__", None) is group]
 
     def test_silent_backend_is_504_at_the_response_timeout(self) -> None:
         stream = self.waiting()
