@@ -24,6 +24,7 @@ C{h2}'s buffer holds part of one, goes to C{h2}'s own C{receive_data}.
 
 from __future__ import annotations
 
+from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection, _decode_headers
 from h2.events import Event, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
@@ -43,6 +44,14 @@ def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
 
 class FramingConnection(H2Connection):
     """An C{H2Connection} (server side) whose final response heads and DATA are written without frame objects."""
+
+    def __init__(self, config: H2Configuration | None = None) -> None:
+        super().__init__(config)
+        settings = self.config
+        #: h2 neither checks nor re-encodes received fields (the gateway's configuration: h1_view checks them).
+        #: Read once: h2's configuration options are descriptors, Python code at each read.
+        self._fields_as_sent = not (settings.validate_inbound_headers or settings.normalize_inbound_headers
+                                    or settings.header_encoding)
 
     def send_response_head(self, stream_id: int, headers: list[tuple[bytes, bytes]],
                            end_stream: bool = False) -> None:
@@ -158,30 +167,28 @@ class FramingConnection(H2Connection):
         than that, open or not).
         """
         headers = _decode_headers(self.decoder, block)
-        config = self.config
-        if (self.state_machine.state is not ConnectionState.SERVER_OPEN or config.validate_inbound_headers
-                or config.normalize_inbound_headers or config.header_encoding
+        if (self.state_machine.state is not ConnectionState.SERVER_OPEN or not self._fields_as_sent
                 or is_informational_response(headers)):
             opened = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
             stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
-            _, stream_events = stream.receive_headers(headers, bool(end_stream), config.header_encoding)
+            _, stream_events = stream.receive_headers(headers, bool(end_stream), self.config.header_encoding)
             return opened + stream_events
         # The gateway's case: what h2's receive_headers does when it neither
-        # checks nor re-encodes the fields (h1_view checks them), the
-        # transitions in place as in _sent: IDLE -> OPEN (request_received),
-        # then HALF_CLOSED_REMOTE with END_STREAM (stream_half_closed).
+        # checks nor re-encodes the fields, the transitions in place as in
+        # _sent: IDLE -> OPEN (request_received), then HALF_CLOSED_REMOTE
+        # with END_STREAM (stream_half_closed).  The StreamEnded event is
+        # only attached to the request's (h2 also lists it after): the
+        # server reads the end from there.
         stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
         machine = stream.state_machine
         machine.client = False
         machine.headers_received = True
         request = RequestReceived(stream_id=stream_id)
-        events: list[Event] = [request]
         if end_stream:
             machine.state = StreamState.HALF_CLOSED_REMOTE
-            request.stream_ended = ended = StreamEnded(stream_id=stream_id)
-            events.append(ended)
+            request.stream_ended = StreamEnded(stream_id=stream_id)
         else:
             machine.state = StreamState.OPEN
         stream._initialize_content_length(headers)
         request.headers = list(headers)
-        return events
+        return [request]

@@ -325,9 +325,11 @@ class H2Stream:
             return
         self.closed = True
         self._out.clear()
-        # The client's DATA held undelivered still count against the connection's window, its other streams'.
-        self.connection.acknowledge(self.stream_id, sum(length for _, length in self._held))
-        self._held.clear()
+        held = self._held
+        if held:
+            # The client's DATA held undelivered still count against the connection's window, its other streams'.
+            self.connection.acknowledge(self.stream_id, sum(length for _, length in held))
+            held.clear()
         # What the stream built calls back into it: the deadline, the
         # re-framer (and its parser, which holds the re-framer), the job
         # and the tunnel (which hold the stream).  Let go of all of them so
