@@ -138,12 +138,13 @@ class H2Stream:
             reframer = self.reframer = ResponseReframer(self._head, self._body)
         reframer.feed(data)
 
-    def final_head(self, status: int, status_line: bytes, plain: list[bytes], special: Special, body: int,
-                   content_length: int, chunk_to_client: bool, keep_alive: bool, http11_client: bool,
-                   request_id: str, edits: HeaderEdits | None) -> None:
+    def final_head(self, status_line: bytes, plain: list[bytes], special: Special, body: int, content_length: int,
+                   chunk_to_client: bool, keep_alive: bool, http11_client: bool, request_id: str,
+                   upgrade: bool = False, edits: HeaderEdits | None = None) -> None:
         """A proxied response's head, taken as fields (L{response_fields}): the re-framer reads no more."""
         self._head_taken = True
-        self._head(status, response_fields(plain, special, body, content_length, request_id, edits))
+        # The exchange's status line: b"HTTP/1.1 %d %b".
+        self._head(int(status_line[9:12]), response_fields(plain, special, body, content_length, request_id, edits))
 
     def pause_reading(self) -> None:
         self.paused = True

@@ -170,15 +170,16 @@ class ClientSide(Protocol):
     def response_started(self) -> None:
         """The response head is on its way: from now on only silence is bounded."""
 
-    def final_head(self, status: int, status_line: bytes, plain: list[bytes], special: Special, body: int,
-                   content_length: int, chunk_to_client: bool, keep_alive: bool, http11_client: bool,
-                   request_id: str, edits: HeaderEdits | None) -> bytes | None:
+    def final_head(self, status_line: bytes, plain: list[bytes], special: Special, body: int, content_length: int,
+                   chunk_to_client: bool, keep_alive: bool, http11_client: bool, request_id: str,
+                   upgrade: bool = False, edits: HeaderEdits | None = None) -> bytes | None:
         """
         A proxied response's final head, from its parts (the arguments of
-        L{edd_gateway.http.response_head.client_head}): its bytes for the
-        exchange to write, or L{None} when the client side has taken it as
-        fields (an HTTP/2 stream: L{edd_gateway.h2.response_fields}); the
-        body then follows as it came, unchunked.
+        L{edd_gateway.http.response_head.client_head}, which is an HTTP/1.1
+        connection's C{final_head}): its bytes for the exchange to write, or
+        L{None} when the client side has taken it as fields (an HTTP/2
+        stream: L{edd_gateway.h2.response_fields}); the body then follows as
+        it came, unchunked.
         """
 
     def body_progress(self) -> None:

@@ -22,7 +22,7 @@ from edd_gateway.http.headers import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, 
 from edd_gateway.http.response_head import Special, client_framing, interim_head
 from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
-from edd_gateway.http.retry import look_before_reuse, may_send_again
+from edd_gateway.http.retry import may_send_again
 from edd_gateway.http.upstream import UpstreamProtocol, connect_error
 from edd_gateway.routes.model import Route
 
@@ -107,8 +107,7 @@ class Exchange(RequestRecordFields):
                                f"{self.target} at once; try again when one has arrived.")
                 return
             self._stream_held = True
-        connection = None if fresh else pool.checkout(
-            self.target, look=look_before_reuse(self.info, self.retried, self.request_done))
+        connection = None if fresh else pool.checkout(self.target, self)
         if connection is not None:
             self._attach(connection)
             return
@@ -234,9 +233,8 @@ class Exchange(RequestRecordFields):
                            and not client.closing and not self.context.listener.draining)
         self.response_started = True
         client.response_started()
-        head = client.final_head(status, status_line, plain, special, body, length, self._chunk_to_client,
-                                 self.keep_alive, self.info.http11, self.info.request_id,
-                                 self.route.edits_for(self.context.scheme))
+        head = client.final_head(status_line, plain, special, body, length, self._chunk_to_client, self.keep_alive,
+                                 self.info.http11, self.info.request_id, False, self.route.edits_for(self.context.scheme))
         if head is None:  # an HTTP/2 stream took it as fields: the body follows as it is
             self._chunk_to_client = False
         else:
@@ -393,7 +391,8 @@ class Exchange(RequestRecordFields):
     def _finish(self) -> None:
         if self.finished:
             return
-        self._release_stream()
+        if self._stream_held:
+            self._release_stream()
         self.finished = True
         self._report()
         self.client.job_finished(self)

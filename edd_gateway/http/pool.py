@@ -13,7 +13,7 @@ import select
 from collections import deque
 from dataclasses import dataclass, field
 from ipaddress import ip_address
-from typing import cast
+from typing import Protocol, cast
 
 from twisted.application.service import Service
 from twisted.internet import defer
@@ -24,6 +24,8 @@ from twisted.python.failure import Failure
 
 from edd_gateway.net.connect import OneProtocolFactory, backend_endpoint
 from edd_gateway.http.errors import GatewayError
+from edd_gateway.http.headers import RequestInfo
+from edd_gateway.http.retry import look_before_reuse
 from edd_gateway.http.upstream import BackendKey, UpstreamProtocol, connect_error
 from edd_gateway.routes.model import Target
 
@@ -82,16 +84,16 @@ class UpstreamPool:
             for connection in list(backend.idle):
                 connection.transport.loseConnection()
 
-    def checkout(self, target: Target, look: bool = True) -> UpstreamProtocol | None:
+    def checkout(self, target: Target, request: ReuseLook | None = None) -> UpstreamProtocol | None:
         """
         An idle connection to C{target} that is still open, or L{None}: the
         fast path.  Backends close idle connections when they like (Node.js
-        after 5 s, Go's IdleTimeout): unless C{look} is false, each is looked
-        at before it is handed out, and one the backend closed or spoke on
-        is dropped.  The caller passes C{look=False} for a request it would
-        send again on a new connection if this one failed unanswered
-        (L{edd_gateway.http.retry.sendable_again}), as nginx's
-        C{proxy_next_upstream} does: the look is a system call per request.
+        after 5 s, Go's IdleTimeout): each is looked at before it is handed
+        out, and one the backend closed or spoke on is dropped, unless
+        C{request} says no look is needed: a request it would send again on
+        a new connection if this one failed unanswered
+        (L{edd_gateway.http.retry.look_before_reuse}), as nginx's
+        C{proxy_next_upstream} does.  The look is a system call per request.
         """
         backend = self._backends.get((target.host, target.port))
         if backend is None:
@@ -101,7 +103,10 @@ class UpstreamPool:
             connection = idle.pop()
             # Released this instant (keep-alive under load): no backend's
             # idle timer is that short, and the look costs a system call.
-            if not look or self.clock.seconds() - connection.idle_since < RECHECK_AFTER or still_open(connection):
+            if (self.clock.seconds() - connection.idle_since < RECHECK_AFTER
+                    or request is not None and not look_before_reuse(request.info, request.retried,
+                                                                     request.request_done)
+                    or still_open(connection)):
                 return connection
             connection.listener = None
             if connection.transport is not None:
@@ -265,6 +270,14 @@ class _Connecting(ClientFactory):
     def clientConnectionFailed(self, connector: object, reason: Failure) -> None:
         self.protocol_instance.on_connected = None
         self.deferred.errback(reason)
+
+
+class ReuseLook(Protocol):
+    """What the pool reads of the request an idle connection would go to (an exchange), for L{look_before_reuse}."""
+
+    info: RequestInfo
+    retried: bool
+    request_done: bool
 
 
 def still_open(connection: UpstreamProtocol) -> bool:

@@ -16,6 +16,7 @@ from edd_gateway.http.testing import ProxyHarness
 from edd_gateway.http.pool import RECHECK_AFTER, PooledBackend, still_open
 from edd_gateway.http.upstream import UpstreamProtocol
 from tests._support.http import BACKEND, ROUTES
+from tests.unit.test_http_retry import BODY_LENGTH, info as request_info
 
 
 class StillOpenTests(SynchronousTestCase):
@@ -64,12 +65,17 @@ class StillOpenTests(SynchronousTestCase):
         self.assertTrue(getattr(protocol, "aborted", False), "the closed connection was not dropped")
 
     def test_unlooked_when_a_failure_would_be_sent_again(self) -> None:
-        """C{look=False} (a GET, which a failed reuse sends again): handed out with no system call."""
+        """A GET, which a failed reuse sends again, gets an idle connection with no system call; a POST does not."""
         harness = ProxyHarness(ROUTES)
         protocol, backend = self.connection()
         protocol.pool = harness.pool
-        harness.pool._backends[("10.0.0.5", 8080)] = PooledBackend(idle=[protocol], count=1)
         backend.close()
         protocol.idle_since = harness.clock.seconds() - 60
-        self.assertIs(harness.pool.checkout(BACKEND, look=False), protocol)
+        post = SimpleNamespace(info=request_info(b"POST", body=BODY_LENGTH), retried=False, request_done=True)
+        harness.pool._backends[("10.0.0.5", 8080)] = PooledBackend(idle=[protocol], count=1)
+        protocol.transport.abortConnection = lambda: None  # type: ignore[attr-defined]
+        self.assertIsNone(harness.pool.checkout(BACKEND, post), "looked at, found closed")
+        get = SimpleNamespace(info=request_info(b"GET"), retried=False, request_done=True)
+        harness.pool._backends[("10.0.0.5", 8080)].idle.append(protocol)
+        self.assertIs(harness.pool.checkout(BACKEND, get), protocol)
         self.assertFalse(still_open(protocol), "the backend did close it: the look would have dropped it")
