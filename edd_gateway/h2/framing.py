@@ -28,7 +28,7 @@ from h2.config import H2Configuration
 from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H2Connection, _decode_headers
 from h2.events import Event, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
-from h2.stream import H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
+from h2.stream import H2Stream, H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
 from h2.utilities import is_informational_response
 
 __all__ = ["FramingConnection"]
@@ -179,7 +179,13 @@ class FramingConnection(H2Connection):
         # with END_STREAM (stream_half_closed).  The StreamEnded event is
         # only attached to the request's (h2 also lists it after): the
         # server reads the end from there.
-        stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
+        # _begin_new_stream's work, less its three debug lines (h2 formats
+        # the stream table for one of them) and the checks receive_data made.
+        stream = H2Stream(stream_id, config=self.config, inbound_window_size=self.local_settings.initial_window_size,
+                          outbound_window_size=self.remote_settings.initial_window_size)
+        stream.max_outbound_frame_size = self.max_outbound_frame_size
+        self.streams[stream_id] = stream
+        self.highest_inbound_stream_id = stream_id
         machine = stream.state_machine
         machine.client = False
         machine.headers_received = True

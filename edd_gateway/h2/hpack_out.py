@@ -53,6 +53,23 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
 _SHORT_LENGTHS = [bytes((n,)) for n in range(127)]
 
 
+#: Names outside the static table (x-request-id, the backend's own) as
+#: literal-name prefixes (6.2.2: index 0, the name as a string), worked out
+#: once; bounded, as the names come from backends.
+_LITERAL_NAMES: dict[bytes, bytes] = {}
+_LITERAL_NAMES_KEPT = 512
+
+
+def _literal_name(name: bytes) -> bytes:
+    prefix = _LITERAL_NAMES.get(name)
+    if prefix is None:
+        prefix = b"\x00" + _string(name)
+        if len(_LITERAL_NAMES) >= _LITERAL_NAMES_KEPT:
+            _LITERAL_NAMES.clear()
+        _LITERAL_NAMES[name] = prefix
+    return prefix
+
+
 class StaticTableEncoder:
     """
     Stands in for C{hpack.Encoder} on an C{h2} connection
@@ -72,7 +89,7 @@ class StaticTableEncoder:
         if self._announce:
             self._announce = False
             out.append(b"\x20")
-        full, names, lengths = _FULL, _NAME, _SHORT_LENGTHS
+        full, names, literal_names, lengths = _FULL, _NAME, _LITERAL_NAMES, _SHORT_LENGTHS
         for name, value in headers:
             field = full.get((name, value))
             if field is not None:
@@ -80,9 +97,10 @@ class StaticTableEncoder:
                 continue
             prefix = names.get(name)
             if prefix is None:
-                out.append(b"\x00" + _string(name))
-            else:
-                out.append(prefix)
+                prefix = literal_names.get(name)
+                if prefix is None:
+                    prefix = _literal_name(name)
+            out.append(prefix)
             size = len(value)
             out.append(lengths[size] if size < 127 else _integer(size, 7, 0x00))
             out.append(value)

@@ -11,6 +11,7 @@ from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
+from edd_gateway.h2 import hpack_out
 from edd_gateway.h2.hpack_out import StaticTableEncoder
 
 _names = st.one_of(st.sampled_from([b":status", b"content-type", b"content-length", b"server", b"set-cookie",
@@ -28,6 +29,14 @@ class EncoderTests(SynchronousTestCase):
             self.assertEqual(decoder.decode(encoder.encode(head), raw=True), head)
         # No entry was ever added to the client's dynamic table.
         self.assertEqual(len(decoder.header_table.dynamic_entries), 0)
+
+    def test_names_outside_the_table_past_the_kept_bound(self) -> None:
+        """Literal names are worked out once and kept within a bound; every block still decodes."""
+        encoder, decoder = StaticTableEncoder(), Decoder()
+        head = [(b"x-name-%d" % n, b"v") for n in range(1200)]
+        self.assertEqual(decoder.decode(encoder.encode(head), raw=True), head)
+        self.assertLessEqual(len(hpack_out._LITERAL_NAMES), hpack_out._LITERAL_NAMES_KEPT)
+        self.assertEqual(decoder.decode(encoder.encode(head[:3]), raw=True), head[:3])
 
     def test_static_table_fields_are_one_byte(self) -> None:
         encoder = StaticTableEncoder()
