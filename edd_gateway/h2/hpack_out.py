@@ -51,6 +51,8 @@ for _index, (_name, _value) in enumerate(HeaderTable.STATIC_TABLE, start=1):
     _FULL.setdefault((_name, _value), _integer(_index, 7, 0x80))
     _NAME.setdefault(_name, _integer(_index, 4, 0x00))
 _SHORT_LENGTHS = [bytes((n,)) for n in range(127)]
+#: The one regular field whose value is in the static table.
+_ACCEPT_ENCODING = b"accept-encoding"  # (test_h2_hpack checks every entry)
 
 
 #: Names outside the static table (x-request-id, the backend's own) as
@@ -91,10 +93,15 @@ class StaticTableEncoder:
             out.append(b"\x20")
         full, names, literal_names, lengths = _FULL, _NAME, _LITERAL_NAMES, _SHORT_LENGTHS
         for name, value in headers:
-            field = full.get((name, value))
-            if field is not None:
-                out.append(field)
-                continue
+            # Whole fields in the static table: pseudo-headers', empty
+            # values and accept-encoding's only; looked up for those alone,
+            # since hashing the value of every other field costs more than
+            # the lookup saves.
+            if not value or name[:1] == b":" or name == _ACCEPT_ENCODING:
+                field = full.get((name, value))
+                if field is not None:
+                    out.append(field)
+                    continue
             prefix = names.get(name)
             if prefix is None:
                 prefix = literal_names.get(name)

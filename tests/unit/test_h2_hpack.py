@@ -7,6 +7,7 @@ block on one connection.
 from __future__ import annotations
 
 from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
+from hpack.table import HeaderTable
 from hypothesis import given, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -37,6 +38,14 @@ class EncoderTests(SynchronousTestCase):
         self.assertEqual(decoder.decode(encoder.encode(head), raw=True), head)
         self.assertLessEqual(len(hpack_out._LITERAL_NAMES), hpack_out._LITERAL_NAMES_KEPT)
         self.assertEqual(decoder.decode(encoder.encode(head[:3]), raw=True), head[:3])
+
+    def test_every_whole_static_field_is_one_byte(self) -> None:
+        """Each of the 61 static entries (a value there, or empty) is sent as its one-byte index (RFC 7541 6.1)."""
+        encoder = StaticTableEncoder()
+        encoder.encode([])
+        for index, field in enumerate(HeaderTable.STATIC_TABLE, start=1):
+            if HeaderTable.STATIC_TABLE.index(field) + 1 == index:  # the first of a repeated entry
+                self.assertEqual(encoder.encode([field]), bytes((0x80 | index,)), field)
 
     def test_static_table_fields_are_one_byte(self) -> None:
         encoder = StaticTableEncoder()
