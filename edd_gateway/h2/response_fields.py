@@ -18,7 +18,7 @@ the re-framer.
 from __future__ import annotations
 
 from edd_gateway.http.headers import BODY_LENGTH, BODY_NONE, HOP_BY_HOP, connection_options
-from edd_gateway.http.response_head import Plain, Special
+from edd_gateway.http.response_head import Special
 from edd_gateway.routes.model import HeaderEdits
 
 Headers = list[tuple[bytes, bytes]]
@@ -31,7 +31,7 @@ _CONNECTION_STATES = frozenset({b"close", b"keep-alive"})
 _OWS = b" \t"
 
 
-def response_fields(plain: Plain, special: Special, body: int, content_length: int, request_id: str,
+def response_fields(plain: Special, special: Special, body: int, content_length: int, request_id: str,
                     edits: HeaderEdits | None) -> Headers:
     """
     The fields (no C{:status}) of a final response head, from what
@@ -55,9 +55,9 @@ def response_fields(plain: Plain, special: Special, body: int, content_length: i
     drop = edits.drop if edits is not None else None
     fields: Headers = []
     append = fields.append
-    for name, line in plain:
+    for name, _, value in plain:
         if (drop is None or name not in drop) and (named is None or name not in named):
-            append((name, line[len(name) + 2:]))  # the line is the name, ": ", then the value as llhttp read it
+            append((name, value))
     for field in bodiless_length:
         if named is None or field[0] not in named:
             append(field)

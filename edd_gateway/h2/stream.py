@@ -24,7 +24,7 @@ from edd_gateway.http.exchange import Exchange
 from edd_gateway.http.flow import FlowTransport, Throttle
 from edd_gateway.h2.reframe import CONNECTION_SPECIFIC, Headers, ResponseReframer
 from edd_gateway.h2.response_fields import response_fields
-from edd_gateway.http.response_head import Plain, Special
+from edd_gateway.http.response_head import Special
 from edd_gateway.routes.model import HeaderEdits
 from edd_gateway.h2.tunnel import StreamReading, StreamTunnel
 
@@ -138,7 +138,7 @@ class H2Stream:
             reframer = self.reframer = ResponseReframer(self._head, self._body)
         reframer.feed(data)
 
-    def final_head(self, status_line: bytes, plain: Plain, special: Special, body: int, content_length: int,
+    def final_head(self, status_line: bytes, plain: Special, special: Special, body: int, content_length: int,
                    chunk_to_client: bool, keep_alive: bool, http11_client: bool, request_id: str,
                    upgrade: bool = False, edits: HeaderEdits | None = None) -> None:
         """A proxied response's head, taken as fields (L{response_fields}): the re-framer reads no more."""

@@ -21,7 +21,7 @@ from edd_gateway.http.settings import ProxySettings
 
 if TYPE_CHECKING:
     from edd_gateway.http.headers import RequestInfo
-    from edd_gateway.http.response_head import Plain, Special
+    from edd_gateway.http.response_head import Special
     from edd_gateway.routes.model import HeaderEdits
     from edd_gateway.routes.containers import HostRouter
     from edd_gateway.routes.model import Route
@@ -170,7 +170,7 @@ class ClientSide(Protocol):
     def response_started(self) -> None:
         """The response head is on its way: from now on only silence is bounded."""
 
-    def final_head(self, status_line: bytes, plain: Plain, special: Special, body: int, content_length: int,
+    def final_head(self, status_line: bytes, plain: Special, special: Special, body: int, content_length: int,
                    chunk_to_client: bool, keep_alive: bool, http11_client: bool, request_id: str,
                    upgrade: bool = False, edits: HeaderEdits | None = None) -> bytes | None:
         """

@@ -19,7 +19,7 @@ from edd_gateway.net.transport import write_now
 from edd_gateway.http.clientside import ClientSide
 from edd_gateway.http.errors import render_error
 from edd_gateway.http.headers import BODY_CHUNKED, BODY_NONE, BODY_UNTIL_CLOSE, RequestInfo, upstream_request_head
-from edd_gateway.http.response_head import Plain, Special, client_framing, interim_head
+from edd_gateway.http.response_head import Special, client_framing, interim_head
 from edd_gateway.http.flow import Throttle
 from edd_gateway.http.record import RequestRecordFields
 from edd_gateway.http.retry import may_send_again
@@ -208,7 +208,7 @@ class Exchange(RequestRecordFields):
 
     # Response side, fed by the backend connection
 
-    def response_head(self, status: int, reason: bytes, plain: Plain, special: Special) -> None:
+    def response_head(self, status: int, reason: bytes, plain: Special, special: Special) -> None:
         status_line = b"HTTP/1.1 %d %b" % (status, reason)
         if status < 200:
             if status == 101:

@@ -10,8 +10,6 @@ connection never does.
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 from edd_gateway.http.headers import (
     BODY_CHUNKED,
     BODY_LENGTH,
@@ -27,13 +25,9 @@ from edd_gateway.routes.model import HeaderEdits
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _CONNECTION_STATES = frozenset({b"close"})
 
-#: Fields set apart by L{split_response_headers}: (lower-case name, name as sent, value).
+#: Fields as L{split_response_headers} sorts them, the special ones and the
+#: others alike: (lower-case name, name as sent, value).
 Special = list[tuple[bytes, bytes, bytes]]
-#: The fields passed on as they are: (lower-case name, the line as sent,
-#: C{Name: value}); the name is what a route's edits and an HTTP/2 stream's
-#: header list need, the line what an HTTP/1.1 head is made of.
-Plain = list[tuple[bytes, bytes]]
-_LINE = itemgetter(1)
 
 def response_body_kind(
     status: int, headers: Headers, head_request: bool
@@ -76,27 +70,28 @@ def client_framing(status: int, special: Special, head_request: bool, http11_cli
     return body, length, chunk_to_client, chunk_to_client or not unsized
 
 
-def interim_head(status_line: bytes, plain: Plain, special: Special, request_id: str, *,
+def interim_head(status_line: bytes, plain: Special, special: Special, request_id: str, *,
                  upgrade: bool = False) -> bytes:
     """The head of a 1xx answer for the client: a 101 with its Upgrade, the others (100, 103) as they came."""
     return client_head(status_line, plain, special, BODY_NONE, 0, False, True, True, request_id, upgrade=upgrade)
 
 
-def split_response_headers(headers: Headers) -> tuple[Plain, Special]:
+def split_response_headers(headers: Headers) -> tuple[Special, Special]:
     """
     Set apart the response fields the gateway interprets (framing,
-    hop-by-hop, request id) from those it passes on as they are (L{Plain}).
-    The backend connection does this field by field as
+    hop-by-hop, request id) from those it passes on as they are, each with
+    its lower-case name (what the route's edits and an HTTP/2 stream's
+    header list need).  The backend connection does this field by field as
     llhttp reports them, so that a response's headers are walked once.
     """
-    plain: Plain = []
+    plain: Special = []
     special: Special = []
     for raw_name, value in headers:
         name = raw_name.lower()
         if name in RESPONSE_SPECIAL:
             special.append((name, raw_name, value))
         else:
-            plain.append((name, raw_name + b": " + value))
+            plain.append((name, raw_name, value))
     return plain, special
 
 
@@ -126,7 +121,7 @@ def client_response_head(
 
 def client_head(
     status_line: bytes,
-    plain: Plain,
+    plain: Special,
     special: Special,
     body: int,
     content_length: int,
@@ -140,10 +135,10 @@ def client_head(
     """L{client_response_head} over headers L{split_response_headers} split."""
     lines = [status_line]
     if edits is None:
-        lines.extend(map(_LINE, plain))  # no Python frame per response
+        lines += [raw_name + b": " + value for _, raw_name, value in plain]
     else:
         drop = edits.drop
-        lines += [line for name, line in plain if name not in drop]
+        lines += [raw_name + b": " + value for name, raw_name, value in plain if name not in drop]
     named, upgrade_value, transfer_codings = _read_special(special, body == BODY_NONE, lines)
     append = lines.append
     if named:

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from edd_gateway.net.connect import ConnectFailure, ConnectProblem
 from edd_gateway.net.transport import set_no_delay, write_now
 from edd_gateway.http.errors import GatewayError
-from edd_gateway.http.response_head import RESPONSE_SPECIAL, Plain, Special
+from edd_gateway.http.response_head import RESPONSE_SPECIAL, Special
 from edd_gateway.routes.model import Target
 
 if TYPE_CHECKING:
@@ -32,7 +32,7 @@ BackendKey = tuple[str, int]
 class ResponseListener(TypingProtocol):
     """What an upstream connection reports to the exchange it serves."""
 
-    def response_head(self, status: int, reason: bytes, plain: Plain, special: Special) -> None: ...
+    def response_head(self, status: int, reason: bytes, plain: Special, special: Special) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self, reusable: bool) -> None: ...
     def response_upgraded(self, rest: bytes) -> None: ...
@@ -57,7 +57,7 @@ class UpstreamProtocol(Protocol):
         self.received = 0
         self.head_request = False
         self._reason = b""
-        self._plain: Plain = []
+        self._plain: Special = []
         self._special: Special = []
         # Set when a response ended inside feed_data: the exchange is told
         # only once feed_data has returned, so that bytes after the response
@@ -149,7 +149,7 @@ class UpstreamProtocol(Protocol):
         if lowered in RESPONSE_SPECIAL:
             self._special.append((lowered, name, value))
         else:
-            self._plain.append((lowered, name + b": " + value))
+            self._plain.append((lowered, name, value))
 
     def on_headers_complete(self) -> None:
         parser = self.parser
