@@ -31,15 +31,14 @@ _CONNECTION_STATES = frozenset({b"close", b"keep-alive"})
 _OWS = b" \t"
 
 
-def response_fields(plain: Special, special: Special, body: int, content_length: int, request_id: str,
+def response_fields(plain: list[bytes], special: Special, body: int, content_length: int, request_id: str,
                     edits: HeaderEdits | None) -> Headers:
     """
     The fields (no C{:status}) of a final response head, from what
-    C{client_head} takes: the C{plain} and C{special} fields as
-    L{edd_gateway.http.response_head.split_response_headers} sets them apart
-    (values as llhttp read them: reading them again would change nothing),
-    the body's framing towards the client, the request id and the route's
-    edits.
+    C{client_head} takes: C{plain} lines (C{Name: value}) and C{special}
+    fields as L{edd_gateway.http.response_head.split_response_headers} set
+    them apart, the body's framing towards the client, the request id and
+    the route's edits.
     """
     # The backend's Connection header makes the fields it names hop-by-hop.
     named: set[bytes] | None = None
@@ -55,9 +54,11 @@ def response_fields(plain: Special, special: Special, body: int, content_length:
     drop = edits.drop if edits is not None else None
     fields: Headers = []
     append = fields.append
-    for name, _, value in plain:
+    for line in plain:
+        raw_name, _, value = line.partition(b":")
+        name = raw_name.lower()
         if (drop is None or name not in drop) and (named is None or name not in named):
-            append((name, value))
+            append((name, value.lstrip(_OWS)))
     for field in bodiless_length:
         if named is None or field[0] not in named:
             append(field)

@@ -138,7 +138,7 @@ class H2Stream:
             reframer = self.reframer = ResponseReframer(self._head, self._body)
         reframer.feed(data)
 
-    def final_head(self, status_line: bytes, plain: Special, special: Special, body: int, content_length: int,
+    def final_head(self, status_line: bytes, plain: list[bytes], special: Special, body: int, content_length: int,
                    chunk_to_client: bool, keep_alive: bool, http11_client: bool, request_id: str,
                    upgrade: bool = False, edits: HeaderEdits | None = None) -> None:
         """A proxied response's head, taken as fields (L{response_fields}): the re-framer reads no more."""

@@ -170,7 +170,7 @@ class ClientSide(Protocol):
     def response_started(self) -> None:
         """The response head is on its way: from now on only silence is bounded."""
 
-    def final_head(self, status_line: bytes, plain: Special, special: Special, body: int, content_length: int,
+    def final_head(self, status_line: bytes, plain: list[bytes], special: Special, body: int, content_length: int,
                    chunk_to_client: bool, keep_alive: bool, http11_client: bool, request_id: str,
                    upgrade: bool = False, edits: HeaderEdits | None = None) -> bytes | None:
         """

@@ -208,7 +208,7 @@ class Exchange(RequestRecordFields):
 
     # Response side, fed by the backend connection
 
-    def response_head(self, status: int, reason: bytes, plain: Special, special: Special) -> None:
+    def response_head(self, status: int, reason: bytes, plain: list[bytes], special: Special) -> None:
         status_line = b"HTTP/1.1 %d %b" % (status, reason)
         if status < 200:
             if status == 101:

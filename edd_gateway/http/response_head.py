@@ -25,8 +25,7 @@ from edd_gateway.routes.model import HeaderEdits
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
 _CONNECTION_STATES = frozenset({b"close"})
 
-#: Fields as L{split_response_headers} sorts them, the special ones and the
-#: others alike: (lower-case name, name as sent, value).
+#: Fields set apart by L{split_response_headers}: (lower-case name, name as sent, value).
 Special = list[tuple[bytes, bytes, bytes]]
 
 def response_body_kind(
@@ -70,28 +69,27 @@ def client_framing(status: int, special: Special, head_request: bool, http11_cli
     return body, length, chunk_to_client, chunk_to_client or not unsized
 
 
-def interim_head(status_line: bytes, plain: Special, special: Special, request_id: str, *,
+def interim_head(status_line: bytes, plain: list[bytes], special: Special, request_id: str, *,
                  upgrade: bool = False) -> bytes:
     """The head of a 1xx answer for the client: a 101 with its Upgrade, the others (100, 103) as they came."""
     return client_head(status_line, plain, special, BODY_NONE, 0, False, True, True, request_id, upgrade=upgrade)
 
 
-def split_response_headers(headers: Headers) -> tuple[Special, Special]:
+def split_response_headers(headers: Headers) -> tuple[list[bytes], Special]:
     """
     Set apart the response fields the gateway interprets (framing,
-    hop-by-hop, request id) from those it passes on as they are, each with
-    its lower-case name (what the route's edits and an HTTP/2 stream's
-    header list need).  The backend connection does this field by field as
+    hop-by-hop, request id) from those it passes on as they are, already
+    formatted as lines.  The backend connection does this field by field as
     llhttp reports them, so that a response's headers are walked once.
     """
-    plain: Special = []
+    plain: list[bytes] = []
     special: Special = []
     for raw_name, value in headers:
         name = raw_name.lower()
         if name in RESPONSE_SPECIAL:
             special.append((name, raw_name, value))
         else:
-            plain.append((name, raw_name, value))
+            plain.append(raw_name + b": " + value)
     return plain, special
 
 
@@ -121,7 +119,7 @@ def client_response_head(
 
 def client_head(
     status_line: bytes,
-    plain: Special,
+    plain: list[bytes],
     special: Special,
     body: int,
     content_length: int,
@@ -135,10 +133,11 @@ def client_head(
     """L{client_response_head} over headers L{split_response_headers} split."""
     lines = [status_line]
     if edits is None:
-        lines += [raw_name + b": " + value for _, raw_name, value in plain]
+        lines += plain
     else:
+        # Only routes that edit headers pay for looking at each name.
         drop = edits.drop
-        lines += [raw_name + b": " + value for name, raw_name, value in plain if name not in drop]
+        lines += [line for line in plain if line.split(b":", 1)[0].strip().lower() not in drop]
     named, upgrade_value, transfer_codings = _read_special(special, body == BODY_NONE, lines)
     append = lines.append
     if named:

@@ -32,7 +32,7 @@ BackendKey = tuple[str, int]
 class ResponseListener(TypingProtocol):
     """What an upstream connection reports to the exchange it serves."""
 
-    def response_head(self, status: int, reason: bytes, plain: Special, special: Special) -> None: ...
+    def response_head(self, status: int, reason: bytes, plain: list[bytes], special: Special) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_complete(self, reusable: bool) -> None: ...
     def response_upgraded(self, rest: bytes) -> None: ...
@@ -57,7 +57,7 @@ class UpstreamProtocol(Protocol):
         self.received = 0
         self.head_request = False
         self._reason = b""
-        self._plain: Special = []
+        self._plain: list[bytes] = []
         self._special: Special = []
         # Set when a response ended inside feed_data: the exchange is told
         # only once feed_data has returned, so that bytes after the response
@@ -149,7 +149,7 @@ class UpstreamProtocol(Protocol):
         if lowered in RESPONSE_SPECIAL:
             self._special.append((lowered, name, value))
         else:
-            self._plain.append((lowered, name, value))
+            self._plain.append(name + b": " + value)
 
     def on_headers_complete(self) -> None:
         parser = self.parser
