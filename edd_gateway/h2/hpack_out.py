@@ -55,6 +55,12 @@ _SHORT_LENGTHS = [bytes((n,)) for n in range(127)]
 _ACCEPT_ENCODING = b"accept-encoding"  # (test_h2_hpack checks every entry)
 
 
+#: Whole fields of static-table names as encoded, for the responses that
+#: repeat them; bounded (cleared when full), the values coming from backends.
+_REPEATED: dict[tuple[bytes, bytes], bytes] = {}
+_REPEATED_KEPT = 1024
+_REPEATED_LARGEST = 256
+
 #: Names outside the static table (x-request-id, the backend's own) as
 #: literal-name prefixes (6.2.2: index 0, the name as a string), worked out
 #: once; bounded, as the names come from backends.
@@ -91,8 +97,13 @@ class StaticTableEncoder:
         if self._announce:
             self._announce = False
             out.append(b"\x20")
-        full, names, literal_names, lengths = _FULL, _NAME, _LITERAL_NAMES, _SHORT_LENGTHS
-        for name, value in headers:
+        full, names, literal_names, lengths, repeated = _FULL, _NAME, _LITERAL_NAMES, _SHORT_LENGTHS, _REPEATED
+        for field_pair in headers:
+            encoded = repeated.get(field_pair)
+            if encoded is not None:
+                out.append(encoded)
+                continue
+            name, value = field_pair
             # Whole fields in the static table: pseudo-headers', empty
             # values and accept-encoding's only; looked up for those alone,
             # since hashing the value of every other field costs more than
@@ -103,12 +114,20 @@ class StaticTableEncoder:
                     out.append(field)
                     continue
             prefix = names.get(name)
+            kept = prefix is not None
             if prefix is None:
                 prefix = literal_names.get(name)
                 if prefix is None:
                     prefix = _literal_name(name)
-            out.append(prefix)
             size = len(value)
-            out.append(lengths[size] if size < 127 else _integer(size, 7, 0x00))
-            out.append(value)
+            encoded = prefix + (lengths[size] if size < 127 else _integer(size, 7, 0x00)) + value
+            out.append(encoded)
+            if kept and size <= _REPEATED_LARGEST:
+                # A field of a static-table name (server, content-type,
+                # cache-control, date within its second) comes back on the
+                # next responses; x-request-id and the backend's own names
+                # are not kept.
+                if len(repeated) >= _REPEATED_KEPT:
+                    repeated.clear()
+                repeated[field_pair] = encoded
         return b"".join(out)

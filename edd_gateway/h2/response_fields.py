@@ -31,6 +31,24 @@ _CONNECTION_STATES = frozenset({b"close", b"keep-alive"})
 _OWS = b" \t"
 
 
+#: Backend lines read as fields (Server, Content-Type, Cache-Control repeat
+#: from response to response), bounded (cleared when full).
+_READ_LINES: dict[bytes, tuple[bytes, bytes]] = {}
+_READ_LINES_KEPT = 1024
+_READ_LINES_LARGEST = 256
+
+
+def _read_line(line: bytes) -> tuple[bytes, bytes]:
+    """A C{Name: value} line as a field: the name lower-cased, the value as llhttp reads it again."""
+    raw_name, _, value = line.partition(b":")
+    field = (raw_name.lower(), value.lstrip(_OWS))
+    if len(line) <= _READ_LINES_LARGEST:
+        if len(_READ_LINES) >= _READ_LINES_KEPT:
+            _READ_LINES.clear()
+        _READ_LINES[line] = field
+    return field
+
+
 def response_fields(plain: list[bytes], special: Special, body: int, content_length: int, request_id: str,
                     edits: HeaderEdits | None) -> Headers:
     """
@@ -54,11 +72,14 @@ def response_fields(plain: list[bytes], special: Special, body: int, content_len
     drop = edits.drop if edits is not None else None
     fields: Headers = []
     append = fields.append
+    read = _READ_LINES
     for line in plain:
-        raw_name, _, value = line.partition(b":")
-        name = raw_name.lower()
+        field = read.get(line)
+        if field is None:
+            field = _read_line(line)
+        name = field[0]
         if (drop is None or name not in drop) and (named is None or name not in named):
-            append((name, value.lstrip(_OWS)))
+            append(field)
     for field in bodiless_length:
         if named is None or field[0] not in named:
             append(field)

@@ -39,6 +39,16 @@ class EncoderTests(SynchronousTestCase):
         self.assertLessEqual(len(hpack_out._LITERAL_NAMES), hpack_out._LITERAL_NAMES_KEPT)
         self.assertEqual(decoder.decode(encoder.encode(head[:3]), raw=True), head[:3])
 
+    def test_repeated_fields_past_the_kept_bound(self) -> None:
+        """Fields of static-table names are kept as encoded, within a bound; every block still decodes."""
+        encoder, decoder = StaticTableEncoder(), Decoder()
+        heads = [[(b"server", b"s%d" % n), (b"date", b"d"), (b"x-request-id", b"%d" % n)] for n in range(2500)]
+        for head in heads:
+            self.assertEqual(decoder.decode(encoder.encode(head), raw=True), head)
+        self.assertLessEqual(len(hpack_out._REPEATED), hpack_out._REPEATED_KEPT)
+        self.assertNotIn((b"x-request-id", b"7"), hpack_out._REPEATED)
+        self.assertEqual(encoder.encode(heads[0]), encoder.encode(heads[0]))
+
     def test_every_whole_static_field_is_one_byte(self) -> None:
         """Each of the 61 static entries (a value there, or empty) is sent as its one-byte index (RFC 7541 6.1)."""
         encoder = StaticTableEncoder()

@@ -12,6 +12,7 @@ from hypothesis import example, given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.reframe import ResponseReframer
+from edd_gateway.http.headers import BODY_NONE
 from edd_gateway.h2.response_fields import response_fields
 from edd_gateway.http.response_head import client_framing, client_head, split_response_headers
 from edd_gateway.routes.model import HeaderEdits
@@ -76,3 +77,10 @@ class SameAsTheReframer(SynchronousTestCase):
                               "0123abcd", edits=route_edits)
         self.assertEqual((status, response_fields(plain, special, body, length, "0123abcd", route_edits)),
                          reframed(written))
+
+    def test_lines_read_once_within_a_bound(self) -> None:
+        from edd_gateway.h2 import response_fields as module
+        for n in range(3000):
+            fields = response_fields([b"Server: s%d" % n, b"Content-Type:  text/plain"], [], BODY_NONE, 0, "1", None)
+            self.assertEqual(fields, [(b"server", b"s%d" % n), (b"content-type", b"text/plain"), (b"x-request-id", b"1")])
+        self.assertLessEqual(len(module._READ_LINES), module._READ_LINES_KEPT)
