@@ -29,12 +29,19 @@ from h2.connection import AllowedStreamIDs, ConnectionInputs, ConnectionState, H
 from h2.events import Event, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
 from h2.stream import H2Stream, H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
+from h2.settings import SettingCodes
 from h2.utilities import is_informational_response
 
 __all__ = ["FramingConnection"]
 
 _DATA, _HEADERS, _CONTINUATION = 0x0, 0x1, 0x9
 _END_STREAM, _END_HEADERS, _PADDED, _PRIORITY = 0x1, 0x4, 0x8, 0x20
+
+
+# Settings that always have a value in force, read from h2's table of them
+# (Settings._settings: code -> values, the one in force first), as its
+# properties and __getitem__ do in two Python calls.
+_MAX_STREAMS, _INITIAL_WINDOW = SettingCodes.MAX_CONCURRENT_STREAMS, SettingCodes.INITIAL_WINDOW_SIZE
 
 
 def frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
@@ -145,7 +152,7 @@ class FramingConnection(H2Connection):
             if (data[start + 3] == _HEADERS and flags & (_END_HEADERS | _PADDED | _PRIORITY) == _END_HEADERS
                     and stream_id & 1 and stream_id > self.highest_inbound_stream_id
                     and length <= self.max_inbound_frame_size
-                    and len(self.streams) < self.local_settings.max_concurrent_streams):
+                    and len(self.streams) < self.local_settings._settings[_MAX_STREAMS][0]):
                 try:
                     events += self._receive_request_head(stream_id, data[start + 9:end], flags & _END_STREAM)
                 except ProtocolError as problem:  # as h2's receive_data: GOAWAY queued, then raised
@@ -181,8 +188,9 @@ class FramingConnection(H2Connection):
         # server reads the end from there.
         # _begin_new_stream's work, less its three debug lines (h2 formats
         # the stream table for one of them) and the checks receive_data made.
-        stream = H2Stream(stream_id, config=self.config, inbound_window_size=self.local_settings.initial_window_size,
-                          outbound_window_size=self.remote_settings.initial_window_size)
+        stream = H2Stream(stream_id, config=self.config,
+                          inbound_window_size=self.local_settings._settings[_INITIAL_WINDOW][0],
+                          outbound_window_size=self.remote_settings._settings[_INITIAL_WINDOW][0])
         stream.max_outbound_frame_size = self.max_outbound_frame_size
         self.streams[stream_id] = stream
         self.highest_inbound_stream_id = stream_id

@@ -247,7 +247,8 @@ def outcome(server: H2Connection, data: bytes) -> tuple[object, ...]:
         result = (type(problem).__name__, getattr(problem, "error_code", None), str(problem))
     books = (server.highest_inbound_stream_id, server.state_machine.state,
              # h2 forgets closed streams when it next counts the open ones, whenever that is
-             sorted((sid, machine_books(s.state_machine), s.inbound_flow_control_window, s._expected_content_length)
+             sorted((sid, machine_books(s.state_machine), s.inbound_flow_control_window, s.outbound_flow_control_window,
+                     s.max_outbound_frame_size, s._expected_content_length)
                     for sid, s in server.streams.items() if not s.closed),
              server.inbound_flow_control_window, server.decoder.header_table.dynamic_entries)
     return result, server.data_to_send(), books
