@@ -30,7 +30,6 @@ from h2.events import Event, RequestReceived, StreamEnded
 from h2.exceptions import ProtocolError
 from h2.stream import H2Stream, H2StreamStateMachine, StreamClosedBy, StreamInputs, StreamState
 from h2.settings import SettingCodes
-from h2.utilities import is_informational_response
 
 __all__ = ["FramingConnection"]
 
@@ -174,8 +173,16 @@ class FramingConnection(H2Connection):
         than that, open or not).
         """
         headers = _decode_headers(self.decoder, block)
-        if (self.state_machine.state is not ConnectionState.SERVER_OPEN or not self._fields_as_sent
-                or is_informational_response(headers)):
+        # h2.utilities.is_informational_response, in place: a :status among
+        # the leading pseudo-header fields, 1xx (h2 refuses that request).
+        informational = False
+        for field_name, field_value in headers:
+            if field_name[:1] != b":":
+                break
+            if field_name == b":status":
+                informational = field_value[:1] == b"1"
+                break
+        if self.state_machine.state is not ConnectionState.SERVER_OPEN or not self._fields_as_sent or informational:
             opened = self.state_machine.process_input(ConnectionInputs.RECV_HEADERS)
             stream = self._begin_new_stream(stream_id, AllowedStreamIDs.ODD)
             _, stream_events = stream.receive_headers(headers, bool(end_stream), self.config.header_encoding)

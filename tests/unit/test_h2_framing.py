@@ -127,6 +127,7 @@ _actions = st.lists(st.one_of(
     st.tuples(st.just("data"), st.booleans()),
     st.tuples(st.just("raw"), st.sampled_from(["even", "zero", "reused", "ahead", "padded", "continued",
                                                    "unfinished"])),
+    st.tuples(st.just("status"), st.sampled_from([b"100", b"200"])),
     st.tuples(st.just("ping")), st.tuples(st.just("window")), st.tuples(st.just("reset")),
     st.tuples(st.just("settings")), st.tuples(st.just("goaway")),
 ), min_size=1, max_size=14)
@@ -184,6 +185,14 @@ def client_bytes(actions: list[tuple[object, ...]]) -> list[bytes]:
                 pieces.append(client.data_to_send() + raw)
             if action[1] in ("ahead", "padded", "continued", "unfinished"):
                 next_id = frame.stream_id + 2
+            continue
+        elif kind == "status":  # a response's pseudo-header in a request (h2 as a client will not send it)
+            status = HeadersFrame(next_id)
+            status.data = client.encoder.encode([(b":status", action[1]), *_REQUEST])
+            status.flags.add("END_HEADERS")
+            status.flags.add("END_STREAM")
+            pieces.append(client.data_to_send() + status.serialize())
+            next_id += 2
             continue
         elif kind == "ping":
             client.ping(b"12345678")
@@ -257,6 +266,8 @@ def outcome(server: H2Connection, data: bytes) -> tuple[object, ...]:
 class ReceivingSameAsH2(SynchronousTestCase):
     @settings(max_examples=400, deadline=None)
     @given(_actions, st.lists(st.integers(0, 3), max_size=16), st.integers(0, 30))
+    # A 1xx :status in a request, after a first request opened the connection.
+    @example([("request", True, 0, False, b""), ("status", b"100")], [], 0)
     # One stream more than the limit (3 here), each head read on its own.
     @example([("request", True, 0, False, b"")] * 4, [], 0)
     # A head that h2 holds for its CONTINUATION, then another stream's HEADERS in the same read.
