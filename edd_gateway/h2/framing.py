@@ -70,12 +70,7 @@ class FramingConnection(H2Connection):
                 or stream.state_machine.headers_sent):
             self.send_headers(stream_id, headers, end_stream=end_stream)
             return
-        machine = stream.state_machine
-        if not self._sent(machine, end_stream, head=True):
-            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS)
-            machine.process_input(StreamInputs.SEND_HEADERS)
-            if end_stream:
-                machine.process_input(StreamInputs.SEND_END_STREAM)
+        self._sent(stream.state_machine, end_stream, head=True)
         block = self.encoder.encode(headers)
         size = self.max_outbound_frame_size
         end = _END_STREAM if end_stream else 0
@@ -96,23 +91,18 @@ class FramingConnection(H2Connection):
         C{max_outbound_frame_size}); C{h2}'s C{send_data} otherwise.
         """
         stream = self.streams[stream_id]
-        machine = stream.state_machine
-        if not self._sent(machine, end_stream, head=False):
-            self.state_machine.process_input(ConnectionInputs.SEND_DATA)
-            machine.process_input(StreamInputs.SEND_DATA)
-            if end_stream:
-                machine.process_input(StreamInputs.SEND_END_STREAM)
+        self._sent(stream.state_machine, end_stream, head=False)
         size = len(data)
         stream.outbound_flow_control_window -= size
         self.outbound_flow_control_window -= size
         self._data_to_send += frame(_DATA, _END_STREAM if end_stream else 0, stream_id, data)
 
-    def _sent(self, machine: H2StreamStateMachine, end_stream: bool, *, head: bool) -> bool:
+    def _sent(self, machine: H2StreamStateMachine, end_stream: bool, *, head: bool) -> None:
         """
         C{h2}'s inputs for a response's head (C{head}) or DATA, and then
-        END_STREAM, on a server connection's open stream, done in place;
-        false, with nothing done, for any other state (C{h2}'s own
-        C{process_input} then takes them, errors and all).  Its state
+        END_STREAM: on a server connection's open stream done in place, in
+        any other state given to C{h2}'s own C{process_input}, errors and
+        all.  Its state
         machines look each input up in a table keyed by two enums, whose
         hashing is Python code: with the events made and dropped, those
         eight lookups per request were a fifteenth of its calls.  The
@@ -123,7 +113,11 @@ class FramingConnection(H2Connection):
         state = machine.state
         if (self.state_machine.state is not ConnectionState.SERVER_OPEN or machine.client is not False
                 or not (state is StreamState.HALF_CLOSED_REMOTE or state is StreamState.OPEN)):
-            return False
+            self.state_machine.process_input(ConnectionInputs.SEND_HEADERS if head else ConnectionInputs.SEND_DATA)
+            machine.process_input(StreamInputs.SEND_HEADERS if head else StreamInputs.SEND_DATA)
+            if end_stream:
+                machine.process_input(StreamInputs.SEND_END_STREAM)
+            return
         if head:
             machine.headers_sent = True  # response_sent; a head after the head is trailers, h2's
         if end_stream:
@@ -132,7 +126,6 @@ class FramingConnection(H2Connection):
                 machine.stream_closed_by = StreamClosedBy.SEND_END_STREAM
             else:
                 machine.state = StreamState.HALF_CLOSED_LOCAL
-        return True
 
     def receive_data(self, data: bytes) -> list[Event]:  # type: ignore[override]  # h2 takes any buffer; the gateway passes bytes
         """C{h2}'s C{receive_data}, with the HEADERS frames that open a stream read here."""

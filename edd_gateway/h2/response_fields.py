@@ -18,15 +18,13 @@ the re-framer.
 from __future__ import annotations
 
 from edd_gateway.http.headers import BODY_LENGTH, BODY_NONE, HOP_BY_HOP, connection_options
-from edd_gateway.http.response_head import Special
+from edd_gateway.http.response_head import CONNECTION_STATES, Special
 from edd_gateway.routes.model import HeaderEdits
 
 Headers = list[tuple[bytes, bytes]]
 
 __all__ = ["response_fields"]
 
-#: Connection options that name no field (client_head's own).
-_CONNECTION_STATES = frozenset({b"close", b"keep-alive"})
 #: What llhttp skips before a field's value (it keeps what follows it).
 _OWS = b" \t"
 
@@ -63,7 +61,7 @@ def response_fields(plain: list[bytes], special: Special, body: int, content_len
     bodiless_length: Headers = []
     for name, _, value in special:
         if name == b"connection":
-            extra = connection_options(value) - HOP_BY_HOP - _CONNECTION_STATES
+            extra = connection_options(value) - HOP_BY_HOP - CONNECTION_STATES
             if extra:
                 named = (named or set()) | extra
         elif name == b"content-length" and body == BODY_NONE:

@@ -23,7 +23,8 @@ from edd_gateway.routes.model import HeaderEdits
 
 #: The response fields the gateway interprets rather than passes on.
 RESPONSE_SPECIAL = HOP_BY_HOP | {b"content-length", b"x-request-id"}
-_CONNECTION_STATES = frozenset({b"close"})
+#: Connection options that name no field (close; keep-alive is hop-by-hop already).
+CONNECTION_STATES = frozenset({b"close"})
 
 #: Fields set apart by L{split_response_headers}: (lower-case name, name as sent, value).
 Special = list[tuple[bytes, bytes, bytes]]
@@ -178,7 +179,7 @@ def _read_special(special: Special, bodiless: bool, lines: list[bytes]) -> tuple
     upgrade_value = transfer_codings = b""
     for name, raw_name, value in special:
         if name == b"connection":
-            extra = connection_options(value) - HOP_BY_HOP - _CONNECTION_STATES
+            extra = connection_options(value) - HOP_BY_HOP - CONNECTION_STATES
             if extra:
                 named = (named or set()) | extra
         elif name == b"transfer-encoding":

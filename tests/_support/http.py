@@ -5,6 +5,7 @@ on private addresses, a GET and a 200 as bytes on the wire.
 
 from __future__ import annotations
 
+from edd_gateway.http.headers import BODY_NONE, RequestInfo
 from edd_gateway.http.testing import backend_route
 from edd_gateway.routes.model import MatchKind, Route, Target
 
@@ -35,3 +36,11 @@ def get(path: str = "/", host: str = "app.test", extra: bytes = b"", version: by
 
 def ok(body: bytes = b"hello", extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+def request_info(method: bytes, body: int = BODY_NONE, headers: list[tuple[bytes, bytes]] | None = None
+                 ) -> RequestInfo:
+    """A request head as analyse_request reads it, for code that takes one whole."""
+    return RequestInfo(method=method, target=b"/", http11=True, headers=headers or [], host=b"app.test", body=body,
+                       content_length=0, keep_alive=True, upgrade=False, expect_continue=False, request_id="1",
+                       connection_tokens=frozenset())

@@ -15,8 +15,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from edd_gateway.http.testing import ProxyHarness
 from edd_gateway.http.pool import RECHECK_AFTER, PooledBackend, still_open
 from edd_gateway.http.upstream import UpstreamProtocol
-from tests._support.http import BACKEND, ROUTES
-from tests.unit.test_http_retry import BODY_LENGTH, info as request_info
+from edd_gateway.http.headers import BODY_LENGTH
+from tests._support.http import BACKEND, ROUTES, request_info
 
 
 class StillOpenTests(SynchronousTestCase):

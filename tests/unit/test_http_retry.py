@@ -10,23 +10,15 @@ from dataclasses import dataclass
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.http.headers import BODY_NONE, RequestInfo
 from edd_gateway.http.retry import look_before_reuse, may_send_again, sendable_again
-
-
-def info(method: bytes, body: int = BODY_NONE, headers: list[tuple[bytes, bytes]] | None = None) -> RequestInfo:
-    return RequestInfo(method=method, target=b"/", http11=True, headers=headers or [], host=b"app.test", body=body,
-                       content_length=0, keep_alive=True, upgrade=False, expect_continue=False, request_id="1",
-                       connection_tokens=frozenset())
+from edd_gateway.http.headers import BODY_LENGTH
+from tests._support.http import request_info as info
 
 
 @dataclass
 class Used:
     requests: int
     received: int
-
-
-BODY_LENGTH = BODY_NONE + 1  # any framed body
 
 
 class SendableAgainTests(SynchronousTestCase):
