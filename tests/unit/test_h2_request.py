@@ -11,7 +11,8 @@ from h2.utilities import HeaderValidationFlags, validate_headers
 from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from edd_gateway.h2.request import H2RequestError, Malformed, h1_view, malformed_trailers
+from edd_gateway.h2 import request
+from edd_gateway.h2.request import H1View, H2RequestError, Malformed, h1_view, malformed_trailers
 
 REQUEST = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"app.test")]
 _AS_A_SERVER_READS_A_REQUEST = HeaderValidationFlags(is_client=False, is_trailer=False, is_response_header=False,
@@ -131,3 +132,71 @@ class TranslationTests(SynchronousTestCase):
         error = self.assertRaises(H2RequestError, h1_view, [(b":method", b"CONNECT"), (b":authority", b"a:443")],
                                   False)
         self.assertEqual(error.status, 405)
+
+
+def _fields_of(view: H1View) -> tuple[object, ...]:
+    return (view.method, view.target, view.headers, view.websocket, view.authority)
+
+
+class KeptViewTests(SynchronousTestCase):
+    """A repeated header list's view comes from the table of kept views, as if read again."""
+
+    def setUp(self) -> None:
+        request._VIEWS.clear()
+        self.addCleanup(request._VIEWS.clear)
+
+    def test_a_repeated_request_gets_its_own_header_list(self) -> None:
+        fields = [*REQUEST, (b"accept", b"*/*")]
+        first = h1_view(fields, True)
+        self.assertIn((tuple(fields), True), request._VIEWS)
+        first.headers.append((b"x-added", b"by the first request"))
+        second = h1_view(fields, True)
+        self.assertEqual(_fields_of(second), _fields_of(request._read_view(fields, True)))
+        self.assertIsNot(second.headers, first.headers)
+        self.assertIsNot(second.headers, h1_view(fields, True).headers)
+
+    def test_the_end_of_the_stream_is_part_of_the_key(self) -> None:
+        post = [(b":method", b"POST"), *REQUEST[1:]]
+        self.assertIn((b"transfer-encoding", b"chunked"), h1_view(post, False).headers)
+        self.assertNotIn((b"transfer-encoding", b"chunked"), h1_view(post, True).headers)
+        self.assertIn((b"transfer-encoding", b"chunked"), h1_view(post, False).headers)
+
+    def test_a_websocket_gets_a_new_key_each_time(self) -> None:
+        fields = [(b":method", b"CONNECT"), (b":protocol", b"websocket"), *REQUEST[1:]]
+        keys = {dict(h1_view(fields, False).headers)[b"sec-websocket-key"] for _ in range(3)}
+        self.assertEqual(len(keys), 3)
+        self.assertEqual(request._VIEWS, {})
+
+    def test_a_malformed_request_is_refused_every_time(self) -> None:
+        fields = [*REQUEST, (b"X-Upper", b"1")]
+        for _ in range(3):
+            self.assertRaises(Malformed, h1_view, fields, True)
+        self.assertEqual(request._VIEWS, {})
+
+    def test_large_header_lists_are_not_kept(self) -> None:
+        h1_view([*REQUEST, (b"x-large", b"x" * request._BYTES_KEPT)], True)
+        h1_view([*REQUEST, *[(b"x-%d" % n, b"1") for n in range(request._FIELDS_KEPT)]], True)
+        self.assertEqual(request._VIEWS, {})
+
+    def test_the_table_is_bounded(self) -> None:
+        for n in range(request._VIEWS_KEPT * 3):
+            h1_view([*REQUEST, (b"x-n", b"%d" % n)], True)
+            self.assertLessEqual(len(request._VIEWS), request._VIEWS_KEPT)
+        self.assertGreater(len(request._VIEWS), 0)
+
+    @settings(max_examples=1000, deadline=None)
+    @given(_FIELDS, st.booleans())
+    def test_same_as_reading_again(self, fields: list[tuple[bytes, bytes]], end_stream: bool) -> None:
+        """Any list, seen twice: the second view (or refusal) is the first one's."""
+        fields = [*REQUEST, *fields] if fields and fields[0][0] != b":method" else fields
+        try:
+            read = _fields_of(request._read_view(fields, end_stream))
+        except (Malformed, H2RequestError) as problem:
+            for _ in range(2):
+                self.assertRaises(type(problem), h1_view, fields, end_stream)
+            return
+        for _ in range(2):
+            view = h1_view(fields, end_stream)
+            if view.websocket:
+                return
+            self.assertEqual(_fields_of(view), read)
