@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 from hpack.table import HeaderTable
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from edd_gateway.h2.hpack_in import RepeatingBlockDecoder
@@ -64,17 +64,24 @@ class EncoderTests(SynchronousTestCase):
 
 
 _request_fields = st.lists(st.tuples(st.sampled_from([b":method", b":path", b"user-agent", b"accept", b"cookie",
-                                                      b"x-trace"]),
-                                     st.sampled_from([b"GET", b"/", b"/a", b"curl", b"*/*", b"a=1", b""])),
+                                                      b"x-trace", b"authorization"]),
+                                     st.sampled_from([b"GET", b"/", b"/a", b"curl", b"*/*", b"a=1", b""]),
+                                     st.booleans()),  # sensitive: sent never indexed
                            max_size=6)
 
 
 def _outcome(decoder: Decoder, block: bytes) -> object:
-    """The list C{decoder} reads from C{block}, or the kind of error it raises."""
+    """
+    What C{decoder} reads from C{block} (each field with its type: a
+    never-indexed one must stay so when passed on, RFC 7541 7.1.3) or the
+    kind of error it raises, and its table after.
+    """
     try:
-        return list(decoder.decode(block, raw=True))
+        read: object = [(type(field), tuple(field)) for field in decoder.decode(block, raw=True)]
     except HPACKError as error:
-        return type(error)
+        read = type(error)
+    table = decoder.header_table
+    return read, list(table.dynamic_entries), table._current_size, table.maxsize, table.resized
 
 
 class RepeatingBlockDecoderTests(SynchronousTestCase):
@@ -89,12 +96,33 @@ class RepeatingBlockDecoderTests(SynchronousTestCase):
         for fields, repeat, resize in heads:
             if resize is not None:
                 encoder.header_table_size = resize
-            blocks.append(encoder.encode(fields))
+            blocks.append(encoder.encode(fields, huffman=len(blocks) % 2 == 0))
             if repeat:
                 # The same block again: a client's repeated request, valid only while the table is unchanged.
                 blocks.append(blocks[-1])
         for block in blocks:
             self.assertEqual(_outcome(repeating, block), _outcome(plain, block))
+
+    @settings(max_examples=2000, deadline=None)
+    @given(st.lists(st.integers(0, 255), max_size=24), st.lists(st.tuples(st.sampled_from(
+        [b"x-a", b"cookie", b":path"]), st.binary(max_size=40)), max_size=4))
+    def test_any_bytes_read_as_the_library_reads_them(self, block: list[int],
+                                                       table: list[tuple[bytes, bytes]]) -> None:
+        """Any bytes (one-byte indexes into the static and a small dynamic table, and anything else) after a block that filled the table."""
+        filling = Encoder().encode(table)
+        plain, repeating = Decoder(), RepeatingBlockDecoder(1 << 16)
+        self.assertEqual(_outcome(repeating, filling), _outcome(plain, filling))
+        self.assertEqual(_outcome(repeating, bytes(block)), _outcome(plain, bytes(block)))
+
+    def test_the_size_bound_counts_indexed_fields(self) -> None:
+        encoder = Encoder()
+        filling = encoder.encode([(b"x-big", b"v" * 40)])
+        decoder = RepeatingBlockDecoder(200)
+        decoder.decode(filling, raw=True)
+        self.assertEqual(list(decoder.decode(encoder.encode([(b"x-big", b"v" * 40)] * 2), raw=True)),
+                         [(b"x-big", b"v" * 40)] * 2)
+        self.assertRaises(OversizedHeaderListError, decoder.decode, encoder.encode([(b"x-big", b"v" * 40)] * 3),
+                          True)
 
     def test_a_repeated_block_is_decoded_once(self) -> None:
         encoder, decoder = Encoder(), RepeatingBlockDecoder(1 << 16)
@@ -103,7 +131,7 @@ class RepeatingBlockDecoderTests(SynchronousTestCase):
         block = encoder.encode(fields)  # indexed now
         first = decoder.decode(block, raw=True)
         decoded: list[bytes] = []
-        decoder._decode_indexed = lambda data: decoded.append(bytes(data))  # type: ignore[method-assign]
+        decoder._read_block = lambda data: decoded.append(bytes(data))  # type: ignore[method-assign,func-returns-value]
         self.assertEqual(decoder.decode(block, raw=True), first)
         self.assertEqual(decoded, [])
 
