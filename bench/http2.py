@@ -5,7 +5,10 @@ with the same certificate in front of the same nginx backend, with
 ``h2load -c50 -m10`` (50 connections, 10 streams in flight on each; issue
 16's target: the gateway at least 0.25 x nginx), and the same load over
 HTTP/1.1 (``h2load --h1``, one request at a time per connection) so that
-an HTTP/1.1 change shows beside it.
+an HTTP/1.1 change shows beside it.  With ``--paths N``, also HTTP/2
+with N distinct paths taken in turn, as a browser's requests differ (one
+path repeated is the gateway's best case: a repeated request's header
+block and view are kept).
 
 The peers are pinned to the first CPU, the backend and h2load to the
 others, measured in interleaved rounds (``--repeats``, 3), medians reported;
@@ -46,6 +49,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--streams", type=int, default=10, help="h2load -m, HTTP/2 only (10)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds (3)")
     parser.add_argument("--python", default=sys.executable, help="the Python whose twistd runs the gateway")
+    parser.add_argument("--paths", type=int, default=0,
+                        help="also HTTP/2 with this many distinct paths, as a browser's requests differ (0: not)")
     return parser.parse_args(argv)
 
 
@@ -68,14 +73,17 @@ def start_nginx_h2(procs: ProcessSet, workdir: Path, backend_port: int, certific
     return port
 
 
-def h2load(port: int, args: argparse.Namespace, h1: bool, cpus: Sequence[int] | None) -> dict[str, Any]:
+def h2load(port: int, args: argparse.Namespace, h1: bool, cpus: Sequence[int] | None,
+           paths: Path | None = None) -> dict[str, Any]:
+    """One h2load run; with C{paths}, a file of URLs h2load takes in turn (C{-i})."""
     tool = shutil.which("h2load")
     if tool is None:
         raise SystemExit("h2load is not installed (Debian: nghttp2-client)")
     # The URL's host is the SNI name and the authority the routes match;
     # --connect-to sends the connections to loopback.
+    urls = ["-i", str(paths)] if paths is not None else [f"https://{HOST}:{port}/small"]
     argv = [tool, "-n", str(args.requests), "-c", str(args.clients), f"--connect-to=127.0.0.1:{port}",
-            *(["--h1"] if h1 else ["-m", str(args.streams)]), f"https://{HOST}:{port}/small"]
+            *(["--h1"] if h1 else ["-m", str(args.streams)]), *urls]
     out = run_tool(argv, cpus=cpus, timeout=300)
     finished, succeeded = _FINISHED.search(out), _SUCCEEDED.search(out)
     if finished is None or succeeded is None:
@@ -95,18 +103,24 @@ def measure(args: argparse.Namespace, procs: ProcessSet, workdir: Path) -> dict[
                                  peer_cpus, extra=f"--pool-max-idle {IDLE_BACKEND_CONNECTIONS}")[1]
     peers = {"gateway": gateway_port, "nginx": start_nginx_h2(procs, workdir, backend.port, certificate, key,
                                                              peer_cpus)}
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {"h2": [], "h1": []} for p in peers}
+    protocols = ("h2", "h1", "h2-paths") if args.paths else ("h2", "h1")
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {p: {protocol: [] for protocol in protocols} for p in peers}
+    paths = {}
     for name, port in peers.items():  # warm-up, unrecorded
         h2load(port, argparse.Namespace(**{**vars(args), "requests": 2000}), False, load_cpus)
+        paths[name] = workdir / f"paths-{name}"
+        # The query makes each path distinct; the backend answers the same small file for all.
+        paths[name].write_text("".join(f"https://{HOST}:{port}/small?n={n}\n" for n in range(args.paths)))
     for round_ in range(args.repeats):
-        for protocol in ("h2", "h1"):
+        for protocol in protocols:
             for name, port in peers.items():
-                run = h2load(port, args, protocol == "h1", load_cpus)
+                run = h2load(port, args, protocol == "h1", load_cpus,
+                             paths[name] if protocol == "h2-paths" else None)
                 runs[name][protocol].append(run)
                 print(f"round {round_ + 1} {protocol} {name}: {run['requests_per_s']:.0f} req/s"
                       f" ({run['failed']} failed)", flush=True)
     results: dict[str, Any] = {"settings": {**vars(args), "cpus": {"peers": peer_cpus, "load": load_cpus}}}
-    for protocol in ("h2", "h1"):
+    for protocol in protocols:
         medians = {name: statistics.median(r["requests_per_s"] for r in runs[name][protocol]) for name in peers}
         results[protocol] = {"median_requests_per_s": medians, "runs": {n: runs[n][protocol] for n in peers},
                              "gateway_ratio": medians["gateway"] / medians["nginx"]}
@@ -120,8 +134,11 @@ def main(argv: Sequence[str]) -> int:
     out = BENCH_DIR / "results" / f"{time.strftime('%Y%m%dT%H%M%S')}-http2.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    for protocol, label in (("h2", f"HTTP/2, h2load -c{args.clients} -m{args.streams}"),
-                            ("h1", f"HTTP/1.1, h2load --h1 -c{args.clients}")):
+    labels = [("h2", f"HTTP/2, h2load -c{args.clients} -m{args.streams}"),
+              ("h1", f"HTTP/1.1, h2load --h1 -c{args.clients}")]
+    if args.paths:
+        labels.append(("h2-paths", f"HTTP/2, {args.paths} distinct paths"))
+    for protocol, label in labels:
         medians = results[protocol]["median_requests_per_s"]
         print(f"{label}: gateway {medians['gateway']:.0f} req/s, nginx {medians['nginx']:.0f} req/s, "
               f"ratio {results[protocol]['gateway_ratio']:.3f}")
