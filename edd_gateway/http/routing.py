@@ -84,6 +84,12 @@ def _http2_job(client: ClientSide, info: RequestInfo, route: Route, path_and_que
         # (trailers, a stream both ways): refused, not translated.
         raise GatewayError(505, f"{route.host}{route.path} is served over HTTP/2 only (its backend speaks "
                                 f"{route.protocol}): connect with HTTP/2 (ALPN h2 over TLS).")
+    if info.upgrade:
+        # An RFC 8441 WebSocket reaches here as an HTTP/1.1 upgrade; relayed,
+        # the backend would see a plain GET and the client take its 200 for
+        # an open tunnel.
+        raise GatewayError(501, f"{route.host}{route.path} does not take WebSockets: its backend speaks "
+                                f"{route.protocol}.")
     return relay(client, info, route, path_and_query)
 
 

@@ -352,6 +352,19 @@ class GrpcErrorTests(RelayTestsMixin, SynchronousTestCase):
         backend.listener.response_ended()
         self.assertEqual(self.grpc_status(stream), (b"200", b"5", b"gone"))
 
+    def test_a_websocket_on_an_h2c_route_is_refused(self) -> None:
+        """RFC 8441's extended CONNECT is not relayed: the backend would see a GET, the client a tunnel's 200."""
+        for authority in ("h2c.test", "grpc.test"):
+            stream = self.client.conn.get_next_available_stream_id()
+            self.client.conn.send_headers(stream, [
+                (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+                (b":authority", authority.encode()), (b":path", b"/chat"), (b"sec-websocket-version", b"13"),
+            ])
+            self.client.flush()
+            self.assertEqual(self.client.headers(stream)[b":status"], b"501", authority)
+            self.assertIn(b"WebSocket", self.client.body(stream))
+        self.assertEqual(self.pool.opening, [])
+
     def test_http11_on_a_grpc_route_is_505(self) -> None:
         proxy = ProxyHarness([backend_route("grpc.test", "/", protocol="grpc")],
                              http2_relay=H2BackendRelay(self.pool))
