@@ -63,6 +63,11 @@ def route_request(client: ClientSide, info: RequestInfo) -> Exchange | LocalAnsw
     if route.redirect_https and context.scheme == "http":
         authority = f"[{host}]" if ":" in host else host
         location = f"https://{authority}{path}" + (f"?{query}" if query else "")
+        if context.protocol == "h2c":
+            # A prior-knowledge client (a gRPC stub) follows no redirect and
+            # reads an HTML page as "unexpected content-type": 421 (gRPC's
+            # UNIMPLEMENTED for a call), naming the address to use.
+            raise GatewayError(421, f"{host}{path} is served over HTTPS only: {location}")
         return _local(client, info, 301, render_error(
             301, f"This site is served over HTTPS: {location}", info.request_id,
             close=not may_keep_alive(info), extra_headers=(("Location", location),),

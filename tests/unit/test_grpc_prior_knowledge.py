@@ -20,6 +20,7 @@ from edd_gateway.h2.settings import H2Settings
 from edd_gateway.h2.testing import FakeH2Pool, H2TestClient
 from edd_gateway.http.requestline import H2_PREFACE
 from edd_gateway.http.testing import FakeConnection, ProxyHarness, backend_route, read_responses
+from edd_gateway.routes.table import RouteTable
 
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
 
@@ -74,6 +75,21 @@ class PriorKnowledgeTests(SynchronousTestCase):
         stream = client.request(authority="app.test", path="/pkg.Service/Echo", method="POST", headers=GRPC)
         [head] = client.of(ResponseReceived, stream)
         self.assertEqual(dict(head.headers)[b"grpc-status"], b"12")
+
+    def test_a_route_redirected_to_https_is_421_naming_it(self) -> None:
+        """No 301 to a prior-knowledge client: a gRPC stub follows no redirect and reads no HTML page."""
+        self.proxy.routes.swap(RouteTable([
+            backend_route("grpc.test", "/", "10.0.0.9:50051", protocol="grpc", redirect_https=True)]))
+        client = self.h2_client()
+        call = client.request(authority="grpc.test", path="/pkg.Service/Echo", method="POST", headers=GRPC)
+        [head] = client.of(ResponseReceived, call)
+        fields = dict(head.headers)
+        self.assertEqual((fields[b":status"], fields[b"grpc-status"]), (b"200", b"12"))
+        self.assertIn(b"https://grpc.test/pkg.Service/Echo", fields[b"grpc-message"])
+        other = client.request(authority="grpc.test", path="/page")
+        self.assertEqual(client.headers(other)[b":status"], b"421")
+        self.assertIn(b"served over HTTPS only: https://grpc.test/page", client.body(other))
+        self.assertEqual(self.pool.opening, [])
 
     def test_http11_is_still_http11(self) -> None:
         self.transport.protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: nowhere.test\r\n\r\n")
