@@ -12,7 +12,11 @@ C{resumed} (HTTPS with C{Connection: close}: wrk keeps its TLS session, so
 every request after the first is a new connection and a resumed TLS 1.3
 handshake) and C{h2} (HTTP/2 on terminated TLS: C{h2load -c50 -m10}, a
 fixed C{--h2-requests} after its own warm-up, since h2load counts requests,
-not seconds).  Wall-clock
+not seconds) and C{h2-paths} (1,000 distinct paths, as a browser's
+requests differ, taken in turn on one connection with 10 streams in
+flight: h2load's connections all send the same paths in the same order, so
+with more of them each would find what the one before it left in the
+gateway's bounded tables, as no two browsers' requests would).  Wall-clock
 figures move 2-3x between machines of this kind; instruction counts do not,
 so a change is judged by these.
 
@@ -46,13 +50,23 @@ from backend import start_backend  # noqa: E402
 HOST = "bench.test"
 
 
-MODES = ("plain", "https", "resumed", "h2")
+MODES = ("plain", "https", "resumed", "h2", "h2-paths")
+DISTINCT_PATHS = 1000
 
 
-def h2load(port: int, path: str, requests: int) -> int:
-    """Requests h2load completed of C{requests} (50 connections, 10 streams in flight on each)."""
-    out = subprocess.run(["h2load", "-n", str(requests), "-c50", "-m10", f"--connect-to=127.0.0.1:{port}",
-                          f"https://{HOST}:{port}{path}"], capture_output=True, text=True, timeout=900)
+def h2load(port: int, path: str, requests: int, distinct: bool = False) -> int:
+    """
+    Requests h2load completed of C{requests} (50 connections, 10 streams in
+    flight on each); if C{distinct}, one connection taking
+    L{DISTINCT_PATHS} paths in turn.
+    """
+    with tempfile.NamedTemporaryFile("w", suffix=".urls") as urls:
+        urls.write("".join(f"https://{HOST}:{port}{path}?n={n}\n" for n in range(DISTINCT_PATHS)))
+        urls.flush()
+        where = ["-i", urls.name] if distinct else [f"https://{HOST}:{port}{path}"]
+        out = subprocess.run(["h2load", "-n", str(requests), "-c1" if distinct else "-c50", "-m10",
+                              f"--connect-to=127.0.0.1:{port}",
+                              *where], capture_output=True, text=True, timeout=900)
     match = re.search(r"(\d+) succeeded", out.stdout)
     if not match:
         raise RuntimeError(f"h2load printed no count: {out.stdout} {out.stderr}")
@@ -61,8 +75,8 @@ def h2load(port: int, path: str, requests: int) -> int:
 
 def drive(port: int, path: str, seconds: float, mode: str, h2_requests: int) -> int:
     """The mode's load on the gateway: requests completed."""
-    if mode == "h2":
-        return h2load(port, path, h2_requests)
+    if mode.startswith("h2"):
+        return h2load(port, path, h2_requests, distinct=mode == "h2-paths")
     return wrk(port, path, seconds, mode)
 
 
@@ -109,7 +123,7 @@ def measure(ref: str, source: Path, work: Path, procs: ProcessSet, backend_port:
             "--admin", "none", "--no-access-log", "--state-file", str(work / f"pins-{port}.json")]
     if mode != "plain":
         argv += ["--tls-dir", str(write_certificate(work / "tls"))]
-    if mode == "h2":
+    if mode.startswith("h2"):
         # 500 streams in flight want as many backend connections: kept idle
         # between bursts (as bench/http2.py does), not reconnected.
         argv += ["--pool-max-idle", "512"]
@@ -142,7 +156,8 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--h2-requests", type=int, default=5000, help="h2 mode: requests measured (5000)")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     args = parser.parse_args(argv)
-    tools = ("valgrind", "callgrind_control", "wrk", *(["h2load"] if "h2" in args.modes.split(",") else []))
+    wants_h2load = any(mode.startswith("h2") for mode in args.modes.split(","))
+    tools = ("valgrind", "callgrind_control", "wrk", *(["h2load"] if wants_h2load else []))
     for tool in tools:
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is not installed (Debian: valgrind, wrk, nghttp2-client)")

@@ -17,13 +17,14 @@ extended CONNECT for WebSocket (RFC 8441) becomes the HTTP/1.1 upgrade
 request a backend understands (RFC 6455 4.1, with a key of the gateway's
 own, since an HTTP/2 client sends none).
 
-A client repeating a request on its connections (a poller, a load
-generator) sends the same header list each time: its view is kept, in a
-bounded table shared by all connections (L{_VIEWS}), and handed out as a
-new L{H1View} with its own header list, so no request can change another's.
-The fields of a kept view were checked when it was made; a view is a pure
-function of the fields and C{end_stream}, and a WebSocket's (with its random
-key) is never kept.  Reading the fields was a thirteenth of such a
+A client's requests differ in little but their paths (a browser's), or not
+at all (a poller, a load generator): the view of a header list is kept, in
+a bounded table shared by all connections (L{_VIEWS}) and keyed by the list
+less its C{:path}, and handed out with the request's own path as a new
+L{H1View} with its own header list, so no request can change another's.
+The other fields of a kept view were checked when it was made, and the path
+is checked each time; a view is a pure function of the fields and
+C{end_stream}, and a WebSocket's (with its random key) is never kept.  Reading the fields was a thirteenth of such a
 request's time through the gateway (3.4 of about 45 microseconds).
 """
 
@@ -74,13 +75,16 @@ class H1View:
     authority: bytes | None
 
 
-#: The views of header lists seen lately: (fields, end_stream) -> view;
-#: cleared when it holds L{_VIEWS_KEPT}.  Only lists of up to L{_FIELDS_KEPT}
-#: fields and L{_BYTES_KEPT} bytes are kept, so it stays under a megabyte.
-_VIEWS: dict[tuple[tuple[tuple[bytes, bytes], ...], bool], H1View] = {}
+#: The views of header lists seen lately, keyed by the list with its
+#: C{:path} left out (L{_ANY_PATH} in its place: a browser's requests differ
+#: in little else) and C{end_stream}; cleared when it holds L{_VIEWS_KEPT}.
+#: Only lists of up to L{_FIELDS_KEPT} fields and L{_BYTES_KEPT} bytes are
+#: kept, so it stays under a megabyte.
+_VIEWS: dict[tuple[tuple[tuple[bytes, bytes | None], ...], bool], H1View] = {}
 _VIEWS_KEPT = 256
 _FIELDS_KEPT = 24
 _BYTES_KEPT = 2048
+_ANY_PATH = (b":path", None)
 
 
 def h1_view(h2_headers: Headers, end_stream: bool) -> H1View:
@@ -92,16 +96,26 @@ def h1_view(h2_headers: Headers, end_stream: bool) -> H1View:
     @raise H2RequestError: a CONNECT other than RFC 8441's WebSocket, or a
         C{:protocol} the gateway does not bridge.
     """
-    key = (tuple(h2_headers), end_stream)
+    fields: list[tuple[bytes, bytes | None]] = list(h2_headers)
+    path = None
+    for index, (name, value) in enumerate(h2_headers):
+        if name == b":path":
+            path, fields[index] = value, _ANY_PATH
+            break
+        if name[:1] != b":":
+            break
+    key = (tuple(fields), end_stream)
     kept = _VIEWS.get(key)
-    if kept is not None:
-        return H1View(kept.method, kept.target, list(kept.headers), False, kept.authority)
+    # The path is the target; what else the view says does not depend on it,
+    # once it is a valid one (RFC 9113 8.3.1: not empty; 8.2.1).
+    if kept is not None and path and _VALUE.fullmatch(path) is not None:
+        return H1View(kept.method, path, list(kept.headers), False, kept.authority)
     view = _read_view(h2_headers, end_stream)
-    if (not view.websocket and len(h2_headers) <= _FIELDS_KEPT
+    if (view.target == path and not view.websocket and len(h2_headers) <= _FIELDS_KEPT
             and sum(len(name) + len(value) for name, value in h2_headers) <= _BYTES_KEPT):
         if len(_VIEWS) >= _VIEWS_KEPT:
             _VIEWS.clear()
-        _VIEWS[key] = H1View(view.method, view.target, list(view.headers), False, view.authority)
+        _VIEWS[key] = H1View(view.method, b"", list(view.headers), False, view.authority)
     return view
 
 
