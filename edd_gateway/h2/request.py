@@ -24,8 +24,12 @@ less its C{:path}, and handed out with the request's own path as a new
 L{H1View} with its own header list, so no request can change another's.
 The other fields of a kept view were checked when it was made, and the path
 is checked each time; a view is a pure function of the fields and
-C{end_stream}, and a WebSocket's (with its random key) is never kept.  Reading the fields was a thirteenth of such a
-request's time through the gateway (3.4 of about 45 microseconds).
+C{end_stream}, and a WebSocket's (with its random key) is never kept.
+Reading the fields was a thirteenth of such a request's time through the
+gateway (3.4 of about 45 microseconds).  Shared, the table tells a client
+nothing it did not send: a request is answered the same way and about 3
+microseconds sooner when another connection sent the same fields (its
+cookie among them), which to learn it must already know.
 """
 
 from __future__ import annotations
