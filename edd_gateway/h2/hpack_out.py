@@ -19,6 +19,8 @@ from collections.abc import Iterable
 
 from hpack.table import HeaderTable
 
+from edd_gateway.h2.bounded import keep
+
 __all__ = ["StaticTableEncoder"]
 
 
@@ -72,9 +74,7 @@ def _literal_name(name: bytes) -> bytes:
     prefix = _LITERAL_NAMES.get(name)
     if prefix is None:
         prefix = b"\x00" + _string(name)
-        if len(_LITERAL_NAMES) >= _LITERAL_NAMES_KEPT:
-            _LITERAL_NAMES.clear()
-        _LITERAL_NAMES[name] = prefix
+        keep(_LITERAL_NAMES, name, prefix, _LITERAL_NAMES_KEPT)
     return prefix
 
 
@@ -127,7 +127,5 @@ class StaticTableEncoder:
                 # cache-control, date within its second) comes back on the
                 # next responses; x-request-id and the backend's own names
                 # are not kept.
-                if len(repeated) >= _REPEATED_KEPT:
-                    repeated.clear()
-                repeated[field_pair] = encoded
+                keep(repeated, field_pair, encoded, _REPEATED_KEPT)
         return b"".join(out)

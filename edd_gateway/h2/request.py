@@ -39,6 +39,8 @@ import os
 import re
 from dataclasses import dataclass
 
+from edd_gateway.h2.bounded import keep
+
 Headers = list[tuple[bytes, bytes]]
 
 __all__ = ["H2RequestError", "H1View", "Malformed", "h1_view", "malformed_trailers"]
@@ -117,9 +119,7 @@ def h1_view(h2_headers: Headers, end_stream: bool) -> H1View:
     view = _read_view(h2_headers, end_stream)
     if (view.target == path and not view.websocket and len(h2_headers) <= _FIELDS_KEPT
             and sum(len(name) + len(value) for name, value in h2_headers) <= _BYTES_KEPT):
-        if len(_VIEWS) >= _VIEWS_KEPT:
-            _VIEWS.clear()
-        _VIEWS[key] = H1View(view.method, b"", list(view.headers), False, view.authority)
+        keep(_VIEWS, key, H1View(view.method, b"", list(view.headers), False, view.authority), _VIEWS_KEPT)
     return view
 
 

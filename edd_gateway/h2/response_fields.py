@@ -17,6 +17,7 @@ the re-framer.
 
 from __future__ import annotations
 
+from edd_gateway.h2.bounded import keep
 from edd_gateway.http.headers import BODY_LENGTH, BODY_NONE, HOP_BY_HOP, connection_options
 from edd_gateway.http.response_head import CONNECTION_STATES, Special
 from edd_gateway.routes.model import HeaderEdits
@@ -41,9 +42,7 @@ def _read_line(line: bytes) -> tuple[bytes, bytes]:
     raw_name, _, value = line.partition(b":")
     field = (raw_name.lower(), value.lstrip(_OWS))
     if len(line) <= _READ_LINES_LARGEST:
-        if len(_READ_LINES) >= _READ_LINES_KEPT:
-            _READ_LINES.clear()
-        _READ_LINES[line] = field
+        keep(_READ_LINES, line, field, _READ_LINES_KEPT)
     return field
 
 

@@ -250,8 +250,9 @@ class Exchange(RequestRecordFields):
 
     def flush(self) -> None:
         """
-        Write what one read of the backend produced, in one send: the head and the first body bytes of a small
-        answer leave together, as nginx sends them, instead of costing a system call each.
+        Write what one read of the backend produced, in one send: the head
+        and the first body bytes of a small answer leave together, as
+        nginx sends them, instead of costing a system call each.
         """
         out = self._out
         if out:

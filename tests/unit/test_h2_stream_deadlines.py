@@ -27,6 +27,15 @@ class StreamDeadlineTests(SynchronousTestCase):
     def status(self, stream: int) -> bytes | None:
         return self.client.headers(stream).get(b":status")
 
+    def assertAnsweredAt(self, stream: int, seconds: float, status: bytes) -> None:
+        """Unanswered a second before C{seconds} from now, answered C{status} at them."""
+        self.proxy.clock.advance(seconds - 1)
+        self.client.flush()
+        self.assertIsNone(self.status(stream))
+        self.proxy.clock.advance(1)
+        self.client.flush()
+        self.assertEqual(self.status(stream), status)
+
     def waiting(self) -> int:
         """A GET whose request has reached a backend, which says nothing yet."""
         stream = self.client.request()
@@ -40,13 +49,7 @@ class StreamDeadlineTests(SynchronousTestCase):
                 if getattr(getattr(call, "func", None), "__self__", None) is group]
 
     def test_silent_backend_is_504_at_the_response_timeout(self) -> None:
-        stream = self.waiting()
-        self.proxy.clock.advance(59)
-        self.client.flush()
-        self.assertIsNone(self.status(stream))
-        self.proxy.clock.advance(1)
-        self.client.flush()
-        self.assertEqual(self.status(stream), b"504")
+        self.assertAnsweredAt(self.waiting(), 60, b"504")
 
     def test_each_stream_times_out_at_its_own_time(self) -> None:
         first = self.waiting()
@@ -78,13 +81,7 @@ class StreamDeadlineTests(SynchronousTestCase):
         self.assertEqual(self.status(answered), b"200")
 
     def test_stalled_request_body_is_408_at_the_body_timeout(self) -> None:
-        stream = self.client.request(method="POST", end_stream=False)
-        self.proxy.clock.advance(29)
-        self.client.flush()
-        self.assertIsNone(self.status(stream))
-        self.proxy.clock.advance(1)
-        self.client.flush()
-        self.assertEqual(self.status(stream), b"408")
+        self.assertAnsweredAt(self.client.request(method="POST", end_stream=False), 30, b"408")
 
     def test_lost_connection_cancels_the_timer(self) -> None:
         self.waiting()
