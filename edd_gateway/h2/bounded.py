@@ -8,7 +8,9 @@ no Python call); what misses is put in with L{keep}, which empties the
 table first when it holds its bound.  Emptying rather than evicting one
 entry: the inputs come from clients and backends, so a table that fills is
 being fed inputs that do not repeat, and starting again costs nothing per
-entry, where an LRU's bookkeeping would cost on every hit.
+entry, where an LRU's bookkeeping would cost on every hit.  The HPACK
+decoder's table of blocks (L{edd_gateway.h2.hpack_in}) takes these steps in
+place: a browser's every request head misses it.
 """
 
 from __future__ import annotations

@@ -35,8 +35,6 @@ from hpack import Decoder, HeaderTuple, HPACKDecodingError, InvalidTableIndex, O
 from hpack.hpack import _unicode_if_needed
 from hpack.table import HeaderTable
 
-from edd_gateway.h2.bounded import keep
-
 __all__ = ["RepeatingBlockDecoder"]
 
 #: How many blocks are kept per connection, and the largest kept.
@@ -85,7 +83,10 @@ class RepeatingBlockDecoder(Decoder):
         before = table.changes
         headers = self._read_block(data) if raw else list(super().decode(data, raw))
         if table.changes == before and len(data) <= _LARGEST:
-            keep(self._kept, key, (before, headers), _KEPT)
+            # bounded.keep's steps in place: a browser's every block comes here.
+            if len(self._kept) >= _KEPT:
+                self._kept.clear()
+            self._kept[key] = (before, headers)
             return list(headers)
         return headers
 
